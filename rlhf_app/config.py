@@ -1,0 +1,281 @@
+"""Run configuration: dataclass defaults ⊕ recipe YAML ⊕ dotted CLI overrides.
+
+Precedence is stated once, in `load_config`: the dataclasses below hold every default, a
+recipe (`recipes/NAME.yaml` or a path) holds only its deltas, and `key=value` arguments win.
+Unknown keys and wrong types fail before any model loads. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A bad recipe or override; the message is one line that names the fix."""
+
+
+def _choice(section: str, name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{section}.{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "asset:tiny"  # Hub id, local folder, or asset:NAME (offline, built here)
+    revision: Optional[str] = None
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    value_model: str = "shared"  # shared: scalar head on the policy trunk | separate: own critic
+    value_model_path: Optional[str] = None  # separate critic init; default: the policy weights
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        _choice("model", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _choice("model", "value_model", self.value_model, ("shared", "separate"))
+
+
+@dataclass
+class PeftConfig:
+    enabled: bool = False
+    r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: Optional[list[str]] = None  # None: every linear layer
+
+
+@dataclass
+class DataConfig:
+    name: str = "toy"  # toy | imdb | gsm8k
+    source: str = "hub"  # hub | offline
+    prompt_min_tokens: int = 2  # IMDB prompts are truncated to a sampled length in this range
+    prompt_max_tokens: int = 8
+    max_prompt_length: int = 256
+    num_train: Optional[int] = None  # cap on training prompts (None: all)
+    num_eval: int = 64  # held-out prompts for the before/after evaluation
+    use_chat_template: bool = True
+
+    def __post_init__(self):
+        _choice("data", "source", self.source, ("hub", "offline"))
+
+
+@dataclass
+class RewardConfig:
+    name: str = "toy"  # toy | sentiment | gsm8k | python
+    model: Optional[str] = None  # sentiment: classifier Hub id, folder, or asset:NAME
+    label: str = "POSITIVE"  # sentiment: the label whose logit / probability is the score
+    kind: str = "logit"  # sentiment: logit | prob
+    score_prompt: bool = False  # sentiment: score prompt + completion instead of the completion
+    batch_size: int = 16
+    device: Optional[str] = None  # reward model device (None: the policy's)
+    function: Optional[str] = None  # python: path/to/file.py:function
+    method: str = "strict"  # gsm8k: strict (#### N) | flexible (last number)
+    score: float = 1.0  # gsm8k: correct answer
+    format_score: float = 0.0  # gsm8k: parsable but wrong
+    target: str = "a"  # toy: the string whose frequency in the completion is the reward
+
+    def __post_init__(self):
+        _choice("reward", "kind", self.kind, ("logit", "prob"))
+        _choice("reward", "method", self.method, ("strict", "flexible"))
+
+
+@dataclass
+class PPOConfig:
+    """PPO settings under TRL's PPOConfig field names."""
+
+    learning_rate: float = 3e-6
+    lr_scheduler_type: str = "linear"  # any transformers scheduler name
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    total_episodes: int = 1024  # prompts rolled out over the whole run (all processes)
+    per_device_train_batch_size: int = 8  # micro-batch of one backward pass
+    gradient_accumulation_steps: int = 1
+    num_mini_batches: int = 1
+    num_ppo_epochs: int = 4
+    local_rollout_forward_batch_size: int = 64
+    response_length: int = 53
+    temperature: float = 0.7
+    top_k: int = 0
+    top_p: float = 1.0
+    stop_token: Optional[str] = "eos"  # eos | None: stop at the tokenizer's EOS, or never
+    stop_token_id: Optional[int] = None
+    missing_eos_penalty: Optional[float] = None
+    kl_coef: float = 0.05
+    kl_estimator: str = "k1"  # k1 | k3 (http://joschu.net/blog/kl-approx.html)
+    adaptive_kl: bool = False  # Ziegler et al. 2019 controller
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    whiten_rewards: bool = False
+    reward_scale: float = 1.0
+    reward_clip: Optional[float] = None
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    ent_coef: float = 0.0
+    gamma: float = 1.0
+    lam: float = 0.95
+
+    def __post_init__(self):
+        _choice("ppo", "kl_estimator", self.kl_estimator, ("k1", "k3"))
+        _choice("ppo", "stop_token", self.stop_token, ("eos", None))
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps",
+                     "num_mini_batches", "num_ppo_epochs", "response_length", "total_episodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ConfigError(f"ppo.temperature must be > 0, got {self.temperature}")
+
+    @property
+    def local_batch_size(self) -> int:
+        """Episodes rolled out per update on one process (TRL's arithmetic)."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+
+
+@dataclass
+class HubConfig:
+    push: bool = False
+    repo_id: Optional[str] = None
+    private: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class TrainConfig:
+    recipe: Optional[str] = None
+    output_dir: str = "runs/default"
+    seed: int = 0
+    offline: bool = False  # forbid every network call (set HF_HUB_OFFLINE and friends)
+    num_threads: int = 0  # torch threads per process; 0: leave torch's choice
+    logging_steps: int = 1
+    save_steps: int = 0  # 0: only the final save
+    save_total_limit: int = 2
+    resume_from: Optional[str] = None  # auto | path to a checkpoint folder
+    report_to: list[str] = field(default_factory=lambda: ["none"])  # none|wandb|tensorboard|trackio
+    sample_every: int = 10
+    eval_before_after: bool = True
+    print_config: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_path(name: str) -> Path:
+    """`name` is a recipe under recipes/ or a path to a YAML file."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or "/" in name:
+        if not path.is_file():
+            raise ConfigError(f"recipe file {name} does not exist")
+        return path
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, available_recipes(), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"unknown recipe {name!r}: {hint}available: {', '.join(available_recipes())}")
+    return path
+
+
+def _dotted_keys(node, prefix: str = "") -> dict[str, Any]:
+    """Every leaf key of a config as 'a.b.c' -> value."""
+    out = {}
+    for key in node:
+        value = node[key] if not OmegaConf.is_missing(node, key) else MISSING
+        full = f"{prefix}{key}"
+        if OmegaConf.is_dict(value):
+            out.update(_dotted_keys(value, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
+def _check_keys(cfg, known: set[str], sections: set[str], where: str) -> None:
+    for key in _dotted_keys(cfg):
+        if key in known or any(key.startswith(k + ".") for k in known if k == "report_to"):
+            continue
+        if key in sections:
+            raise ConfigError(f"{where}: {key} is a section; set its fields, e.g. {key}.<field>=...")
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
+        if not close:  # a misplaced field: same leaf name in another section
+            leaf = key.rsplit(".", 1)[-1]
+            close = [k for k in sorted(known) if k.rsplit(".", 1)[-1] == leaf][:1]
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"{where}: unknown key {key}{hint}")
+
+
+def _field_type(dotted: str) -> str:
+    """The declared type of a dotted key, for error messages ('float', 'Optional[int]')."""
+    cls, hints = TrainConfig, {}
+    for part in dotted.split("."):
+        hints = typing.get_type_hints(cls)
+        cls = hints.get(part)
+        if cls is None:
+            return "?"
+    return getattr(cls, "__name__", None) if isinstance(cls, type) else str(cls).replace("typing.", "")
+
+
+def parse_overrides(argv: list[str]):
+    """`key=value` arguments to an OmegaConf dotlist; `--flag` style gets a hint."""
+    for arg in argv:
+        if arg.startswith("-"):
+            name = arg.lstrip("-").split("=", 1)[0].replace("-", "_")
+            raise ConfigError(f"arguments are key=value, not {arg.split('=', 1)[0]}: "
+                              f"write {name}=... (e.g. ppo.learning_rate=1e-5)")
+        if "=" not in arg:
+            raise ConfigError(f"argument {arg!r} has no '=': write key=value (e.g. recipe=tiny)")
+    return OmegaConf.from_dotlist(argv)
+
+
+def load_config(argv: list[str]) -> TrainConfig:
+    """Defaults ⊕ recipe ⊕ CLI, validated. Raises ConfigError with a one-line message."""
+    cli = parse_overrides(argv)
+    default = OmegaConf.structured(TrainConfig)
+    known = set(_dotted_keys(default))
+    sections = {k for k in TrainConfig.__dataclass_fields__ if OmegaConf.is_dict(default[k])}
+    layers = [default]
+    recipe = cli.get("recipe")
+    if recipe:
+        path = recipe_path(str(recipe))
+        recipe_cfg = OmegaConf.load(path)
+        _check_keys(recipe_cfg, known, sections, f"recipe {path.name}")
+        layers.append(recipe_cfg)
+    _check_keys(cli, known, sections, "command line")
+    layers.append(cli)
+    try:
+        merged = OmegaConf.merge(*layers)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"bad value for {key}: expected {_field_type(key)}, "
+                          f"got {str(err).split(chr(39))[1] if chr(39) in str(err) else str(err)!r}") from None
+    if cfg.recipe and not Path(str(cfg.recipe)).suffix and "output_dir" not in cli and \
+            (not recipe or "output_dir" not in OmegaConf.load(recipe_path(str(recipe)))):
+        cfg.output_dir = f"runs/{cfg.recipe}"
+    return cfg
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def main_guard(argv: list[str]) -> TrainConfig:
+    """load_config for a command-line tool: a ConfigError ends the program with its one line."""
+    try:
+        return load_config(argv)
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
