@@ -1,0 +1,176 @@
+"""`scripts/train.py recipe=NAME key=value ...`: config, models, data, reward, loop, evaluation, save, report, push.
+
+Heavy libraries are imported inside `run`, after the offline switches are in the environment
+(huggingface_hub reads them once, at import).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from rlhf_app.config import TrainConfig, available_recipes, main_guard, to_yaml
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "WANDB_MODE": "offline"}
+
+
+class UserError(RuntimeError):
+    """Ends the run with its one-line message (bad input, unreachable Hub), not a traceback."""
+
+
+def main(argv: list[str]) -> None:
+    cfg = main_guard(argv)
+    if cfg.print_config:
+        print(to_yaml(cfg), end="")
+        return
+    if cfg.offline:
+        for key, value in OFFLINE_ENV.items():
+            os.environ.setdefault(key, value)
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        run(cfg)
+    except UserError as err:
+        sys.exit(f"error: {err}")
+
+
+@contextlib.contextmanager
+def hub_access(what: str, name: str, cfg: TrainConfig):
+    """Turn a failure to fetch `name` from the Hub into one line that names the offline recipe."""
+    try:
+        yield
+    except (OSError, ConnectionError, ValueError) as err:
+        if name.startswith("asset:") or Path(name).exists():
+            raise
+        twin = f"{cfg.recipe}-offline" if f"{cfg.recipe}-offline" in available_recipes() else "demo"
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot load {what} {name!r} from the Hugging Face Hub ({first}); "
+                        f"without the Hub, run recipe={twin}") from err
+
+
+def run(cfg: TrainConfig) -> dict:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from rlhf_app import data, models, rewards
+    from rlhf_app.ppo import rollout, trainer
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    # ---- accelerator, trackers, seed, output folder
+    report_to = [r for r in cfg.report_to if r != "none"]
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.ppo.gradient_accumulation_steps,
+                              log_with=report_to or None, project_dir=cfg.output_dir)
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg))
+    accelerator.init_trackers("rlhf_app", config=_flat(json.loads(json.dumps(_asdict(cfg)))))
+    set_seed(cfg.seed)  # identical initial weights on every process
+    # ---- models
+    with hub_access("the policy", cfg.model.name_or_path, cfg):
+        tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.revision)
+        model, ref_policy = models.build_models(cfg)
+    # ---- data
+    with hub_access("the dataset", cfg.data.name, cfg), accelerator.main_process_first():
+        train_ds, eval_ds = data.load_prompts(cfg, tokenizer)
+    # ---- reward
+    with hub_access("the reward model", cfg.reward.model or "", cfg):
+        reward_fn = rewards.build_reward(cfg, accelerator.device)
+    accelerator.print(f"policy {cfg.model.name_or_path}: {sum(p.numel() for p in model.parameters()):,} "
+                      f"parameters; {len(train_ds)} training prompts, {len(eval_ds)} held out; reward {cfg.reward.name}")
+    set_seed(cfg.seed + accelerator.process_index)  # each process samples its own responses
+    # ---- evaluation before training
+    evals = {}
+    if cfg.eval_before_after and accelerator.is_main_process:
+        evals["before"] = _evaluate(cfg, model, tokenizer, eval_ds, reward_fn, accelerator.device)
+        accelerator.print(_eval_line("before", evals["before"]))
+    # ---- PPO
+    state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, out)
+    model = accelerator.unwrap_model(state.pop("model"))
+    # ---- evaluation after training, critic values along two completions, save, report
+    if accelerator.is_main_process:
+        if cfg.eval_before_after:
+            evals["after"] = _evaluate(cfg, model, tokenizer, eval_ds, reward_fn, accelerator.device)
+            accelerator.print(_eval_line("after", evals["after"]))
+            (out / "eval.json").write_text(json.dumps(evals, indent=2))
+            (out / "values.json").write_text(json.dumps(
+                _values_along(model, tokenizer, evals["after"]["samples"], accelerator.device), indent=2))
+        tmp, final = out / ".final.tmp", out / "final"
+        shutil.rmtree(tmp, ignore_errors=True)
+        models.save_policy(model, tokenizer, tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        _report(out)
+        accelerator.print(f"saved {final}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if cfg.hub.push and accelerator.is_main_process:
+        from rlhf_app import hub
+
+        hub.push(out, cfg)
+    return {**state, "eval": evals}
+
+
+def _evaluate(cfg, model, tokenizer, eval_ds, reward_fn, device) -> dict:
+    """Before/after evaluation on held-out prompts with a fixed seed, leaving training's RNG untouched."""
+    import torch
+
+    from rlhf_app.ppo import rollout
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return rollout.evaluate(model.policy, tokenizer, eval_ds, reward_fn, cfg.ppo, device)
+
+
+def _eval_line(when: str, result: dict) -> str:
+    extra = "".join(f", {k} {v:.3f}" for k, v in result["extra"].items())
+    return f"{when} training: mean score {result['mean_score']:.3f} on {len(result['samples'])} held-out prompts{extra}"
+
+
+def _values_along(model, tokenizer, samples: list[dict], device) -> dict:
+    """The critic's value before each token of the highest- and lowest-scoring completions."""
+    import torch
+
+    out = {}
+    ranked = sorted(samples, key=lambda s: s["score"])
+    for name, sample in (("high", ranked[-1]), ("low", ranked[0])):
+        ids = tokenizer(sample["prompt"] + sample["completion"], return_tensors="pt",
+                        add_special_tokens=False)["input_ids"].to(device)
+        n_prompt = len(tokenizer(sample["prompt"], add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            _, values = model(ids, torch.ones_like(ids))
+        out[name] = {"prompt": sample["prompt"], "score": sample["score"],
+                     "tokens": tokenizer.convert_ids_to_tokens(ids[0, n_prompt:].tolist()),
+                     "values": values[0, n_prompt - 1:-1].float().tolist()}
+    return out
+
+
+def _report(out: Path) -> None:
+    try:
+        from rlhf_app.report import write_report
+    except ImportError:
+        return
+    print(f"report: {write_report(out)}")
+
+
+def _asdict(cfg) -> dict:
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested config -> {"ppo.kl_coef": ...} with only scalar values, as trackers accept."""
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flat(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+    return flat

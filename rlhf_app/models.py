@@ -1,0 +1,164 @@
+"""Policy with a value head, its reference, and saving/loading them.
+
+The default critic is a scalar head on the policy's last hidden state (one trunk, one forward
+for log-probs and values). `model.value_model=separate` gives the critic its own trunk: a
+sequence-classification model with one label, whose per-token scores are the values.
+The reference is a frozen copy, or with LoRA the same weights with the adapters disabled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from rlhf_app import assets
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+VALUE_HEAD_FILE = "value_head.safetensors"
+VALUE_MODEL_DIR = "value_model"
+
+
+class PolicyAndValue(nn.Module):
+    """A causal LM and its critic. forward(input_ids, attention_mask) -> (logits (B, T, V), values (B, T))."""
+
+    def __init__(self, policy: nn.Module, critic: nn.Module | None = None):
+        super().__init__()
+        self.policy = policy
+        self.critic = critic
+        if critic is None:
+            hidden = policy.config.get_text_config().hidden_size
+            self.value_head = nn.Linear(hidden, 1)
+            # Small weights, zero bias: initial values near 0 (lm-human-preferences' init).
+            nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
+            nn.init.zeros_(self.value_head.bias)
+            self.value_head.to(next(policy.parameters()).dtype)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        # Left padding: positions count from each row's first real token.
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          output_hidden_states=self.critic is None, use_cache=False)
+        if self.critic is None:
+            values = self.value_head(out.hidden_states[-1]).squeeze(-1)
+        else:
+            trunk = getattr(self.critic, self.critic.base_model_prefix)
+            hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=False).last_hidden_state
+            values = self.critic.score(hidden).squeeze(-1)
+        return out.logits, values
+
+    # trl's unwrap_model_for_generation switches checkpointing off while generating (KV cache).
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # renamed in transformers 5
+            if hasattr(type(self.policy), name) or name in vars(self.policy):
+                return bool(getattr(self.policy, name))
+        return False
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self):
+        self.policy.gradient_checkpointing_disable()
+
+    @contextlib.contextmanager
+    def reference(self, ref_policy: nn.Module | None):
+        """Yields the reference policy: `ref_policy`, or this policy with its LoRA adapters off."""
+        if ref_policy is not None:
+            yield ref_policy
+        else:
+            with self.policy.disable_adapter():
+                yield self.policy
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None):
+    """The policy's tokenizer, left-padded for generation, with a pad token (EOS if it has none).
+
+    Masks are always carried explicitly, so a pad token equal to EOS is harmless here.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(assets.resolve(name_or_path), revision=revision)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_models(cfg) -> tuple[PolicyAndValue, nn.Module | None]:
+    """(policy with critic, frozen reference or None when LoRA provides it) from `cfg.model`/`cfg.peft`."""
+    from trl.trainer.utils import disable_dropout_in_model
+
+    m = cfg.model
+    path = assets.resolve(m.name_or_path)
+    kwargs = dict(revision=m.revision, dtype=DTYPES[m.dtype], trust_remote_code=m.trust_remote_code)
+    policy = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    critic = None
+    if m.value_model == "separate":
+        critic_path = assets.resolve(m.value_model_path) if m.value_model_path else path
+        critic = AutoModelForSequenceClassification.from_pretrained(critic_path, num_labels=1, **kwargs)
+        critic.config.pad_token_id = critic.config.pad_token_id or policy.config.pad_token_id
+    ref = None
+    if cfg.peft.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.peft.r, lora_alpha=cfg.peft.lora_alpha, lora_dropout=cfg.peft.lora_dropout,
+                          target_modules=cfg.peft.target_modules or "all-linear", task_type="CAUSAL_LM")
+        policy = get_peft_model(policy, lora)
+    else:
+        ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    if m.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.peft.enabled:
+            policy.enable_input_require_grads()
+    model = PolicyAndValue(policy, critic)
+    # PPO compares log-probs of the same tokens across forwards: dropout would add noise to the ratio.
+    disable_dropout_in_model(model)
+    return model, ref
+
+
+def save_policy(model: PolicyAndValue, tokenizer, out_dir: str | Path) -> None:
+    """Policy + tokenizer with save_pretrained (safetensors), the critic beside them."""
+    out_dir = Path(out_dir)
+    model.policy.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    if model.critic is None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.value_head.state_dict().items()},
+                  str(out_dir / VALUE_HEAD_FILE))
+    else:
+        model.critic.save_pretrained(out_dir / VALUE_MODEL_DIR, safe_serialization=True)
+
+
+def load_policy(path: str | Path, dtype: str = "float32") -> tuple[PolicyAndValue, object]:
+    """A saved policy and its critic, for evaluation or further training: (model, tokenizer).
+
+    `path` is a `final/` or `checkpoint-N/` folder written by `save_policy`. LoRA runs save
+    adapters, which are loaded on top of their base model.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no saved policy at {path}: pass a run's final/ or checkpoint-N/ folder")
+    kwargs = dict(dtype=DTYPES[dtype])
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base_id = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base = AutoModelForCausalLM.from_pretrained(assets.resolve(base_id), **kwargs)
+        policy = PeftModel.from_pretrained(base, path, is_trainable=True)
+    else:
+        policy = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    critic = None
+    if (path / VALUE_MODEL_DIR).is_dir():
+        critic = AutoModelForSequenceClassification.from_pretrained(path / VALUE_MODEL_DIR, **kwargs)
+    model = PolicyAndValue(policy, critic)
+    if critic is None:
+        if not (path / VALUE_HEAD_FILE).is_file():
+            raise FileNotFoundError(f"{path} has no {VALUE_HEAD_FILE}: it was not saved by rlhf_app")
+        model.value_head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE)))
+    tokenizer = load_tokenizer(str(path))
+    return model, tokenizer

@@ -1,0 +1,93 @@
+"""Atomic, resumable checkpoints.
+
+A checkpoint is written into `.checkpoint-N.tmp/` and renamed to `checkpoint-N/` only when every
+process has written its part, so a folder named `checkpoint-N` is always complete: resume never
+picks a half-written one. It holds the policy and critic (`save_policy`), the optimizer, LR
+scheduler, KL controller, sampler position, step, and every process's RNG states.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhf_app.models import load_policy, save_policy
+
+STATE_FILE = "trainer_state.pt"
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints in `output_dir`, oldest first."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
+             and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(accelerator, output_dir: Path, model, tokenizer, trainer_state: dict,
+                    total_limit: int) -> Path:
+    """Write checkpoint-{step} atomically; keep only the newest `total_limit` (0 keeps all)."""
+    step = trainer_state["step"]
+    final, tmp = output_dir / f"checkpoint-{step}", output_dir / f".checkpoint-{step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(_rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        save_policy(accelerator.unwrap_model(model), tokenizer, tmp)
+        torch.save(trainer_state, tmp / STATE_FILE)
+        (tmp / "trainer_state.json").write_text(json.dumps(
+            {k: v for k, v in trainer_state.items() if isinstance(v, (int, float, str))}, indent=2))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        if total_limit > 0:
+            for old in checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def find_resume(resume_from: str | None, output_dir: Path) -> Path | None:
+    """`auto` -> the newest complete checkpoint in output_dir (None if there is none); else the path."""
+    if not resume_from:
+        return None
+    if resume_from == "auto":
+        found = checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume_from)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"resume_from={resume_from}: not a complete checkpoint folder "
+                                f"(no {STATE_FILE}); use resume_from=auto or a checkpoint-N path")
+    return path
+
+
+def load_checkpoint(path: Path, accelerator, model, dtype: str) -> dict:
+    """Restore weights into `model` and this process's RNG; return the saved trainer state."""
+    saved, _ = load_policy(path, dtype=dtype)
+    accelerator.unwrap_model(model).load_state_dict(saved.state_dict())
+    rng_file = path / f"rng_state_{accelerator.process_index}.pt"
+    if not rng_file.is_file():
+        raise FileNotFoundError(f"{path} was saved by a run with fewer processes: {rng_file.name} is missing")
+    _set_rng_state(torch.load(rng_file, weights_only=False))
+    return torch.load(path / STATE_FILE, weights_only=False)

@@ -1,0 +1,159 @@
+"""The PPO math as pure functions on tensors.
+
+Shapes: B = episodes in the batch, R = response tokens (right-padded after the first stop
+token). `mask` is 1.0 on real response tokens (the stop token included), 0.0 after it.
+Defaults and details follow "The N implementation details of RLHF with PPO" (Huang et al.,
+https://iclr-blogposts.github.io/2024/blog/the-n-implementation-details-of-rlhf-with-ppo/).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of x over positions where mask is 1. x, mask: (B, R) -> scalar, or (B,) with dim=1."""
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unbiased variance of x over masked positions (Bessel's correction, as TRL). -> scalar."""
+    mean = masked_mean(x, mask)
+    n = mask.sum()
+    var = masked_mean((x - mean) ** 2, mask)
+    return var * n / (n - 1).clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise x to unit variance (and zero mean if shift_mean) using only masked positions.
+
+    Padded positions come back as 0 so they can never leak into a later sum. (B, R) -> (B, R)
+    """
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def response_mask(responses: torch.Tensor, stop_token_id: int | None) -> torch.Tensor:
+    """1.0 up to and including the first stop token of each row, 0.0 after it. (B, R) -> (B, R)
+
+    Rows without a stop token are real in full. With stop_token_id None every token is real.
+    """
+    if stop_token_id is None:
+        return torch.ones_like(responses, dtype=torch.float)
+    is_stop = (responses == stop_token_id).int()
+    # Number of stop tokens strictly before each position: 0 means "not past the first stop".
+    stops_before = is_stop.cumsum(dim=1) - is_stop
+    return (stops_before == 0).float()
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from sampled tokens. (B, R) -> (B, R)
+
+    k1 = log p - log q (unbiased, high variance, can be negative);
+    k3 = (q/p - 1) - log(q/p) (unbiased, always >= 0). http://joschu.net/blog/kl-approx.html
+    """
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}: use k1 or k3")
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row (0 for an empty row). (B, R) -> (B,) long"""
+    return (mask.sum(dim=1).long() - 1).clamp(min=0)
+
+
+def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards: -kl_coef·KL on every real token, plus the score on the last real token.
+
+    scores: (B,), kl and mask: (B, R) -> (rewards (B, R), non_score_rewards (B, R)).
+    """
+    non_score = -kl_coef * kl * mask
+    rewards = non_score.clone()
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    rewards[rows, last_token_index(mask)] += scores
+    return rewards, non_score
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over right-padded responses.
+
+    Padded positions have value 0 and reward 0, so the state after the last real token is
+    terminal. rewards, values, mask: (B, R) -> (advantages (B, R), returns (B, R)), both 0 on pads.
+    """
+    values = values * mask
+    rewards = rewards * mask
+    steps = rewards.shape[1]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(steps)):
+        next_value = values[:, t + 1] if t + 1 < steps else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = delta + gamma * lam * last
+        advantages[:, t] = last
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped surrogate objective (PPO, Schulman et al. 2017), to minimise.
+
+    All inputs (B, R) -> (loss, clip fraction, approx KL old->new), scalars.
+    """
+    log_ratio = (logprobs - old_logprobs) * mask
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
+    return loss, clipfrac, approx_kl
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss: 0.5·max((V - R)², (clip(V, V_old ± ε) - R)²). (B, R) -> (loss, clip fraction)."""
+    clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    unclipped = (values - returns) ** 2
+    clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    return loss, clipfrac
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(returns - values) / Var(returns) over real tokens: 1 is a perfect critic. -> scalar"""
+    var_returns = masked_var(returns, mask)
+    return 1.0 - masked_var(returns - values, mask) / var_returns.clamp(min=1e-8)
+
+
+class KLController:
+    """The KL coefficient: fixed, or adaptive (Ziegler et al. 2019, https://arxiv.org/abs/1909.08593).
+
+    Adaptive: after each batch of n episodes with mean KL `kl`, the coefficient is multiplied by
+    1 + clip(kl / target - 1, -0.2, 0.2) · n / horizon.
+    """
+
+    def __init__(self, init: float, adaptive: bool = False, target: float = 6.0, horizon: int = 10000):
+        self.value, self.adaptive, self.target, self.horizon = init, adaptive, target, horizon
+
+    def update(self, kl: float, n_steps: int) -> None:
+        if self.adaptive:
+            error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+            self.value *= 1.0 + error * n_steps / self.horizon
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]

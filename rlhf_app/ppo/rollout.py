@@ -1,0 +1,168 @@
+"""Rollouts: sample prompts, generate responses, score them, and run the no-grad forwards.
+
+Nothing here knows where prompts or rewards come from: a dataset of rows with `prompt`,
+`input_ids` and answer columns, and a reward callable with TRL's signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig
+from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+
+from rlhf_app.ppo.core import response_mask
+
+
+class PromptSampler:
+    """Endless, resumable batches of dataset rows: a fresh seeded permutation every epoch.
+
+    Each process takes its own slice of every global batch, so N processes together see the
+    same prompts one process would see with an N times larger batch.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        global_batch = batch_size * world_size
+        if len(dataset) < global_batch:
+            raise ValueError(f"{len(dataset)} training prompts cannot fill a batch of {global_batch}: "
+                             "lower ppo.per_device_train_batch_size or add data")
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.rank, self.world_size, self.global_batch = rank, world_size, global_batch
+        self.epoch, self.position = 0, 0
+
+    def _order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(len(self.dataset), generator=g).tolist()
+
+    def next_batch(self) -> list[dict]:
+        if self.position + self.global_batch > len(self.dataset):
+            self.epoch, self.position = self.epoch + 1, 0
+        order = self._order()[self.position:self.position + self.global_batch]
+        self.position += self.global_batch
+        mine = order[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        return [self.dataset[i] for i in mine]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (input_ids (B, P), attention_mask (B, P)), padded on the left."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+@dataclass
+class Rollout:
+    """One batch of episodes. B episodes, P prompt tokens (left-padded), R response tokens."""
+
+    query: torch.Tensor  # (B, P) prompt tokens
+    query_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
+    response: torch.Tensor  # (B, R) generated tokens, pad after the first stop token
+    mask: torch.Tensor  # (B, R) float, 1 on real response tokens (stop token included)
+    contains_stop: torch.Tensor  # (B,) bool, the response ended with the stop token
+    prompts: list[str]
+    completions: list[str]
+    columns: dict  # dataset columns by name, each a list of B values
+
+
+def generation_config(ppo, tokenizer, greedy: bool = False) -> GenerationConfig:
+    stop_id = stop_token_id(ppo, tokenizer)
+    return GenerationConfig(
+        max_new_tokens=ppo.response_length, min_new_tokens=0, do_sample=not greedy,
+        temperature=ppo.temperature if not greedy else None, top_k=ppo.top_k or None,
+        top_p=ppo.top_p if not greedy else None, eos_token_id=stop_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+    )
+
+
+def stop_token_id(ppo, tokenizer) -> int | None:
+    if ppo.stop_token_id is not None:
+        return ppo.stop_token_id
+    return tokenizer.eos_token_id if ppo.stop_token == "eos" else None
+
+
+@torch.inference_mode()
+def generate(policy, tokenizer, rows: list[dict], ppo, device, greedy: bool = False) -> Rollout:
+    """Sample one response per prompt row with `policy.generate` (KV cache, left padding)."""
+    query, query_mask = left_pad([r["input_ids"] for r in rows], tokenizer.pad_token_id)
+    query, query_mask = query.to(device), query_mask.to(device)
+    out = policy.generate(input_ids=query, attention_mask=query_mask,
+                          generation_config=generation_config(ppo, tokenizer, greedy))
+    response = out[:, query.shape[1]:]
+    if response.shape[1] < ppo.response_length:  # generation stopped early for every row
+        pad = response.new_full((response.shape[0], ppo.response_length - response.shape[1]),
+                                tokenizer.pad_token_id)
+        response = torch.cat([response, pad], dim=1)
+    stop_id = stop_token_id(ppo, tokenizer)
+    mask = response_mask(response, stop_id)
+    response = torch.where(mask.bool(), response, tokenizer.pad_token_id)
+    contains_stop = (response == stop_id).any(dim=1) if stop_id is not None else \
+        torch.zeros(len(rows), dtype=torch.bool, device=device)
+    completions = tokenizer.batch_decode(response, skip_special_tokens=True)
+    columns = {k: [r[k] for r in rows] for k in rows[0] if k not in ("prompt", "input_ids")}
+    return Rollout(query, query_mask, response, mask, contains_stop,
+                   [r["prompt"] for r in rows], completions, columns)
+
+
+def logprobs_values(model, query, query_mask, response, mask, temperature: float, with_entropy: bool = False):
+    """Log-probs of the response tokens, values before each of them, optionally entropy.
+
+    query (B, P), response (B, R) -> logprobs (B, R), values (B, R)[, entropy (B, R)].
+    Logits are divided by the sampling temperature, so log-probs match the sampling policy.
+    """
+    input_ids = torch.cat([query, response], dim=1)
+    attention = torch.cat([query_mask, mask.long()], dim=1)
+    logits, values = model(input_ids, attention)
+    start = query.shape[1] - 1
+    logits = logits[:, start:-1].float() / temperature
+    logprobs = selective_log_softmax(logits, response)
+    values = values[:, start:-1].float()
+    if with_entropy:
+        return logprobs, values, entropy_from_logits(logits)
+    return logprobs, values
+
+
+def ref_logprobs(ref_policy, query, query_mask, response, mask, temperature: float) -> torch.Tensor:
+    """Log-probs of the response tokens under the reference policy. -> (B, R)"""
+    input_ids = torch.cat([query, response], dim=1)
+    attention = torch.cat([query_mask, mask.long()], dim=1)
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    logits = ref_policy(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                        use_cache=False).logits
+    start = query.shape[1] - 1
+    return selective_log_softmax(logits[:, start:-1].float() / temperature, response)
+
+
+def score(reward_fn, rollout: Rollout, device) -> torch.Tensor:
+    """External reward of each episode. -> (B,)"""
+    scores = reward_fn(rollout.prompts, rollout.completions, **rollout.columns)
+    return torch.tensor(scores, dtype=torch.float, device=device)
+
+
+def evaluate(policy, tokenizer, dataset, reward_fn, ppo, device, batch_size: int = 32, greedy: bool = False) -> dict:
+    """Generate for every row of `dataset` and score it: {"mean_score", "extra", "samples"}."""
+    prompts, completions, scores, columns = [], [], [], {}
+    for start in range(0, len(dataset), batch_size):
+        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        rollout = generate(policy, tokenizer, rows, ppo, device, greedy=greedy)
+        scores += score(reward_fn, rollout, device).tolist()
+        prompts += rollout.prompts
+        completions += rollout.completions
+        for k, v in rollout.columns.items():
+            columns.setdefault(k, []).extend(v)
+    extra_fn = getattr(reward_fn, "extra_metrics", None)
+    extra = dict(extra_fn(prompts, completions, **columns)) if extra_fn else {}
+    return {"mean_score": sum(scores) / max(len(scores), 1), "extra": extra,
+            "samples": [{"prompt": p, "completion": c, "score": s}
+                        for p, c, s in zip(prompts, completions, scores)]}

@@ -1,0 +1,207 @@
+"""The PPO loop: roll out, score, compute advantages, update; log and checkpoint. Reads top to bottom.
+
+Prefixes follow cleanrl: `b_` for the whole rollout batch, `mb_` for a micro-batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+from trl.models.utils import unwrap_model_for_generation
+
+from rlhf_app.ppo import checkpoint as ckpt
+from rlhf_app.ppo.core import (KLController, explained_variance, gae, kl_penalty, masked_mean,
+                               masked_whiten, policy_loss, token_rewards, value_loss)
+from rlhf_app.ppo.rollout import PromptSampler, generate, logprobs_values, ref_logprobs, score
+
+# Reduced across processes once per update, in this order (one host sync per update).
+TRAIN_STATS = ("loss/policy_avg", "loss/value_avg", "policy/clipfrac_avg", "val/clipfrac_avg",
+               "policy/approxkl_avg", "policy/entropy_avg")
+
+
+GC_KWARGS = {"use_reentrant": False}
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def num_updates(ppo, world_size: int) -> int:
+    return math.ceil(ppo.total_episodes / (ppo.local_batch_size * world_size))
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, output_dir: Path) -> dict:
+    """Train `model` (a PolicyAndValue) with PPO. Returns the trainer state at the end."""
+    ppo, device = cfg.ppo, accelerator.device
+    world = accelerator.num_processes
+    total_updates = num_updates(ppo, world)
+    steps_per_update = ppo.num_ppo_epochs * ppo.num_mini_batches
+    mini_batch = ppo.local_batch_size // ppo.num_mini_batches
+
+    # ---- optimizer, schedule, sampler, KL controller
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=ppo.learning_rate, eps=1e-5, weight_decay=ppo.weight_decay)
+    # Not prepared by accelerate, which would step it once per process: stepped once per optimizer step.
+    scheduler = get_scheduler(ppo.lr_scheduler_type, optimizer, num_warmup_steps=ppo.warmup_steps,
+                              num_training_steps=total_updates * steps_per_update)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if ref_policy is not None:
+        ref_policy.to(device)
+    sampler = PromptSampler(train_ds, ppo.local_batch_size, cfg.seed, accelerator.process_index, world)
+    kl_ctl = KLController(ppo.kl_coef, ppo.adaptive_kl, ppo.kl_target, ppo.kl_horizon)
+    state = {"step": 0, "episode": 0}
+
+    # ---- resume
+    resume = ckpt.find_resume(cfg.resume_from, output_dir)
+    if resume is not None:
+        saved = ckpt.load_checkpoint(resume, accelerator, model, cfg.model.dtype)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        kl_ctl.load_state_dict(saved["kl_ctl"])
+        sampler.load_state_dict(saved["sampler"])
+        state = {"step": saved["step"], "episode": saved["episode"]}
+        accelerator.print(f"resumed from {resume} at update {state['step']}")
+    metrics_path = output_dir / "metrics.jsonl"
+    if accelerator.is_main_process:
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            _truncate_rows(output_dir / name, state["step"])
+
+    def trainer_state() -> dict:
+        return {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "kl_ctl": kl_ctl.state_dict(), "sampler": sampler.state_dict()}
+
+    progress = tqdm(total=total_updates, initial=state["step"], desc="PPO", unit="update",
+                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    model.train()
+    try:
+        while state["step"] < total_updates:
+            t0 = time.perf_counter()
+            # ---- 1. rollout: generate one response per prompt
+            rows = sampler.next_batch()
+            with unwrap_model_for_generation(model, accelerator, gradient_checkpointing_kwargs=GC_KWARGS) as unwrapped:
+                rollout = generate(unwrapped.policy, tokenizer, rows, ppo, device)
+            t_gen = time.perf_counter()
+            # ---- 2. score with the external reward
+            scores = score(reward_fn, rollout, device)
+            t_reward = time.perf_counter()
+            # ---- 3. log-probs and values of the policy as sampled, log-probs of the reference
+            b_query, b_qmask, b_resp, b_mask = rollout.query, rollout.query_mask, rollout.response, rollout.mask
+            n = b_resp.shape[0]
+            with torch.no_grad():
+                parts = [logprobs_values(model, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature)
+                         for s in _chunks(n, ppo.local_rollout_forward_batch_size)]
+                b_logprobs = torch.cat([p[0] for p in parts]) * b_mask
+                b_values = torch.cat([p[1] for p in parts]) * b_mask
+                with accelerator.unwrap_model(model).reference(ref_policy) as ref:
+                    b_ref_logprobs = torch.cat([
+                        ref_logprobs(ref, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature)
+                        for s in _chunks(n, ppo.local_rollout_forward_batch_size)]) * b_mask
+            t_fwd = time.perf_counter()
+            # ---- 4. rewards per token and advantages
+            with torch.no_grad():
+                b_scores = scores.clone()
+                if ppo.missing_eos_penalty is not None:
+                    b_scores = b_scores - ppo.missing_eos_penalty * (~rollout.contains_stop).float()
+                b_scores = b_scores * ppo.reward_scale
+                if ppo.reward_clip is not None:
+                    b_scores = b_scores.clamp(-ppo.reward_clip, ppo.reward_clip)
+                b_kl = kl_penalty(b_logprobs, b_ref_logprobs, ppo.kl_estimator) * b_mask
+                b_rewards, b_non_score = token_rewards(b_scores, b_kl, b_mask, kl_ctl.value)
+                if ppo.whiten_rewards:
+                    b_rewards = masked_whiten(b_rewards, b_mask, shift_mean=False)
+                b_advantages, b_returns = gae(b_rewards, b_values, b_mask, ppo.gamma, ppo.lam)
+                b_advantages = masked_whiten(b_advantages, b_mask)
+            # ---- 5. PPO epochs over shuffled mini-batches, gradient accumulation over micro-batches
+            stats = []
+            for _ in range(ppo.num_ppo_epochs):
+                order = torch.randperm(n, device=device)
+                for mb_start in range(0, n, mini_batch):
+                    for micro in _chunks(mini_batch, ppo.per_device_train_batch_size):
+                        mb = order[mb_start:mb_start + mini_batch][micro]
+                        with accelerator.accumulate(model):
+                            mb_logprobs, mb_values, mb_entropy = logprobs_values(
+                                model, b_query[mb], b_qmask[mb], b_resp[mb], b_mask[mb], ppo.temperature,
+                                with_entropy=True)
+                            mb_mask = b_mask[mb]
+                            pg_loss, pg_clip, approx_kl = policy_loss(
+                                mb_logprobs, b_logprobs[mb], b_advantages[mb], mb_mask, ppo.cliprange)
+                            vf_loss, vf_clip = value_loss(
+                                mb_values, b_values[mb], b_returns[mb], mb_mask, ppo.cliprange_value)
+                            entropy = masked_mean(mb_entropy, mb_mask)
+                            loss = pg_loss + ppo.vf_coef * vf_loss - ppo.ent_coef * entropy
+                            accelerator.backward(loss)
+                            if accelerator.sync_gradients and ppo.max_grad_norm:
+                                accelerator.clip_grad_norm_(params, ppo.max_grad_norm)
+                            optimizer.step()
+                            if accelerator.sync_gradients:
+                                scheduler.step()
+                            optimizer.zero_grad()
+                        stats.append(torch.stack([pg_loss, vf_loss, pg_clip, vf_clip, approx_kl, entropy]).detach())
+            t_train = time.perf_counter()
+            # ---- 6. metrics, KL controller, log, checkpoint
+            with torch.no_grad():
+                seq_kl = b_kl.sum(1)
+                local = torch.cat([torch.stack(stats).mean(0), torch.stack([
+                    scores.mean(), seq_kl.mean(), (-b_logprobs).sum(1).mean(), b_non_score.sum(1).mean(),
+                    (b_scores + b_non_score.sum(1)).mean(), explained_variance(b_values, b_returns, b_mask),
+                    b_mask.sum(1).mean(), rollout.contains_stop.float().mean()])])
+                reduced = accelerator.reduce(local, reduction="mean").tolist()
+            if not all(math.isfinite(v) for v in reduced):
+                raise NonFiniteError(f"non-finite loss, reward or KL at update {state['step'] + 1}")
+            names = TRAIN_STATS + ("objective/scores", "objective/kl", "objective/entropy",
+                                   "objective/non_score_reward", "objective/rlhf_reward",
+                                   "val/explained_variance", "val/mean_response_length", "val/eos_fraction")
+            metrics = dict(zip(names, reduced))
+            kl_ctl_before = kl_ctl.value
+            kl_ctl.update(metrics["objective/kl"], ppo.local_batch_size * world)
+            state["step"] += 1
+            state["episode"] += ppo.local_batch_size * world
+            elapsed = time.perf_counter() - t0
+            tokens = (b_mask.sum() + rollout.query_mask.sum()).item() * world
+            metrics.update({"lr": scheduler.get_last_lr()[0], "kl_coef": kl_ctl_before,
+                            "perf/episodes_per_s": ppo.local_batch_size * world / elapsed,
+                            "perf/tokens_per_s": tokens / elapsed, "time/update_s": elapsed,
+                            "time/generate_s": t_gen - t0, "time/reward_s": t_reward - t_gen,
+                            "time/forward_s": t_fwd - t_reward, "time/train_s": t_train - t_fwd})
+            accelerator.log(metrics, step=state["step"])
+            if accelerator.is_main_process:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps({"step": state["step"], "episode": state["episode"], **metrics}) + "\n")
+                if cfg.sample_every and state["step"] % cfg.sample_every == 0:
+                    _write_samples(output_dir / "samples.jsonl", state["step"], rollout, scores)
+            progress.update(1)
+            progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
+            if cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < total_updates:
+                ckpt.save_checkpoint(accelerator, output_dir, model, tokenizer, trainer_state(), cfg.save_total_limit)
+    except KeyboardInterrupt:
+        progress.close()
+        path = ckpt.save_checkpoint(accelerator, output_dir, model, tokenizer, trainer_state(), cfg.save_total_limit)
+        accelerator.print(f"\ninterrupted: saved {path}; continue with resume_from=auto")
+        raise
+    progress.close()
+    return {**state, "model": model}
+
+
+def _truncate_rows(path: Path, step: int) -> None:
+    """Drop logged rows past `step`: a resumed run rewrites what the killed run logged after its checkpoint."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _write_samples(path: Path, step: int, rollout, scores, limit: int = 4) -> None:
+    with open(path, "a") as f:
+        for p, c, s in list(zip(rollout.prompts, rollout.completions, scores.tolist()))[:limit]:
+            f.write(json.dumps({"step": step, "prompt": p, "completion": c, "score": s}) + "\n")
