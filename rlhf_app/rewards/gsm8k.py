@@ -1,0 +1,95 @@
+"""GSM8K answer checker, after verl's `verl/utils/reward_score/gsm8k.py`, and its reward builder.
+
+`compute_score` is pure: it extracts the final number of a completion, either after `####`
+(strict) or the last number in the text (flexible), and compares it with the ground truth as a
+number, so "3.50" equals "3.5", "$1,000" equals "1000" and "15%" equals "15".
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+# A number as written in answers: thousands separators, decimals, an optional $ and sign. The
+# look-behind keeps "x2", the "5" of "3.5" and the "-4" of "3-4" from being read as numbers.
+NUMBER = r"(?<![\w.])[-−]?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\d)|(?<![\w.])[-−]?\.\d+"
+_STRICT = re.compile(r"####\s*(" + NUMBER + ")")
+_ANY = re.compile(NUMBER)
+
+
+def to_number(text: str) -> Decimal | None:
+    """'$1,000.50' -> Decimal('1000.50'); None when `text` is not a number."""
+    cleaned = text.replace("$", "").replace(",", "").replace("−", "-").replace(" ", "")
+    try:
+        value = Decimal(cleaned)
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() else None
+
+
+def extract_answer(solution_str: str, method: str = "strict") -> Decimal | None:
+    """The final answer of a solution: after the last `####` (strict) or its last number (flexible)."""
+    if method == "strict":
+        found = _STRICT.findall(solution_str)
+    elif method == "flexible":
+        found = _ANY.findall(solution_str)
+    else:
+        raise ValueError(f"unknown GSM8K extraction method {method!r}: choose strict or flexible")
+    return to_number(found[-1]) if found else None
+
+
+def ground_truth_number(ground_truth) -> Decimal:
+    """The reference answer from a GSM8K solution ending `#### N`, or from a bare number."""
+    if isinstance(ground_truth, (int, float, Decimal)):
+        return Decimal(str(ground_truth))
+    text = str(ground_truth)
+    value = extract_answer(text, "strict") if "####" in text else to_number(text.strip().rstrip("."))
+    if value is None:
+        raise ValueError(f"ground truth {text[-80:]!r} holds no number: the `answer` column must be a "
+                         "GSM8K solution ending '#### N' or a bare number")
+    return value
+
+
+def compute_score(solution_str: str, ground_truth, method: str = "strict", format_score: float = 0.0,
+                  score: float = 1.0) -> float:
+    """`score` when the extracted answer equals the ground truth, `format_score` when an answer
+    was found but is wrong, 0 when none was found."""
+    answer = extract_answer(solution_str, method)
+    if answer is None:
+        return 0.0
+    return score if answer == ground_truth_number(ground_truth) else format_score
+
+
+def build(cfg, device=None):
+    """The GSM8K reward over the dataset's `answer` column, with an `accuracy` extra metric."""
+    method, score, format_score = cfg.reward.method, cfg.reward.score, cfg.reward.format_score
+
+    def answers_of(completions, answer):
+        if answer is None:
+            raise ValueError("the gsm8k reward needs an `answer` column: use data.name=gsm8k "
+                             "or a dataset with one")
+        if len(answer) != len(completions):
+            raise ValueError(f"{len(answer)} answers for {len(completions)} completions")
+        return answer
+
+    def gsm8k_reward(prompts: list[str], completions: list[str], answer=None, **columns) -> list[float]:
+        return [compute_score(c, a, method, format_score, score)
+                for c, a in zip(completions, answers_of(completions, answer))]
+
+    def extra_metrics(prompts: list[str], completions: list[str], answer=None, **columns) -> dict:
+        hits = [compute_score(c, a, method, 0.0, 1.0) for c, a in zip(completions, answers_of(completions, answer))]
+        return {"accuracy": sum(hits) / max(len(hits), 1)}
+
+    gsm8k_reward.extra_metrics = extra_metrics
+    return gsm8k_reward
+
+
+METRIC_DIR = Path(__file__).resolve().parent.parent / "metrics" / "gsm8k_accuracy"
+
+
+def load_gsm8k_metric():
+    """The project's `evaluate` metric (accuracy with `compute_score`), loaded from its local folder."""
+    import evaluate
+
+    return evaluate.load(str(METRIC_DIR))
