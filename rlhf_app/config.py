@@ -65,7 +65,16 @@ class DataConfig:
     use_chat_template: bool = True
 
     def __post_init__(self):
+        _choice("data", "name", self.name, ("toy", "imdb", "gsm8k"))
         _choice("data", "source", self.source, ("hub", "offline"))
+        if not 1 <= self.prompt_min_tokens <= self.prompt_max_tokens:
+            raise ConfigError(f"data.prompt_min_tokens={self.prompt_min_tokens} and data.prompt_max_tokens="
+                              f"{self.prompt_max_tokens} must satisfy 1 <= min <= max")
+        for name in ("num_eval", "max_prompt_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_train is not None and self.num_train < 1:
+            raise ConfigError(f"data.num_train must be >= 1 or null (all), got {self.num_train}")
 
 
 @dataclass
@@ -84,7 +93,10 @@ class RewardConfig:
     target: str = "a"  # toy: the string whose frequency in the completion is the reward
 
     def __post_init__(self):
+        _choice("reward", "name", self.name, ("toy", "sentiment", "gsm8k", "python"))
         _choice("reward", "kind", self.kind, ("logit", "prob"))
+        if self.batch_size < 1:
+            raise ConfigError(f"reward.batch_size must be >= 1, got {self.batch_size}")
         _choice("reward", "method", self.method, ("strict", "flexible"))
 
 
