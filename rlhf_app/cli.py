@@ -73,14 +73,15 @@ def run(cfg: TrainConfig) -> dict:
     accelerator.init_trackers("rlhf_app", config=_flat(json.loads(json.dumps(_asdict(cfg)))))
     set_seed(cfg.seed)  # identical initial weights on every process
     # ---- models
-    with hub_access("the policy", cfg.model.name_or_path, cfg):
+    # The main process first: it builds offline assets / fills the Hub cache, the others then read it.
+    with hub_access("the policy", cfg.model.name_or_path, cfg), accelerator.main_process_first():
         tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.revision)
         model, ref_policy = models.build_models(cfg)
     # ---- data
     with hub_access("the dataset", cfg.data.name, cfg), accelerator.main_process_first():
         train_ds, eval_ds = data.load_prompts(cfg, tokenizer)
     # ---- reward
-    with hub_access("the reward model", cfg.reward.model or "", cfg):
+    with hub_access("the reward model", cfg.reward.model or "", cfg), accelerator.main_process_first():
         reward_fn = rewards.build_reward(cfg, accelerator.device)
     accelerator.print(f"policy {cfg.model.name_or_path}: {sum(p.numel() for p in model.parameters()):,} "
                       f"parameters; {len(train_ds)} training prompts, {len(eval_ds)} held out; reward {cfg.reward.name}")
@@ -114,7 +115,7 @@ def run(cfg: TrainConfig) -> dict:
         from rlhf_app import hub
 
         hub.push(out, cfg)
-    return {**state, "eval": evals}
+    return {**state, "model": model, "eval": evals}
 
 
 def _evaluate(cfg, model, tokenizer, eval_ds, reward_fn, device) -> dict:

@@ -57,10 +57,8 @@ class PolicyAndValue(nn.Module):
     # trl's unwrap_model_for_generation switches checkpointing off while generating (KV cache).
     @property
     def is_gradient_checkpointing(self) -> bool:
-        for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # renamed in transformers 5
-            if hasattr(type(self.policy), name) or name in vars(self.policy):
-                return bool(getattr(self.policy, name))
-        return False
+        base = self.policy.get_base_model() if hasattr(self.policy, "get_base_model") else self.policy
+        return bool(getattr(base, "is_activation_checkpointing", False))  # renamed from is_gradient_checkpointing
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
         self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)

@@ -70,6 +70,16 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return (mask.sum(dim=1).long() - 1).clamp(min=0)
 
 
+def adjust_scores(scores: torch.Tensor, contains_stop: torch.Tensor, missing_eos_penalty: float | None = None,
+                  scale: float = 1.0, clip: float | None = None) -> torch.Tensor:
+    """Scores as the policy is trained on them: minus `missing_eos_penalty` for responses that never
+    stopped, times `scale`, clipped to ±clip. scores (B,), contains_stop (B,) bool -> (B,)"""
+    if missing_eos_penalty is not None:
+        scores = scores - missing_eos_penalty * (~contains_stop).float()
+    scores = scores * scale
+    return scores.clamp(-clip, clip) if clip is not None else scores
+
+
 def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards: -kl_coef·KL on every real token, plus the score on the last real token.

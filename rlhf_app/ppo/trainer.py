@@ -16,7 +16,7 @@ from transformers import get_scheduler
 from trl.models.utils import unwrap_model_for_generation
 
 from rlhf_app.ppo import checkpoint as ckpt
-from rlhf_app.ppo.core import (KLController, explained_variance, gae, kl_penalty, masked_mean,
+from rlhf_app.ppo.core import (KLController, adjust_scores, explained_variance, gae, kl_penalty, masked_mean,
                                masked_whiten, policy_loss, token_rewards, value_loss)
 from rlhf_app.ppo.rollout import PromptSampler, generate, logprobs_values, ref_logprobs, score
 
@@ -110,12 +110,8 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             t_fwd = time.perf_counter()
             # ---- 4. rewards per token and advantages
             with torch.no_grad():
-                b_scores = scores.clone()
-                if ppo.missing_eos_penalty is not None:
-                    b_scores = b_scores - ppo.missing_eos_penalty * (~rollout.contains_stop).float()
-                b_scores = b_scores * ppo.reward_scale
-                if ppo.reward_clip is not None:
-                    b_scores = b_scores.clamp(-ppo.reward_clip, ppo.reward_clip)
+                b_scores = adjust_scores(scores, rollout.contains_stop, ppo.missing_eos_penalty,
+                                         ppo.reward_scale, ppo.reward_clip)
                 b_kl = kl_penalty(b_logprobs, b_ref_logprobs, ppo.kl_estimator) * b_mask
                 b_rewards, b_non_score = token_rewards(b_scores, b_kl, b_mask, kl_ctl.value)
                 if ppo.whiten_rewards:
