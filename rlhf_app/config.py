@@ -159,6 +159,9 @@ class HubConfig:
     repo_id: Optional[str] = None
     private: bool = False
     dry_run: bool = False
+    checkpoint: Optional[str] = None  # folder of the run to push, e.g. checkpoint-500; None: final
+    commit_message: str = "Upload PPO policy trained with rlhf_app"
+    license: Optional[str] = None  # model card licence; None: the base model's, when it is known
 
 
 @dataclass

@@ -1,0 +1,414 @@
+"""Push a finished run to the Hugging Face Hub: policy, critic, recipe, metrics, plots and a model card.
+
+`prepare_upload(run_dir, cfg)` builds `run_dir/hub_upload/`, exactly the folder that would be
+uploaded, in a temporary folder renamed into place. `push(run_dir, cfg)` uploads it, or with
+`hub.dry_run=true` only lists it. Tokens never leave the machine: the recipe and the card are
+scrubbed, and a token-like string left in any text file of the folder stops the push.
+`python scripts/push.py run_dir=runs/NAME hub.repo_id=user/name` pushes a run later.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from rlhf_app.config import ConfigError, TrainConfig, load_config, parse_overrides, to_yaml
+
+UPLOAD_DIR = "hub_upload"
+TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
+# HF user tokens are hf_ + 34 letters/digits; W&B API keys are 40 hex digits.
+TOKEN_PATTERNS = (re.compile(r"hf_[A-Za-z0-9]{30,}"), re.compile(r"(?<![0-9A-Za-z])[0-9a-f]{40}(?![0-9A-Za-z])"))
+MODEL_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".jinja", ".tiktoken")
+NOT_UPLOADED = {"trainer_state.json", "asset.json"}  # resume bookkeeping, local build info
+TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".jinja")
+RUN_FILES = ("metrics.jsonl", "eval.json")
+
+
+class HubError(RuntimeError):
+    """A push that cannot go ahead; the message is one line that names the fix."""
+
+
+def find_secrets(text: str, allow: tuple[str, ...] = ()) -> list[str]:
+    """Token-like substrings of `text`: HF and W&B key shapes, and the values of the token env vars."""
+    found = [m.group(0) for pattern in TOKEN_PATTERNS for m in pattern.finditer(text)]
+    found += [v for v in (os.environ.get(k, "") for k in TOKEN_ENV) if len(v) >= 8 and v in text]
+    return sorted({s for s in found if s not in allow}, key=len, reverse=True)
+
+
+def scrub(text: str, allow: tuple[str, ...] = ()) -> str:
+    """`text` with every token-like substring replaced by `<redacted>`."""
+    for secret in find_secrets(text, allow):
+        text = text.replace(secret, "<redacted>")
+    return text
+
+
+def _allowed(cfg: TrainConfig) -> tuple[str, ...]:
+    # A pinned model revision is a 40-hex commit id, not a key.
+    return (cfg.model.revision,) if cfg.model.revision else ()
+
+
+def _source_dir(run_dir: Path, cfg: TrainConfig) -> Path:
+    name = cfg.hub.checkpoint or "final"
+    src = run_dir / name
+    if not src.is_dir():
+        hint = "train to the end first, or push a checkpoint with hub.checkpoint=checkpoint-N" \
+            if name == "final" else "choose one of " + ", ".join(sorted(p.name for p in run_dir.glob("checkpoint-*")))
+        raise HubError(f"{src} does not exist: {hint}")
+    if not any(src.glob("*.safetensors")):
+        raise HubError(f"{src} holds no .safetensors weights: pass the folder a training run saved")
+    return src
+
+
+def model_files(src: Path) -> list[Path]:
+    """Files of a saved policy folder worth uploading (weights, configs, tokenizer, critic), relative to it.
+
+    Optimizer, RNG and trainer state (`*.pt`, `trainer_state.json`) stay behind: they only serve resume.
+    """
+    return sorted(p.relative_to(src) for p in src.rglob("*")
+                  if p.is_file() and p.suffix in MODEL_SUFFIXES and p.name not in NOT_UPLOADED)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link when possible: weights can be gigabytes and are never modified here."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def check_folder(folder: Path, allow: tuple[str, ...] = ()) -> None:
+    """Refuse (HubError) if any text file of `folder` holds a token-like string."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix in TEXT_SUFFIXES:
+            secrets = find_secrets(path.read_text(errors="replace"), allow)
+            if secrets:
+                raise HubError(f"refusing to upload: {path.relative_to(folder)} holds a token-like string "
+                               f"({secrets[0][:5]}…); remove it from the run folder and push again")
+
+
+# ---- model card
+HUB_DATASETS = {"imdb": "stanfordnlp/imdb", "gsm8k": "openai/gsm8k"}  # data.name -> Hub id (data.source=hub)
+HPARAMS = ("ppo.learning_rate", "ppo.lr_scheduler_type", "ppo.kl_coef", "ppo.kl_estimator", "ppo.adaptive_kl",
+           "ppo.cliprange", "ppo.cliprange_value", "ppo.vf_coef", "ppo.ent_coef", "ppo.gamma", "ppo.lam",
+           "ppo.whiten_rewards", "ppo.missing_eos_penalty", "ppo.num_ppo_epochs", "ppo.per_device_train_batch_size",
+           "ppo.gradient_accumulation_steps", "ppo.num_mini_batches", "ppo.total_episodes", "ppo.response_length",
+           "ppo.temperature", "model.value_model", "model.dtype", "peft.enabled", "seed")
+
+
+def _hub_id(name: str) -> str | None:
+    """`name` if it reads as a Hub model id (front matter must name an existing repo), else None."""
+    if name.startswith("asset:") or Path(name).exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        return None
+    return name
+
+
+def base_license(cfg: TrainConfig) -> str | None:
+    """`hub.license`, else the licence an offline asset or a local base-model folder declares."""
+    if cfg.hub.license:
+        return cfg.hub.license
+    from rlhf_app import assets
+
+    name = cfg.model.name_or_path
+    folder = assets.cache_dir() / name[len(assets.PREFIX):] if name.startswith(assets.PREFIX) else Path(name)
+    if (folder / "asset.json").is_file():
+        return json.loads((folder / "asset.json").read_text()).get("license")
+    if (folder / "README.md").is_file():
+        from huggingface_hub import ModelCard
+
+        return ModelCard.load(folder / "README.md", ignore_metadata_errors=True).data.license
+    return None
+
+
+def reward_source(cfg: TrainConfig) -> str:
+    r = cfg.reward
+    return {"toy": f"toy reward: frequency of {r.target!r} in the completion",
+            "sentiment": f"sentiment classifier `{r.model}`: {r.kind} of label {r.label}"
+                         + (", scoring prompt + completion" if r.score_prompt else ""),
+            "gsm8k": f"GSM8K answer check ({r.method} extraction): {r.score} if correct, "
+                     f"{r.format_score} if parsable but wrong",
+            "python": f"custom reward function `{r.function}`"}.get(r.name, f"reward `{r.name}`")
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")[:120]
+
+
+def _eval_section(evaluation: dict | None) -> str:
+    if not evaluation or not {"before", "after"} <= evaluation.keys():
+        return "No before/after evaluation was recorded for this run (`eval_before_after=false`)."
+    before, after = evaluation["before"], evaluation["after"]
+    rows = [("mean score", before["mean_score"], after["mean_score"])]
+    rows += [(k, before.get("extra", {}).get(k), v) for k, v in after.get("extra", {}).items()]
+    lines = [f"On {len(after.get('samples', []))} held-out prompts, sampled with the training temperature:", "",
+             "| metric | before | after | change |", "|---|---|---|---|"]
+    for name, b, a in rows:
+        change = f"{a - b:+.4g}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else ""
+        lines.append(f"| {name} | {_cell(b)} | {_cell(a)} | {change} |")
+    pairs = list(zip(before.get("samples", []), after.get("samples", [])))[:3]
+    if pairs:
+        lines += ["", "| prompt | before | after |", "|---|---|---|"]
+        lines += [f"| {_cell(b['prompt'])} | {_cell(b['completion'])} ({b['score']:.3g}) | "
+                  f"{_cell(a['completion'])} ({a['score']:.3g}) |" for b, a in pairs]
+    return "\n".join(lines)
+
+
+def model_card(cfg: TrainConfig, files: list[Path], evaluation: dict | None, metrics: list[dict],
+               plots: list[str], source: str = "final") -> str:
+    """README.md of the upload: YAML front matter (huggingface_hub's ModelCardData) and the card's sections."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    repo = cfg.hub.repo_id or "user/name"
+    names = {p.as_posix() for p in files}
+    adapter = "adapter_config.json" in names
+    auto = "AutoPeftModelForCausalLM" if adapter else "AutoModelForCausalLM"
+    library = "peft" if adapter else "transformers"
+    data = cfg.data
+    hub_dataset = HUB_DATASETS.get(data.name) if data.source == "hub" else None
+    card_data = ModelCardData(
+        base_model=_hub_id(cfg.model.name_or_path), datasets=[hub_dataset] if hub_dataset else None,
+        license=base_license(cfg), library_name=library,
+        model_name=repo.split("/")[-1], pipeline_tag="text-generation",
+        tags=["rlhf", "ppo", "rlhf_app", f"reward:{cfg.reward.name}"] + (["lora"] if adapter else []))
+    origin = hub_dataset or ("generated by rlhf_app" if data.name == "toy" else f"data.source={data.source}")
+    revision = f" (revision `{cfg.model.revision}`)" if cfg.model.revision else ""
+    hparams = "\n".join(f"| `{k}` | {_cell(functools.reduce(getattr, k.split('.'), cfg))} |" for k in HPARAMS)
+    last = metrics[-1] if metrics else {}
+    progress = (f"{last.get('step')} PPO updates, {last.get('episode')} episodes; last update: mean score "
+                f"{_cell(last.get('objective/scores'))}, KL to the base model {_cell(last.get('objective/kl'))}."
+                if last else "No metrics.jsonl was recorded.")
+    critic = ("`value_model/` (a separate critic)" if any(n.startswith("value_model/") for n in names) else
+              "`value_head.safetensors` (a linear head on the policy's last hidden state)"
+              if "value_head.safetensors" in names else "no critic (none was saved)")
+    plot = ("![training diagnostics: reward, KL, losses, clip fractions over updates](plots/diagnostics.png)"
+            if "diagnostics.png" in plots else "No diagnostics plot was recorded.")
+    body = f"""
+# {repo.split("/")[-1]}
+
+A causal language model fine-tuned with PPO (RLHF) by `rlhf_app`: the policy maximises the reward
+below minus a KL penalty to the base model, with a learned critic. Weights from `{source}/` of the run.
+
+## Base model
+
+`{cfg.model.name_or_path}`{revision}. Licence: {card_data.license or "not recorded; check the base model's"}.
+
+## Reward source
+
+{reward_source(cfg)}.
+
+## Dataset
+
+Prompts: `{data.name}` ({origin}); {data.num_eval} prompts held out for evaluation.
+
+## Training
+
+| hyper-parameter | value |
+|---|---|
+{hparams}
+
+{progress} The full recipe is `config.yaml`; per-update metrics are in `metrics.jsonl`.
+
+## Evaluation (before → after)
+
+{_eval_section(evaluation)}
+
+## Diagnostics
+
+{plot}
+
+## How to load
+
+```python
+from {library} import {auto}
+from transformers import AutoTokenizer
+
+model = {auto}.from_pretrained("{repo}")
+tokenizer = AutoTokenizer.from_pretrained("{repo}")
+inputs = tokenizer("the movie was", return_tensors="pt")
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0], skip_special_tokens=True))
+```
+
+The critic is {critic}. To get the policy with its critic (e.g. to continue PPO), use `rlhf_app`:
+
+```python
+from huggingface_hub import snapshot_download
+from rlhf_app.models import load_policy
+
+model, tokenizer = load_policy(snapshot_download("{repo}"))
+logits, values = model(input_ids, attention_mask)  # values: the critic's estimate per token
+```
+"""
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")  # parses the front matter: a bad one fails here
+    return str(card)
+
+
+def prepare_upload(run_dir: str | Path, cfg: TrainConfig) -> Path:
+    """Build `run_dir/hub_upload/`: exactly the folder `push` uploads. Returns its path.
+
+    Holds the policy + tokenizer and critic (from `final/` or `hub.checkpoint`), the resolved
+    recipe (`config.yaml`, scrubbed), `metrics.jsonl`, `eval.json`, `plots/*.png` and `README.md`.
+    Written into a temporary folder and renamed, so a half-written folder never remains.
+    """
+    run_dir = Path(run_dir)
+    src = _source_dir(run_dir, cfg)
+    allow = _allowed(cfg)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{UPLOAD_DIR}-", dir=run_dir))
+    try:
+        files = model_files(src)
+        for rel in files:
+            _link_or_copy(src / rel, tmp / rel)
+        (tmp / "config.yaml").write_text(scrub(to_yaml(cfg), allow))
+        for name in RUN_FILES:
+            if (run_dir / name).is_file():
+                _link_or_copy(run_dir / name, tmp / name)
+        for png in sorted((run_dir / "plots").glob("*.png")):
+            _link_or_copy(png, tmp / "plots" / png.name)
+        evaluation = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else None
+        metrics = _load_jsonl(run_dir / "metrics.jsonl")
+        card = model_card(cfg, files, evaluation, metrics, plots=sorted(p.name for p in (tmp / "plots").glob("*.png")),
+                          source=src.name)
+        (tmp / "README.md").write_text(scrub(card, allow))
+        check_folder(tmp, allow)
+        target = run_dir / UPLOAD_DIR
+        if target.exists():  # os.replace cannot overwrite a non-empty folder: move the old one aside
+            old = Path(tempfile.mkdtemp(prefix=f".{UPLOAD_DIR}-old-", dir=run_dir))
+            os.replace(target, old / UPLOAD_DIR)
+            shutil.rmtree(old)
+        tmp.chmod(0o755)  # mkdtemp makes it private to the user
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _load_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return flag or bool(constants.HF_HUB_OFFLINE)
+
+
+def _offline_message(cfg: TrainConfig) -> str:
+    return ("the Hugging Face Hub cannot be reached (offline, or HF_HUB_OFFLINE=1): set hub.dry_run=true to "
+            f"prepare the upload folder now, and push later with python scripts/push.py run_dir={cfg.output_dir} "
+            f"hub.repo_id={cfg.hub.repo_id or 'user/name'}")
+
+
+def check_push(cfg: TrainConfig) -> str | None:
+    """Fail fast (HubError) if a real push cannot work: no repo id, offline, no token. Returns the token.
+
+    With `hub.dry_run=true` nothing is needed and None is returned. Cheap and local (no network
+    call), so a training run calls it before its first update rather than after its last.
+    """
+    if cfg.hub.dry_run:
+        return None
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo_id = cfg.hub.repo_id
+    if not repo_id:
+        raise HubError("hub.repo_id is not set: pass hub.repo_id=user/name (or hub.dry_run=true to only prepare)")
+    try:
+        validate_repo_id(repo_id)
+        if "/" not in repo_id:
+            raise HFValidationError("no namespace")
+    except HFValidationError:
+        raise HubError(f"hub.repo_id={repo_id!r} is not a Hub repo id: write hub.repo_id=user/name") from None
+    if _offline():
+        raise HubError(_offline_message(cfg))
+    token = get_token() or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if not token:
+        raise HubError("no Hugging Face token: run `hf auth login` (formerly `huggingface-cli login`) "
+                       "or set HF_TOKEN")
+    return token
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Transport errors of whichever HTTP client huggingface_hub uses (it changed across releases)."""
+    errors: list[type[BaseException]] = [OSError]
+    for module in ("httpx2", "httpx", "requests"):
+        try:
+            mod = __import__(module)
+        except ImportError:
+            continue
+        errors.append(getattr(mod, "TransportError", None) or getattr(mod, "ConnectionError"))
+    return tuple(errors)
+
+
+def push(run_dir: str | Path, cfg: TrainConfig) -> str:
+    """Prepare `run_dir/hub_upload/` and upload it to `hub.repo_id` (model repo). Returns a URL or the folder.
+
+    `hub.dry_run=true`: only prepare, print the folder and its files, and return the folder path.
+    """
+    token = check_push(cfg)
+    folder = prepare_upload(run_dir, cfg)
+    if cfg.hub.dry_run:
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        print(f"dry run: would upload {folder} ({len(files)} files) to {cfg.hub.repo_id or 'hub.repo_id'}")
+        for path in files:
+            print(f"  {path.relative_to(folder)}  {path.stat().st_size:,} bytes")
+        return str(folder)
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(token=token)
+    repo_id = cfg.hub.repo_id
+    try:
+        api.create_repo(repo_id, private=cfg.hub.private, repo_type="model", exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model",
+                                   commit_message=cfg.hub.commit_message)
+    except HfHubHTTPError as err:
+        status = getattr(getattr(err, "response", None), "status_code", "?")
+        fix = "check the token's write access (`hf auth login`)" if status in (401, 403) else "see the Hub's reply"
+        raise HubError(f"the Hub refused the push to {repo_id} (HTTP {status}): {fix}") from err
+    except _network_errors() as err:
+        raise HubError(_offline_message(cfg)) from err
+    url = getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo_id}"
+    print(f"pushed {folder} to https://huggingface.co/{repo_id} ({url})")
+    return url
+
+
+def load_run_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
+    """The config a run recorded (`run_dir/config.yaml`) with `hub.*` overrides on top."""
+    from omegaconf import OmegaConf
+
+    recorded = run_dir / "config.yaml"
+    if not recorded.is_file():
+        raise HubError(f"{recorded} does not exist: run_dir must be a folder written by a training run")
+    for arg in overrides:
+        if not arg.startswith("hub."):
+            raise HubError(f"{arg.split('=', 1)[0]} cannot change after training: only hub.* keys "
+                           "may be overridden (e.g. hub.repo_id=user/name)")
+    cfg = load_config([f"recipe={recorded}", *overrides])
+    cfg.recipe = OmegaConf.load(recorded).get("recipe")  # the recipe name, not the path read here
+    return cfg
+
+
+def main(argv: list[str]) -> None:
+    """`scripts/push.py run_dir=PATH [hub.repo_id=user/name hub.dry_run=true ...]`."""
+    run_dirs = [a.split("=", 1)[1] for a in argv if a.startswith("run_dir=")]
+    rest = [a for a in argv if not a.startswith("run_dir=")]
+    try:
+        if len(run_dirs) != 1 or not run_dirs[0]:
+            raise HubError("pass the run folder once: python scripts/push.py run_dir=runs/NAME hub.repo_id=user/name")
+        parse_overrides(rest)
+        run_dir = Path(run_dirs[0])
+        cfg = load_run_config(run_dir, rest)
+        push(run_dir, cfg)
+    except (HubError, ConfigError) as err:
+        sys.exit(f"error: {err}")
