@@ -9,7 +9,9 @@ scrubbed, and a token-like string left in any text file of the folder stops the 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import json
 import os
 import re
@@ -48,11 +50,6 @@ def scrub(text: str, allow: tuple[str, ...] = ()) -> str:
     return text
 
 
-def _allowed(cfg: TrainConfig) -> tuple[str, ...]:
-    # A pinned model revision is a 40-hex commit id, not a key.
-    return (cfg.model.revision,) if cfg.model.revision else ()
-
-
 def _source_dir(run_dir: Path, cfg: TrainConfig) -> Path:
     name = cfg.hub.checkpoint or "final"
     src = run_dir / name
@@ -74,11 +71,11 @@ def model_files(src: Path) -> list[Path]:
                   if p.is_file() and p.suffix in MODEL_SUFFIXES and p.name not in NOT_UPLOADED)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link when possible: weights can be gigabytes and are never modified here."""
+def _place(src: Path, dst: Path) -> None:
+    """Hard-link weights (gigabytes, never rewritten); copy the rest, which a resumed run may append to."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(src, dst)
+        os.link(src, dst) if src.suffix == ".safetensors" else shutil.copy2(src, dst)
     except OSError:
         shutil.copy2(src, dst)
 
@@ -148,7 +145,8 @@ def _eval_section(evaluation: dict | None) -> str:
     before, after = evaluation["before"], evaluation["after"]
     rows = [("mean score", before["mean_score"], after["mean_score"])]
     rows += [(k, before.get("extra", {}).get(k), v) for k, v in after.get("extra", {}).items()]
-    lines = [f"On {len(after.get('samples', []))} held-out prompts, sampled with the training temperature:", "",
+    lines = [f"The same {len(after.get('samples', []))} held-out prompts, sampled with the training settings "
+             "and a fixed seed:", "",
              "| metric | before | after | change |", "|---|---|---|---|"]
     for name, b, a in rows:
         change = f"{a - b:+.4g}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else ""
@@ -162,8 +160,11 @@ def _eval_section(evaluation: dict | None) -> str:
 
 
 def model_card(cfg: TrainConfig, files: list[Path], evaluation: dict | None, metrics: list[dict],
-               plots: list[str], source: str = "final") -> str:
-    """README.md of the upload: YAML front matter (huggingface_hub's ModelCardData) and the card's sections."""
+               source: str = "final") -> str:
+    """README.md of the upload: YAML front matter (huggingface_hub's ModelCardData) and the sections.
+
+    `files` are the upload's paths (relative); `evaluation` is eval.json, `metrics` the rows of metrics.jsonl.
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
     repo = cfg.hub.repo_id or "user/name"
@@ -188,8 +189,8 @@ def model_card(cfg: TrainConfig, files: list[Path], evaluation: dict | None, met
     critic = ("`value_model/` (a separate critic)" if any(n.startswith("value_model/") for n in names) else
               "`value_head.safetensors` (a linear head on the policy's last hidden state)"
               if "value_head.safetensors" in names else "no critic (none was saved)")
-    plot = ("![training diagnostics: reward, KL, losses, clip fractions over updates](plots/diagnostics.png)"
-            if "diagnostics.png" in plots else "No diagnostics plot was recorded.")
+    plot = ("![training diagnostics: reward, KL, losses and clip fractions over updates](plots/diagnostics.png)"
+            if "plots/diagnostics.png" in names else "No diagnostics plot was recorded.")
     body = f"""
 # {repo.split("/")[-1]}
 
@@ -259,22 +260,23 @@ def prepare_upload(run_dir: str | Path, cfg: TrainConfig) -> Path:
     """
     run_dir = Path(run_dir)
     src = _source_dir(run_dir, cfg)
-    allow = _allowed(cfg)
+    allow = (cfg.model.revision,) if cfg.model.revision else ()  # a pinned commit id is 40 hex, not a key
     tmp = Path(tempfile.mkdtemp(prefix=f".{UPLOAD_DIR}-", dir=run_dir))
     try:
         files = model_files(src)
         for rel in files:
-            _link_or_copy(src / rel, tmp / rel)
+            _place(src / rel, tmp / rel)
         (tmp / "config.yaml").write_text(scrub(to_yaml(cfg), allow))
         for name in RUN_FILES:
             if (run_dir / name).is_file():
-                _link_or_copy(run_dir / name, tmp / name)
+                _place(run_dir / name, tmp / name)
         for png in sorted((run_dir / "plots").glob("*.png")):
-            _link_or_copy(png, tmp / "plots" / png.name)
-        evaluation = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else None
-        metrics = _load_jsonl(run_dir / "metrics.jsonl")
-        card = model_card(cfg, files, evaluation, metrics, plots=sorted(p.name for p in (tmp / "plots").glob("*.png")),
-                          source=src.name)
+            _place(png, tmp / "plots" / png.name)
+        evaluation = json.loads((tmp / "eval.json").read_text()) if (tmp / "eval.json").is_file() else None
+        metrics = [json.loads(line) for line in (tmp / "metrics.jsonl").read_text().splitlines()
+                   if line.strip()] if (tmp / "metrics.jsonl").is_file() else []
+        uploaded = sorted(p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file())
+        card = model_card(cfg, uploaded, evaluation, metrics, source=src.name)
         (tmp / "README.md").write_text(scrub(card, allow))
         check_folder(tmp, allow)
         target = run_dir / UPLOAD_DIR
@@ -288,19 +290,6 @@ def prepare_upload(run_dir: str | Path, cfg: TrainConfig) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
-
-
-def _load_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    return flag or bool(constants.HF_HUB_OFFLINE)
 
 
 def _offline_message(cfg: TrainConfig) -> str:
@@ -329,7 +318,10 @@ def check_push(cfg: TrainConfig) -> str | None:
             raise HFValidationError("no namespace")
     except HFValidationError:
         raise HubError(f"hub.repo_id={repo_id!r} is not a Hub repo id: write hub.repo_id=user/name") from None
-    if _offline():
+    from huggingface_hub import constants
+
+    # The env var as it is now, and as huggingface_hub read it at import (it obeys the latter).
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or constants.HF_HUB_OFFLINE:
         raise HubError(_offline_message(cfg))
     token = get_token() or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     if not token:
@@ -339,15 +331,13 @@ def check_push(cfg: TrainConfig) -> str | None:
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
-    """Transport errors of whichever HTTP client huggingface_hub uses (it changed across releases)."""
-    errors: list[type[BaseException]] = [OSError]
-    for module in ("httpx2", "httpx", "requests"):
-        try:
-            mod = __import__(module)
-        except ImportError:
-            continue
-        errors.append(getattr(mod, "TransportError", None) or getattr(mod, "ConnectionError"))
-    return tuple(errors)
+    """OSError and the transport errors of whichever HTTP client huggingface_hub uses (it changed over releases)."""
+    found = [OSError]
+    for name in ("httpx2", "httpx", "requests"):
+        with contextlib.suppress(ImportError):
+            module = importlib.import_module(name)
+            found.append(getattr(module, "TransportError", None) or module.ConnectionError)
+    return tuple(found)
 
 
 def push(run_dir: str | Path, cfg: TrainConfig) -> str:
@@ -370,8 +360,10 @@ def push(run_dir: str | Path, cfg: TrainConfig) -> str:
     repo_id = cfg.hub.repo_id
     try:
         api.create_repo(repo_id, private=cfg.hub.private, repo_type="model", exist_ok=True)
+        # delete_patterns="*": the repo becomes exactly this folder (a stale value_model/ from an earlier
+        # push would mislead load_policy); the Hub keeps .gitattributes regardless.
         commit = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model",
-                                   commit_message=cfg.hub.commit_message)
+                                   commit_message=cfg.hub.commit_message, delete_patterns="*")
     except HfHubHTTPError as err:
         status = getattr(getattr(err, "response", None), "status_code", "?")
         fix = "check the token's write access (`hf auth login`)" if status in (401, 403) else "see the Hub's reply"

@@ -187,7 +187,8 @@ def test_push_creates_the_repo_and_uploads_the_folder(run_dir, hub_calls, monkey
     assert kwargs == {"private": True, "repo_type": "model", "exist_ok": True}
     assert (upload, up_repo) == ("upload_folder", "alice/tiny-ppo")
     assert up_kwargs["folder_path"] == run_dir / "hub_upload" and up_kwargs["repo_type"] == "model"
-    assert up_kwargs["commit_message"] == "first push" and set(files) == MODEL_FILES | RUN_FILES
+    assert up_kwargs["commit_message"] == "first push" and up_kwargs["delete_patterns"] == "*"
+    assert set(files) == MODEL_FILES | RUN_FILES
     # no connection: the one-line offline hint, not a traceback from the HTTP client
     monkeypatch.setattr(HfApi, "create_repo", lambda self, *a, **k: (_ for _ in ()).throw(ConnectionError("down")))
     with pytest.raises(hub.HubError, match="cannot be reached.*hub.dry_run=true"):
@@ -230,3 +231,13 @@ def test_push_script_reads_the_recorded_config(run_dir, capsys):
         hub.main(["hub.dry_run=true"])
     with pytest.raises(SystemExit, match=r"config\.yaml does not exist"):
         hub.main([f"run_dir={run_dir / 'final'}", "hub.dry_run=true"])
+
+
+def test_card_says_what_is_missing(run_dir):
+    shutil.rmtree(run_dir / "plots")
+    (run_dir / "eval.json").unlink()
+    folder = hub.prepare_upload(run_dir, make_cfg(run_dir, "eval_before_after=false"))
+    text = (folder / "README.md").read_text()
+    assert "No diagnostics plot was recorded." in text and "plots/diagnostics.png" not in text
+    assert "No before/after evaluation was recorded" in text
+    assert listing(folder) == MODEL_FILES | {"README.md", "config.yaml", "metrics.jsonl", "value_head.safetensors"}
