@@ -150,3 +150,35 @@ def test_multi_cpu_config_runs_two_gloo_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert rows == [{"type": "DistributedType.MULTI_CPU", "n": 2, "sum": 3.0}] * 2
+
+
+FAKES = {"srun": 'while [[ "$1" == --* ]]; do shift; done\nSLURM_NODEID=1 exec "$@"',  # as on the 2nd node
+         "scontrol": "printf 'node-a\\nnode-b\\n'",
+         "accelerate": 'printf "%s\\n" "$@" > "$RECORD"'}
+
+
+def test_slurm_script_launches_every_node_into_one_job(tmp_path, monkeypatch):
+    """Run the sbatch script with stand-ins for srun/scontrol/accelerate; feed what it passes to accelerate's launcher."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in FAKES.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(tmp_path / "args"),
+           "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_JOB_ID": "77",
+           "SLURM_SUBMIT_DIR": str(tmp_path)}  # no .venv there: the stand-ins stay first on PATH
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "slurm" / "train.sbatch"), "ppo.total_episodes=64"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    argv = (tmp_path / "args").read_text().splitlines()
+    assert argv[0] == "launch"
+    monkeypatch.chdir(ROOT)  # the config path is relative to the submit folder
+    args = launch_command_parser().parse_args(argv[1:])
+    args, defaults, _ = _validate_launch_command(args)
+    assert args.use_deepspeed and defaults.deepspeed_config["zero_stage"] == 2
+    args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+    prepare_deepspeed_cmd_env(args)  # fills the torchrun arguments of this node
+    assert (args.nnodes, args.nproc_per_node, args.node_rank) == ("2", "8", 1)
+    assert (args.rdzv_backend, args.rdzv_endpoint) == ("static", "node-a:29500")
+    assert args.training_script == "scripts/train.py"
+    assert args.training_script_args == ["recipe=gsm8k", "output_dir=runs/gsm8k-77", "ppo.total_episodes=64"]
