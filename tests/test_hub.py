@@ -241,3 +241,19 @@ def test_card_says_what_is_missing(run_dir):
     assert "No diagnostics plot was recorded." in text and "plots/diagnostics.png" not in text
     assert "No before/after evaluation was recorded" in text
     assert listing(folder) == MODEL_FILES | {"README.md", "config.yaml", "metrics.jsonl", "value_head.safetensors"}
+
+
+def test_licence_comes_from_the_base_model_card_or_asset(run_dir, tmp_path, monkeypatch):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "README.md").write_text("---\nlicense: mit\n---\n# a base model\n")
+    cfg = make_cfg(run_dir, f"model.name_or_path={base}")
+    assert hub.base_license(cfg) == "mit"
+    assert ModelCard((hub.prepare_upload(run_dir, cfg) / "README.md").read_text()).data.license == "mit"
+    assert hub.base_license(make_cfg(run_dir, f"model.name_or_path={base}", "hub.license=other")) == "other"
+    monkeypatch.setenv("RLHF_APP_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "tiny").mkdir(parents=True)
+    (tmp_path / "cache" / "tiny" / "asset.json").write_text('{"name": "tiny", "license": "apache-2.0"}')
+    assert hub.base_license(make_cfg(run_dir)) == "apache-2.0"
+    (tmp_path / "cache" / "tiny" / "asset.json").write_text('{"name": "tiny"}')
+    assert hub.base_license(make_cfg(run_dir)) is None
