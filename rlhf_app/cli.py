@@ -36,6 +36,29 @@ def main(argv: list[str]) -> None:
         run(cfg)
     except UserError as err:
         sys.exit(f"error: {err}")
+    except KeyboardInterrupt:
+        sys.exit(130)  # the trainer has saved a checkpoint and said where
+
+
+def _explain_failure(err: BaseException, cfg: TrainConfig) -> str | None:
+    """One line for the failures a user can fix by changing settings, else None."""
+    import torch
+
+    from rlhf_app.ppo.checkpoint import checkpoints
+    from rlhf_app.ppo.trainer import NonFiniteError
+
+    if isinstance(err, NonFiniteError):
+        found = checkpoints(Path(cfg.output_dir))
+        keep = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was saved before it"
+        return (f"{err}; {keep}. Lower ppo.learning_rate, set ppo.max_grad_norm, or use model.dtype=float32, "
+                "then resume_from=auto")
+    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
+        p = cfg.ppo
+        return (f"out of memory: lower ppo.per_device_train_batch_size (now {p.per_device_train_batch_size}) and "
+                f"raise ppo.gradient_accumulation_steps to keep the batch, lower ppo.local_rollout_forward_batch_size "
+                f"(now {p.local_rollout_forward_batch_size}) or ppo.response_length (now {p.response_length}), "
+                "or set model.gradient_checkpointing=true / peft.enabled=true")
+    return None
 
 
 @contextlib.contextmanager
@@ -71,7 +94,6 @@ def run(cfg: TrainConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
     accelerator.init_trackers("rlhf_app", config=_flat(json.loads(json.dumps(_asdict(cfg)))))
-    set_seed(cfg.seed)  # identical initial weights on every process
     # ---- models
     # The main process first: it builds offline assets / fills the Hub cache, the others then read it.
     with hub_access("the policy", cfg.model.name_or_path, cfg), accelerator.main_process_first():
@@ -92,7 +114,13 @@ def run(cfg: TrainConfig) -> dict:
         evals["before"] = _evaluate(cfg, model, tokenizer, eval_ds, reward_fn, accelerator.device)
         accelerator.print(_eval_line("before", evals["before"]))
     # ---- PPO
-    state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, out)
+    try:
+        state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, out)
+    except (RuntimeError, ValueError) as err:
+        message = _explain_failure(err, cfg)
+        if message is None:
+            raise
+        raise UserError(message) from err
     model = accelerator.unwrap_model(state.pop("model"))
     # ---- evaluation after training, critic values along two completions, save, report
     if accelerator.is_main_process:

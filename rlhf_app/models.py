@@ -90,15 +90,18 @@ def load_tokenizer(name_or_path: str, revision: str | None = None):
 
 def build_models(cfg) -> tuple[PolicyAndValue, nn.Module | None]:
     """(policy with critic, frozen reference or None when LoRA provides it) from `cfg.model`/`cfg.peft`."""
+    from transformers import set_seed
     from trl.trainer.utils import disable_dropout_in_model
 
     m = cfg.model
     path = assets.resolve(m.name_or_path)
+    critic_path = assets.resolve(m.value_model_path) if m.value_model_path else path
+    # Seed after any asset build, so freshly initialised heads never depend on what was cached.
+    set_seed(cfg.seed)
     kwargs = dict(revision=m.revision, dtype=DTYPES[m.dtype], trust_remote_code=m.trust_remote_code)
     policy = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     critic = None
     if m.value_model == "separate":
-        critic_path = assets.resolve(m.value_model_path) if m.value_model_path else path
         critic = AutoModelForSequenceClassification.from_pretrained(critic_path, num_labels=1, **kwargs)
         critic.config.pad_token_id = critic.config.pad_token_id or policy.config.pad_token_id
     ref = None

@@ -19,19 +19,24 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Unbiased variance of x over masked positions (Bessel's correction, as TRL). -> scalar."""
+    """Unbiased variance of x over masked positions (Bessel's correction, as TRL). -> scalar"""
     mean = masked_mean(x, mask)
     n = mask.sum()
     var = masked_mean((x - mean) ** 2, mask)
     return var * n / (n - 1).clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, all_reduce=None) -> torch.Tensor:
     """Normalise x to unit variance (and zero mean if shift_mean) using only masked positions.
 
-    Padded positions come back as 0 so they can never leak into a later sum. (B, R) -> (B, R)
+    `all_reduce`, if given, sums a tensor over all processes, so that N processes whiten with the
+    statistics of the whole batch, exactly as one process holding it would. Padded positions come
+    back as 0 so they can never leak into a later sum. (B, R) -> (B, R)
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    reduce = all_reduce or (lambda t: t)
+    total, n = reduce(torch.stack([(x * mask).sum(), mask.sum()]))
+    mean = total / n.clamp(min=1)
+    var = reduce(((x - mean) ** 2 * mask).sum()) / (n - 1).clamp(min=1)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean

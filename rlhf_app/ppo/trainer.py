@@ -61,6 +61,8 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
     sampler = PromptSampler(train_ds, ppo.local_batch_size, cfg.seed, accelerator.process_index, world)
     kl_ctl = KLController(ppo.kl_coef, ppo.adaptive_kl, ppo.kl_target, ppo.kl_horizon)
     state = {"step": 0, "episode": 0}
+    # Whitening statistics over the global batch, so N processes match one process exactly.
+    all_reduce = (lambda t: accelerator.reduce(t, reduction="sum")) if world > 1 else None
 
     # ---- resume
     resume = ckpt.find_resume(cfg.resume_from, output_dir)
@@ -115,9 +117,9 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                 b_kl = kl_penalty(b_logprobs, b_ref_logprobs, ppo.kl_estimator) * b_mask
                 b_rewards, b_non_score = token_rewards(b_scores, b_kl, b_mask, kl_ctl.value)
                 if ppo.whiten_rewards:
-                    b_rewards = masked_whiten(b_rewards, b_mask, shift_mean=False)
+                    b_rewards = masked_whiten(b_rewards, b_mask, shift_mean=False, all_reduce=all_reduce)
                 b_advantages, b_returns = gae(b_rewards, b_values, b_mask, ppo.gamma, ppo.lam)
-                b_advantages = masked_whiten(b_advantages, b_mask)
+                b_advantages = masked_whiten(b_advantages, b_mask, all_reduce=all_reduce)
             # ---- 5. PPO epochs over shuffled mini-batches, gradient accumulation over micro-batches
             stats = []
             for _ in range(ppo.num_ppo_epochs):
