@@ -117,6 +117,7 @@ class PPOConfig:
     local_rollout_forward_batch_size: int = 64
     response_length: int = 53
     temperature: float = 0.7
+    do_sample: bool = True  # false: greedy rollouts (deterministic; for tests and debugging)
     top_k: int = 0
     top_p: float = 1.0
     stop_token: Optional[str] = "eos"  # eos | None: stop at the tokenizer's EOS, or never
