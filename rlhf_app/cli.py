@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from rlhf_app.config import TrainConfig, available_recipes, main_guard, to_yaml
+from rlhf_app.hub import HubError
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_HUB_DISABLE_TELEMETRY": "1", "WANDB_MODE": "offline"}
@@ -35,6 +36,8 @@ def main(argv: list[str]) -> None:
     try:
         run(cfg)
     except UserError as err:
+        sys.exit(f"error: {err}")
+    except HubError as err:  # a push that cannot work, found before or after training
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:
         sys.exit(130)  # the trainer has saved a checkpoint and said where
@@ -85,6 +88,10 @@ def run(cfg: TrainConfig) -> dict:
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    if cfg.hub.push:
+        from rlhf_app import hub
+
+        hub.check_push(cfg)  # no repo id, offline, no token: say so now, not after training
     # ---- accelerator, trackers, seed, output folder
     report_to = [r for r in cfg.report_to if r != "none"]
     accelerator = Accelerator(gradient_accumulation_steps=cfg.ppo.gradient_accumulation_steps,

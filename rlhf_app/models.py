@@ -32,6 +32,9 @@ class PolicyAndValue(nn.Module):
         super().__init__()
         self.policy = policy
         self.critic = critic
+        # FSDP's auto-wrap looks for this attribute on the wrapped model: shard per transformer block.
+        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        self._no_split_modules = list(getattr(base, "_no_split_modules", None) or [])
         if critic is None:
             hidden = policy.config.get_text_config().hidden_size
             self.value_head = nn.Linear(hidden, 1)

@@ -7,6 +7,7 @@ that. The MULTI_CPU config is run for real: two gloo processes.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -112,8 +113,6 @@ def test_fsdp_plugin_shards_per_transformer_block(monkeypatch, tmp_path):
     assert wrapped == ["GPT2Block", "GPT2Block"]  # one shard group per layer of the 2-layer model
 
 
-@pytest.mark.xfail(strict=True, reason="PolicyAndValue has no _no_split_modules: FSDP shards it as one group "
-                   "(works, but gathers the whole model at once); forward the policy's to fix, then drop this mark")
 def test_fsdp_finds_the_blocks_inside_the_policy_and_value_wrapper(monkeypatch, tmp_path):
     from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
     from transformers import AutoModelForCausalLM
@@ -145,8 +144,11 @@ def test_multi_cpu_config_runs_two_gloo_processes(tmp_path):
     (tmp_path / "probe.py").write_text(PROBE)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     accelerate = Path(sys.executable).parent / "accelerate"
+    with socket.socket() as sock:  # a free port: the default 29500 may be taken by another run
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     proc = subprocess.run([str(accelerate), "launch", "--config_file", str(CONFIGS / "multi_cpu.yaml"),
-                           str(tmp_path / "probe.py")], env=env, capture_output=True, text=True, timeout=300)
+                           "--main_process_port", str(port), str(tmp_path / "probe.py")], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert rows == [{"type": "DistributedType.MULTI_CPU", "n": 2, "sum": 3.0}] * 2

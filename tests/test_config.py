@@ -81,3 +81,10 @@ def test_cli_error_is_one_line_without_traceback():
     proc = _train("recipe=tiny", "ppo.kl_coeff=1")
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: command line: unknown key ppo.kl_coeff; did you mean ppo.kl_coef?"
+
+
+def test_push_that_cannot_work_fails_before_training():
+    proc = _train("recipe=tiny", "hub.push=true", "hub.repo_id=someone/tiny-ppo", "output_dir=runs/never")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error: the Hugging Face Hub cannot be reached")
+    assert "PPO" not in proc.stderr  # no update ran

@@ -55,6 +55,11 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
     # Not prepared by accelerate, which would step it once per process: stepped once per optimizer step.
     scheduler = get_scheduler(ppo.lr_scheduler_type, optimizer, num_warmup_steps=ppo.warmup_steps,
                               num_training_steps=total_updates * steps_per_update)
+    if accelerator.state.deepspeed_plugin is not None:
+        # No data loader is prepared, so DeepSpeed cannot infer these "auto" values itself.
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = ppo.per_device_train_batch_size
+        ds_config["gradient_clipping"] = ppo.max_grad_norm
     model, optimizer = accelerator.prepare(model, optimizer)
     if ref_policy is not None:
         ref_policy.to(device)
