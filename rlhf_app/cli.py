@@ -7,6 +7,7 @@ Heavy libraries are imported inside `run`, after the offline switches are in the
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -94,13 +95,18 @@ def run(cfg: TrainConfig) -> dict:
         hub.check_push(cfg)  # no repo id, offline, no token: say so now, not after training
     # ---- accelerator, trackers, seed, output folder
     report_to = [r for r in cfg.report_to if r != "none"]
+    for tracker in report_to:
+        if importlib.util.find_spec(tracker) is None:
+            raise UserError(f"report_to={tracker} needs the {tracker} package: pip install {tracker}")
     accelerator = Accelerator(gradient_accumulation_steps=cfg.ppo.gradient_accumulation_steps,
                               log_with=report_to or None, project_dir=cfg.output_dir)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
-    accelerator.init_trackers("rlhf_app", config=_flat(json.loads(json.dumps(_asdict(cfg)))))
+    # Trackers write inside the run folder; the config they get holds no secrets (none is ever in it).
+    accelerator.init_trackers("rlhf_app", config=_flat(json.loads(json.dumps(_asdict(cfg)))),
+                              init_kwargs={"wandb": {"dir": str(out), "name": out.name}})
     # ---- models
     # The main process first: it builds offline assets / fills the Hub cache, the others then read it.
     with hub_access("the policy", cfg.model.name_or_path, cfg), accelerator.main_process_first():

@@ -24,9 +24,13 @@ class ConfigError(ValueError):
     """A bad recipe or override; the message is one line that names the fix."""
 
 
+TRACKERS = ("none", "wandb", "tensorboard", "trackio")
+
+
 def _choice(section: str, name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
-        raise ConfigError(f"{section}.{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+        key = f"{section}.{name}" if section else name
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, allowed))}")
 
 
 @dataclass
@@ -172,12 +176,11 @@ class TrainConfig:
     seed: int = 0
     offline: bool = False  # forbid every network call (set HF_HUB_OFFLINE and friends)
     num_threads: int = 0  # torch threads per process; 0: leave torch's choice
-    logging_steps: int = 1
     save_steps: int = 0  # 0: only the final save
     save_total_limit: int = 2
     resume_from: Optional[str] = None  # auto | path to a checkpoint folder
     report_to: list[str] = field(default_factory=lambda: ["none"])  # none|wandb|tensorboard|trackio
-    sample_every: int = 10
+    sample_every: int = 10  # updates between sample tables (samples.jsonl and the trackers); 0: never
     eval_before_after: bool = True
     print_config: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -186,6 +189,10 @@ class TrainConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+
+    def __post_init__(self):
+        for tracker in self.report_to:
+            _choice("", "report_to", tracker, TRACKERS)
 
 
 def available_recipes() -> list[str]:
@@ -272,6 +279,9 @@ def load_config(argv: list[str]) -> TrainConfig:
         layers.append(recipe_cfg)
     _check_keys(cli, known, sections, "command line")
     layers.append(cli)
+    for layer in layers[1:]:
+        if isinstance(layer.get("report_to"), str):  # report_to=wandb means [wandb]
+            layer.report_to = [layer.report_to]
     try:
         merged = OmegaConf.merge(*layers)
         cfg = OmegaConf.to_object(merged)

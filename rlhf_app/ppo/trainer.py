@@ -26,6 +26,7 @@ TRAIN_STATS = ("loss/policy_avg", "loss/value_avg", "policy/clipfrac_avg", "val/
 
 
 GC_KWARGS = {"use_reentrant": False}
+SAMPLE_COLUMNS = ("step", "prompt", "completion", "score")
 
 
 class NonFiniteError(RuntimeError):
@@ -182,7 +183,7 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps({"step": state["step"], "episode": state["episode"], **metrics}) + "\n")
                 if cfg.sample_every and state["step"] % cfg.sample_every == 0:
-                    _write_samples(output_dir / "samples.jsonl", state["step"], rollout, scores)
+                    _log_samples(accelerator, output_dir / "samples.jsonl", state["step"], rollout, scores)
             progress.update(1)
             progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
             if cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < total_updates:
@@ -204,7 +205,16 @@ def _truncate_rows(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def _write_samples(path: Path, step: int, rollout, scores, limit: int = 4) -> None:
+def _log_samples(accelerator, path: Path, step: int, rollout, scores, limit: int = 8) -> None:
+    """A table of (prompt, completion, score) into samples.jsonl and every tracker that shows tables."""
+    rows = [[step, p, c, s] for p, c, s in zip(rollout.prompts, rollout.completions, scores.tolist())][:limit]
     with open(path, "a") as f:
-        for p, c, s in list(zip(rollout.prompts, rollout.completions, scores.tolist()))[:limit]:
-            f.write(json.dumps({"step": step, "prompt": p, "completion": c, "score": s}) + "\n")
+        for row in rows:
+            f.write(json.dumps(dict(zip(SAMPLE_COLUMNS, row))) + "\n")
+    for tracker in accelerator.trackers:
+        if tracker.name in ("wandb", "trackio") and hasattr(tracker, "log_table"):
+            tracker.log_table("samples", columns=list(SAMPLE_COLUMNS), data=rows, step=step)
+        elif tracker.name == "tensorboard":
+            lines = ["| prompt | completion | score |", "|---|---|---|"]
+            lines += [f"| {p!r} | {c!r} | {s:.3f} |" for _, p, c, s in rows]
+            tracker.writer.add_text("samples", "\n".join(lines), step)
