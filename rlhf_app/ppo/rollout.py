@@ -81,7 +81,9 @@ def generation_config(ppo, tokenizer, greedy: bool = False) -> GenerationConfig:
     greedy = greedy or not ppo.do_sample
     return GenerationConfig(
         max_new_tokens=ppo.response_length, min_new_tokens=0, do_sample=not greedy,
-        temperature=ppo.temperature if not greedy else None, top_k=ppo.top_k or None,
+        # top_k 0 (not None) switches top-k off: None falls back to transformers' default of 50,
+        # which would sample from a truncated distribution that the PPO log-probs do not describe.
+        temperature=ppo.temperature if not greedy else None, top_k=ppo.top_k if not greedy else None,
         # [] rather than None: None would fall back to the model's own EOS and stop there anyway.
         top_p=ppo.top_p if not greedy else None, eos_token_id=stop_id if stop_id is not None else [],
         pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
