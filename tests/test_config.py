@@ -88,3 +88,11 @@ def test_push_that_cannot_work_fails_before_training():
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error: the Hugging Face Hub cannot be reached")
     assert "PPO" not in proc.stderr  # no update ran
+
+
+@pytest.mark.parametrize("recipe", ["imdb", "gsm8k"])
+def test_unreachable_hub_names_the_offline_twin(recipe):
+    proc = _train(f"recipe={recipe}", "output_dir=runs/never")  # conftest sets HF_HUB_OFFLINE=1
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot load the policy") and last.endswith(f"run recipe={recipe}-offline")
