@@ -93,8 +93,27 @@ def build_tiny(out: Path) -> dict:
     return {"params": sum(p.numel() for p in model.parameters()), "vocab": len(vocab)}
 
 
+def _deferred(name: str):
+    """A builder from `asset_builders`, imported on first call: it imports torch, and it
+    imports this module (for the IMDB reader)."""
+
+    def build(out: Path) -> dict:
+        from rlhf_app import asset_builders
+
+        return getattr(asset_builders, name)(out)
+
+    build.__name__ = name
+    return build
+
+
 # name -> builder(out_dir) -> info dict stored as asset.json beside the files.
-BUILDERS = {"tiny": build_tiny}
+BUILDERS = {
+    "tiny": build_tiny,
+    "imdb-sentiment": _deferred("build_imdb_sentiment"),
+}
+# Rough first-build time on a 2-core CPU, shown before a build starts.
+BUILD_TIME = {"tiny": "~1 s", "imdb-sentiment": "~1 min", "demo-policy": "~4 min",
+              "smollm2-135m-instruct": "~1 min"}
 
 
 def resolve(name_or_path: str) -> str:
@@ -108,6 +127,7 @@ def resolve(name_or_path: str) -> str:
     if (target / "asset.json").is_file():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"building asset:{name} (first use, {BUILD_TIME.get(name, 'a few minutes')})…", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
         info = BUILDERS[name](tmp)
