@@ -110,6 +110,7 @@ def _deferred(name: str):
 BUILDERS = {
     "tiny": build_tiny,
     "imdb-sentiment": _deferred("build_imdb_sentiment"),
+    "demo-policy": _deferred("build_demo_policy"),
 }
 # Rough first-build time on a 2-core CPU, shown before a build starts.
 BUILD_TIME = {"tiny": "~1 s", "imdb-sentiment": "~1 min", "demo-policy": "~4 min",
