@@ -119,11 +119,14 @@ def generate(policy, tokenizer, rows: list[dict], ppo, device, greedy: bool = Fa
                    [r["prompt"] for r in rows], completions, columns)
 
 
-def logprobs_values(model, query, query_mask, response, mask, temperature: float, with_entropy: bool = False):
+def logprobs_values(model, query, query_mask, response, mask, temperature: float, with_entropy: bool = False,
+                    entropy_grad: bool = True):
     """Log-probs of the response tokens, values before each of them, optionally entropy.
 
     query (B, P), response (B, R) -> logprobs (B, R), values (B, R)[, entropy (B, R)].
     Logits are divided by the sampling temperature, so log-probs match the sampling policy.
+    `entropy_grad=False` computes the entropy outside autograd: without an entropy bonus it is only
+    logged, and its full-vocabulary softmax would otherwise be kept for and run through backward.
     """
     input_ids = torch.cat([query, response], dim=1)
     attention = torch.cat([query_mask, mask.long()], dim=1)
@@ -133,7 +136,9 @@ def logprobs_values(model, query, query_mask, response, mask, temperature: float
     logprobs = selective_log_softmax(logits, response)
     values = values[:, start:-1].float()
     if with_entropy:
-        return logprobs, values, entropy_from_logits(logits)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
+            entropy = entropy_from_logits(logits)
+        return logprobs, values, entropy
     return logprobs, values
 
 

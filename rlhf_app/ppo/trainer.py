@@ -142,7 +142,7 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                         with accelerator.accumulate(model):
                             mb_logprobs, mb_values, mb_entropy = logprobs_values(
                                 model, b_query[mb], b_qmask[mb], b_resp[mb], b_mask[mb], ppo.temperature,
-                                with_entropy=True)
+                                with_entropy=True, entropy_grad=ppo.ent_coef != 0)
                             mb_mask = b_mask[mb]
                             pg_loss, pg_clip, approx_kl = policy_loss(
                                 mb_logprobs, b_logprobs[mb], b_advantages[mb], mb_mask, ppo.cliprange)
