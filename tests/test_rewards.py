@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(1)
 
-from rlhf_app import assets, gsm8k_offline  # noqa: E402
+from rlhf_app import gsm8k_offline  # noqa: E402
 from rlhf_app.config import RewardConfig, TrainConfig  # noqa: E402
 from rlhf_app.rewards import BUILDERS, RewardError, build_reward, checked, gsm8k  # noqa: E402
 from rlhf_app.rewards.custom import load_function  # noqa: E402
@@ -245,10 +245,8 @@ NEGATIVE = ["This is one of the worst films I have ever seen. The acting is terr
             "Awful, dull and stupid. A dreadful cast and a lazy script: avoid it at all costs."]
 
 
-@pytest.mark.skipif("imdb-sentiment" not in assets.BUILDERS, reason="the offline IMDB classifier asset is not built yet")
-def test_offline_imdb_classifier_ranks_clear_reviews(tmp_path, monkeypatch):
-    monkeypatch.setenv("RLHF_APP_ASSET_QUICK", "1")
-    monkeypatch.setenv("RLHF_APP_CACHE", str(tmp_path))
+def test_offline_imdb_classifier_ranks_clear_reviews(monkeypatch):
+    monkeypatch.setenv("RLHF_APP_ASSET_QUICK", "1")  # conftest's private cache keeps the user's untouched
     fn = build_reward(make_cfg(name="sentiment", model="asset:imdb-sentiment"))
     scores = fn([""] * 4, POSITIVE + NEGATIVE)
     assert min(scores[:2]) > max(scores[2:]), scores
