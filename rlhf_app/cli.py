@@ -38,7 +38,11 @@ def main(argv: list[str]) -> None:
         run(cfg)
     except UserError as err:
         sys.exit(f"error: {err}")
-    except HubError as err:  # a push that cannot work, found before or after training
+    except (HubError, RuntimeError) as err:  # a push that cannot work; a reward that fails or returns NaN
+        from rlhf_app.rewards import RewardError
+
+        if not isinstance(err, (HubError, RewardError)):
+            raise
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:
         sys.exit(130)  # the trainer has saved a checkpoint and said where

@@ -96,3 +96,13 @@ def test_unreachable_hub_names_the_offline_twin(recipe):
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot load the policy") and last.endswith(f"run recipe={recipe}-offline")
+
+
+def test_a_reward_returning_nan_stops_the_run_in_one_line(tmp_path):
+    reward = tmp_path / "bad.py"
+    reward.write_text("def nan_reward(prompts, completions, **columns):\n"
+                      "    return [float('nan')] * len(completions)\n")
+    proc = _train("recipe=tiny", f"output_dir={tmp_path / 'run'}", "reward.name=python",
+                  f"reward.function={reward}:nan_reward")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: reward 'python' returned nan for completion 0")
