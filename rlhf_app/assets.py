@@ -54,14 +54,17 @@ def offline_imdb_reviews(split: str) -> list[dict]:
 
     `row` is the index among the 25,000 IMDB rows. The held-out rule: rows with
     `row % 10 == 0` (2,500 reviews) form the "heldout" split, never used to train any asset;
-    evaluation prompts come from it. "train" holds the other 22,500, in file order.
+    evaluation prompts come from it. "train" holds the other rows, in file order, minus the
+    few whose text duplicates a held-out review (IMDB repeats some reviews verbatim).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown IMDB split {split!r}: choose one of {', '.join(SPLITS)}")
-    want_heldout = split == "heldout"
-    return [{"text": text, "label": label, "row": row}
-            for row, (text, label) in enumerate(_imdb_rows())
-            if (row % HELDOUT_EVERY == 0) == want_heldout]
+    rows = [{"text": text, "label": label, "row": row} for row, (text, label) in enumerate(_imdb_rows())]
+    heldout = [r for r in rows if r["row"] % HELDOUT_EVERY == 0]
+    if split == "heldout":
+        return heldout
+    seen = {r["text"] for r in heldout}
+    return [r for r in rows if r["row"] % HELDOUT_EVERY != 0 and r["text"] not in seen]
 
 
 def build_tiny(out: Path) -> dict:
