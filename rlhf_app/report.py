@@ -1,0 +1,290 @@
+"""Run report: diagnostics plots and one self-contained HTML page, built only from a run folder.
+
+`write_report(run_dir)` reads the files the trainer writes (metrics.jsonl, and optionally
+samples.jsonl, eval.json, values.json, config.yaml) and writes plots/diagnostics.png,
+plots/values.png and report.html (PNGs inlined as data URIs, so the page can be mailed around).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+# Figure (not pyplot) renders with the Agg canvas and leaves no global backend state behind.
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+
+# (title, [(metric key, legend label)], y label): one panel each, skipped when no key is logged.
+PANELS = [
+    ("Total reward (score − KL penalty)", [("objective/rlhf_reward", "rlhf reward")], "reward"),
+    ("External score", [("objective/scores", "per update")], "score"),
+    ("KL to reference", [("objective/kl", "KL")], "nats / sequence"),
+    ("Policy entropy", [("objective/entropy", "entropy")], "nats / sequence"),
+    ("Value loss", [("loss/value_avg", "value loss")], "loss"),
+    ("Policy loss", [("loss/policy_avg", "policy loss")], "loss"),
+    ("Clip fractions", [("policy/clipfrac_avg", "policy"), ("val/clipfrac_avg", "value")], "fraction"),
+    ("Approx. KL old → new policy", [("policy/approxkl_avg", "approx KL")], "nats"),
+    ("Explained variance (critic)", [("val/explained_variance", "explained var.")], "fraction"),
+    ("Mean response length", [("val/mean_response_length", "length")], "tokens"),
+    ("Completions ending in EOS", [("val/eos_fraction", "EOS fraction")], "fraction"),
+    ("KL coefficient", [("kl_coef", "kl_coef")], "β"),
+]
+KEY_SETTINGS = [
+    "recipe", "seed", "model.name_or_path", "model.value_model", "model.dtype", "peft.enabled",
+    "data.name", "data.source", "reward.name", "reward.model", "ppo.learning_rate",
+    "ppo.lr_scheduler_type", "ppo.kl_coef", "ppo.kl_estimator", "ppo.adaptive_kl",
+    "ppo.total_episodes", "ppo.per_device_train_batch_size", "ppo.gradient_accumulation_steps",
+    "ppo.num_mini_batches", "ppo.num_ppo_epochs", "ppo.response_length", "ppo.temperature",
+    "ppo.cliprange", "ppo.vf_coef", "ppo.gamma", "ppo.lam",
+]
+LAST_SAMPLES = 12
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.3em .6em;
+vertical-align:top;text-align:left}th{background:#f3f3f3}td.text{white-space:pre-wrap;max-width:30em}
+td.num{text-align:right;font-variant-numeric:tabular-nums}.missing{color:#888;font-style:italic}
+.warn{background:#fff3cd;padding:.5em 1em;border-left:4px solid #e0a800}img{max-width:100%}
+pre{background:#f7f7f7;padding:1em;overflow:auto}"""
+
+
+def load_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSON-lines file; a partial last line (a run killed mid-write) is dropped."""
+    lines, rows = [line for line in Path(path).read_text().splitlines() if line.strip()], []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not JSON; fix or delete that line") from None
+    return rows
+
+
+def load_optional(path: Path) -> Any:
+    """JSON, JSON-lines or YAML content of `path`, or None when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    if path.suffix == ".yaml":
+        return OmegaConf.load(path)
+    return load_jsonl(path) if path.suffix == ".jsonl" else json.loads(path.read_text())
+
+
+def series(rows: list[dict], key: str) -> list[float]:
+    """`key` of every row as floats, NaN where a row lacks it (a gap in the plot)."""
+    return [float(r[key]) if r.get(key) is not None else math.nan for r in rows]
+
+
+def cumulative_mean(values: list[float]) -> list[float]:
+    """Running mean of the finite values so far (NaN until the first one)."""
+    out, total, count = [], 0.0, 0
+    for v in values:
+        if math.isfinite(v):
+            total, count = total + v, count + 1
+        out.append(total / count if count else math.nan)
+    return out
+
+
+def distinct_word_share(texts: list[str]) -> Optional[float]:
+    """Distinct words / words over all texts (lower-cased); None when there are no words.
+
+    A policy that games its reward by repeating one word ("great great great") drives it to ~0.
+    """
+    words = [w for t in texts for w in re.findall(r"\w+", t.lower())]
+    return len(set(words)) / len(words) if words else None
+
+
+def summarize(metrics: list[dict]) -> dict[str, Any]:
+    """Headline numbers of a run from its metric rows (None where nothing was logged)."""
+    def last(key):
+        vals = [v for v in series(metrics, key) if math.isfinite(v)]
+        return vals[-1] if vals else None
+
+    rewards = [v for v in series(metrics, "objective/rlhf_reward") if math.isfinite(v)]
+    times = [v for v in series(metrics, "time/update_s") if math.isfinite(v)]
+    return {"updates": len(metrics), "episodes": last("episode"),
+            "wall_time_s": sum(times) if times else None,
+            "final_reward": rewards[-1] if rewards else None,
+            "mean_reward": sum(rewards) / len(rewards) if rewards else None,
+            "final_score": last("objective/scores"), "final_kl": last("objective/kl")}
+
+
+def eval_rows(evaluation: dict) -> list[tuple[str, Optional[float], Optional[float], Optional[float]]]:
+    """(metric, before, after, after − before) for mean_score and every `extra` metric."""
+    before, after = evaluation.get("before") or {}, evaluation.get("after") or {}
+    names = ["mean_score"] + sorted(set(before.get("extra", {})) | set(after.get("extra", {})))
+
+    def get(side, name):
+        return side.get(name) if name == "mean_score" else side.get("extra", {}).get(name)
+
+    pairs = [(name, get(before, name), get(after, name)) for name in names]
+    return [(n, b, a, a - b if a is not None and b is not None else None) for n, b, a in pairs]
+
+
+def pair_samples(before: list[dict], after: list[dict]) -> list[tuple[str, Optional[dict], Optional[dict]]]:
+    """(prompt, before sample, after sample) matched by prompt, in the order of `before`."""
+    pending: dict[str, list[dict]] = {}
+    for s in after:
+        pending.setdefault(s["prompt"], []).append(s)
+    pairs = [(b["prompt"], b, (pending.get(b["prompt"]) or [None]).pop(0)) for b in before]
+    pairs += [(p, None, s) for p, rest in pending.items() for s in rest]  # after-only prompts
+    return pairs
+
+
+def _fmt(x: Any) -> str:
+    return "—" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def _plain(text: str) -> str:
+    """Text safe for matplotlib labels: `$` would start mathtext, newlines would break layout."""
+    return text.replace("$", r"\$").replace("\n", "\\n")
+
+
+def plot_diagnostics(metrics: list[dict], path: Path) -> bool:
+    """Grid of the logged diagnostics over updates into `path`; False when nothing is logged."""
+    x = [r.get("step", i + 1) for i, r in enumerate(metrics)]
+    panels = [p for p in PANELS if any(any(k in r for r in metrics) for k, _ in p[1])]
+    if not panels:
+        return False
+    cols, rows = 3, math.ceil(len(panels) / 3)
+    fig = Figure(figsize=(4.2 * cols, 2.9 * rows), layout="constrained")
+    for i, (title, keys, ylabel) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for key, label in keys:
+            if any(key in r for r in metrics):
+                ax.plot(x, series(metrics, key), lw=1.2, label=label)
+        if keys[0][0] == "objective/scores":
+            ax.plot(x, cumulative_mean(series(metrics, "objective/scores")), lw=2, label="cumulative mean")
+        if len(ax.get_lines()) > 1:
+            ax.legend(fontsize=8)
+        ax.set(xlabel="update", ylabel=ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return True
+
+
+def plot_values(values: dict, path: Path) -> bool:
+    """Critic value estimates along the high- and low-reward completion, one row each."""
+    cases = [(name, values[name]) for name in ("high", "low") if values.get(name, {}).get("tokens")]
+    if not cases:
+        return False
+    longest = max(len(c["tokens"]) for _, c in cases)
+    fig = Figure(figsize=(min(max(8.0, 0.28 * longest), 30.0), 3.4 * len(cases)), layout="constrained")
+    axes = fig.subplots(len(cases), 1, sharey=True, squeeze=False)[:, 0]
+    for ax, (name, case), color in zip(axes, cases, ("tab:green", "tab:red")):
+        tokens, vals = case["tokens"], case["values"]
+        ax.plot(range(len(vals)), vals, marker="o", ms=3, color=color, label="value estimate")
+        if case.get("score") is not None:
+            ax.axhline(case["score"], color=color, ls="--", lw=1, label=f"final score {case['score']:.3g}")
+        step = max(1, math.ceil(len(tokens) / 80))  # at most ~80 readable tick labels
+        ax.set_xticks(range(0, len(tokens), step))
+        ax.set_xticklabels([_plain(t) for t in tokens[::step]], rotation=90, fontsize=8)
+        prompt = _plain(str(case.get("prompt", "")))[:70]
+        ax.set(xlabel="completion token", ylabel="critic value")
+        ax.set_title(f"{name.capitalize()}-reward completion — prompt: {prompt!r}", fontsize=10)
+        ax.legend(fontsize=8, loc="best")
+        ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return True
+
+
+def _table(header: list[str], rows: list[list[Any]], text_cols: tuple = ()) -> str:
+    """An HTML table; every cell is escaped, numbers right-aligned, `text_cols` keep line breaks."""
+    def cell(j, v):
+        cls = "text" if j in text_cols else "num" if type(v) in (int, float) or v is None else ""
+        return f'<td class="{cls}">{html.escape(_fmt(v))}</td>'
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(cell(j, v) for j, v in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _missing(what: str) -> str:
+    return f'<p class="missing">{html.escape(what)}</p>'
+
+
+def _img_or_missing(drawn: bool, path: Path, alt: str, missing: str) -> str:
+    if not drawn:
+        return _missing(missing)
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _evaluation_html(evaluation: Optional[dict], summary: dict) -> str:
+    if not evaluation:
+        return _missing("No evaluation recorded (eval.json is missing: eval_before_after=false?).")
+    out = [_table(["metric", "before", "after", "Δ after − before"],
+                  [list(r) for r in eval_rows(evaluation)])]
+    before = (evaluation.get("before") or {}).get("samples", [])
+    after = (evaluation.get("after") or {}).get("samples", [])
+    share_b = distinct_word_share([s["completion"] for s in before])
+    share_a = distinct_word_share([s["completion"] for s in after])
+    out.append("<h3>Reward hacking check</h3><p>Distinct words / words over the held-out completions: "
+               "a collapse to one repeated word drives it towards 0 while the KL grows.</p>")
+    out.append(_table(["distinct-word share before", "distinct-word share after", "final KL"],
+                      [[share_b, share_a, summary["final_kl"]]]))
+    if share_a is not None and share_b and share_a < 0.5 * share_b:
+        out.append('<p class="warn">After training the completions use far fewer distinct words: '
+                   "the policy may have collapsed onto a few words its reward likes (reward hacking). "
+                   "Read the completions below; a larger ppo.kl_coef keeps it closer to the reference.</p>")
+    if before or after:
+        rows = [[p, (b or {}).get("completion", "—"), (b or {}).get("score"),
+                 (a or {}).get("completion", "—"), (a or {}).get("score")]
+                for p, b, a in pair_samples(before, after)]
+        out.append("<h3>Held-out completions before and after training</h3>")
+        out.append(_table(["prompt", "before", "score", "after", "score"], rows, text_cols=(0, 1, 3)))
+    return "".join(out)
+
+
+def write_report(run_dir) -> Path:
+    """Write plots/ and report.html into `run_dir` from the files in it; return the HTML path."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{metrics_path} not found: run_dir must be a training output_dir "
+                                "(run scripts/train.py first, or fix the path)")
+    metrics = load_jsonl(metrics_path)
+    samples, evaluation, values, config = (load_optional(run_dir / name) for name in (
+        "samples.jsonl", "eval.json", "values.json", "config.yaml"))
+    summary, plots = summarize(metrics), run_dir / "plots"
+
+    parts = [f"<h1>Run report: {html.escape(run_dir.resolve().name)}</h1>", "<h2>Recipe</h2>"]
+    if config:
+        parts.append(_table(["setting", "value"], [[k, OmegaConf.select(config, k)] for k in KEY_SETTINGS]))
+        parts.append("<details><summary>Full resolved config</summary><pre>"
+                     f"{html.escape(OmegaConf.to_yaml(config))}</pre></details>")
+    else:
+        parts.append(_missing("No config recorded (config.yaml is missing)."))
+    parts.append("<h2>Summary</h2>")
+    parts.append(_table(["updates", "episodes", "wall time (s)", "final reward", "mean reward",
+                         "final score", "final KL"],
+                        [[summary[k] for k in ("updates", "episodes", "wall_time_s", "final_reward",
+                                               "mean_reward", "final_score", "final_kl")]]))
+    parts.append("<h2>Evaluation on held-out prompts</h2>" + _evaluation_html(evaluation, summary))
+    parts.append("<h2>Training diagnostics</h2>" + _img_or_missing(
+        plot_diagnostics(metrics, plots / "diagnostics.png"), plots / "diagnostics.png",
+        "training diagnostics over updates", "No metric rows recorded yet."))
+    parts.append("<h2>Critic values along a high- and a low-reward completion</h2>" + _img_or_missing(
+        bool(values) and plot_values(values, plots / "values.png"), plots / "values.png",
+        "critic value estimates per token", "No critic values recorded (values.json is missing)."))
+    parts.append("<h2>Last training samples</h2>")
+    if samples:
+        rows = [[s.get("step"), s.get("prompt", ""), s.get("completion", ""), s.get("score")]
+                for s in samples[-LAST_SAMPLES:]]
+        parts.append(_table(["update", "prompt", "completion", "score"], rows, text_cols=(1, 2)))
+    else:
+        parts.append(_missing("No training samples recorded (samples.jsonl is missing or empty)."))
+
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f"<title>Run report: {html.escape(run_dir.resolve().name)}</title><style>{CSS}</style>"
+            f"</head><body>{''.join(parts)}</body></html>")
+    out = run_dir / "report.html"
+    out.write_text(page, encoding="utf-8")
+    return out
