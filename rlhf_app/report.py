@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 # Figure (not pyplot) renders with the Agg canvas and leaves no global backend state behind.
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
 # (title, [(metric key, legend label)], y label): one panel each, skipped when no key is logged.
@@ -156,12 +157,13 @@ def plot_diagnostics(metrics: list[dict], path: Path) -> bool:
         ax = fig.add_subplot(rows, cols, i + 1)
         for key, label in keys:
             if any(key in r for r in metrics):
-                ax.plot(x, series(metrics, key), lw=1.2, label=label)
+                ax.plot(x, series(metrics, key), lw=1.2, label=label, marker="o" if len(x) <= 30 else None, ms=3)
         if keys[0][0] == "objective/scores":
             ax.plot(x, cumulative_mean(series(metrics, "objective/scores")), lw=2, label="cumulative mean")
         if len(ax.get_lines()) > 1:
             ax.legend(fontsize=8)
         ax.set(xlabel="update", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +186,7 @@ def plot_values(values: dict, path: Path) -> bool:
             ax.axhline(case["score"], color=color, ls="--", lw=1, label=f"final score {case['score']:.3g}")
         step = max(1, math.ceil(len(tokens) / 80))  # at most ~80 readable tick labels
         ax.set_xticks(range(0, len(tokens), step))
-        ax.set_xticklabels([_plain(t) for t in tokens[::step]], rotation=90, fontsize=8)
+        ax.set_xticklabels([_plain(t).replace(" ", "␣") for t in tokens[::step]], rotation=90, fontsize=8)
         prompt = _plain(str(case.get("prompt", "")))[:70]
         ax.set(xlabel="completion token", ylabel="critic value")
         ax.set_title(f"{name.capitalize()}-reward completion — prompt: {prompt!r}", fontsize=10)

@@ -144,3 +144,46 @@ def test_script_errors_name_the_fix(tmp_path: Path):
         res = subprocess.run(script + args, capture_output=True, text=True, cwd=ROOT, env=env)
         assert res.returncode != 0 and needle in res.stderr, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+# ---- scripts/evaluate.py: scores a saved policy with the trainer's own generation and reward
+
+def _evaluate(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), *args],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+def test_evaluate_argument_errors_name_the_fix(run_dir: Path):
+    for args, needle in ([[], "run_dir=PATH"], [[f"run_dir={run_dir / 'nope'}"], "does not exist"],
+                         [[f"run_dir={run_dir}", "chekpoint=final"], "did you mean checkpoint"],
+                         [[f"run_dir={run_dir}", "split=test"], "eval, train"],
+                         [[f"run_dir={run_dir}", "num=0"], "positive integer"],
+                         [[f"run_dir={run_dir}", "checkpoint=checkpoint-9"], "saved policies: none"]):
+        res = _evaluate(*args)
+        assert res.returncode != 0 and needle in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_evaluate_scores_a_saved_policy(tmp_path: Path, capsys):
+    import runpy
+
+    import torch
+
+    from rlhf_app import models
+
+    torch.set_num_threads(1)
+    cfg = load_config(["recipe=tiny", f"output_dir={tmp_path}"])
+    (tmp_path / "config.yaml").write_text(to_yaml(cfg))
+    model, _ = models.build_models(cfg)
+    models.save_policy(model, models.load_tokenizer(cfg.model.name_or_path), tmp_path / "final")
+    # In-process (the torch import is already paid for); the subprocess tests above cover the CLI.
+    script = runpy.run_path(str(ROOT / "scripts" / "evaluate.py"), run_name="evaluate_script")
+    script["main"]([f"run_dir={tmp_path}", "num=4", "ppo.response_length=8"])
+    assert "final on 4 eval prompts: mean score" in capsys.readouterr().out
+    out = json.loads((tmp_path / "eval-final.json").read_text())
+    assert out["checkpoint"] == "final" and out["split"] == "eval" and len(out["samples"]) == 4
+    for s in out["samples"]:  # the toy reward: share of "a" characters in the completion
+        assert s["score"] == pytest.approx(s["completion"].count("a") / max(len(s["completion"]), 1))
+    assert out["mean_score"] == pytest.approx(sum(s["score"] for s in out["samples"]) / 4)
+    assert all(len(s["completion"]) <= 8 for s in out["samples"])  # the override reached generation
