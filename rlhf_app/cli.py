@@ -133,7 +133,7 @@ def run(cfg: TrainConfig) -> dict:
     # ---- evaluation before training
     evals = {}
     if cfg.eval_before_after and accelerator.is_main_process:
-        evals["before"] = _evaluate(cfg, model, tokenizer, eval_ds, reward_fn, accelerator.device)
+        evals["before"] = evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, accelerator.device)
         accelerator.print(_eval_line("before", evals["before"]))
     # ---- PPO
     try:
@@ -147,7 +147,7 @@ def run(cfg: TrainConfig) -> dict:
     # ---- evaluation after training, critic values along two completions, save, report
     if accelerator.is_main_process:
         if cfg.eval_before_after:
-            evals["after"] = _evaluate(cfg, model, tokenizer, eval_ds, reward_fn, accelerator.device)
+            evals["after"] = evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, accelerator.device)
             accelerator.print(_eval_line("after", evals["after"]))
             (out / "eval.json").write_text(json.dumps(evals, indent=2))
             (out / "values.json").write_text(json.dumps(
@@ -168,7 +168,7 @@ def run(cfg: TrainConfig) -> dict:
     return {**state, "model": model, "eval": evals}
 
 
-def _evaluate(cfg, model, tokenizer, eval_ds, reward_fn, device) -> dict:
+def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device) -> dict:
     """Before/after evaluation on held-out prompts with a fixed seed, leaving training's RNG untouched."""
     import torch
 

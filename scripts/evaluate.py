@@ -112,7 +112,7 @@ def evaluate_run(cfg, run_dir: Path, opts: dict) -> dict:
     dataset = dataset.select(range(min(opts["num"] or cfg.data.num_eval, len(dataset))))
     with cli.hub_access("the reward model", cfg.reward.model, cfg):
         reward_fn = rewards.build_reward(cfg, device)
-    result = cli._evaluate(cfg, model, tokenizer, dataset, reward_fn, device)
+    result = cli.evaluate_policy(cfg, model, tokenizer, dataset, reward_fn, device)
     if cfg.data.name == "gsm8k":  # accuracy through the project's `evaluate` metric module
         from rlhf_app.rewards.gsm8k import load_gsm8k_metric
 
