@@ -25,6 +25,9 @@ class ConfigError(ValueError):
 
 
 TRACKERS = ("none", "wandb", "tensorboard", "trackio")
+# transformers' schedulers that need no extra arguments (transformers.SchedulerType).
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")
 
 
 def _choice(section: str, name: str, value: Any, allowed: tuple) -> None:
@@ -109,7 +112,7 @@ class PPOConfig:
     """PPO settings under TRL's PPOConfig field names."""
 
     learning_rate: float = 3e-6
-    lr_scheduler_type: str = "linear"  # any transformers scheduler name
+    lr_scheduler_type: str = "linear"  # linear | constant | cosine | constant_with_warmup | ... (SCHEDULERS)
     warmup_steps: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -144,6 +147,7 @@ class PPOConfig:
 
     def __post_init__(self):
         _choice("ppo", "kl_estimator", self.kl_estimator, ("k1", "k3"))
+        _choice("ppo", "lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
         _choice("ppo", "stop_token", self.stop_token, ("eos", None))
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps",
                      "num_mini_batches", "num_ppo_epochs", "response_length", "total_episodes"):

@@ -50,6 +50,8 @@ def test_precedence_defaults_then_recipe_then_cli():
     (["ppo.learning_rate"], "has no '='"),
     (["ppo=1"], "ppo is a section"),
     (["ppo.total_episodes=0"], "ppo.total_episodes must be >= 1"),
+    (["ppo.lr_scheduler_type=cosin"], "ppo.lr_scheduler_type='cosin' is not one of linear, cosine,"),
+    (["report_to=mlflow"], "report_to='mlflow' is not one of none, wandb, tensorboard, trackio"),
 ])
 def test_errors_name_the_fix(argv, message):
     with pytest.raises(ConfigError) as err:
