@@ -37,5 +37,19 @@ demo: setup
 train: setup
 	$(BIN)/accelerate launch scripts/train.py recipe=$(RECIPE) $(ARGS)
 
+# rlhf_app against TRL 1.12's PPOTrainer (docs/performance.md). The peer runs from its own
+# environment, built once (redone only when its requirements change); torch goes first, as in setup.
+PEER_VENV := .venv-peer
+PEER_STAMP := $(PEER_VENV)/.setup-done
+
+$(PEER_STAMP): bench/requirements-peer.txt
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -qq "$(TORCH_SPEC)"
+	$(PEER_VENV)/bin/pip install -qq -r bench/requirements-peer.txt
+	touch $@
+
+bench: setup $(PEER_STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/run.py $(ARGS)
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) runs .pytest_cache
