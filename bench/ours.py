@@ -1,0 +1,97 @@
+"""The rlhf_app side: the engine's PPO loop (`rlhf_app.ppo.trainer.train`), run from `.venv`.
+
+    .venv/bin/python bench/ours.py SPEC.json RESULT.json
+
+Set up as `rlhf_app.cli.run` does (config from the `tiny` recipe plus overrides, `build_models`,
+an Accelerator), minus the before/after evaluation and the final save, which are not PPO updates.
+Phase times come from the run's own metrics.jsonl (`time/*_s`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import common
+
+spec = common.setup_process()
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402 - after the offline switches and thread count
+from accelerate import Accelerator  # noqa: E402
+from accelerate.utils import set_seed  # noqa: E402
+from datasets import Dataset  # noqa: E402
+
+from rlhf_app import models, rewards  # noqa: E402
+from rlhf_app.config import load_config  # noqa: E402
+from rlhf_app.ppo import trainer  # noqa: E402
+
+TRAINED_TOKENS: list[int] = []  # padded prompt + response tokens of each rollout
+CPU_MARKS: list[float] = []  # process CPU seconds at the start of each rollout, then at the end
+
+
+def overrides(spec: dict) -> list[str]:
+    """The spec as rlhf_app config overrides: the peer's batch arithmetic and its defaults where
+    ours differ (no gradient clipping, never stop early at EOS)."""
+    b, m = spec["batch"], spec["mini_batches"]
+    return ["recipe=tiny", f"model.name_or_path={spec['policy_path']}", f"output_dir={spec['out_dir']}",
+            f"seed={spec['seed']}", "num_threads=1", "sample_every=0", "eval_before_after=false",
+            f"ppo.per_device_train_batch_size={b // m}", "ppo.gradient_accumulation_steps=1",
+            f"ppo.num_mini_batches={m}", f"ppo.num_ppo_epochs={spec['epochs']}",
+            f"ppo.response_length={spec['response_length']}", f"ppo.total_episodes={b * spec['updates']}",
+            f"ppo.learning_rate={spec['lr']}", "ppo.lr_scheduler_type=constant", f"ppo.kl_coef={spec['kl_coef']}",
+            f"ppo.vf_coef={spec['vf_coef']}", f"ppo.temperature={spec['temperature']}", "ppo.max_grad_norm=0",
+            "ppo.stop_token=null", "ppo.local_rollout_forward_batch_size=64"]
+
+
+def count_trained_tokens(generate):
+    """Wrap the trainer's `generate` to note each rollout's padded width (the update phase's tokens)."""
+
+    def wrapper(policy, tokenizer, rows, ppo, device, greedy=False):
+        CPU_MARKS.append(time.process_time())
+        rollout = generate(policy, tokenizer, rows, ppo, device, greedy=greedy)
+        TRAINED_TOKENS.append(rollout.query.shape[0] * (rollout.query.shape[1] + rollout.response.shape[1]))
+        return rollout
+
+    return wrapper
+
+
+def main() -> None:
+    cfg = load_config(overrides(spec))
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    accelerator = Accelerator()
+    set_seed(cfg.seed)
+    tokenizer = common.bench_tokenizer(spec["policy_path"])
+    model, ref_policy = models.build_models(cfg)
+    rows = json.loads(Path(spec["prompts_path"]).read_text())
+    train = Dataset.from_list(rows)
+    rm = common.seq_classifier(spec["policy_path"], common.REWARD_SEED, tokenizer.pad_token_id)
+    reward_fn = rewards.checked("reward_model", common.RewardModelScore(rm, tokenizer))
+    set_seed(cfg.seed)
+    trainer.generate = count_trained_tokens(trainer.generate)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train, reward_fn, out)
+    CPU_MARKS.append(time.process_time())
+    policy = accelerator.unwrap_model(state["model"]).policy
+    eval_rows = json.loads(Path(spec["eval_prompts_path"]).read_text())
+    eval_after = common.eval_reward(policy, tokenizer, reward_fn, eval_rows, spec)
+    updates = []
+    cpu = [b - a for a, b in zip(CPU_MARKS, CPU_MARKS[1:])]
+    for line, tokens, cpu_s in zip((out / "metrics.jsonl").read_text().splitlines(), TRAINED_TOKENS, cpu):
+        m = json.loads(line)
+        updates.append({"update_s": m["time/update_s"], "generate_s": m["time/generate_s"],
+                        "reward_s": m["time/reward_s"], "forward_s": m["time/forward_s"],
+                        "train_s": m["time/train_s"], "gc_s": 0.0, "cpu_s": cpu_s, "score": m["objective/scores"],
+                        "kl": m["objective/kl"], "tokens": round(m["perf/tokens_per_s"] * m["time/update_s"]),
+                        "trained_tokens": tokens * spec["epochs"]})
+    common.finish({"engine": "ours", "updates": updates, "trained_params": trained, "eval_after": eval_after,
+                   "reward_checksum": common.head_checksum(rm)})
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()
