@@ -22,14 +22,14 @@ spec = common.setup_process()
 import torch  # noqa: E402 - after the offline switches and thread count
 import trl.experimental.ppo.ppo_trainer as ppo_module  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import AutoModelForCausalLM, TrainerCallback  # noqa: E402
+from transformers import AutoModelForCausalLM, TrainerCallback, set_seed  # noqa: E402
 from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: E402
 
 EVENTS: list[tuple[str, float, float]] = []  # (phase, start, end), perf_counter seconds
 MARKS: dict[str, list[float]] = {"begin": [], "log": [], "step_end": []}
 LOGS: list[dict] = []
 TOKENS: list[tuple[int, int]] = []  # (real prompt + response tokens, padded tokens) of each rollout
-ROLES: dict[int, str] = {}  # id(model) -> "reward" | "value" | "ref"
+ROLES: dict[int, str] = {}  # id(model) -> "reward" | "ref"; any other model is the value model
 CPU_MARKS: list[float] = []  # process CPU seconds at the start of each rollout, then at the end
 
 
@@ -101,6 +101,9 @@ def per_update() -> list[dict]:
 
 def main() -> None:
     path = spec["policy_path"]
+    # PPOTrainer seeds torch but never numpy, whose global RNG shuffles its mini-batches: seed all
+    # here (as rlhf_app does) so that a repeated run gives the same rewards.
+    set_seed(spec["seed"])
     tokenizer = common.bench_tokenizer(path)
     policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     reward = common.seq_classifier(path, common.REWARD_SEED, tokenizer.pad_token_id)
