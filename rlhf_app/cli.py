@@ -93,7 +93,7 @@ def run(cfg: TrainConfig) -> dict:
     from accelerate.utils import set_seed
 
     from rlhf_app import data, models, rewards
-    from rlhf_app.ppo import rollout, trainer
+    from rlhf_app.ppo import trainer
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

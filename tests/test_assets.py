@@ -111,8 +111,8 @@ def test_smollm2_answers_a_chat_prompt_when_already_built(monkeypatch):
     monkeypatch.delenv("RLHF_APP_CACHE")
     folder = assets.cache_dir() / "smollm2-135m-instruct"
     if not (folder / "asset.json").is_file():
-        pytest.skip(f"asset:smollm2-135m-instruct is not built (~1 min, 538 MB): "
-                    f"python -m rlhf_app.assets build smollm2-135m-instruct")
+        pytest.skip("asset:smollm2-135m-instruct is not built (~1 min, 538 MB): "
+                    "python -m rlhf_app.assets build smollm2-135m-instruct")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlhf_app.asset_builders import chat_answer

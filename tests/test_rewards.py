@@ -134,7 +134,7 @@ def test_checked_rejects_wrong_length_nan_inf_and_none():
     for bad, pattern in (([1.0], "returned 1 scores for 2"), ([1.0, math.nan], "returned nan for completion 1"),
                          ([math.inf, 0.0], "returned inf for completion 0"), ([None, 0.0], "returned None")):
         fn = checked("bad", lambda p, c, **k: bad)
-        with pytest.raises(RewardError, match=re.escape(f"reward 'bad'") + ".*" + pattern):
+        with pytest.raises(RewardError, match=re.escape("reward 'bad'") + ".*" + pattern):
             fn(["a", "b"], ["x", "y"])
 
 
