@@ -1,6 +1,6 @@
 """`make bench`: rlhf_app's PPO against TRL 1.12's PPOTrainer, same models, data and settings.
 
-    .venv/bin/python bench/run.py [--quick] [--only tiny|smollm2] [--pairs N]
+    .venv/bin/python bench/run.py [--quick] [--only tiny|smollm2] [--pairs N] [--updates N]
 
 Every setting runs as alternating A/B pairs (ours then peer, then peer then ours, ...), each run
 in its own process with one torch thread, so memory peaks and thread pools never mix and slow
@@ -117,6 +117,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 pair, 3 updates, each model's first setting")
     parser.add_argument("--only", choices=sorted(MODELS), help="run the settings of one model")
     parser.add_argument("--pairs", type=int, help="A/B pairs per setting (default: per setting)")
+    parser.add_argument("--updates", type=int, help="PPO updates per run, the first one untimed (default: per setting)")
     parser.add_argument("--policy", action="append", default=[], metavar="MODEL=PATH",
                         help="use another folder for a model, e.g. smollm2=/path/to/SmolLM2-135M-Instruct")
     parser.add_argument("--out", default=str(BENCH / "results.json"))
@@ -133,8 +134,10 @@ def main(argv: list[str]) -> None:
     if args.quick:
         firsts = {s["model"]: s for s in reversed(settings)}  # each model's first (smallest) setting
         settings = [dict(s, updates=3, pairs=1) for s in settings if firsts[s["model"]] is s]
-    if args.pairs:
-        settings = [dict(s, pairs=args.pairs) for s in settings]
+    settings = [dict(s, pairs=s["pairs"] if args.pairs is None else args.pairs,
+                     updates=s["updates"] if args.updates is None else args.updates) for s in settings]
+    if min(s["pairs"] for s in settings) < 1 or min(s["updates"] for s in settings) < 2:
+        sys.exit("error: --pairs must be >= 1 and --updates >= 2 (the first update is the untimed warm-up)")
     from rlhf_app import assets
 
     paths = {}
@@ -164,7 +167,7 @@ def main(argv: list[str]) -> None:
                 sys.exit("error: the two engines built different reward models; check bench/common.py seq_classifier")
             pairs.append(figures)
         summaries.append(summary.setting_summary(setting, pairs, before))
-    result = {"command": "make bench " + " ".join(argv), "machine": {**host, "load_avg_end": os.getloadavg()},
+    result = {"command": " ".join(["make bench", *argv]), "machine": {**host, "load_avg_end": os.getloadavg()},
               "versions": {"ours": versions(sys.executable), "peer": versions(str(PEER_PYTHON))},
               "wall_s": round(time.time() - started), "targets": summary.TARGETS, "settings": summaries}
     Path(args.out).write_text(json.dumps(result, indent=1))
