@@ -90,8 +90,9 @@ def markdown_tables(summaries: list[dict]) -> str:
             f = s[engine]
             name = "rlhf_app" if engine == "ours" else "TRL 1.12 PPO"
             lines.append(
-                f"| {label(s['setting'])} | {name} | {f['update_s']:.2f} ({f['update_min_s']:.2f}–{f['update_max_s']:.2f}) "
-                f"| {_phase_cell(f)} | {f['episodes_per_s']:.1f} | {f['tokens_per_s']:.0f} | {f['peak_rss_mib']:.0f} "
+                f"| {label(s['setting'])} | {name} "
+                f"| {f['update_s']:.2f} ({f['update_min_s']:.2f}–{f['update_max_s']:.2f}) | {_phase_cell(f)} "
+                f"| {f['episodes_per_s']:.1f} | {f['tokens_per_s']:.0f} | {f['peak_rss_mib']:.0f} "
                 f"| {f['mfu']:.0%} | {f['score_first']:+.3f} → {f['score_final']:+.3f} "
                 f"| {s['eval_before']['mean']:+.3f} → {f['eval_after']:+.3f} ±{f['eval_after_sem']:.3f} "
                 f"(N={f['updates']:.0f}) |")
