@@ -97,7 +97,8 @@ def markdown_tables(summaries: list[dict]) -> str:
                 f"| {s['eval_before']['mean']:+.3f} → {f['eval_after']:+.3f} ±{f['eval_after_sem']:.3f} "
                 f"(N={f['updates']:.0f}) |")
     lines += ["", "| setting | time ours/peer (per pair) | ≤0.6 | vs peer without gc | CPU time ours/peer "
-              "| memory ours/peer | ≤0.7 | held-out reward ours − peer | ≥0 |", "|---|---|---|---|---|---|---|---|---|"]
+              "| memory ours/peer | ≤0.7 | held-out reward ours − peer | ≥0 |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         pairs = ", ".join(f"{r:.2f}" for r in s["time_ratios"])
         yes = {True: "met", False: "missed"}
