@@ -30,10 +30,7 @@ def main(argv: list[str]) -> None:
     if cfg.print_config:
         print(to_yaml(cfg), end="")
         return
-    if cfg.offline:
-        for key, value in OFFLINE_ENV.items():
-            os.environ.setdefault(key, value)
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    set_network_env(cfg)
     try:
         run(cfg)
     except UserError as err:
@@ -46,6 +43,15 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:
         sys.exit(130)  # the trainer has saved a checkpoint and said where
+
+
+def set_network_env(cfg: TrainConfig) -> None:
+    """No telemetry ever; with `offline: true`, no Hub or W&B network call at all. Call before the
+    heavy imports: huggingface_hub reads these variables once, at import."""
+    if cfg.offline:
+        for key, value in OFFLINE_ENV.items():
+            os.environ.setdefault(key, value)
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 def _explain_failure(err: BaseException, cfg: TrainConfig) -> str | None:

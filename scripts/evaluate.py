@@ -10,7 +10,6 @@ Dotted overrides (e.g. `ppo.temperature=0.7`, `ppo.do_sample=false`) change gene
 """
 import difflib
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -75,10 +74,7 @@ def main(argv: list[str]) -> None:
 
     from rlhf_app import cli
 
-    if cfg.offline:  # before the heavy imports: huggingface_hub reads these once
-        for key, value in cli.OFFLINE_ENV.items():
-            os.environ.setdefault(key, value)
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    cli.set_network_env(cfg)  # before the heavy imports
     try:
         result = evaluate_run(cfg, run_dir, opts)
     except cli.UserError as err:
