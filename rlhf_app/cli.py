@@ -167,6 +167,9 @@ def run(cfg: TrainConfig) -> dict:
         accelerator.print(f"saved {final}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # A process exiting with the group still open can abort ("terminate called ..."): close it.
+        torch.distributed.destroy_process_group()
     if cfg.hub.push and accelerator.is_main_process:
         from rlhf_app import hub
 

@@ -131,12 +131,19 @@ def test_fsdp_finds_the_blocks_inside_the_policy_and_value_wrapper(monkeypatch, 
 # Accelerator(), not PartialState(): only AcceleratorState reads ACCELERATE_USE_CPU.
 PROBE = """
 import json
+import pathlib
+import sys
 import torch
 from accelerate import Accelerator
 state = Accelerator().state
 total = torch.tensor([state.process_index + 1.0])
 torch.distributed.all_reduce(total)
-print(json.dumps({"type": str(state.distributed_type), "n": state.num_processes, "sum": total.item()}))
+# One file per process: two processes printing to one stdout can interleave their lines.
+out = pathlib.Path(sys.argv[1]) / f"rank{state.process_index}.json"
+out.write_text(json.dumps({"type": str(state.distributed_type), "n": state.num_processes, "sum": total.item()}))
+# Close gloo before exit: a process leaving with the group open can abort ("terminate called ...").
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 """
 
 
@@ -148,9 +155,9 @@ def test_multi_cpu_config_runs_two_gloo_processes(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.run([str(accelerate), "launch", "--config_file", str(CONFIGS / "multi_cpu.yaml"),
-                           "--main_process_port", str(port), str(tmp_path / "probe.py")], env=env, capture_output=True, text=True, timeout=300)
+                           "--main_process_port", str(port), str(tmp_path / "probe.py"), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    rows = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert rows == [{"type": "DistributedType.MULTI_CPU", "n": 2, "sum": 3.0}] * 2
 
 
