@@ -162,7 +162,8 @@ def test_multi_cpu_config_runs_two_gloo_processes(tmp_path):
 
 
 FAKES = {"srun": 'while [[ "$1" == --* ]]; do shift; done\nSLURM_NODEID=1 exec "$@"',  # as on the 2nd node
-         "scontrol": "printf 'node-a\\nnode-b\\n'",
+         # A large allocation: 10,000 names, more than a pipe holds, so a reader that stops early gets SIGPIPE.
+         "scontrol": "printf 'node-a\\nnode-b\\n'; for i in $(seq 3 10000); do echo node-$i; done",
          "accelerate": 'printf "%s\\n" "$@" > "$RECORD"'}
 
 
@@ -190,4 +191,7 @@ def test_slurm_script_launches_every_node_into_one_job(tmp_path, monkeypatch):
     assert (args.nnodes, args.nproc_per_node, args.node_rank) == ("2", "8", 1)
     assert (args.rdzv_backend, args.rdzv_endpoint) == ("static", "node-a:29500")
     assert args.training_script == "scripts/train.py"
-    assert args.training_script_args == ["recipe=gsm8k", "output_dir=runs/gsm8k-77", "ppo.total_episodes=64"]
+    assert args.training_script_args == ["recipe=gsm8k", "output_dir=runs/gsm8k-77", "save_steps=50",
+                                         "resume_from=auto", "ppo.total_episodes=64"]
+    script = (ROOT / "scripts" / "slurm" / "train.sbatch").read_text()
+    assert "#SBATCH --signal=TERM@" in script and "#SBATCH --requeue" in script
