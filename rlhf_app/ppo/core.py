@@ -119,19 +119,68 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask
 
 
-def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clipped surrogate objective (PPO, Schulman et al. 2017), to minimise.
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
-    All inputs (B, R) -> (loss, clip fraction, approx KL old->new), scalars.
+
+def aggregate_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
+                   normaliser: float | torch.Tensor | None = None) -> torch.Tensor:
+    """A per-token loss to a scalar, as veRL's `agg_loss` (verl/trainer/ppo/core_algos.py). (B, R) -> scalar
+
+    token-mean: sum over real tokens / their number (TRL's "bnpo"/"dapo", DAPO https://arxiv.org/abs/2503.14476);
+    seq-mean-token-mean: mean over sequences of each one's token mean (TRL's "grpo", the GRPO paper);
+    seq-mean-token-sum: mean over sequences of each one's token sum;
+    seq-mean-token-sum-norm: token sum / (sequences x R), R the fixed response length: Dr. GRPO's
+    constant normaliser (https://arxiv.org/abs/2503.20783, TRL's "dr_grpo"; veRL omits the 1/sequences).
+    `normaliser` is what the mode divides by (real tokens for token-mean, sequences otherwise) when
+    this batch is one micro-batch of a larger one: pass the larger batch's count and sum the pieces.
+    """
+    total_tokens = mask.sum() if normaliser is None else normaliser
+    sequences = mask.shape[0] if normaliser is None else normaliser
+    if mode == "token-mean":
+        return (loss_mat * mask).sum() / torch.as_tensor(total_tokens).clamp(min=1)
+    if mode == "seq-mean-token-mean":
+        return ((loss_mat * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / max(sequences, 1)
+    if mode == "seq-mean-token-sum":
+        return (loss_mat * mask).sum() / max(sequences, 1)
+    if mode == "seq-mean-token-sum-norm":
+        return (loss_mat * mask).sum() / (max(sequences, 1) * mask.shape[1])
+    raise ValueError(f"unknown loss aggregation {mode!r}: use one of {', '.join(LOSS_AGG_MODES)}")
+
+
+def log_importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor,
+                         level: str = "token") -> torch.Tensor:
+    """log(pi / pi_old) per token, or per sequence broadcast to its tokens. (B, R) -> (B, R)
+
+    "sequence" is GSPO's length-normalised sequence ratio (Zheng et al. 2025, https://arxiv.org/abs/2507.18071;
+    TRL's importance_sampling_level="sequence"): the mean of the token log-ratios over real tokens.
     """
     log_ratio = (logprobs - old_logprobs) * mask
-    ratio = torch.exp(log_ratio)
+    if level == "token":
+        return log_ratio
+    if level == "sequence":
+        seq = log_ratio.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)
+        return seq.expand_as(log_ratio) * mask
+    raise ValueError(f"unknown importance_sampling_level {level!r}: use token or sequence")
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, cliprange: float, cliprange_high: float | None = None,
+                importance_sampling_level: str = "token", loss_agg_mode: str = "token-mean",
+                normaliser: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped surrogate objective (PPO, Schulman et al. 2017), to minimise.
+
+    The ratio is clipped to [1 - cliprange, 1 + cliprange_high] (DAPO's clip-higher,
+    https://arxiv.org/abs/2503.14476, TRL's epsilon_high; None: symmetric). The ratio is per token or
+    per sequence (`log_importance_ratio`); `aggregate_loss` reduces the per-token loss.
+    All inputs (B, R) -> (loss, clip fraction, approx KL old->new per token), scalars.
+    """
+    high = cliprange if cliprange_high is None else cliprange_high
+    ratio = torch.exp(log_importance_ratio(logprobs, old_logprobs, mask, importance_sampling_level))
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + high)
+    loss = aggregate_loss(torch.max(unclipped, clipped), mask, loss_agg_mode, normaliser)
     clipfrac = masked_mean((clipped > unclipped).float(), mask)
-    approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
+    approx_kl = 0.5 * masked_mean(((logprobs - old_logprobs) * mask) ** 2, mask)
     return loss, clipfrac, approx_kl
 
 

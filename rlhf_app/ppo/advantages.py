@@ -1,0 +1,124 @@
+"""Advantage estimators: GAE with a critic, and the critic-free ones that compare responses.
+
+Shapes: B = episodes (responses), R = response tokens, G = responses per prompt
+(`num_generations`). A group is G consecutive rows: the sampler repeats each prompt G times in a
+row, and a group never straddles processes. `rewards` are the per-token rewards of
+`core.token_rewards` (the score on the last real token, -kl_coef·KL on every real token); the
+outcome estimators use their sum per sequence, as veRL does (verl/trainer/ppo/core_algos.py).
+Every estimator returns (advantages (B, R), returns (B, R) or None), both 0 on pads.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+
+from rlhf_app.ppo.core import gae, masked_whiten
+
+ESTIMATORS_WITH_CRITIC = ("gae",)
+
+
+class AdvantageSettings(NamedTuple):
+    gamma: float
+    lam_actor: float
+    lam_critic: float
+    num_generations: int
+    scale_rewards: str  # group | batch | none
+    all_reduce: Callable | None = None  # sums a tensor over processes (None: one process)
+
+
+def _groups(scores: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """(B,) -> (B / G, G); raises if the batch does not hold whole groups."""
+    if num_generations < 2 or scores.shape[0] % num_generations:
+        raise ValueError(f"{scores.shape[0]} scores cannot form groups of {num_generations} (need G >= 2 dividing B)")
+    return scores.view(-1, num_generations)
+
+
+def _reduce(t: torch.Tensor, all_reduce) -> torch.Tensor:
+    return all_reduce(t) if all_reduce is not None else t
+
+
+def gae_decoupled(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam_actor: float,
+                  lam_critic: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE with one λ for the policy's advantages and another for the critic's returns.
+
+    VAPO (Yuan et al. 2025, https://arxiv.org/abs/2504.05118; veRL issue #479): a critic trained on
+    λ=1 returns is unbiased on long responses, while the actor keeps a lower λ for less variance.
+    (B, R) -> (advantages with lam_actor, returns with lam_critic), both (B, R).
+    """
+    advantages, returns = gae(rewards, values, mask, gamma, lam_actor)
+    if lam_critic != lam_actor:
+        returns = gae(rewards, values, mask, gamma, lam_critic)[1]
+    return advantages, returns
+
+
+def grpo_advantages(scores: torch.Tensor, mask: torch.Tensor, num_generations: int, scale_rewards: str = "group",
+                    all_reduce=None, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO (Shao et al. 2024, https://arxiv.org/abs/2402.03300): each score minus its group's mean,
+    divided by the group's standard deviation (unbiased, + eps as TRL's GRPOTrainer).
+
+    scale_rewards (TRL's name): "group" as GRPO; "batch" divides by the std of the whole batch (all
+    processes); "none" does not divide: Dr. GRPO (Liu et al. 2025, https://arxiv.org/abs/2503.20783).
+    A group of equal scores gets advantage 0. scores (B,), mask (B, R) -> (B, R) constant per row.
+    """
+    groups = _groups(scores, num_generations)
+    centred = groups - groups.mean(1, keepdim=True)
+    if scale_rewards == "group":
+        centred = centred / (groups.std(1, keepdim=True) + eps)
+    elif scale_rewards == "batch":
+        n, total, squares = _reduce(torch.stack([scores.new_tensor(scores.numel()), scores.sum(),
+                                                 (scores ** 2).sum()]), all_reduce)
+        std = ((squares - total ** 2 / n) / (n - 1).clamp(min=1)).clamp(min=0).sqrt()
+        centred = centred / (std + eps)
+    elif scale_rewards != "none":
+        raise ValueError(f"unknown scale_rewards {scale_rewards!r}: use group, batch or none")
+    return centred.reshape(-1, 1) * mask
+
+
+def rloo_advantages(scores: torch.Tensor, mask: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024, https://arxiv.org/abs/2402.14740): each score minus the mean of the
+    other G - 1 scores of its group, i.e. G/(G-1) · (score - group mean). (B,), (B, R) -> (B, R)"""
+    groups = _groups(scores, num_generations)
+    g = num_generations
+    baseline = (groups.sum(1, keepdim=True) - groups) / (g - 1)
+    return (groups - baseline).reshape(-1, 1) * mask
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, gamma: float, all_reduce=None) -> torch.Tensor:
+    """REINFORCE++ (Hu 2025, https://arxiv.org/abs/2501.03262, veRL's reinforce_plus_plus): the discounted
+    return-to-go of the per-token rewards, whitened over every real token of the batch (all
+    processes). No group is needed. (B, R) -> (B, R)"""
+    rewards = rewards * mask
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = running
+    return masked_whiten(returns * mask, mask, all_reduce=all_reduce)
+
+
+def reinforce_pp_baseline_advantages(scores: torch.Tensor, mask: torch.Tensor, num_generations: int,
+                                     all_reduce=None) -> torch.Tensor:
+    """REINFORCE++-baseline (same paper, veRL's reinforce_plus_plus_baseline): each score minus its group's
+    mean, spread over the response's tokens, then whitened over every real token of the batch.
+    (B,), (B, R) -> (B, R)"""
+    groups = _groups(scores, num_generations)
+    centred = (groups - groups.mean(1, keepdim=True)).reshape(-1, 1) * mask
+    return masked_whiten(centred, mask, all_reduce=all_reduce)
+
+
+def _gae(rewards, values, mask, s: AdvantageSettings):
+    advantages, returns = gae_decoupled(rewards, values, mask, s.gamma, s.lam_actor, s.lam_critic)
+    return masked_whiten(advantages, mask, all_reduce=s.all_reduce), returns
+
+
+# algorithm.advantage_estimator -> fn(rewards (B, R), values (B, R) or None, mask (B, R), settings).
+ESTIMATORS: dict[str, Callable] = {
+    "gae": _gae,
+    "grpo": lambda r, v, m, s: (grpo_advantages(r.sum(1), m, s.num_generations, s.scale_rewards, s.all_reduce), None),
+    "rloo": lambda r, v, m, s: (rloo_advantages(r.sum(1), m, s.num_generations), None),
+    "reinforce_pp": lambda r, v, m, s: (reinforce_pp_advantages(r, m, s.gamma, s.all_reduce), None),
+    "reinforce_pp_baseline": lambda r, v, m, s: (
+        reinforce_pp_baseline_advantages(r.sum(1), m, s.num_generations, s.all_reduce), None),
+}
