@@ -26,7 +26,7 @@ from datasets import Dataset  # noqa: E402
 
 from rlhf_app import models, rewards  # noqa: E402
 from rlhf_app.config import load_config  # noqa: E402
-from rlhf_app.ppo import trainer  # noqa: E402
+from rlhf_app.ppo import engines, trainer  # noqa: E402
 
 TRAINED_TOKENS: list[int] = []  # padded prompt + response tokens of each rollout
 CPU_MARKS: list[float] = []  # process CPU seconds at the start of each rollout, then at the end
@@ -47,7 +47,7 @@ def overrides(spec: dict) -> list[str]:
 
 
 def count_trained_tokens(generate):
-    """Wrap the trainer's `generate` to note each rollout's padded width (the update phase's tokens)."""
+    """Wrap the hf engine's `generate` to note each rollout's padded width (the update phase's tokens)."""
 
     def wrapper(policy, tokenizer, rows, ppo, device, greedy=False):
         CPU_MARKS.append(time.process_time())
@@ -72,7 +72,7 @@ def main() -> None:
     rm = common.seq_classifier(spec["policy_path"], common.REWARD_SEED, tokenizer.pad_token_id)
     reward_fn = rewards.checked("reward_model", common.RewardModelScore(rm, tokenizer))
     set_seed(cfg.seed)
-    trainer.generate = count_trained_tokens(trainer.generate)
+    engines.generate = count_trained_tokens(engines.generate)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train, reward_fn, out)
     CPU_MARKS.append(time.process_time())

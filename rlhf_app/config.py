@@ -162,6 +162,43 @@ class PPOConfig:
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
 
 
+ENGINES = ("hf", "vllm")
+IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+@dataclass
+class RolloutConfig:
+    """Which engine samples the rollouts. The vllm_* fields keep TRL's GRPOConfig names."""
+
+    engine: str = "hf"  # hf: transformers' generate | vllm: a colocated vLLM engine in each process
+    use_vllm: bool = False  # TRL's switch: true means engine=vllm
+    vllm_mode: str = "colocate"  # only colocate: one engine inside each training process
+    vllm_gpu_memory_utilization: float = 0.3  # CUDA: share of GPU memory for vLLM weights + KV cache
+    vllm_kv_cache_gib: float = 1.0  # CPU: KV-cache space in GiB (VLLM_CPU_KVCACHE_SPACE)
+    vllm_enable_sleep_mode: bool = False  # CUDA: free vLLM's memory while the PPO epochs run
+    vllm_dtype: Optional[str] = None  # engine precision; None: model.dtype
+    vllm_enforce_eager: bool = True  # false: graph capture / compile (slower start-up)
+    vllm_importance_sampling_correction: bool = False  # TRL's truncated IS for engine/trainer mismatch
+    vllm_importance_sampling_mode: str = "token_truncate"
+    vllm_importance_sampling_cap: float = 3.0  # TRL's C_max (vllm_importance_sampling_clip_max)
+
+    def __post_init__(self):
+        if self.use_vllm:
+            self.engine = "vllm"
+        _choice("rollout", "engine", self.engine, ENGINES)
+        self.use_vllm = self.engine == "vllm"
+        _choice("rollout", "vllm_mode", self.vllm_mode, ("colocate",))
+        _choice("rollout", "vllm_importance_sampling_mode", self.vllm_importance_sampling_mode, IS_MODES)
+        if self.vllm_dtype is not None:
+            _choice("rollout", "vllm_dtype", self.vllm_dtype, ("float32", "bfloat16", "float16"))
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ConfigError(f"rollout.vllm_gpu_memory_utilization must be in (0, 1], "
+                              f"got {self.vllm_gpu_memory_utilization}")
+        for name in ("vllm_kv_cache_gib", "vllm_importance_sampling_cap"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"rollout.{name} must be > 0, got {getattr(self, name)}")
+
+
 @dataclass
 class HubConfig:
     push: bool = False
@@ -192,6 +229,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     hub: HubConfig = field(default_factory=HubConfig)
 
     def __post_init__(self):

@@ -74,6 +74,7 @@ class Rollout:
     prompts: list[str]
     completions: list[str]
     columns: dict  # dataset columns by name, each a list of B values
+    logprobs: torch.Tensor | None = None  # (B, R) the engine's log-probs of the sampled tokens (vllm), 0 on pad
 
 
 def generation_config(ppo, tokenizer, greedy: bool = False) -> GenerationConfig:

@@ -14,19 +14,18 @@ import torch
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import get_scheduler
-from trl.models.utils import unwrap_model_for_generation
 
 from rlhf_app.ppo import checkpoint as ckpt
 from rlhf_app.ppo.core import (KLController, adjust_scores, explained_variance, gae, kl_penalty, masked_mean,
                                masked_whiten, policy_loss, token_rewards, value_loss)
-from rlhf_app.ppo.rollout import PromptSampler, generate, logprobs_values, ref_logprobs, score
+from rlhf_app.ppo.engines import build_engine, sampling_correction
+from rlhf_app.ppo.rollout import PromptSampler, logprobs_values, ref_logprobs, score
 
 # Reduced across processes once per update, in this order (one host sync per update).
 TRAIN_STATS = ("loss/policy_avg", "loss/value_avg", "policy/clipfrac_avg", "val/clipfrac_avg",
                "policy/approxkl_avg", "policy/entropy_avg")
 
 
-GC_KWARGS = {"use_reentrant": False}
 SAMPLE_COLUMNS = ("step", "prompt", "completion", "score")
 
 
@@ -86,6 +85,7 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
         sampler.load_state_dict(saved["sampler"])
         state = {"step": saved["step"], "episode": saved["episode"]}
         accelerator.print(f"resumed from {resume} at update {state['step']}")
+    engine = build_engine(cfg, accelerator, model, tokenizer)  # after resume: it syncs the loaded weights
     metrics_path = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
         for name in ("metrics.jsonl", "samples.jsonl"):
@@ -103,8 +103,8 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             t0 = time.perf_counter()
             # ---- 1. rollout: generate one response per prompt
             rows = sampler.next_batch()
-            with unwrap_model_for_generation(model, accelerator, gradient_checkpointing_kwargs=GC_KWARGS) as unwrapped:
-                rollout = generate(unwrapped.policy, tokenizer, rows, ppo, device)
+            t_sync = engine.sync_weights(model)
+            rollout = engine.generate(rows)
             t_gen = time.perf_counter()
             # ---- 2. score with the external reward
             scores = score(reward_fn, rollout, device)
@@ -132,6 +132,9 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                     b_rewards = masked_whiten(b_rewards, b_mask, shift_mean=False, all_reduce=all_reduce)
                 b_advantages, b_returns = gae(b_rewards, b_values, b_mask, ppo.gamma, ppo.lam)
                 b_advantages = masked_whiten(b_advantages, b_mask, all_reduce=all_reduce)
+                engine_metrics, is_weights = sampling_correction(rollout, b_logprobs, b_mask, cfg.rollout, accelerator)
+                if is_weights is not None:
+                    b_advantages = b_advantages * is_weights
             # ---- 5. PPO epochs over shuffled mini-batches, gradient accumulation over micro-batches
             stats = []
             for _ in range(ppo.num_ppo_epochs):
@@ -182,8 +185,9 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             metrics.update({"lr": scheduler.get_last_lr()[0], "kl_coef": kl_ctl_before,
                             "perf/episodes_per_s": ppo.local_batch_size * world / elapsed,
                             "perf/tokens_per_s": tokens / elapsed, "time/update_s": elapsed,
-                            "time/generate_s": t_gen - t0, "time/reward_s": t_reward - t_gen,
-                            "time/forward_s": t_fwd - t_reward, "time/train_s": t_train - t_fwd})
+                            "time/generate_s": t_gen - t0 - t_sync, "time/reward_s": t_reward - t_gen,
+                            "time/forward_s": t_fwd - t_reward, "time/train_s": t_train - t_fwd,
+                            "time/weight_sync_s": t_sync, **engine_metrics})
             accelerator.log(metrics, step=state["step"])
             if accelerator.is_main_process:
                 with open(metrics_path, "a") as f:

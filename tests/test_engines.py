@@ -1,0 +1,63 @@
+"""The rollout-engine seam without vLLM: the `rollout` config section, TRL's names for it, and
+the importance-sampling weights checked against values computed by hand."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf_app.config import ConfigError, load_config
+from rlhf_app.ppo.engines import importance_weights
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_engine_defaults_to_hf_and_trls_use_vllm_selects_vllm():
+    assert load_config(["recipe=tiny"]).rollout.engine == "hf"
+    cfg = load_config(["recipe=tiny", "rollout.use_vllm=true", "rollout.vllm_gpu_memory_utilization=0.5",
+                       "rollout.vllm_enable_sleep_mode=true", "rollout.vllm_importance_sampling_correction=true",
+                       "rollout.vllm_importance_sampling_cap=2.0"])
+    r = cfg.rollout
+    assert (r.engine, r.use_vllm, r.vllm_mode, r.vllm_gpu_memory_utilization) == ("vllm", True, "colocate", 0.5)
+    assert r.vllm_enable_sleep_mode and r.vllm_importance_sampling_correction and r.vllm_importance_sampling_cap == 2.0
+    assert load_config(["rollout.engine=vllm"]).rollout.use_vllm
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["rollout.engine=sglang"], "rollout.engine='sglang' is not one of hf, vllm"),
+    (["rollout.vllm_mode=server"], "rollout.vllm_mode='server' is not one of colocate"),
+    (["rollout.vllm_gpu_memory_utilization=1.5"], "rollout.vllm_gpu_memory_utilization must be in (0, 1]"),
+    (["rollout.vllm_importance_sampling_mode=token"], "is not one of token_truncate, token_mask"),
+])
+def test_bad_rollout_settings_name_the_fix(argv, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(argv)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_print_config_shows_the_resolved_engine():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "recipe=tiny", "rollout.use_vllm=true",
+                           "print_config=true"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    section = proc.stdout.split("rollout:\n", 1)[1]
+    assert "  engine: vllm\n" in section and "  use_vllm: true\n" in section
+
+
+def test_importance_weights_by_hand():
+    # trainer log-probs minus engine log-probs: ln 2, ln 4 (over the cap of 3), -ln 2, then a pad token.
+    trainer = torch.tensor([[math.log(2), math.log(4), -math.log(2), 5.0]])
+    engine = torch.zeros(1, 4)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    tt = importance_weights(trainer, engine, mask, "token_truncate", 3.0)
+    torch.testing.assert_close(tt, torch.tensor([[2.0, 3.0, 0.5, 0.0]]))
+    tm = importance_weights(trainer, engine, mask, "token_mask", 3.0)
+    torch.testing.assert_close(tm, torch.tensor([[2.0, 0.0, 0.5, 0.0]]))
+    # Sequence ratio: exp(ln 2 + ln 4 - ln 2) = 4 -> truncated to 3 / masked to 0, on every real token.
+    torch.testing.assert_close(importance_weights(trainer, engine, mask, "sequence_truncate", 3.0),
+                               torch.tensor([[3.0, 3.0, 3.0, 0.0]]))
+    torch.testing.assert_close(importance_weights(trainer, engine, mask, "sequence_mask", 5.0),
+                               torch.tensor([[4.0, 4.0, 4.0, 0.0]]))
+    torch.testing.assert_close(importance_weights(trainer, engine, mask, "sequence_mask", 3.0), torch.zeros(1, 4))
