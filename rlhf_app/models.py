@@ -26,7 +26,7 @@ VALUE_MODEL_DIR = "value_model"
 
 
 class PolicyAndValue(nn.Module):
-    """A causal LM and its critic. forward(input_ids, attention_mask) -> (logits (B, T, V), values (B, T))."""
+    """A causal LM and its critic: forward -> (logits, values) at the response positions (see forward)."""
 
     def __init__(self, policy: nn.Module, critic: nn.Module | None = None):
         super().__init__()
@@ -43,19 +43,19 @@ class PolicyAndValue(nn.Module):
             nn.init.zeros_(self.value_head.bias)
             self.value_head.to(next(policy.parameters()).dtype)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        # Left padding: positions count from each row's first real token.
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          output_hidden_states=self.critic is None, use_cache=False)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int | None = None,
+                temperature: float = 1.0):
+        """input_ids, attention_mask (B, T) -> (logits (B, R, V) / temperature, values (B, R)) at the R positions
+        that predict the last R tokens (R = response_length; None: all T positions, nothing dropped)."""
+        logits, hidden = response_forward(self.policy, input_ids, attention_mask, response_length, temperature)
         if self.critic is None:
-            values = self.value_head(out.hidden_states[-1]).squeeze(-1)
+            values = _fp32_linear(self.value_head, hidden)
         else:
             trunk = getattr(self.critic, self.critic.base_model_prefix)
-            hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_of(attention_mask),
                            use_cache=False).last_hidden_state
-            values = self.critic.score(hidden).squeeze(-1)
-        return out.logits, values
+            values = _fp32_linear(self.critic.score, _last(hidden, response_length))
+        return logits, values.squeeze(-1)
 
     # trl's unwrap_model_for_generation switches checkpointing off while generating (KV cache).
     @property
@@ -77,6 +77,54 @@ class PolicyAndValue(nn.Module):
         else:
             with self.policy.disable_adapter():
                 yield self.policy
+
+
+# Causal LMs whose logits are exactly `get_output_embeddings()(last hidden state)`: for them the head runs on
+# the response positions only. Others (logit soft-capping, logit scales) go through their own forward.
+PLAIN_HEAD_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "smollm3",
+                    "olmo2", "gemma"}
+
+
+def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Left padding: positions count from each row's first real token. (B, T) -> (B, T)"""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _last(x: torch.Tensor, response_length: int | None) -> torch.Tensor:
+    """The positions that predict the last R tokens: (B, T, ...) -> (B, R, ...); None keeps all T."""
+    return x if response_length is None else x[:, x.shape[1] - response_length - 1:-1]
+
+
+def _fp32_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) in fp32 whatever autocast says: log-probs and values are computed in fp32 (mixed precision
+    runs the trunk in bf16/fp16 only). No copy of the weight when it is fp32 (the master weights)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return layer(x.to(layer.weight.dtype)).float()
+
+
+def response_forward(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     response_length: int | None, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A causal LM (or a PEFT model around one) on left-padded rows, keeping only what PPO reads.
+
+    input_ids, attention_mask (B, T) -> (logits (B, R, V) divided by `temperature`, last hidden state (B, R, H))
+    at the R = response_length positions that predict the last R tokens. The LM head runs on those positions
+    only and the temperature divides its output in place, so no (B, T, V) tensor and no copy of the logits
+    is ever made; only the last layer's hidden state is kept.
+    """
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    position_ids = position_ids_of(attention_mask)
+    if base.config.model_type in PLAIN_HEAD_TYPES:
+        trunk = getattr(base, base.base_model_prefix)
+        hidden = _last(trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             use_cache=False).last_hidden_state, response_length)
+        logits = _fp32_linear(base.get_output_embeddings(), hidden)
+        # In place: a linear layer's backward never reads its output, so this costs no (B, R, V) copy.
+        return logits if temperature == 1.0 else logits.div_(temperature), hidden
+    keep = 0 if response_length is None else response_length + 1
+    out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+             output_hidden_states=True, logits_to_keep=keep)
+    logits = out.logits if response_length is None else out.logits[:, :-1]
+    return logits.float() / temperature, _last(out.hidden_states[-1], response_length)
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None):

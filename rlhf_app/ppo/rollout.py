@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig
-from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
+
+from rlhf_app.models import response_forward
 
 from rlhf_app.ppo.core import response_mask
 
@@ -124,34 +126,28 @@ def logprobs_values(model, query, query_mask, response, mask, temperature: float
                     entropy_grad: bool = True):
     """Log-probs of the response tokens, values before each of them, optionally entropy.
 
-    query (B, P), response (B, R) -> logprobs (B, R), values (B, R)[, entropy (B, R)].
-    Logits are divided by the sampling temperature, so log-probs match the sampling policy.
-    `entropy_grad=False` computes the entropy outside autograd: without an entropy bonus it is only
-    logged, and its full-vocabulary softmax would otherwise be kept for and run through backward.
+    query (B, P), response (B, R) -> logprobs (B, R), values (B, R)[, entropy (B, R)], all fp32.
+    The model returns logits for the R response positions only, already divided by the sampling
+    temperature, so log-probs match the sampling policy. Log-prob and entropy come from one helper
+    (trl's, fused on GPUs); `entropy_grad=False` computes the entropy outside autograd: without an
+    entropy bonus it is only logged, and its full-vocabulary softmax would otherwise be kept for backward.
     """
     input_ids = torch.cat([query, response], dim=1)
     attention = torch.cat([query_mask, mask.long()], dim=1)
-    logits, values = model(input_ids, attention)
-    start = query.shape[1] - 1
-    logits = logits[:, start:-1].float() / temperature
-    logprobs = selective_log_softmax(logits, response)
-    values = values[:, start:-1].float()
-    if with_entropy:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
-            entropy = entropy_from_logits(logits)
-        return logprobs, values, entropy
-    return logprobs, values
+    logits, values = model(input_ids, attention, response_length=response.shape[1], temperature=temperature)
+    if not with_entropy:
+        return selective_log_softmax(logits, response), values
+    logprobs, entropy = selective_log_softmax_and_entropy(
+        logits, response, entropy_requires_grad=torch.is_grad_enabled() and entropy_grad)
+    return logprobs, values, entropy
 
 
 def ref_logprobs(ref_policy, query, query_mask, response, mask, temperature: float) -> torch.Tensor:
-    """Log-probs of the response tokens under the reference policy. -> (B, R)"""
+    """Log-probs of the response tokens under the reference policy (LM head on response positions only). -> (B, R)"""
     input_ids = torch.cat([query, response], dim=1)
     attention = torch.cat([query_mask, mask.long()], dim=1)
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-    logits = ref_policy(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                        use_cache=False).logits
-    start = query.shape[1] - 1
-    return selective_log_softmax(logits[:, start:-1].float() / temperature, response)
+    logits, _ = response_forward(ref_policy, input_ids, attention, response.shape[1], temperature)
+    return selective_log_softmax(logits, response)
 
 
 def score(reward_fn, rollout: Rollout, device) -> torch.Tensor:

@@ -1,0 +1,93 @@
+"""The PPO forwards keep only the response positions: same log-probs, values and entropy as the full forward."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+
+from rlhf_app import models
+from rlhf_app.config import load_config
+from rlhf_app.ppo.rollout import left_pad, logprobs_values, ref_logprobs
+
+
+def _full_forward(model, query, qmask, response, rmask, temperature):
+    """The straightforward computation: every position through the LM head, all hidden states kept."""
+    ids, att = torch.cat([query, response], 1), torch.cat([qmask, rmask.long()], 1)
+    out = model.policy(input_ids=ids, attention_mask=att, position_ids=models.position_ids_of(att),
+                       output_hidden_states=True, use_cache=False)
+    start = query.shape[1] - 1
+    logits = out.logits[:, start:-1].float() / temperature
+    if model.critic is None:
+        values = model.value_head(out.hidden_states[-1]).squeeze(-1)[:, start:-1]
+    else:
+        hidden = getattr(model.critic, model.critic.base_model_prefix)(
+            input_ids=ids, attention_mask=att, position_ids=models.position_ids_of(att)).last_hidden_state
+        values = model.critic.score(hidden).squeeze(-1)[:, start:-1]
+    return selective_log_softmax(logits, response), values, entropy_from_logits(logits)
+
+
+def _batch(vocab: int, pad: int):
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (2, 7, 4)]
+    query, qmask = left_pad(prompts, pad)
+    response = torch.randint(3, vocab, (3, 6), generator=g)
+    rmask = torch.ones(3, 6)
+    rmask[0, 3:] = 0  # a response that stopped early, right-padded
+    response[0, 3:] = pad
+    return query, qmask, response, rmask
+
+
+def _tiny_llama():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
+    return models.PolicyAndValue(LlamaForCausalLM(cfg).eval())
+
+
+@pytest.fixture(scope="module")
+def variants():
+    out = {}
+    for name, overrides in {"gpt2": [], "separate": ["model.value_model=separate"],
+                            "lora": ["peft.enabled=true", "peft.r=4"]}.items():
+        cfg = load_config(["recipe=tiny", *overrides])
+        model, ref = models.build_models(cfg)
+        out[name] = (model.eval(), ref, models.load_tokenizer(cfg.model.name_or_path).pad_token_id)
+    out["llama"] = (_tiny_llama(), None, 0)
+    return out
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "separate", "lora"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_response_only_forward_equals_the_full_forward(variants, name, temperature):
+    model, ref, pad = variants[name]
+    query, qmask, response, rmask = _batch(model.policy.config.get_text_config().vocab_size, pad)
+    with torch.no_grad():
+        lp, values, entropy = logprobs_values(model, query, qmask, response, rmask, temperature, with_entropy=True)
+        want_lp, want_values, want_entropy = _full_forward(model, query, qmask, response, rmask, temperature)
+        ref_lp = ref_logprobs(ref if ref is not None else model.policy, query, qmask, response, rmask, temperature)
+    assert lp.shape == values.shape == entropy.shape == response.shape
+    assert torch.allclose(lp, want_lp, atol=1e-6, rtol=0)
+    assert torch.allclose(values, want_values, atol=1e-6, rtol=0)
+    assert torch.allclose(entropy, want_entropy, atol=1e-6, rtol=0)
+    if name != "lora":  # before any update the reference is the policy; LoRA's adapters start at zero too
+        assert torch.allclose(ref_lp, want_lp, atol=1e-6, rtol=0)
+
+
+def test_entropy_is_outside_autograd_unless_it_is_in_the_loss(variants):
+    model, _, pad = variants["gpt2"]
+    query, qmask, response, rmask = _batch(model.policy.config.vocab_size, pad)
+    lp, _, entropy = logprobs_values(model, query, qmask, response, rmask, 1.0, with_entropy=True, entropy_grad=False)
+    assert lp.requires_grad and not entropy.requires_grad
+    _, _, entropy = logprobs_values(model, query, qmask, response, rmask, 1.0, with_entropy=True, entropy_grad=True)
+    assert entropy.requires_grad
+
+
+def test_models_outside_the_plain_head_list_use_their_own_forward(variants, monkeypatch):
+    model, _, pad = variants["llama"]
+    query, qmask, response, rmask = _batch(97, pad)
+    with torch.no_grad():
+        fast = logprobs_values(model, query, qmask, response, rmask, 0.7, with_entropy=True)
+        monkeypatch.setattr(models, "PLAIN_HEAD_TYPES", set())
+        generic = logprobs_values(model, query, qmask, response, rmask, 0.7, with_entropy=True)
+    for a, b in zip(fast, generic):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)
