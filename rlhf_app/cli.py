@@ -120,7 +120,8 @@ def run(cfg: TrainConfig) -> dict:
         (out / "config.yaml").write_text(to_yaml(cfg))
     # Trackers write inside the run folder; the config they get holds no secrets (none is ever in it).
     accelerator.init_trackers("rlhf_app", config=_flat(json.loads(json.dumps(_asdict(cfg)))),
-                              init_kwargs={"wandb": {"dir": str(out), "name": out.name}})
+                              init_kwargs={"wandb": {"dir": str(out), "name": cfg.run_name or out.name},
+                                           "trackio": {"name": cfg.run_name or out.name}})
     # ---- models
     # The main process first: it builds offline assets / fills the Hub cache, the others then read it.
     with hub_access("the policy", cfg.model.name_or_path, cfg), accelerator.main_process_first():

@@ -2,12 +2,17 @@
 
 Precedence is stated once, in `load_config`: the dataclasses below hold every default, a
 recipe (`recipes/NAME.yaml` or a path) holds only its deltas, and `key=value` arguments win.
-Unknown keys and wrong types fail before any model loads. This module imports no torch.
+TRL's habits work too: `--key value`, `--key=value`, `--config FILE` and TRL's flat field names
+(`ALIASES`), resolved to the nested keys before anything else. Unknown keys and wrong types fail
+before any model loads. This module imports no torch.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import math
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +21,8 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from rlhf_app.argv import ArgvError, normalize_argv
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -220,7 +227,9 @@ class TrainConfig:
     save_steps: int = 0  # 0: only the final save
     save_total_limit: int = 2
     resume_from: Optional[str] = None  # auto | path to a checkpoint folder
-    report_to: list[str] = field(default_factory=lambda: ["none"])  # none|wandb|tensorboard|trackio
+    report_to: list[str] = field(default_factory=lambda: ["none"])  # none|wandb|tensorboard|trackio|all
+    run_name: Optional[str] = None  # the trackers' run name; None: the output folder's name
+    logging_steps: int = 1  # updates between metrics sent to the trackers (metrics.jsonl keeps every update)
     sample_every: int = 10  # updates between sample tables (samples.jsonl and the trackers); 0: never
     eval_before_after: bool = True
     print_config: bool = False
@@ -235,6 +244,28 @@ class TrainConfig:
     def __post_init__(self):
         for tracker in self.report_to:
             _choice("", "report_to", tracker, TRACKERS)
+        if self.logging_steps < 1:
+            raise ConfigError(f"logging_steps must be >= 1, got {self.logging_steps}")
+
+
+# ---- TRL's flat field names (ModelConfig, PPOConfig, TrainingArguments) -> the nested keys here.
+# The one table: an alias works in recipes and on the command line; print_config shows the nested key.
+ALIASES = {
+    "model_name_or_path": "model.name_or_path", "model_revision": "model.revision", "dtype": "model.dtype",
+    "trust_remote_code": "model.trust_remote_code", "gradient_checkpointing": "model.gradient_checkpointing",
+    "use_peft": "peft.enabled", "lora_r": "peft.r", "lora_alpha": "peft.lora_alpha",
+    "lora_dropout": "peft.lora_dropout", "lora_target_modules": "peft.target_modules",
+    "push_to_hub": "hub.push", "hub_model_id": "hub.repo_id", "hub_private_repo": "hub.private",
+    "resume_from_checkpoint": "resume_from",
+    **{name: f"ppo.{name}" for name in (
+        "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "total_episodes",
+        "per_device_train_batch_size", "gradient_accumulation_steps", "num_mini_batches", "num_ppo_epochs",
+        "local_rollout_forward_batch_size", "response_length", "temperature", "stop_token", "stop_token_id",
+        "missing_eos_penalty", "kl_coef", "kl_estimator", "whiten_rewards", "cliprange", "cliprange_value",
+        "vf_coef", "gamma", "lam")},
+}
+# TRL's count of sample tables over the run; converted to sample_every (updates between them) after merging.
+NUM_SAMPLE_GENERATIONS = "num_sample_generations"
 
 
 def available_recipes() -> list[str]:
@@ -269,61 +300,136 @@ def _dotted_keys(node, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _check_keys(cfg, known: set[str], sections: set[str], where: str) -> None:
+def _check_keys(cfg, known: set[str], sections: set[str], where: str, flags: set[str] = frozenset()) -> None:
+    def shown(key: str) -> str:  # name a key in the form the user typed it
+        return f"--{key}" if key in flags else key
+
     for key in _dotted_keys(cfg):
         if key in known or any(key.startswith(k + ".") for k in known if k == "report_to"):
             continue
         if key in sections:
             raise ConfigError(f"{where}: {key} is a section; set its fields, e.g. {key}.<field>=...")
-        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
+        # A dotted key is compared with dotted keys; a flat one with TRL's names and the top-level fields too.
+        pool = sorted(known) if "." in key else sorted(known | set(ALIASES) | {NUM_SAMPLE_GENERATIONS})
+        close = difflib.get_close_matches(key, pool, n=1, cutoff=0.5)
         if not close:  # a misplaced field: same leaf name in another section
             leaf = key.rsplit(".", 1)[-1]
             close = [k for k in sorted(known) if k.rsplit(".", 1)[-1] == leaf][:1]
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise ConfigError(f"{where}: unknown key {key}{hint}")
+        hint = f"; did you mean {'--' if key in flags else ''}{close[0]}?" if close else ""
+        raise ConfigError(f"{where}: unknown key {shown(key)}{hint}")
+
+
+def _hint(key: str) -> Any:
+    """The declared type of a dotted key (None if unknown)."""
+    cls = TrainConfig
+    for part in key.split("."):
+        cls = typing.get_type_hints(cls).get(part) if hasattr(cls, "__dataclass_fields__") else None
+        if cls is None:
+            return None
+    return cls
 
 
 def _field_type(dotted: str) -> str:
     """The declared type of a dotted key, for error messages ('float', 'Optional[int]')."""
-    cls, hints = TrainConfig, {}
-    for part in dotted.split("."):
-        hints = typing.get_type_hints(cls)
-        cls = hints.get(part)
-        if cls is None:
-            return "?"
+    cls = _hint(dotted)
+    if cls is None:
+        return "?"
     return getattr(cls, "__name__", None) if isinstance(cls, type) else str(cls).replace("typing.", "")
 
 
+def _kind(key: str) -> str:
+    """'bool', 'list' or 'value': how `--key` consumes the arguments after it."""
+    hint = _hint(ALIASES.get(key, key))
+    args = typing.get_args(hint)
+    if hint is bool or (bool in args and type(None) in args):
+        return "bool"
+    if typing.get_origin(hint) is list or any(typing.get_origin(a) is list for a in args):
+        return "list"
+    return "value"
+
+
+def _normalize(argv: list[str]) -> tuple[list[str], set[str]]:
+    """(`key=value` arguments, keys typed as `--key`); ConfigError on a malformed argument."""
+    try:
+        return normalize_argv(argv, _kind)
+    except ArgvError as err:
+        raise ConfigError(str(err)) from None
+
+
+def normalize_args(argv: list[str]) -> list[str]:
+    """Any mix of `key=value`, `--key value`, `--key=value` as `key=value` arguments (for the other tools)."""
+    return _normalize(argv)[0]
+
+
 def parse_overrides(argv: list[str]):
-    """`key=value` arguments to an OmegaConf dotlist; `--flag` style gets a hint."""
-    for arg in argv:
-        if arg.startswith("-"):
-            name = arg.lstrip("-").split("=", 1)[0].replace("-", "_")
-            raise ConfigError(f"arguments are key=value, not {arg.split('=', 1)[0]}: "
-                              f"write {name}=... (e.g. ppo.learning_rate=1e-5)")
-        if "=" not in arg:
-            raise ConfigError(f"argument {arg!r} has no '=': write key=value (e.g. recipe=tiny)")
-    return OmegaConf.from_dotlist(argv)
+    """Command-line arguments (`key=value`, `--key value`, `--key=value`) to an OmegaConf dotlist."""
+    return OmegaConf.from_dotlist(_normalize(argv)[0])
+
+
+def _set_dotted(tree: dict, key: str, value: Any, alias: str, where: str) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+        if not isinstance(tree, dict):
+            return  # `model: 1`: _check_keys names the section
+    if leaf in tree and tree[leaf] != value:
+        raise ConfigError(f"{where}: {alias}={value!r} (TRL's name for {key}) disagrees with "
+                          f"{key}={tree[leaf]!r}: set only one of them")
+    tree[leaf] = value
+
+
+def resolve_aliases(layer, where: str):
+    """One config layer with TRL's flat names moved to their nested keys, list fields given one value
+    made lists, and `report_to=all` expanded to the installed trackers. Returns (layer, num_sample_generations)."""
+    tree = OmegaConf.to_container(layer)
+    for alias, key in ALIASES.items():
+        if alias in tree:
+            _set_dotted(tree, key, tree.pop(alias), alias, where)
+    generations = tree.pop(NUM_SAMPLE_GENERATIONS, None)
+    if generations is not None and "sample_every" in tree:
+        raise ConfigError(f"{where}: set sample_every (updates between samples) or TRL's {NUM_SAMPLE_GENERATIONS} "
+                          "(samples over the run), not both")
+    for key, value in _dotted_keys(OmegaConf.create(tree)).items():
+        if isinstance(value, str) and _kind(key) == "list":  # report_to=wandb means [wandb]
+            *parents, leaf = key.split(".")
+            node = tree
+            for part in parents:
+                node = node[part]
+            node[leaf] = [value]
+    if tree.get("report_to") == ["all"]:  # transformers' "all": every installed integration
+        tree["report_to"] = [t for t in TRACKERS[1:] if importlib.util.find_spec(t)] or ["none"]
+    if generations is not None and (not isinstance(generations, int) or generations < 0):
+        raise ConfigError(f"{NUM_SAMPLE_GENERATIONS} must be an integer >= 0, got {generations!r}")
+    return OmegaConf.create(tree), generations
+
+
+def _sample_every(cfg: "TrainConfig", generations: int) -> int:
+    """TRL's sample_generations_freq: max(1, updates // num_sample_generations); 0 samples: never."""
+    if generations == 0:
+        return 0
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    updates = math.ceil(cfg.ppo.total_episodes / (cfg.ppo.local_batch_size * world))
+    return max(1, updates // generations)
 
 
 def load_config(argv: list[str]) -> TrainConfig:
     """Defaults ⊕ recipe ⊕ CLI, validated. Raises ConfigError with a one-line message."""
-    cli = parse_overrides(argv)
+    args, flags = _normalize(argv)
+    cli, cli_generations = resolve_aliases(OmegaConf.from_dotlist(args), "command line")
     default = OmegaConf.structured(TrainConfig)
     known = set(_dotted_keys(default))
     sections = {k for k in TrainConfig.__dataclass_fields__ if OmegaConf.is_dict(default[k])}
-    layers = [default]
+    layers, generations = [default], None
     recipe = cli.get("recipe")
     if recipe:
         path = recipe_path(str(recipe))
-        recipe_cfg = OmegaConf.load(path)
+        recipe_cfg, generations = resolve_aliases(OmegaConf.load(path), f"recipe {path.name}")
         _check_keys(recipe_cfg, known, sections, f"recipe {path.name}")
         layers.append(recipe_cfg)
-    _check_keys(cli, known, sections, "command line")
+    _check_keys(cli, known, sections, "command line", flags)
     layers.append(cli)
-    for layer in layers[1:]:
-        if isinstance(layer.get("report_to"), str):  # report_to=wandb means [wandb]
-            layer.report_to = [layer.report_to]
+    if cli_generations is not None or "sample_every" in cli:
+        generations = cli_generations  # the last layer that sets either wins
     try:
         merged = OmegaConf.merge(*layers)
         cfg = OmegaConf.to_object(merged)
@@ -331,6 +437,8 @@ def load_config(argv: list[str]) -> TrainConfig:
         key = getattr(err, "full_key", None) or "?"
         raise ConfigError(f"bad value for {key}: expected {_field_type(key)}, "
                           f"got {str(err).split(chr(39))[1] if chr(39) in str(err) else str(err)!r}") from None
+    if generations is not None:
+        cfg.sample_every = _sample_every(cfg, generations)
     if cfg.recipe and not Path(str(cfg.recipe)).suffix and "output_dir" not in cli and \
             (not recipe or "output_dir" not in OmegaConf.load(recipe_path(str(recipe)))):
         cfg.output_dir = f"runs/{cfg.recipe}"

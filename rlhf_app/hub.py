@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rlhf_app.config import ConfigError, TrainConfig, load_config, parse_overrides, to_yaml
+from rlhf_app.config import ALIASES, ConfigError, TrainConfig, load_config, normalize_args, parse_overrides, to_yaml
 from rlhf_app.model_card import base_license, model_card  # noqa: F401  (base_license: part of hub's API)
 
 UPLOAD_DIR = "hub_upload"
@@ -223,7 +223,7 @@ def load_run_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
     if not recorded.is_file():
         raise HubError(f"{recorded} does not exist: run_dir must be a folder written by a training run")
     for arg in overrides:
-        if not arg.startswith("hub."):
+        if not ALIASES.get(arg.split("=", 1)[0], arg).startswith("hub."):
             raise HubError(f"{arg.split('=', 1)[0]} cannot change after training: only hub.* keys "
                            "may be overridden (e.g. hub.repo_id=user/name)")
     cfg = load_config([f"recipe={recorded}", *overrides])
@@ -233,9 +233,10 @@ def load_run_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
 
 def main(argv: list[str]) -> None:
     """`scripts/push.py run_dir=PATH [hub.repo_id=user/name hub.dry_run=true ...]`."""
-    run_dirs = [a.split("=", 1)[1] for a in argv if a.startswith("run_dir=")]
-    rest = [a for a in argv if not a.startswith("run_dir=")]
     try:
+        argv = normalize_args(argv)  # --run_dir PATH --hub_model_id NAME works too
+        run_dirs = [a.split("=", 1)[1] for a in argv if a.startswith("run_dir=")]
+        rest = [a for a in argv if not a.startswith("run_dir=")]
         if len(run_dirs) != 1 or not run_dirs[0]:
             raise HubError("pass the run folder once: python scripts/push.py run_dir=runs/NAME hub.repo_id=user/name")
         parse_overrides(rest)

@@ -39,15 +39,24 @@ def test_precedence_defaults_then_recipe_then_cli():
 
 @pytest.mark.parametrize("argv, message", [
     (["ppo.kl_coeff=0.1"], "unknown key ppo.kl_coeff; did you mean ppo.kl_coef?"),
-    (["kl_coef=0.1"], "did you mean ppo.kl_coef?"),
+    (["kl_coeff=0.1"], "unknown key kl_coeff; did you mean kl_coef?"),
+    (["--kl_coeff", "0.1"], "unknown key --kl_coeff; did you mean --kl_coef?"),
+    (["--ppo.kl_coeff=0.1"], "unknown key --ppo.kl_coeff; did you mean --ppo.kl_coef?"),
+    (["model.kl_coef=0.1"], "did you mean ppo.kl_coef?"),
+    (["--learning_rate"], "--learning_rate needs a value: write --learning_rate VALUE or learning_rate=VALUE"),
+    (["-lr", "1"], "-lr is not an option: write --key value or key=value"),
+    (["--logging_steps", "0"], "logging_steps must be >= 1"),
+    (["learning_rate=1e-5", "ppo.learning_rate=1e-4"],
+     "learning_rate=1e-05 (TRL's name for ppo.learning_rate) disagrees with ppo.learning_rate=0.0001"),
+    (["--use_peft", "peft.enabled=false"], "use_peft=True (TRL's name for peft.enabled) disagrees with peft.enabled=False"),
+    (["num_sample_generations=4", "sample_every=3"], "set sample_every (updates between samples) or TRL's"),
     (["ppo.learning_rate=fast"], "bad value for ppo.learning_rate: expected float, got 'fast'"),
     (["ppo.num_ppo_epochs=1.5"], "expected int"),
     (["peft.enabled=maybe"], "expected bool"),
     (["ppo.kl_estimator=k2"], "ppo.kl_estimator='k2' is not one of k1, k3"),
     (["recipe=tinyy"], "unknown recipe 'tinyy': did you mean tiny? available:"),
     (["recipe=missing/file.yaml"], "recipe file missing/file.yaml does not exist"),
-    (["--learning_rate=1e-5"], "arguments are key=value, not --learning_rate"),
-    (["ppo.learning_rate"], "has no '='"),
+    (["ppo.learning_rate"], "has no '=': write key=value or --key value"),
     (["ppo=1"], "ppo is a section"),
     (["ppo.total_episodes=0"], "ppo.total_episodes must be >= 1"),
     (["ppo.lr_scheduler_type=cosin"], "ppo.lr_scheduler_type='cosin' is not one of linear, cosine,"),
@@ -67,6 +76,75 @@ def test_unknown_key_inside_a_recipe_file(tmp_path):
         load_config([f"recipe={recipe}"])
 
 
+SAME_AS_NESTED = [  # TRL's flat name, its nested key here, a value that differs from the default
+    ("model_name_or_path", "model.name_or_path", "someone/model"), ("model_revision", "model.revision", "v2"),
+    ("dtype", "model.dtype", "bfloat16"), ("use_peft", "peft.enabled", "true"), ("lora_r", "peft.r", "4"),
+    ("lora_alpha", "peft.lora_alpha", "8"), ("lora_dropout", "peft.lora_dropout", "0.1"),
+    ("lora_target_modules", "peft.target_modules", "[c_attn,c_proj]"), ("push_to_hub", "hub.push", "true"),
+    ("hub_model_id", "hub.repo_id", "alice/ppo"), ("hub_private_repo", "hub.private", "true"),
+    ("resume_from_checkpoint", "resume_from", "auto"), ("learning_rate", "ppo.learning_rate", "1e-5"),
+    ("kl_coef", "ppo.kl_coef", "0.2"), ("per_device_train_batch_size", "ppo.per_device_train_batch_size", "4"),
+    ("run_name", "run_name", "first"), ("logging_steps", "logging_steps", "5"),
+]
+
+
+@pytest.mark.parametrize("alias, key, value", SAME_AS_NESTED)
+def test_every_flag_form_and_trl_name_gives_the_nested_config(alias, key, value):
+    nested = load_config(["recipe=tiny", f"{key}={value}"])
+    assert nested != load_config(["recipe=tiny"])  # the value really changes something
+    values = value.strip("[]").split(",")
+    for argv in ([f"{alias}={value}"], [f"--{alias}={value}"], [f"--{alias}", *values], [f"--{key}", *values],
+                 [f"--{key}={value}"], [f"--{alias.replace('_', '-')}", *values]):
+        assert load_config(["--config", "tiny", *argv]) == nested, argv
+
+
+def test_config_flag_is_recipe_and_bool_and_list_flags_read_like_trl(tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("learning_rate: 0.25\nlora_r: 4\nmodel:\n  dtype: bfloat16\n")  # TRL's names in a recipe
+    cfg = load_config(["--config", str(recipe)])
+    assert cfg == load_config([f"recipe={recipe}"])
+    assert (cfg.ppo.learning_rate, cfg.peft.r, cfg.model.dtype) == (0.25, 4, "bfloat16")
+    flags = load_config(["--use_peft", "--lora_target_modules", "c_attn", "c_proj", "--whiten_rewards", "false",
+                         "--gradient_checkpointing", "kl_coef=0.5", "--report_to", "tensorboard"])
+    assert flags.peft.enabled and flags.peft.target_modules == ["c_attn", "c_proj"] and flags.ppo.kl_coef == 0.5
+    assert not flags.ppo.whiten_rewards
+    assert flags.model.gradient_checkpointing and flags.report_to == ["tensorboard"]
+    assert load_config(["--missing_eos_penalty", "-1.0"]).ppo.missing_eos_penalty == -1.0
+    conflict = tmp_path / "conflict.yaml"
+    conflict.write_text("kl_coef: 0.1\nppo:\n  kl_coef: 0.2\n")
+    with pytest.raises(ConfigError, match=r"^recipe conflict.yaml: kl_coef=0.1 \(TRL's name for ppo.kl_coef\) "
+                                          r"disagrees with ppo.kl_coef=0.2: set only one of them$"):
+        load_config([f"recipe={conflict}"])
+    # A recipe's TRL name, then the command line's nested key: ordinary precedence, no conflict.
+    assert load_config([f"recipe={recipe}", "ppo.learning_rate=0.5"]).ppo.learning_rate == 0.5
+
+
+def test_every_alias_names_a_real_key():
+    """Helpers add TRL names to the one table: each must land on a field of the config."""
+    from omegaconf import OmegaConf
+
+    from rlhf_app.config import ALIASES, TrainConfig
+    default = OmegaConf.structured(TrainConfig)
+    for alias, key in ALIASES.items():
+        assert OmegaConf.select(default, key, default="<none>") != "<none>", (alias, key)
+        assert "." not in alias and alias not in TrainConfig.__dataclass_fields__, alias
+
+
+def test_report_to_all_and_num_sample_generations(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: real(name, *a) if name == "tensorboard" else
+                        None if name in ("wandb", "trackio") else real(name, *a))
+    assert load_config(["--report_to", "all"]).report_to == ["tensorboard"]
+    # tiny: 1280 episodes / 32 per update = 40 updates; TRL samples every 40 // 4 = 10 updates
+    assert load_config(["recipe=tiny", "num_sample_generations=4"]).sample_every == 10
+    assert load_config(["recipe=tiny", "--total_episodes", "2560", "--num_sample_generations", "4"]).sample_every == 20
+    assert load_config(["recipe=tiny", "num_sample_generations=0"]).sample_every == 0
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert load_config(["recipe=tiny", "num_sample_generations=4"]).sample_every == 5
+
+
 def _train(*args):
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
@@ -77,6 +155,13 @@ def test_print_config_prints_resolved_yaml_and_exits():
     assert proc.returncode == 0, proc.stderr
     assert "kl_coef: 0.25" in proc.stdout
     assert "learning_rate: 0.003" in proc.stdout
+    # TRL's habit prints the same nested config
+    trl = _train("--config", "tiny", "--kl_coef", "0.25", "--print_config")
+    assert trl.returncode == 0, trl.stderr
+    assert trl.stdout == proc.stdout
+    trl = _train("--config", "tiny", "--model_name_or_path", "x/y", "--use_peft", "--print_config")
+    assert "  name_or_path: x/y\n" in trl.stdout and "\npeft:\n  enabled: true\n" in trl.stdout
+    assert "model_name_or_path" not in trl.stdout and "use_peft" not in trl.stdout
 
 
 def test_cli_error_is_one_line_without_traceback():

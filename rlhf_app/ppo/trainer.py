@@ -188,7 +188,8 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                             "time/generate_s": t_gen - t0 - t_sync, "time/reward_s": t_reward - t_gen,
                             "time/forward_s": t_fwd - t_reward, "time/train_s": t_train - t_fwd,
                             "time/weight_sync_s": t_sync, **engine_metrics})
-            accelerator.log(metrics, step=state["step"])
+            if state["step"] % cfg.logging_steps == 0:  # the trackers; metrics.jsonl below keeps every update
+                accelerator.log(metrics, step=state["step"])
             if accelerator.is_main_process:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps({"step": state["step"], "episode": state["episode"], **metrics}) + "\n")
