@@ -14,8 +14,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from rlhf_app import preflight
 from rlhf_app.config import TrainConfig, available_recipes, main_guard, to_yaml
 from rlhf_app.hub import HubError
+from rlhf_app.preflight import PreflightError
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_HUB_DISABLE_TELEMETRY": "1", "WANDB_MODE": "offline"}
@@ -33,7 +35,7 @@ def main(argv: list[str]) -> None:
     set_network_env(cfg)
     try:
         run(cfg)
-    except UserError as err:
+    except (UserError, PreflightError) as err:
         sys.exit(f"error: {err}")
     except (HubError, RuntimeError) as err:  # a push that cannot work; a reward that fails or returns NaN
         from rlhf_app.rewards import RewardError
@@ -115,6 +117,7 @@ def run(cfg: TrainConfig) -> dict:
     accelerator = Accelerator(gradient_accumulation_steps=cfg.ppo.gradient_accumulation_steps,
                               log_with=report_to or None, project_dir=cfg.output_dir)
     out = Path(cfg.output_dir)
+    preflight.check_output_dir(cfg.output_dir)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
@@ -122,15 +125,18 @@ def run(cfg: TrainConfig) -> dict:
     accelerator.init_trackers("rlhf_app", config=_flat(json.loads(json.dumps(_asdict(cfg)))),
                               init_kwargs={"wandb": {"dir": str(out), "name": cfg.run_name or out.name},
                                            "trackio": {"name": cfg.run_name or out.name}})
-    # ---- models
+    # ---- tokenizer, data, then the checks that need them; then the models
     # The main process first: it builds offline assets / fills the Hub cache, the others then read it.
     with hub_access("the policy", cfg.model.name_or_path, cfg), accelerator.main_process_first():
         tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.revision)
-        model, ref_policy = models.build_models(cfg)
-    # ---- data
+        model_config = models.load_model_config(cfg.model)
     hub_data = cfg.data.name if cfg.data.source == "hub" else None
     with hub_access("the dataset", hub_data, cfg), accelerator.main_process_first():
         train_ds, eval_ds = data.load_prompts(cfg, tokenizer)
+    preflight.check_positions(model_config, {"training": train_ds, "held-out": eval_ds}, cfg.ppo.response_length)
+    preflight.check_prompts_fill_a_batch(len(train_ds), cfg.ppo.local_batch_size, accelerator.num_processes)
+    with hub_access("the policy", cfg.model.name_or_path, cfg), accelerator.main_process_first():
+        model, ref_policy = models.build_models(cfg)
     # ---- reward
     with hub_access("the reward model", cfg.reward.model, cfg), accelerator.main_process_first():
         reward_fn = rewards.build_reward(cfg, accelerator.device)

@@ -37,6 +37,28 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
               "inverse_sqrt")
 
 
+# Ranges per field: (low, high, low_inclusive, high_inclusive); None = unbounded. Checked for None-able
+# fields only when set. One table, so every numeric field is covered and the messages read the same.
+_GE0, _GT0, _GE1, _UNIT, _PROB = (0, None, True, False), (0, None, False, False), (1, None, True, False), \
+    (0, 1, True, True), (0, 1, False, True)
+
+
+def _ranges(section: str, obj, spec: dict) -> None:
+    for name, (low, high, low_in, high_in) in spec.items():
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        ok = (low is None or (value >= low if low_in else value > low)) and \
+             (high is None or (value <= high if high_in else value < high))
+        if not ok:
+            key = f"{section}.{name}" if section else name
+            if low is not None and high is not None:
+                want = f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+            else:
+                want = f"{'>=' if low_in else '>'} {low}" if low is not None else f"{'<=' if high_in else '<'} {high}"
+            raise ConfigError(f"{key}={value} is out of range: set {key} {want}")
+
+
 def _choice(section: str, name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         key = f"{section}.{name}" if section else name
@@ -65,6 +87,9 @@ class PeftConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     target_modules: Optional[list[str]] = None  # None: every linear layer
+
+    def __post_init__(self):
+        _ranges("peft", self, {"r": _GE1, "lora_alpha": _GT0, "lora_dropout": (0, 1, True, False)})
 
 
 @dataclass
@@ -162,6 +187,19 @@ class PPOConfig:
                 raise ConfigError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ConfigError(f"ppo.temperature must be > 0, got {self.temperature}")
+        _ranges("ppo", self, {
+            "learning_rate": _GT0, "warmup_steps": _GE0, "weight_decay": _GE0, "max_grad_norm": _GE0,
+            "local_rollout_forward_batch_size": _GE1, "top_k": _GE0, "top_p": _PROB, "stop_token_id": _GE0,
+            "missing_eos_penalty": _GE0, "kl_coef": _GE0, "kl_target": _GT0, "kl_horizon": _GE1,
+            "reward_scale": _GT0, "reward_clip": _GT0, "cliprange": _GT0, "cliprange_value": _GT0,
+            "vf_coef": _GE0, "ent_coef": _GE0, "gamma": _UNIT, "lam": _UNIT})
+        # Refused rather than renormalised: a truncated softmax gives the tokens outside the kept set
+        # probability 0, and once the policy moves, a token sampled under the old cut can fall outside the
+        # new one: the PPO ratio and the KL to the reference become 0 or infinite.
+        if self.top_k or self.top_p < 1:
+            raise ConfigError(f"ppo.top_k={self.top_k} / ppo.top_p={self.top_p} truncate sampling, but PPO's "
+                              "log-probs and KL need the full softmax: set ppo.top_k=0 ppo.top_p=1.0 "
+                              "(lower ppo.temperature for more focused samples)")
 
     @property
     def local_batch_size(self) -> int:
@@ -230,6 +268,7 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=lambda: ["none"])  # none|wandb|tensorboard|trackio|all
     run_name: Optional[str] = None  # the trackers' run name; None: the output folder's name
     logging_steps: int = 1  # updates between metrics sent to the trackers (metrics.jsonl keeps every update)
+    overwrite_output_dir: bool = False  # true: a new run may replace the run already in output_dir
     sample_every: int = 10  # updates between sample tables (samples.jsonl and the trackers); 0: never
     eval_before_after: bool = True
     print_config: bool = False
@@ -246,6 +285,11 @@ class TrainConfig:
             _choice("", "report_to", tracker, TRACKERS)
         if self.logging_steps < 1:
             raise ConfigError(f"logging_steps must be >= 1, got {self.logging_steps}")
+        _ranges("", self, {"seed": _GE0, "num_threads": _GE0, "save_steps": _GE0, "save_total_limit": _GE0,
+                           "sample_every": _GE0})
+        if self.resume_from and self.overwrite_output_dir:
+            raise ConfigError("resume_from and overwrite_output_dir=true contradict each other: "
+                              "keep resume_from to continue the run, or overwrite_output_dir=true to replace it")
 
 
 # ---- TRL's flat field names (ModelConfig, PPOConfig, TrainingArguments) -> the nested keys here.
@@ -412,6 +456,20 @@ def _sample_every(cfg: "TrainConfig", generations: int) -> int:
     return max(1, updates // generations)
 
 
+def _load_yaml(path: Path):
+    """A YAML file as OmegaConf; a syntax error becomes one line with the file and line."""
+    import yaml
+
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"YAML syntax error in {where}: {problem}; fix the file (indent with spaces, "
+                          "'key: value' per line)") from None
+
+
 def load_config(argv: list[str]) -> TrainConfig:
     """Defaults ⊕ recipe ⊕ CLI, validated. Raises ConfigError with a one-line message."""
     args, flags = _normalize(argv)
@@ -423,7 +481,7 @@ def load_config(argv: list[str]) -> TrainConfig:
     recipe = cli.get("recipe")
     if recipe:
         path = recipe_path(str(recipe))
-        recipe_cfg, generations = resolve_aliases(OmegaConf.load(path), f"recipe {path.name}")
+        recipe_cfg, generations = resolve_aliases(_load_yaml(path), f"recipe {path.name}")
         _check_keys(recipe_cfg, known, sections, f"recipe {path.name}")
         layers.append(recipe_cfg)
     _check_keys(cli, known, sections, "command line", flags)
@@ -440,7 +498,7 @@ def load_config(argv: list[str]) -> TrainConfig:
     if generations is not None:
         cfg.sample_every = _sample_every(cfg, generations)
     if cfg.recipe and not Path(str(cfg.recipe)).suffix and "output_dir" not in cli and \
-            (not recipe or "output_dir" not in OmegaConf.load(recipe_path(str(recipe)))):
+            (not recipe or "output_dir" not in _load_yaml(recipe_path(str(recipe)))):
         cfg.output_dir = f"runs/{cfg.recipe}"
     return cfg
 

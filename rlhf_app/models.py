@@ -139,6 +139,14 @@ def load_tokenizer(name_or_path: str, revision: str | None = None):
     return tokenizer
 
 
+def load_model_config(m):
+    """The policy's transformers config (cheap: no weights), for checks before the model loads."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(assets.resolve(m.name_or_path), revision=m.revision,
+                                      trust_remote_code=m.trust_remote_code)
+
+
 def build_models(cfg) -> tuple[PolicyAndValue, nn.Module | None]:
     """(policy with critic, frozen reference or None when LoRA provides it) from `cfg.model`/`cfg.peft`."""
     from transformers import set_seed

@@ -69,6 +69,68 @@ def test_errors_name_the_fix(argv, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("arg, message", [
+    ("ppo.cliprange=-1", "ppo.cliprange=-1.0 is out of range: set ppo.cliprange > 0"),
+    ("ppo.cliprange_value=0", "set ppo.cliprange_value > 0"),
+    ("ppo.gamma=2", "ppo.gamma=2.0 is out of range: set ppo.gamma in [0, 1]"),
+    ("ppo.lam=5", "set ppo.lam in [0, 1]"),
+    ("ppo.kl_coef=-1", "set ppo.kl_coef >= 0"),
+    ("ppo.learning_rate=0", "set ppo.learning_rate > 0"),
+    ("ppo.top_p=0", "set ppo.top_p in (0, 1]"),
+    ("ppo.top_p=1.5", "set ppo.top_p in (0, 1]"),
+    ("ppo.top_k=-1", "set ppo.top_k >= 0"),
+    ("ppo.warmup_steps=-1", "set ppo.warmup_steps >= 0"),
+    ("ppo.weight_decay=-0.1", "set ppo.weight_decay >= 0"),
+    ("ppo.max_grad_norm=-1", "set ppo.max_grad_norm >= 0"),
+    ("ppo.local_rollout_forward_batch_size=0", "set ppo.local_rollout_forward_batch_size >= 1"),
+    ("ppo.missing_eos_penalty=-1", "set ppo.missing_eos_penalty >= 0"),
+    ("ppo.kl_target=0", "set ppo.kl_target > 0"),
+    ("ppo.kl_horizon=0", "set ppo.kl_horizon >= 1"),
+    ("ppo.reward_scale=0", "set ppo.reward_scale > 0"),
+    ("ppo.reward_clip=0", "set ppo.reward_clip > 0"),
+    ("ppo.vf_coef=-1", "set ppo.vf_coef >= 0"),
+    ("ppo.ent_coef=-0.1", "set ppo.ent_coef >= 0"),
+    ("ppo.stop_token_id=-2", "set ppo.stop_token_id >= 0"),
+    ("ppo.temperature=0", "ppo.temperature must be > 0"),
+    ("peft.r=0", "set peft.r >= 1"),
+    ("peft.lora_alpha=0", "set peft.lora_alpha > 0"),
+    ("peft.lora_dropout=1", "set peft.lora_dropout in [0, 1)"),
+    ("seed=-1", "set seed >= 0"),
+    ("save_steps=-1", "set save_steps >= 0"),
+    ("save_total_limit=-1", "set save_total_limit >= 0"),
+    ("sample_every=-1", "set sample_every >= 0"),
+    ("num_threads=-1", "set num_threads >= 0"),
+])
+def test_out_of_range_values_are_refused_in_one_line(arg, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(["recipe=tiny", arg])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("arg", ["ppo.top_k=50", "ppo.top_p=0.9"])
+def test_truncated_sampling_is_refused(arg):
+    with pytest.raises(ConfigError, match="truncate sampling, but PPO's log-probs and KL need the full softmax: "
+                                          "set ppo.top_k=0 ppo.top_p=1.0"):
+        load_config(["recipe=tiny", arg])
+
+
+def test_in_range_edges_are_accepted():
+    cfg = load_config(["recipe=tiny", "ppo.gamma=0", "ppo.lam=1", "ppo.kl_coef=0", "ppo.top_p=1", "ppo.top_k=0",
+                       "ppo.max_grad_norm=0", "ppo.missing_eos_penalty=0"])
+    assert (cfg.ppo.gamma, cfg.ppo.lam, cfg.ppo.kl_coef) == (0.0, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("text, where", [("ppo:\n  learning_rate: [1\n  cliprange: 2\n", "line 3, column 12"),
+                                         ("ppo:\n\tlearning_rate: 1\n", "line 2, column 1")])
+def test_yaml_syntax_error_is_one_line_with_file_and_line(tmp_path, text, where):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config([f"recipe={recipe}"])
+    assert str(err.value).startswith(f"YAML syntax error in {recipe}, {where}: ")
+    assert "\n" not in str(err.value)
+
+
 def test_unknown_key_inside_a_recipe_file(tmp_path):
     recipe = tmp_path / "mine.yaml"
     recipe.write_text("ppo:\n  cliprang: 0.1\n")

@@ -1,0 +1,70 @@
+"""Checks that run before training starts, each ending the run with one line that names the fix.
+
+They need what the config alone cannot say: the file system, the model's config (its number of
+positions) and the tokenized prompts. Each raises `PreflightError`; the command line prints it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+
+class PreflightError(RuntimeError):
+    """A setting that cannot work with this model, data or machine; the message names the fix."""
+
+
+def check_output_dir(output_dir: str) -> None:
+    """The run folder can be created and written to (before any model loads)."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise PreflightError(f"output_dir={output_dir} is not writable ({reason}): choose another output_dir") \
+            from None
+
+
+def model_positions(model_config) -> int | None:
+    """The longest sequence the model's positions allow, or None when it declares none."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(text, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_positions(model_config, datasets: dict, response_length: int) -> None:
+    """The longest prompt of every split plus `response_length` fits the model's positions.
+
+    `datasets` maps a split name to a dataset with an `input_ids` column.
+    """
+    positions = model_positions(model_config)
+    if positions is None:
+        return
+    for split, ds in datasets.items():
+        if len(ds) == 0:
+            continue
+        longest = max(len(ids) for ids in ds["input_ids"])
+        if longest + response_length > positions:
+            room = positions - longest
+            fix = f"lower ppo.response_length to {room}" if room > 0 else "shorten the prompts"
+            raise PreflightError(
+                f"the longest {split} prompt ({longest} tokens) + ppo.response_length ({response_length}) = "
+                f"{longest + response_length} exceeds the model's {positions} positions: {fix}, "
+                f"or lower data.max_prompt_length")
+
+
+def check_prompts_fill_a_batch(num_prompts: int, local_batch_size: int, world_size: int) -> None:
+    """One update needs `local_batch_size` prompts on each of `world_size` processes."""
+    need = local_batch_size * world_size
+    if num_prompts < need:
+        raise PreflightError(
+            f"{num_prompts} training prompts cannot fill one update of {need} episodes "
+            f"(ppo.per_device_train_batch_size x gradient_accumulation_steps x num_mini_batches x {world_size} "
+            f"processes): lower ppo.per_device_train_batch_size or ppo.num_mini_batches, or add prompts "
+            f"(data.num_train)")
+
