@@ -171,7 +171,7 @@ def test_config_flag_is_recipe_and_bool_and_list_flags_read_like_trl(tmp_path):
     assert flags.peft.enabled and flags.peft.target_modules == ["c_attn", "c_proj"] and flags.ppo.kl_coef == 0.5
     assert not flags.ppo.whiten_rewards
     assert flags.model.gradient_checkpointing and flags.report_to == ["tensorboard"]
-    assert load_config(["--missing_eos_penalty", "-1.0"]).ppo.missing_eos_penalty == -1.0
+    assert load_config(["--reward.format_score", "-1.0"]).reward.format_score == -1.0  # a negative value, no flag
     conflict = tmp_path / "conflict.yaml"
     conflict.write_text("kl_coef: 0.1\nppo:\n  kl_coef: 0.2\n")
     with pytest.raises(ConfigError, match=r"^recipe conflict.yaml: kl_coef=0.1 \(TRL's name for ppo.kl_coef\) "
