@@ -116,6 +116,9 @@ def run(cfg: TrainConfig) -> dict:
             raise UserError(f"report_to={tracker} needs the {tracker} package: pip install {tracker}")
     accelerator = Accelerator(gradient_accumulation_steps=cfg.ppo.gradient_accumulation_steps,
                               log_with=report_to or None, project_dir=cfg.output_dir)
+    if accelerator.state.deepspeed_plugin is not None and cfg.ppo.max_tokens_per_micro_batch is not None:
+        raise UserError("ppo.max_tokens_per_micro_batch varies the number of micro-batches, which DeepSpeed "
+                        "fixes: unset it, or use DDP/FSDP")
     out = Path(cfg.output_dir)
     preflight.check_output_dir(cfg.output_dir)
     if accelerator.is_main_process:

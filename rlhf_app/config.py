@@ -150,6 +150,9 @@ class PPOConfig:
     max_grad_norm: float = 1.0
     total_episodes: int = 1024  # prompts rolled out over the whole run (all processes)
     per_device_train_batch_size: int = 8  # micro-batch of one backward pass
+    # Token budget of one backward pass (veRL's dynamic batch size, padded tokens): episodes are grouped
+    # by length into micro-batches of at most this many tokens; None: per_device_train_batch_size episodes.
+    max_tokens_per_micro_batch: Optional[int] = None
     gradient_accumulation_steps: int = 1
     num_mini_batches: int = 1
     num_ppo_epochs: int = 4
@@ -185,6 +188,8 @@ class PPOConfig:
                      "num_mini_batches", "num_ppo_epochs", "response_length", "total_episodes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_tokens_per_micro_batch is not None and self.max_tokens_per_micro_batch < 1:
+            raise ConfigError(f"ppo.max_tokens_per_micro_batch must be >= 1 or null, got {self.max_tokens_per_micro_batch}")
         if self.temperature <= 0:
             raise ConfigError(f"ppo.temperature must be > 0, got {self.temperature}")
         _ranges("ppo", self, {

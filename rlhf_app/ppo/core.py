@@ -185,12 +185,14 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped value loss: 0.5·max((V - R)², (clip(V, V_old ± ε) - R)²). (B, R) -> (loss, clip fraction)."""
+               cliprange_value: float, normaliser: float | torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss: 0.5·max((V - R)², (clip(V, V_old ± ε) - R)²), token mean (`normaliser` as in
+    aggregate_loss). (B, R) -> (loss, clip fraction)."""
     clipped_values = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     unclipped = (values - returns) ** 2
     clipped = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.max(unclipped, clipped), mask)
+    loss = 0.5 * aggregate_loss(torch.max(unclipped, clipped), mask, "token-mean", normaliser)
     clipfrac = masked_mean((clipped > unclipped).float(), mask)
     return loss, clipfrac
 

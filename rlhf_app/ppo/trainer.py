@@ -16,9 +16,10 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from rlhf_app.ppo import checkpoint as ckpt
-from rlhf_app.ppo.core import (KLController, adjust_scores, explained_variance, gae, kl_penalty, masked_mean,
+from rlhf_app.ppo.core import (KLController, adjust_scores, aggregate_loss, explained_variance, gae, kl_penalty,
                                masked_whiten, policy_loss, token_rewards, value_loss)
 from rlhf_app.ppo.engines import build_engine, sampling_correction
+from rlhf_app.ppo.micro import accumulating, backward, loss_normaliser, micro_batches, pad_to, trim_padding
 from rlhf_app.ppo.rollout import PromptSampler, logprobs_values, ref_logprobs, score
 
 # Reduced across processes once per update, in this order (one host sync per update).
@@ -140,27 +141,36 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             for _ in range(ppo.num_ppo_epochs):
                 order = torch.randperm(n, device=device)
                 for mb_start in range(0, n, mini_batch):
-                    for micro in _chunks(mini_batch, ppo.per_device_train_batch_size):
-                        mb = order[mb_start:mb_start + mini_batch][micro]
-                        with accelerator.accumulate(model):
-                            mb_logprobs, mb_values, mb_entropy = logprobs_values(
-                                model, b_query[mb], b_qmask[mb], b_resp[mb], b_mask[mb], ppo.temperature,
-                                with_entropy=True, entropy_grad=ppo.ent_coef != 0)
-                            mb_mask = b_mask[mb]
+                    mb_idx = order[mb_start:mb_start + mini_batch]
+                    # Every micro-batch's loss is divided by the mini-batch's real tokens: any split, the same gradient.
+                    mb_tokens = loss_normaliser(b_mask[mb_idx])
+                    micros = micro_batches(b_qmask[mb_idx].sum(1), b_mask[mb_idx].sum(1),
+                                           ppo.per_device_train_batch_size, ppo.max_tokens_per_micro_batch)
+                    mb_stats = 0
+                    for k, micro in enumerate(micros):
+                        mb = mb_idx[micro]
+                        mb_mask = b_mask[mb]
+                        with accumulating(accelerator, model, last=k == len(micros) - 1):
+                            mb_logprobs, mb_values, mb_entropy = (pad_to(x, b_mask.shape[1]) for x in logprobs_values(
+                                model, *trim_padding(b_query[mb], b_qmask[mb], b_resp[mb], mb_mask), ppo.temperature,
+                                with_entropy=True, entropy_grad=ppo.ent_coef != 0))
                             pg_loss, pg_clip, approx_kl = policy_loss(
-                                mb_logprobs, b_logprobs[mb], b_advantages[mb], mb_mask, ppo.cliprange)
+                                mb_logprobs, b_logprobs[mb], b_advantages[mb], mb_mask, ppo.cliprange,
+                                normaliser=mb_tokens)
                             vf_loss, vf_clip = value_loss(
-                                mb_values, b_values[mb], b_returns[mb], mb_mask, ppo.cliprange_value)
-                            entropy = masked_mean(mb_entropy, mb_mask)
+                                mb_values, b_values[mb], b_returns[mb], mb_mask, ppo.cliprange_value, mb_tokens)
+                            entropy = aggregate_loss(mb_entropy, mb_mask, "token-mean", mb_tokens)
                             loss = pg_loss + ppo.vf_coef * vf_loss - ppo.ent_coef * entropy
-                            accelerator.backward(loss)
-                            if accelerator.sync_gradients and ppo.max_grad_norm:
-                                accelerator.clip_grad_norm_(params, ppo.max_grad_norm)
-                            optimizer.step()
-                            if accelerator.sync_gradients:
-                                scheduler.step()
-                            optimizer.zero_grad()
-                        stats.append(torch.stack([pg_loss, vf_loss, pg_clip, vf_clip, approx_kl, entropy]).detach())
+                            backward(accelerator, loss)
+                        share = mb_mask.sum() / mb_tokens  # per-token means of this micro-batch, weighted
+                        mb_stats = mb_stats + torch.stack([pg_loss, vf_loss, pg_clip * share, vf_clip * share,
+                                                           approx_kl * share, entropy]).detach()
+                    if ppo.max_grad_norm:
+                        accelerator.clip_grad_norm_(params, ppo.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                    stats.append(mb_stats)
             t_train = time.perf_counter()
             # ---- 6. metrics, KL controller, log, checkpoint
             with torch.no_grad():
