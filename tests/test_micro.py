@@ -44,7 +44,7 @@ def test_a_token_budget_must_be_positive():
 
 @pytest.fixture(scope="module")
 def grads_by_split(tmp_path_factory):
-    """One update (2 mini-batches of 8, 2 epochs, learning rate 0 so every run sees the same weights) per
+    """One update (2 mini-batches of 8, 2 epochs, a learning rate too small to move an fp32 weight) per
     split; the gradient of every optimizer step, read where the trainer clips it, and the logged losses."""
     splits = {"1 micro": ["ppo.per_device_train_batch_size=8", "ppo.gradient_accumulation_steps=1"],
               "2 micro": ["ppo.per_device_train_batch_size=4", "ppo.gradient_accumulation_steps=2"],
@@ -60,7 +60,7 @@ def grads_by_split(tmp_path_factory):
 
         run_dir = tmp_path_factory.mktemp(name.replace(" ", "-"))
         cfg = load_config(["recipe=tiny", f"output_dir={run_dir}", "eval_before_after=false", "ppo.total_episodes=16",
-                           "ppo.num_mini_batches=2", "ppo.num_ppo_epochs=2", "ppo.learning_rate=0",
+                           "ppo.num_mini_batches=2", "ppo.num_ppo_epochs=2", "ppo.learning_rate=1e-20",
                            "ppo.max_grad_norm=1e9", "ppo.ent_coef=0.01", "ppo.response_length=12", *overrides])
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(Accelerator, "clip_grad_norm_", record)
