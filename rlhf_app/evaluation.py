@@ -107,11 +107,15 @@ def evaluate_run(cfg, run_dir: Path, opts: dict) -> dict:
     with cli.hub_access("the reward model", cfg.reward.model, cfg):
         reward_fn = rewards.build_reward(cfg, device)
     result = cli.evaluate_policy(cfg, model, tokenizer, dataset, reward_fn, device)
-    if cfg.data.name == "gsm8k":  # accuracy through the project's `evaluate` metric module
-        from rlhf_app.rewards.gsm8k import load_gsm8k_metric
-
+    if cfg.data.name == "gsm8k":
         completions = [s["completion"] for s in result["samples"]]
-        scores = load_gsm8k_metric().compute(predictions=completions, references=dataset["answer"],
-                                             method=cfg.reward.method)
-        result["extra"]["gsm8k_accuracy"] = scores["accuracy"]
+        result["extra"].update(gsm8k_metric_scores(completions, dataset["answer"], cfg.reward.method))
     return {"checkpoint": opts["checkpoint"], "split": opts["split"], **result}
+
+
+def gsm8k_metric_scores(completions: list[str], answers: list, method: str = "strict") -> dict:
+    """GSM8K figures through the project's `evaluate` metric module, under the keys training's
+    eval.json uses (the module grades with the reward's own `accuracy_metrics`)."""
+    from rlhf_app.rewards.gsm8k import load_gsm8k_metric
+
+    return load_gsm8k_metric().compute(predictions=completions, references=list(answers), method=method)

@@ -93,7 +93,7 @@ def test_gsm8k_reward_reads_the_answer_column_and_reports_accuracy():
     fn = build_reward(make_cfg(name="gsm8k", format_score=0.1))
     completions = ["#### 4", "#### 5", "I think 4"]
     assert fn(["q"] * 3, completions, answer=["2+2 <<2+2=4>>4\n#### 4"] * 3) == [1.0, 0.1, 0.0]
-    assert fn.extra_metrics(["q"] * 3, completions, answer=["4"] * 3) == {"accuracy": pytest.approx(1 / 3)}
+    assert fn.extra_metrics(["q"] * 3, completions, answer=["4"] * 3)["accuracy"] == pytest.approx(1 / 3)
     with pytest.raises(RewardError, match="needs an `answer` column"):
         fn(["q"], ["#### 4"])
 
@@ -101,8 +101,8 @@ def test_gsm8k_reward_reads_the_answer_column_and_reports_accuracy():
 def test_gsm8k_metric_module_loads_offline():
     metric = gsm8k.load_gsm8k_metric()
     result = metric.compute(predictions=["#### 42", "#### 41", "it is 7"], references=["x\n#### 42", "42", "7"])
-    assert result == {"accuracy": pytest.approx(1 / 3)}
-    assert metric.compute(predictions=["it is 7"], references=["7"], method="flexible") == {"accuracy": 1.0}
+    assert result["accuracy"] == pytest.approx(1 / 3)
+    assert metric.compute(predictions=["it is 7"], references=["7"], method="flexible")["accuracy"] == 1.0
 
 
 # ---------------------------------------------------------------- python-file rewards

@@ -61,6 +61,23 @@ def compute_score(solution_str: str, ground_truth, method: str = "strict", forma
     return score if answer == ground_truth_number(ground_truth) else format_score
 
 
+def accuracy_metrics(completions: list[str], answers: list, method: str = "strict") -> dict[str, float]:
+    """The GSM8K figures every report uses (training's evaluation, `rlhf-app eval`, the metric module,
+    the learning benchmark), so that the same completions get the same numbers everywhere:
+
+    accuracy (with `method`), accuracy_strict, accuracy_flexible, and format_share (completions
+    holding a well-formed `#### N`, right or wrong).
+    """
+    if len(answers) != len(completions):
+        raise ValueError(f"{len(answers)} answers for {len(completions)} completions")
+    n = max(len(completions), 1)
+    hits = {m: sum(compute_score(c, a, m, 0.0, 1.0) for c, a in zip(completions, answers)) / n
+            for m in ("strict", "flexible")}
+    formatted = sum(extract_answer(c, "strict") is not None for c in completions) / n
+    return {"accuracy": hits[method], "accuracy_strict": hits["strict"], "accuracy_flexible": hits["flexible"],
+            "format_share": formatted}
+
+
 def build(cfg, device=None):
     """The GSM8K reward over the dataset's `answer` column, with an `accuracy` extra metric."""
     method, score, format_score = cfg.reward.method, cfg.reward.score, cfg.reward.format_score
@@ -78,8 +95,7 @@ def build(cfg, device=None):
                 for c, a in zip(completions, answers_of(completions, answer))]
 
     def extra_metrics(prompts: list[str], completions: list[str], answer=None, **columns) -> dict:
-        hits = [compute_score(c, a, method, 0.0, 1.0) for c, a in zip(completions, answers_of(completions, answer))]
-        return {"accuracy": sum(hits) / max(len(hits), 1)}
+        return accuracy_metrics(completions, answers_of(completions, answer), method)
 
     gsm8k_reward.extra_metrics = extra_metrics
     return gsm8k_reward

@@ -8,7 +8,7 @@ the imports below to check dependencies: keep one module per `import` line.
 import datasets
 import evaluate
 
-from rlhf_app.rewards.gsm8k import compute_score
+from rlhf_app.rewards.gsm8k import accuracy_metrics
 
 _DESCRIPTION = """Accuracy on GSM8K-style problems. A prediction is correct when its final number
 (after '####' with method='strict', or its last number with method='flexible') equals the
@@ -21,11 +21,13 @@ Args:
     references (list of str): GSM8K solutions ending '#### N', or bare numbers.
     method (str): 'strict' (default) or 'flexible'.
 Returns:
-    accuracy (float): share of correct predictions, in [0, 1].
+    accuracy (float): share of correct predictions with `method`, in [0, 1].
+    accuracy_strict, accuracy_flexible (float): the same with each method.
+    format_share (float): share of predictions holding a well-formed '#### N'.
 Examples:
     >>> metric = evaluate.load("rlhf_app/metrics/gsm8k_accuracy")
     >>> metric.compute(predictions=["so #### 42"], references=["... #### 42"])
-    {'accuracy': 1.0}
+    {'accuracy': 1.0, 'accuracy_strict': 1.0, 'accuracy_flexible': 1.0, 'format_share': 1.0}
 """
 
 _CITATION = """@article{cobbe2021gsm8k, title={Training Verifiers to Solve Math Word Problems},
@@ -34,7 +36,7 @@ author={Cobbe, Karl and others}, journal={arXiv preprint arXiv:2110.14168}, year
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Gsm8kAccuracy(evaluate.Metric):
-    """Exact-answer accuracy with the project's GSM8K checker."""
+    """Exact-answer accuracy with the project's GSM8K checker (`accuracy_metrics`, as every report)."""
 
     def _info(self):
         return evaluate.MetricInfo(
@@ -46,6 +48,4 @@ class Gsm8kAccuracy(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, method="strict"):
-        hits = [compute_score(p, r, method=method, format_score=0.0, score=1.0)
-                for p, r in zip(predictions, references)]
-        return {"accuracy": sum(hits) / len(hits) if hits else 0.0}
+        return accuracy_metrics(predictions, references, method)

@@ -1,0 +1,185 @@
+"""`make bench-learning`: the two real-LLM offline recipes trained end to end, figures in bench/learning.json.
+
+    .venv/bin/python bench/learning.py [--only imdb-offline|gsm8k-offline] [--keep-cache] [key=value ...]
+
+Each recipe runs in its own process (scripts/train.py, the user's command) from a clean asset
+cache (bench/work/learning/cache, rebuilt unless --keep-cache), then the figures are read back
+from the run folder: the held-out before/after evaluation (eval.json), the distinct-word share of
+the completions, the KL, seconds per update by phase (metrics.jsonl), the wall time, the peak
+memory of the training process, and the commit. GSM8K is also scored before and after on
+generated problems the run never trained on. The two report.html files are copied next to the
+JSON (bench/learning/). Extra key=value arguments go to both training runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+WORK = BENCH / "work" / "learning"
+OUT_JSON, OUT_REPORTS = BENCH / "learning.json", BENCH / "learning"
+RECIPES = ("imdb-offline", "gsm8k-offline")
+PHASES = ("update_s", "generate_s", "reward_s", "forward_s", "train_s", "weight_sync_s")
+GENERATED_EVAL = 32  # generated GSM problems (training templates, unseen seed) scored before and after
+sys.path.insert(0, str(ROOT))
+
+
+def gsm8k_figures(entry: dict) -> dict:
+    """Accuracy (strict, flexible) and well-formed share of one eval.json entry, as training reported them."""
+    extra = entry.get("extra", {})
+    return {k: extra[k] for k in ("accuracy", "accuracy_strict", "accuracy_flexible", "format_share") if k in extra}
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def run_figures(run_dir: Path) -> dict:
+    """Before/after, KL and time figures of a finished run folder."""
+    from rlhf_app.report import distinct_word_share, load_jsonl
+
+    evals = json.loads((run_dir / "eval.json").read_text())
+    rows = load_jsonl(run_dir / "metrics.jsonl")
+    out = {"updates": len(rows), "episodes": rows[-1].get("episode") if rows else None,
+           "s_per_update": {p: _mean([r.get(f"time/{p}") for r in rows]) for p in PHASES},
+           "kl_final": rows[-1].get("objective/kl") if rows else None,
+           "kl_last5_mean": _mean([r.get("objective/kl") for r in rows[-5:]]),
+           "score_first": rows[0].get("objective/scores") if rows else None,
+           "score_last5_mean": _mean([r.get("objective/scores") for r in rows[-5:]])}
+    for when in ("before", "after"):
+        entry = evals[when]
+        completions = [s["completion"] for s in entry["samples"]]
+        out[when] = {"mean_score": entry["mean_score"], **entry["extra"],
+                     "distinct_word_share": distinct_word_share(completions), "n": len(completions),
+                     "samples": entry["samples"][:4]}
+    return out
+
+
+def generated_eval(run_dir: Path, n: int = GENERATED_EVAL) -> dict:
+    """GSM8K figures before (the recipe's base policy) and after (run_dir/final) on `n` generated
+    problems from the training templates with a seed training never drew, minus any training question."""
+    import torch
+    from accelerate import PartialState
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from rlhf_app import assets, cli, data, gsm8k_offline, models, rewards
+    from rlhf_app.config import load_config
+
+    cfg = load_config([f"recipe={run_dir / 'config.yaml'}"])
+    torch.set_num_threads(cfg.num_threads or 1)
+    device = PartialState().device
+    trained = {p["question"] for p in gsm8k_offline.train_problems(cfg.data.num_train or gsm8k_offline.GSM8K_TRAIN_SIZE,
+                                                                  cfg.seed)}
+    problems = [p for p in gsm8k_offline.train_problems(n + 64, cfg.seed + 7919) if p["question"] not in trained][:n]
+    model, tokenizer = models.load_policy(run_dir / "final", dtype=cfg.model.dtype)
+    dataset = Dataset.from_list(data.gsm8k_rows(problems, tokenizer, cfg, "generated eval"))
+    reward_fn = rewards.build_reward(cfg, device)
+    base = AutoModelForCausalLM.from_pretrained(assets.resolve(cfg.model.name_or_path), dtype=torch.float32)
+    out = {}
+    for when, policy in (("before", base), ("after", model.policy)):
+        entry = cli.evaluate_policy(cfg, _Wrapped(policy.to(device).eval()), tokenizer, dataset, reward_fn, device)
+        out[when] = {"mean_score": entry["mean_score"], **gsm8k_figures(entry), "n": len(dataset),
+                     "samples": entry["samples"][:2]}
+    return out
+
+
+class _Wrapped:
+    """cli.evaluate_policy reads `model.policy`."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def _run(cmd: list[str], env: dict, log: Path) -> dict:
+    """Run `cmd` to completion; its wall time, exit status and peak RSS (this child only, via wait4)."""
+    start = time.time()
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"wall_s": round(time.time() - start, 1), "rc": proc.returncode,
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "log": str(log.relative_to(ROOT))}
+
+
+def bench_recipe(recipe: str, env: dict, overrides: list[str]) -> dict:
+    run_dir = WORK / recipe
+    shutil.rmtree(run_dir, ignore_errors=True)  # the bench's own folder: runs refuse to overwrite one
+    cmd = [sys.executable, "scripts/train.py", f"recipe={recipe}", f"output_dir={run_dir}", *overrides]
+    print(f"[bench-learning] {' '.join(cmd[1:])}", flush=True)
+    result = {"command": " ".join(cmd[1:]), **_run(cmd, env, WORK / f"{recipe}.log")}
+    if result["rc"] != 0:
+        print(f"[bench-learning] {recipe} failed (rc {result['rc']}): see {result['log']}", flush=True)
+        return result
+    result.update(run_figures(run_dir))
+    if recipe.startswith("gsm8k"):
+        start = time.time()
+        gen = subprocess.run([sys.executable, __file__, "--generated-eval", str(run_dir)], cwd=ROOT, env=env,
+                             capture_output=True, text=True)
+        result["generated"] = json.loads(gen.stdout.strip().splitlines()[-1]) if gen.returncode == 0 else \
+            {"error": (gen.stderr.strip().splitlines() or ["failed"])[-1]}
+        result["generated_eval_s"] = round(time.time() - start, 1)
+    OUT_REPORTS.mkdir(exist_ok=True)
+    if (run_dir / "report.html").is_file():
+        shutil.copy(run_dir / "report.html", OUT_REPORTS / f"{recipe}-report.html")
+        result["report"] = str((OUT_REPORTS / f"{recipe}-report.html").relative_to(ROOT))
+    return result
+
+
+def headline(recipe: str, r: dict) -> str:
+    if r.get("rc"):
+        return f"{recipe}: failed, see {r['log']}"
+    b, a = r["before"], r["after"]
+    parts = [f"{r['wall_s'] / 60:.1f} min, {r['updates']} updates, {r['s_per_update']['update_s']:.1f} s/update, "
+             f"peak {r['peak_rss_mib']:.0f} MiB, KL {r['kl_final']:.2f}"]
+    for key in ("positive_share", "format_share", "accuracy_strict", "accuracy_flexible", "distinct_word_share"):
+        if b.get(key) is not None:
+            parts.append(f"{key} {b[key]:.3f} -> {a[key]:.3f}")
+    return f"{recipe}: " + "; ".join(parts)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=RECIPES, action="append")
+    parser.add_argument("--keep-cache", action="store_true", help="reuse bench/work/learning/cache")
+    parser.add_argument("--generated-eval", type=Path, help=argparse.SUPPRESS)
+    args, overrides = parser.parse_known_args(argv)
+    if args.generated_eval:
+        print(json.dumps(generated_eval(args.generated_eval)))
+        return
+    cache = WORK / "cache"
+    if not args.keep_cache:
+        shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "RLHF_APP_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    results = json.loads(OUT_JSON.read_text()).get("recipes", {}) if OUT_JSON.is_file() else {}
+    for recipe in args.only or RECIPES:
+        results[recipe] = bench_recipe(recipe, env, overrides)
+        print(f"[bench-learning] {headline(recipe, results[recipe])}", flush=True)
+        doc = {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+               "clean_cache": not args.keep_cache, "cpus": os.cpu_count(),
+               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "recipes": results}
+        tmp = OUT_JSON.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        os.replace(tmp, OUT_JSON)  # a partial run keeps the other recipe's figures
+    print(f"[bench-learning] wrote {OUT_JSON.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

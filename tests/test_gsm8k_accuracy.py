@@ -1,0 +1,59 @@
+"""One GSM8K accuracy everywhere: training's evaluation (the reward's extra metrics), `rlhf-app eval`
+(through the `evaluate` metric module), the module itself and the learning benchmark give the same
+strict and flexible figures for the same completions."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlhf_app.config import TrainConfig
+from rlhf_app.evaluation import gsm8k_metric_scores
+from rlhf_app.rewards import build_reward
+from rlhf_app.rewards.gsm8k import load_gsm8k_metric
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import learning  # noqa: E402
+
+# (completion, reference, strict hit, flexible hit, well-formed "#### N")
+TABLE = [
+    ("2 + 2 = <<2+2=4>>4\n#### 4", "She has 2+2=<<2+2=4>>4\n#### 4", 1, 1, 1),
+    ("#### 5", "4", 0, 0, 1),
+    ("I think it is 4", "4", 0, 1, 0),
+    ("#### 1,000 dollars", "1000", 1, 1, 1),
+    ("#### 3, then 3 + 4 = 7", "3", 1, 0, 1),
+    ("#### six", "6", 0, 0, 0),
+    ("the answer is 12.", "#### 12", 0, 1, 0),
+]
+COMPLETIONS = [row[0] for row in TABLE]
+ANSWERS = [row[1] for row in TABLE]
+EXPECTED = {"accuracy_strict": 3 / 7, "accuracy_flexible": 4 / 7, "format_share": 4 / 7}
+
+
+def _cfg(method: str) -> TrainConfig:
+    cfg = TrainConfig()
+    cfg.reward.name, cfg.reward.method, cfg.reward.format_score = "gsm8k", method, 0.1
+    return cfg
+
+
+@pytest.mark.parametrize("method", ["strict", "flexible"])
+def test_every_report_grades_the_same_completions_alike(method):
+    expected = {**EXPECTED, "accuracy": EXPECTED[f"accuracy_{method}"]}
+    # training's before/after evaluation: rollout.evaluate calls the reward's extra_metrics
+    training = build_reward(_cfg(method)).extra_metrics(["q"] * len(TABLE), COMPLETIONS, answer=ANSWERS)
+    # `rlhf-app eval` / scripts/evaluate.py
+    script = gsm8k_metric_scores(COMPLETIONS, ANSWERS, method)
+    # the project's `evaluate` metric module, loaded as a user would
+    module = load_gsm8k_metric().compute(predictions=COMPLETIONS, references=ANSWERS, method=method)
+    # the learning benchmark, from an eval.json entry shaped as training writes it
+    entry = {"mean_score": 0.0, "extra": training,
+             "samples": [{"prompt": "q", "completion": c, "score": 0.0} for c in COMPLETIONS]}
+    bench = learning.gsm8k_figures(entry)
+    for name, got in (("training", training), ("script", script), ("module", module), ("bench", bench)):
+        assert got == pytest.approx(expected), name
+
+
+def test_a_rewarded_completion_counts_as_accurate():
+    # The reward pays 1.0 exactly where the accuracy counts a hit (0.1 for a wrong well-formed answer).
+    scores = build_reward(_cfg("strict"))(["q"] * len(TABLE), COMPLETIONS, answer=ANSWERS)
+    assert scores == [1.0 if row[2] else (0.1 if row[4] else 0.0) for row in TABLE]
