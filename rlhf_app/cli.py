@@ -101,10 +101,13 @@ def run(cfg: TrainConfig) -> dict:
     from accelerate.utils import set_seed
 
     from rlhf_app import data, models, rewards
+    from rlhf_app.model_init import quantization_problem
     from rlhf_app.ppo import trainer
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    if quantization_problem(cfg):  # 4/8-bit without bitsandbytes or a GPU: say so before any model loads
+        raise UserError(quantization_problem(cfg))
     if cfg.hub.push:
         from rlhf_app import hub
 

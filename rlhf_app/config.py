@@ -65,6 +65,16 @@ def _choice(section: str, name: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, allowed))}")
 
 
+# from_pretrained kwargs that model.* fields own, and where to set them instead.
+RESERVED_INIT_KWARGS = {
+    "dtype": "set model.dtype instead", "torch_dtype": "set model.dtype instead",
+    "revision": "set model.revision instead", "trust_remote_code": "set model.trust_remote_code instead",
+    "attn_implementation": "set model.attn_implementation instead",
+    "quantization_config": "set model.load_in_4bit or model.load_in_8bit instead",
+    "device_map": "accelerate places the models (one copy per process); leave it out",
+}
+
+
 @dataclass
 class ModelConfig:
     name_or_path: str = "asset:tiny"  # Hub id, local folder, or asset:NAME (offline, built here)
@@ -74,10 +84,21 @@ class ModelConfig:
     value_model_path: Optional[str] = None  # separate critic init; default: the policy weights
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2 | ...; None: transformers' choice
+    init_kwargs: dict[str, Any] = field(default_factory=dict)  # more from_pretrained kwargs (policy, critic, reference)
+    load_in_4bit: bool = False  # QLoRA: bitsandbytes 4-bit base weights (CUDA), LoRA adapters trained on top
+    load_in_8bit: bool = False
+    bnb_4bit_quant_type: str = "nf4"  # nf4 | fp4
+    use_bnb_nested_quant: bool = False
 
     def __post_init__(self):
         _choice("model", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _choice("model", "value_model", self.value_model, ("shared", "separate"))
+        _choice("model", "bnb_4bit_quant_type", self.bnb_4bit_quant_type, ("nf4", "fp4"))
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ConfigError("model.load_in_4bit and model.load_in_8bit are both true: choose one")
+        for key in sorted(set(self.init_kwargs) & set(RESERVED_INIT_KWARGS)):
+            raise ConfigError(f"model.init_kwargs.{key}: {RESERVED_INIT_KWARGS[key]}")
 
 
 @dataclass
@@ -295,6 +316,10 @@ class TrainConfig:
         if self.resume_from and self.overwrite_output_dir:
             raise ConfigError("resume_from and overwrite_output_dir=true contradict each other: "
                               "keep resume_from to continue the run, or overwrite_output_dir=true to replace it")
+        bits = "load_in_4bit" if self.model.load_in_4bit else "load_in_8bit" if self.model.load_in_8bit else None
+        if bits and not self.peft.enabled:
+            raise ConfigError(f"model.{bits}=true needs peft.enabled=true: quantized weights stay frozen, "
+                              "LoRA adapters are what trains (QLoRA)")
 
 
 # ---- TRL's flat field names (ModelConfig, PPOConfig, TrainingArguments) -> the nested keys here.
@@ -302,6 +327,9 @@ class TrainConfig:
 ALIASES = {
     "model_name_or_path": "model.name_or_path", "model_revision": "model.revision", "dtype": "model.dtype",
     "trust_remote_code": "model.trust_remote_code", "gradient_checkpointing": "model.gradient_checkpointing",
+    "attn_implementation": "model.attn_implementation", "load_in_4bit": "model.load_in_4bit",
+    "load_in_8bit": "model.load_in_8bit", "bnb_4bit_quant_type": "model.bnb_4bit_quant_type",
+    "use_bnb_nested_quant": "model.use_bnb_nested_quant",
     "use_peft": "peft.enabled", "lora_r": "peft.r", "lora_alpha": "peft.lora_alpha",
     "lora_dropout": "peft.lora_dropout", "lora_target_modules": "peft.target_modules",
     "push_to_hub": "hub.push", "hub_model_id": "hub.repo_id", "hub_private_repo": "hub.private",
@@ -349,12 +377,15 @@ def _dotted_keys(node, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+OPEN_DICTS = ("model.init_kwargs.",)  # free-form keys (passed on to from_pretrained)
+
+
 def _check_keys(cfg, known: set[str], sections: set[str], where: str, flags: set[str] = frozenset()) -> None:
     def shown(key: str) -> str:  # name a key in the form the user typed it
         return f"--{key}" if key in flags else key
 
     for key in _dotted_keys(cfg):
-        if key in known or any(key.startswith(k + ".") for k in known if k == "report_to"):
+        if key in known or key.startswith(OPEN_DICTS):
             continue
         if key in sections:
             raise ConfigError(f"{where}: {key} is a section; set its fields, e.g. {key}.<field>=...")

@@ -19,6 +19,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf_app import assets
+from rlhf_app.model_init import from_pretrained_kwargs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -157,16 +158,20 @@ def build_models(cfg) -> tuple[PolicyAndValue, nn.Module | None]:
     critic_path = assets.resolve(m.value_model_path) if m.value_model_path else path
     # Seed after any asset build, so freshly initialised heads never depend on what was cached.
     set_seed(cfg.seed)
-    kwargs = dict(revision=m.revision, dtype=DTYPES[m.dtype], trust_remote_code=m.trust_remote_code)
+    kwargs = from_pretrained_kwargs(cfg)  # dtype, revision, attention, init_kwargs, 4/8-bit weights
     policy = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     critic = None
     if m.value_model == "separate":
-        critic = AutoModelForSequenceClassification.from_pretrained(critic_path, num_labels=1, **kwargs)
+        # The critic trains all its weights: never quantized, even when the policy's base is (QLoRA).
+        full = {k: v for k, v in kwargs.items() if k not in ("quantization_config", "device_map")}
+        critic = AutoModelForSequenceClassification.from_pretrained(critic_path, num_labels=1, **full)
         critic.config.pad_token_id = critic.config.pad_token_id or policy.config.pad_token_id
     ref = None
     if cfg.peft.enabled:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+        if m.load_in_4bit or m.load_in_8bit:  # QLoRA: frozen quantized base, norms in fp32, input grads on
+            policy = prepare_model_for_kbit_training(policy, use_gradient_checkpointing=m.gradient_checkpointing)
         lora = LoraConfig(r=cfg.peft.r, lora_alpha=cfg.peft.lora_alpha, lora_dropout=cfg.peft.lora_dropout,
                           target_modules=cfg.peft.target_modules or "all-linear", task_type="CAUSAL_LM")
         policy = get_peft_model(policy, lora)
