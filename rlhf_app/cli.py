@@ -63,6 +63,10 @@ def _explain_failure(err: BaseException, cfg: TrainConfig) -> str | None:
     from rlhf_app.ppo.checkpoint import checkpoints
     from rlhf_app.ppo.trainer import NonFiniteError
 
+    from rlhf_app.ppo.vllm_engine import EngineError
+
+    if isinstance(err, EngineError):
+        return str(err)
     if isinstance(err, NonFiniteError):
         found = checkpoints(Path(cfg.output_dir))
         keep = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was saved before it"
@@ -117,6 +121,13 @@ def run(cfg: TrainConfig) -> dict:
     for tracker in report_to:
         if importlib.util.find_spec(tracker) is None:
             raise UserError(f"report_to={tracker} needs the {tracker} package: pip install {tracker}")
+    if cfg.rollout.engine == "vllm":  # missing vLLM: say so before any model loads
+        from rlhf_app.ppo.vllm_engine import EngineError, import_vllm
+
+        try:
+            import_vllm()
+        except EngineError as err:
+            raise UserError(str(err)) from None
     accelerator = Accelerator(gradient_accumulation_steps=cfg.ppo.gradient_accumulation_steps,
                               log_with=report_to or None, project_dir=cfg.output_dir)
     if accelerator.state.deepspeed_plugin is not None and cfg.ppo.max_tokens_per_micro_batch is not None:

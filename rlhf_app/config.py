@@ -245,7 +245,7 @@ class RolloutConfig:
     use_vllm: bool = False  # TRL's switch: true means engine=vllm
     vllm_mode: str = "colocate"  # only colocate: one engine inside each training process
     vllm_gpu_memory_utilization: float = 0.3  # CUDA: share of GPU memory for vLLM weights + KV cache
-    vllm_kv_cache_gib: float = 1.0  # CPU: KV-cache space in GiB (VLLM_CPU_KVCACHE_SPACE)
+    vllm_kv_cache_gib: int = 1  # CPU: KV-cache space in GiB (VLLM_CPU_KVCACHE_SPACE)
     vllm_enable_sleep_mode: bool = False  # CUDA: free vLLM's memory while the PPO epochs run
     vllm_dtype: Optional[str] = None  # engine precision; None: model.dtype
     vllm_enforce_eager: bool = True  # false: graph capture / compile (slower start-up)
@@ -340,6 +340,11 @@ ALIASES = {
         "local_rollout_forward_batch_size", "response_length", "temperature", "stop_token", "stop_token_id",
         "missing_eos_penalty", "kl_coef", "kl_estimator", "whiten_rewards", "cliprange", "cliprange_value",
         "vf_coef", "gamma", "lam")},
+    # GRPOConfig's vLLM switches
+    **{name: f"rollout.{name}" for name in (
+        "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_enable_sleep_mode",
+        "vllm_importance_sampling_correction", "vllm_importance_sampling_mode", "vllm_importance_sampling_cap")},
+    "vllm_importance_sampling_clip_max": "rollout.vllm_importance_sampling_cap",
 }
 # TRL's count of sample tables over the run; converted to sample_every (updates between them) after merging.
 NUM_SAMPLE_GENERATIONS = "num_sample_generations"

@@ -61,3 +61,9 @@ def test_importance_weights_by_hand():
     torch.testing.assert_close(importance_weights(trainer, engine, mask, "sequence_mask", 5.0),
                                torch.tensor([[4.0, 4.0, 4.0, 0.0]]))
     torch.testing.assert_close(importance_weights(trainer, engine, mask, "sequence_mask", 3.0), torch.zeros(1, 4))
+
+
+def test_trls_flat_vllm_names_are_aliases():
+    r = load_config(["recipe=tiny", "use_vllm=true", "vllm_importance_sampling_correction=true",
+                     "vllm_importance_sampling_clip_max=2.5"]).rollout
+    assert (r.engine, r.vllm_importance_sampling_correction, r.vllm_importance_sampling_cap) == ("vllm", True, 2.5)

@@ -38,12 +38,12 @@ class HFEngine:
             return generate(unwrapped.policy, self.tokenizer, rows, self.ppo, self.accelerator.device, greedy=greedy)
 
 
-def build_engine(cfg, accelerator, model, tokenizer):
-    """The engine `cfg.rollout.engine` names, for the prepared `model`."""
+def build_engine(cfg, accelerator, model, tokenizer, step: int = 0):
+    """The engine `cfg.rollout.engine` names, for the prepared `model`, at update `step` (resume)."""
     if cfg.rollout.engine == "vllm":
         from rlhf_app.ppo.vllm_engine import VLLMEngine
 
-        return VLLMEngine(cfg, accelerator, model, tokenizer)
+        return VLLMEngine(cfg, accelerator, model, tokenizer, step)
     return HFEngine(accelerator, model, tokenizer, cfg.ppo)
 
 

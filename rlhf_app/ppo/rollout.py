@@ -106,7 +106,13 @@ def generate(policy, tokenizer, rows: list[dict], ppo, device, greedy: bool = Fa
     query, query_mask = query.to(device), query_mask.to(device)
     out = policy.generate(input_ids=query, attention_mask=query_mask,
                           generation_config=generation_config(ppo, tokenizer, greedy))
-    response = out[:, query.shape[1]:]
+    return finish_rollout(query, query_mask, out[:, query.shape[1]:], rows, tokenizer, ppo)
+
+
+def finish_rollout(query, query_mask, response, rows: list[dict], tokenizer, ppo, logprobs=None) -> Rollout:
+    """Sampled tokens (B, <= R) -> a Rollout: padded to R, pad after the first stop token, decoded.
+    `logprobs` (B, <= R), when the engine returns them, is padded and masked the same way."""
+    device = query.device
     if response.shape[1] < ppo.response_length:  # generation stopped early for every row
         pad = response.new_full((response.shape[0], ppo.response_length - response.shape[1]),
                                 tokenizer.pad_token_id)
@@ -118,8 +124,10 @@ def generate(policy, tokenizer, rows: list[dict], ppo, device, greedy: bool = Fa
         torch.zeros(len(rows), dtype=torch.bool, device=device)
     completions = tokenizer.batch_decode(response, skip_special_tokens=True)
     columns = {k: [r[k] for r in rows] for k in rows[0] if k not in ("prompt", "input_ids")}
+    if logprobs is not None:
+        logprobs = torch.nn.functional.pad(logprobs, (0, response.shape[1] - logprobs.shape[1])) * mask
     return Rollout(query, query_mask, response, mask, contains_stop,
-                   [r["prompt"] for r in rows], completions, columns)
+                   [r["prompt"] for r in rows], completions, columns, logprobs)
 
 
 def logprobs_values(model, query, query_mask, response, mask, temperature: float, with_entropy: bool = False,

