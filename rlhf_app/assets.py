@@ -192,9 +192,14 @@ def main(argv: list[str]) -> int:
     unknown = [n for n in names if n not in BUILDERS]
     if unknown:
         raise SystemExit(f"error: unknown asset {unknown[0]!r}: available are {', '.join(BUILDERS)} (or all)")
+    from rlhf_app.extras import MissingExtra
+
     for name in names:
         cached = (cache_dir() / name / "asset.json").is_file()
-        path = rebuild(name) if force else resolve(PREFIX + name)
+        try:
+            path = rebuild(name) if force else resolve(PREFIX + name)
+        except MissingExtra as err:
+            raise SystemExit(f"error: {err}") from None
         print(f"asset:{name}: {'already built' if cached and not force else 'built'} at {path}")
     return 0
 

@@ -7,7 +7,6 @@ Heavy libraries are imported inside `run`, after the offline switches are in the
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from rlhf_app import preflight
 from rlhf_app.config import TrainConfig, available_recipes, main_guard, to_yaml
+from rlhf_app.extras import MissingExtra
 from rlhf_app.hub import HubError
 from rlhf_app.preflight import PreflightError
 
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> None:
     set_network_env(cfg)
     try:
         run(cfg)
-    except (UserError, PreflightError) as err:
+    except (UserError, PreflightError, MissingExtra) as err:
         sys.exit(f"error: {err}")
     except (HubError, RuntimeError) as err:  # a push that cannot work; a reward that fails or returns NaN
         from rlhf_app.rewards import RewardError
@@ -104,7 +104,7 @@ def run(cfg: TrainConfig) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from rlhf_app import data, models, rewards
+    from rlhf_app import data, extras, models, rewards
     from rlhf_app.model_init import quantization_problem
     from rlhf_app.ppo import trainer
 
@@ -117,10 +117,8 @@ def run(cfg: TrainConfig) -> dict:
 
         hub.check_push(cfg)  # no repo id, offline, no token: say so now, not after training
     # ---- accelerator, trackers, seed, output folder
+    extras.check(cfg)  # trackers, asset builders: the missing extra named now, before any model loads
     report_to = [r for r in cfg.report_to if r != "none"]
-    for tracker in report_to:
-        if importlib.util.find_spec(tracker) is None:
-            raise UserError(f"report_to={tracker} needs the {tracker} package: pip install {tracker}")
     if cfg.rollout.engine == "vllm":  # missing vLLM: say so before any model loads
         from rlhf_app.ppo.vllm_engine import EngineError, import_vllm
 

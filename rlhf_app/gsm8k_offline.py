@@ -23,6 +23,7 @@ import zipfile
 from pathlib import Path
 
 from rlhf_app.assets import cache_dir
+from rlhf_app.extras import require
 
 try:
     import tomllib
@@ -100,6 +101,7 @@ def template_origins() -> dict[int, int]:
     """
     from random import Random
 
+    require("reasoning_gym", "the offline GSM8K split (reasoning-gym's gsm_symbolic templates)")
     import reasoning_gym
 
     generators = reasoning_gym.create_dataset("gsm_symbolic", size=1, seed=0).generators
@@ -133,6 +135,7 @@ def eval_problems() -> list[dict]:
 def train_problems(n: int, seed: int) -> list[dict]:
     """`n` generated problems {"question", "answer" (the integer answer)} from the training templates,
     deterministic in `seed`."""
+    require("reasoning_gym", "generated GSM8K-style training problems (reasoning-gym)")
     import reasoning_gym
 
     train_generators = template_split()[0]

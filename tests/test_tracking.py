@@ -49,4 +49,5 @@ def test_missing_tracker_package_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "recipe=tiny", f"output_dir={tmp_path}",
                            "report_to=trackio"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "error: report_to=trackio needs the trackio package: pip install trackio"
+    assert proc.stderr.strip() == ("error: report_to=trackio needs the trackio package: pip install -e .[trackio] "
+                                   "(a plain install: pip install 'rlhf_app[trackio]')")
