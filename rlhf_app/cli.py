@@ -178,8 +178,9 @@ def run(cfg: TrainConfig) -> dict:
             evals["after"] = evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, accelerator.device)
             accelerator.print(_eval_line("after", evals["after"]))
             (out / "eval.json").write_text(json.dumps(evals, indent=2))
-            (out / "values.json").write_text(json.dumps(
-                _values_along(model, tokenizer, evals["after"]["samples"], accelerator.device), indent=2))
+            if cfg.algorithm.uses_critic:  # critic-free estimators have no values to show
+                (out / "values.json").write_text(json.dumps(
+                    _values_along(model, tokenizer, evals["after"]["samples"], accelerator.device), indent=2))
         tmp, final = out / ".final.tmp", out / "final"
         shutil.rmtree(tmp, ignore_errors=True)
         models.save_policy(model, tokenizer, tmp)

@@ -270,6 +270,79 @@ class RolloutConfig:
                 raise ConfigError(f"rollout.{name} must be > 0, got {getattr(self, name)}")
 
 
+ESTIMATORS = ("gae", "grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce_pp_baseline")  # need num_generations >= 2
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+# TRL GRPOConfig.loss_type -> the aggregation it performs (trl/trainer/grpo_trainer.py, compute_loss).
+TRL_LOSS_TYPES = {"grpo": "seq-mean-token-mean", "bnpo": "token-mean", "dapo": "token-mean",
+                  "dr_grpo": "seq-mean-token-sum-norm"}
+
+
+@dataclass
+class AlgorithmConfig:
+    """Advantage estimator and policy-loss variants on the one PPO engine. veRL's names
+    (advantage_estimator ~ adv_estimator, loss_agg_mode); TRL GRPOConfig's accepted: num_generations,
+    scale_rewards, beta, epsilon_high (= cliprange_high), loss_type (-> loss_agg_mode)."""
+
+    advantage_estimator: str = "gae"  # gae: PPO with a critic | grpo | rloo | reinforce_pp | reinforce_pp_baseline
+    num_generations: Optional[int] = None  # responses per prompt; None: 1, or TRL's 8 for grpo/rloo/rpp_baseline
+    scale_rewards: str = "group"  # grpo: group | batch | none (Dr. GRPO); true/false as TRL
+    loss_agg_mode: str = "token-mean"  # | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+    loss_type: Optional[str] = None  # TRL's: grpo | bnpo | dapo | dr_grpo, sets loss_agg_mode
+    cliprange_high: Optional[float] = None  # DAPO's clip-higher upper ε; None: ppo.cliprange
+    epsilon_high: Optional[float] = None  # TRL's name for cliprange_high
+    importance_sampling_level: str = "token"  # token | sequence (GSPO)
+    beta: float = 0.0  # coefficient of a k3 KL-to-reference loss term (GRPO, TRL's beta); 0: none
+    lam_actor: Optional[float] = None  # gae: λ of the policy's advantages (VAPO); None: ppo.lam
+    lam_critic: Optional[float] = None  # gae: λ of the critic's returns; None: ppo.lam
+
+    def __post_init__(self):
+        _choice("algorithm", "advantage_estimator", self.advantage_estimator, ESTIMATORS)
+        if self.num_generations is not None and self.num_generations < 1:
+            raise ConfigError(f"algorithm.num_generations must be >= 1, got {self.num_generations}")
+        if self.advantage_estimator in GROUP_ESTIMATORS and self.group_size < 2:
+            raise ConfigError(f"algorithm.advantage_estimator={self.advantage_estimator} compares responses to "
+                              "the same prompt: set algorithm.num_generations >= 2")
+        scale = str(self.scale_rewards).lower()
+        self.scale_rewards = {"true": "group", "false": "none"}.get(scale, scale)
+        _choice("algorithm", "scale_rewards", self.scale_rewards, ("group", "batch", "none"))
+        if self.loss_type is not None:
+            _choice("algorithm", "loss_type", self.loss_type, tuple(TRL_LOSS_TYPES))
+            self.loss_agg_mode, self.loss_type = TRL_LOSS_TYPES[self.loss_type], None
+        _choice("algorithm", "loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
+        if self.epsilon_high is not None:
+            self.cliprange_high, self.epsilon_high = self.epsilon_high, None
+        if self.cliprange_high is not None and self.cliprange_high < 0:
+            raise ConfigError(f"algorithm.cliprange_high must be >= 0, got {self.cliprange_high}")
+        _choice("algorithm", "importance_sampling_level", self.importance_sampling_level, ("token", "sequence"))
+        if self.beta < 0:
+            raise ConfigError(f"algorithm.beta must be >= 0, got {self.beta}")
+        for name in ("lam_actor", "lam_critic"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ConfigError(f"algorithm.{name} must be in [0, 1], got {value}")
+
+    @property
+    def group_size(self) -> int:
+        """num_generations resolved: None means 1, or TRL's default 8 for the group estimators."""
+        if self.num_generations is not None:
+            return self.num_generations
+        return 8 if self.advantage_estimator in GROUP_ESTIMATORS else 1
+
+    @property
+    def uses_critic(self) -> bool:
+        """Only GAE needs a value function: the other estimators build, train and save no critic."""
+        return self.advantage_estimator == "gae"
+
+    def check_batch(self, ppo) -> None:
+        """A mini-batch must hold whole groups, so a group never straddles processes or mini-batches."""
+        mini_batch = ppo.local_batch_size // ppo.num_mini_batches
+        if mini_batch % self.group_size:
+            raise ConfigError(f"algorithm.num_generations={self.group_size} must divide the mini-batch of "
+                              f"{mini_batch} episodes (ppo.per_device_train_batch_size x "
+                              "ppo.gradient_accumulation_steps): change one of them")
+
+
 @dataclass
 class HubConfig:
     push: bool = False
@@ -304,6 +377,7 @@ class TrainConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     hub: HubConfig = field(default_factory=HubConfig)
 
     def __post_init__(self):
@@ -320,6 +394,7 @@ class TrainConfig:
         if bits and not self.peft.enabled:
             raise ConfigError(f"model.{bits}=true needs peft.enabled=true: quantized weights stay frozen, "
                               "LoRA adapters are what trains (QLoRA)")
+        self.algorithm.check_batch(self.ppo)
 
 
 # ---- TRL's flat field names (ModelConfig, PPOConfig, TrainingArguments) -> the nested keys here.
@@ -345,6 +420,10 @@ ALIASES = {
         "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_enable_sleep_mode",
         "vllm_importance_sampling_correction", "vllm_importance_sampling_mode", "vllm_importance_sampling_cap")},
     "vllm_importance_sampling_clip_max": "rollout.vllm_importance_sampling_cap",
+    # TRL GRPOConfig's names for the estimator options (epsilon is its clip range).
+    **{name: f"algorithm.{name}" for name in (
+        "num_generations", "scale_rewards", "loss_type", "epsilon_high", "beta", "importance_sampling_level")},
+    "epsilon": "ppo.cliprange",
 }
 # TRL's count of sample tables over the run; converted to sample_every (updates between them) after merging.
 NUM_SAMPLE_GENERATIONS = "num_sample_generations"

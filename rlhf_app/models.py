@@ -27,16 +27,21 @@ VALUE_MODEL_DIR = "value_model"
 
 
 class PolicyAndValue(nn.Module):
-    """A causal LM and its critic: forward -> (logits, values) at the response positions (see forward)."""
+    """A causal LM and its critic: forward -> (logits, values) at the response positions (see forward).
 
-    def __init__(self, policy: nn.Module, critic: nn.Module | None = None):
+    `value_head=False` (critic-free estimators: GRPO, RLOO, REINFORCE++) builds no critic at all:
+    values come back None and nothing but the policy is trained or saved.
+    """
+
+    def __init__(self, policy: nn.Module, critic: nn.Module | None = None, value_head: bool = True):
         super().__init__()
         self.policy = policy
         self.critic = critic
+        self.value_head = None
         # FSDP's auto-wrap looks for this attribute on the wrapped model: shard per transformer block.
         base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
         self._no_split_modules = list(getattr(base, "_no_split_modules", None) or [])
-        if critic is None:
+        if critic is None and value_head:
             hidden = policy.config.get_text_config().hidden_size
             self.value_head = nn.Linear(hidden, 1)
             # Small weights, zero bias: initial values near 0 (lm-human-preferences' init).
@@ -49,8 +54,10 @@ class PolicyAndValue(nn.Module):
         """input_ids, attention_mask (B, T) -> (logits (B, R, V) / temperature, values (B, R)) at the R positions
         that predict the last R tokens (R = response_length; None: all T positions, nothing dropped)."""
         logits, hidden = response_forward(self.policy, input_ids, attention_mask, response_length, temperature)
-        if self.critic is None:
+        if self.value_head is not None:
             values = _fp32_linear(self.value_head, hidden)
+        elif self.critic is None:
+            return logits, None
         else:
             trunk = getattr(self.critic, self.critic.base_model_prefix)
             hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_of(attention_mask),
@@ -161,7 +168,7 @@ def build_models(cfg) -> tuple[PolicyAndValue, nn.Module | None]:
     kwargs = from_pretrained_kwargs(cfg)  # dtype, revision, attention, init_kwargs, 4/8-bit weights
     policy = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     critic = None
-    if m.value_model == "separate":
+    if m.value_model == "separate" and cfg.algorithm.uses_critic:
         # The critic trains all its weights: never quantized, even when the policy's base is (QLoRA).
         full = {k: v for k, v in kwargs.items() if k not in ("quantization_config", "device_map")}
         critic = AutoModelForSequenceClassification.from_pretrained(critic_path, num_labels=1, **full)
@@ -181,7 +188,7 @@ def build_models(cfg) -> tuple[PolicyAndValue, nn.Module | None]:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.peft.enabled:
             policy.enable_input_require_grads()
-    model = PolicyAndValue(policy, critic)
+    model = PolicyAndValue(policy, critic, value_head=cfg.algorithm.uses_critic)
     # PPO compares log-probs of the same tokens across forwards: dropout would add noise to the ratio.
     disable_dropout_in_model(model)
     return model, ref
@@ -192,10 +199,10 @@ def save_policy(model: PolicyAndValue, tokenizer, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     model.policy.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    if model.critic is None:
+    if model.value_head is not None:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.value_head.state_dict().items()},
                   str(out_dir / VALUE_HEAD_FILE))
-    else:
+    elif model.critic is not None:
         model.critic.save_pretrained(out_dir / VALUE_MODEL_DIR, safe_serialization=True)
 
 
@@ -220,10 +227,9 @@ def load_policy(path: str | Path, dtype: str = "float32") -> tuple[PolicyAndValu
     critic = None
     if (path / VALUE_MODEL_DIR).is_dir():
         critic = AutoModelForSequenceClassification.from_pretrained(path / VALUE_MODEL_DIR, **kwargs)
-    model = PolicyAndValue(policy, critic)
-    if critic is None:
-        if not (path / VALUE_HEAD_FILE).is_file():
-            raise FileNotFoundError(f"{path} has no {VALUE_HEAD_FILE}: it was not saved by rlhf_app")
+    # Neither a head nor a critic model: a critic-free run (GRPO, RLOO, REINFORCE++) saved only the policy.
+    model = PolicyAndValue(policy, critic, value_head=(path / VALUE_HEAD_FILE).is_file())
+    if model.value_head is not None:
         model.value_head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE)))
     tokenizer = load_tokenizer(str(path))
     return model, tokenizer

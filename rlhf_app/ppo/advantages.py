@@ -16,9 +16,6 @@ import torch
 
 from rlhf_app.ppo.core import gae, masked_whiten
 
-ESTIMATORS_WITH_CRITIC = ("gae",)
-
-
 class AdvantageSettings(NamedTuple):
     gamma: float
     lam_actor: float
@@ -26,6 +23,14 @@ class AdvantageSettings(NamedTuple):
     num_generations: int
     scale_rewards: str  # group | batch | none
     all_reduce: Callable | None = None  # sums a tensor over processes (None: one process)
+
+
+def settings_from(cfg, all_reduce=None) -> AdvantageSettings:
+    """The estimators' settings from a TrainConfig: λ's default to ppo.lam."""
+    alg, ppo = cfg.algorithm, cfg.ppo
+    return AdvantageSettings(ppo.gamma, ppo.lam if alg.lam_actor is None else alg.lam_actor,
+                             ppo.lam if alg.lam_critic is None else alg.lam_critic, alg.group_size,
+                             alg.scale_rewards, all_reduce)
 
 
 def _groups(scores: torch.Tensor, num_generations: int) -> torch.Tensor:

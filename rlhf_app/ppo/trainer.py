@@ -16,16 +16,12 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from rlhf_app.ppo import checkpoint as ckpt
-from rlhf_app.ppo.core import (KLController, adjust_scores, aggregate_loss, explained_variance, gae, kl_penalty,
-                               masked_whiten, policy_loss, token_rewards, value_loss)
+from rlhf_app.ppo.advantages import ESTIMATORS, settings_from
+from rlhf_app.ppo.core import (KLController, adjust_scores, aggregate_loss, explained_variance, kl_penalty,
+                               masked_mean, masked_whiten, policy_loss, token_rewards, value_loss)
 from rlhf_app.ppo.engines import build_engine, sampling_correction
 from rlhf_app.ppo.micro import accumulating, backward, loss_normaliser, micro_batches, pad_to, trim_padding
 from rlhf_app.ppo.rollout import PromptSampler, logprobs_values, ref_logprobs, score
-
-# Reduced across processes once per update, in this order (one host sync per update).
-TRAIN_STATS = ("loss/policy_avg", "loss/value_avg", "policy/clipfrac_avg", "val/clipfrac_avg",
-               "policy/approxkl_avg", "policy/entropy_avg")
-
 
 SAMPLE_COLUMNS = ("step", "prompt", "completion", "score")
 
@@ -45,7 +41,7 @@ def _chunks(n: int, size: int):
 
 def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, output_dir: Path) -> dict:
     """Train `model` (a PolicyAndValue) with PPO. Returns the trainer state at the end."""
-    ppo, device = cfg.ppo, accelerator.device
+    ppo, alg, device = cfg.ppo, cfg.algorithm, accelerator.device
     world = accelerator.num_processes
     total_updates = num_updates(ppo, world)
     steps_per_update = ppo.num_ppo_epochs * ppo.num_mini_batches
@@ -70,11 +66,13 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
     model, optimizer = accelerator.prepare(model, optimizer)
     if ref_policy is not None:
         ref_policy.to(device)
-    sampler = PromptSampler(train_ds, ppo.local_batch_size, cfg.seed, accelerator.process_index, world)
+    sampler = PromptSampler(train_ds, ppo.local_batch_size, cfg.seed, accelerator.process_index, world,
+                            alg.group_size)
     kl_ctl = KLController(ppo.kl_coef, ppo.adaptive_kl, ppo.kl_target, ppo.kl_horizon)
     state = {"step": 0, "episode": 0}
     # Whitening statistics over the global batch, so N processes match one process exactly.
     all_reduce = (lambda t: accelerator.reduce(t, reduction="sum")) if world > 1 else None
+    estimate, adv_settings = ESTIMATORS[alg.advantage_estimator], settings_from(cfg, all_reduce)
 
     # ---- resume
     resume = ckpt.find_resume(cfg.resume_from, output_dir)
@@ -102,7 +100,7 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
     try:
         while state["step"] < total_updates:
             t0 = time.perf_counter()
-            # ---- 1. rollout: generate one response per prompt
+            # ---- 1. rollout: generate algorithm.num_generations responses per prompt
             rows = sampler.next_batch()
             t_sync = engine.sync_weights(model)
             rollout = engine.generate(rows)
@@ -117,7 +115,7 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                 parts = [logprobs_values(model, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature)
                          for s in _chunks(n, ppo.local_rollout_forward_batch_size)]
                 b_logprobs = torch.cat([p[0] for p in parts]) * b_mask
-                b_values = torch.cat([p[1] for p in parts]) * b_mask
+                b_values = torch.cat([p[1] for p in parts]) * b_mask if alg.uses_critic else None
                 with accelerator.unwrap_model(model).reference(ref_policy) as ref:
                     b_ref_logprobs = torch.cat([
                         ref_logprobs(ref, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature)
@@ -131,19 +129,19 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                 b_rewards, b_non_score = token_rewards(b_scores, b_kl, b_mask, kl_ctl.value)
                 if ppo.whiten_rewards:
                     b_rewards = masked_whiten(b_rewards, b_mask, shift_mean=False, all_reduce=all_reduce)
-                b_advantages, b_returns = gae(b_rewards, b_values, b_mask, ppo.gamma, ppo.lam)
-                b_advantages = masked_whiten(b_advantages, b_mask, all_reduce=all_reduce)
+                b_advantages, b_returns = estimate(b_rewards, b_values, b_mask, adv_settings)
                 engine_metrics, is_weights = sampling_correction(rollout, b_logprobs, b_mask, cfg.rollout, accelerator)
                 if is_weights is not None:
                     b_advantages = b_advantages * is_weights
             # ---- 5. PPO epochs over shuffled mini-batches, gradient accumulation over micro-batches
             stats = []
             for _ in range(ppo.num_ppo_epochs):
-                order = torch.randperm(n, device=device)
+                order = _shuffled_groups(n, alg.group_size, device)
                 for mb_start in range(0, n, mini_batch):
                     mb_idx = order[mb_start:mb_start + mini_batch]
                     # Every micro-batch's loss is divided by the mini-batch's real tokens: any split, the same gradient.
                     mb_tokens = loss_normaliser(b_mask[mb_idx])
+                    mb_norm = loss_normaliser(b_mask[mb_idx], alg.loss_agg_mode)  # sequences for the seq-mean modes
                     micros = micro_batches(b_qmask[mb_idx].sum(1), b_mask[mb_idx].sum(1),
                                            ppo.per_device_train_batch_size, ppo.max_tokens_per_micro_batch)
                     mb_stats = 0
@@ -156,15 +154,24 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                                 with_entropy=True, entropy_grad=ppo.ent_coef != 0))
                             pg_loss, pg_clip, approx_kl = policy_loss(
                                 mb_logprobs, b_logprobs[mb], b_advantages[mb], mb_mask, ppo.cliprange,
-                                normaliser=mb_tokens)
-                            vf_loss, vf_clip = value_loss(
-                                mb_values, b_values[mb], b_returns[mb], mb_mask, ppo.cliprange_value, mb_tokens)
+                                alg.cliprange_high, alg.importance_sampling_level, alg.loss_agg_mode, mb_norm)
                             entropy = aggregate_loss(mb_entropy, mb_mask, "token-mean", mb_tokens)
-                            loss = pg_loss + ppo.vf_coef * vf_loss - ppo.ent_coef * entropy
+                            loss = pg_loss - ppo.ent_coef * entropy
+                            share = mb_mask.sum() / mb_tokens  # per-token means of this micro-batch, weighted
+                            row = {"loss/policy_avg": pg_loss, "policy/clipfrac_avg": pg_clip * share,
+                                   "policy/approxkl_avg": approx_kl * share, "policy/entropy_avg": entropy}
+                            if alg.uses_critic:
+                                vf_loss, vf_clip = value_loss(mb_values, b_values[mb], b_returns[mb], mb_mask,
+                                                              ppo.cliprange_value, mb_tokens)
+                                loss = loss + ppo.vf_coef * vf_loss
+                                row.update({"loss/value_avg": vf_loss, "val/clipfrac_avg": vf_clip * share})
+                            if alg.beta:  # GRPO's KL term: k3 to the reference, inside the loss
+                                kl_loss = aggregate_loss(kl_penalty(mb_logprobs, b_ref_logprobs[mb], "k3"),
+                                                         mb_mask, alg.loss_agg_mode, mb_norm)
+                                loss = loss + alg.beta * kl_loss
+                                row["loss/kl_avg"] = kl_loss
                             backward(accelerator, loss)
-                        share = mb_mask.sum() / mb_tokens  # per-token means of this micro-batch, weighted
-                        mb_stats = mb_stats + torch.stack([pg_loss, vf_loss, pg_clip * share, vf_clip * share,
-                                                           approx_kl * share, entropy]).detach()
+                        mb_stats = mb_stats + torch.stack(list(row.values())).detach()
                     if ppo.max_grad_norm:
                         accelerator.clip_grad_norm_(params, ppo.max_grad_norm)
                     optimizer.step()
@@ -175,17 +182,19 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             # ---- 6. metrics, KL controller, log, checkpoint
             with torch.no_grad():
                 seq_kl = b_kl.sum(1)
-                local = torch.cat([torch.stack(stats).mean(0), torch.stack([
-                    scores.mean(), seq_kl.mean(), (-b_logprobs).sum(1).mean(), b_non_score.sum(1).mean(),
-                    (b_scores + b_non_score.sum(1)).mean(), explained_variance(b_values, b_returns, b_mask),
-                    b_mask.sum(1).mean(), rollout.contains_stop.float().mean()])])
+                objective = {"objective/scores": scores.mean(), "objective/kl": seq_kl.mean(),
+                             "objective/entropy": (-b_logprobs).sum(1).mean(),
+                             "objective/non_score_reward": b_non_score.sum(1).mean(),
+                             "objective/rlhf_reward": (b_scores + b_non_score.sum(1)).mean(),
+                             "val/mean_response_length": b_mask.sum(1).mean(),
+                             "val/eos_fraction": rollout.contains_stop.float().mean()}
+                if alg.uses_critic:
+                    objective["val/explained_variance"] = explained_variance(b_values, b_returns, b_mask)
+                local = torch.cat([torch.stack(stats).mean(0), torch.stack(list(objective.values()))])
                 reduced = accelerator.reduce(local, reduction="mean").tolist()
             if not all(math.isfinite(v) for v in reduced):
                 raise NonFiniteError(f"non-finite loss, reward or KL at update {state['step'] + 1}")
-            names = TRAIN_STATS + ("objective/scores", "objective/kl", "objective/entropy",
-                                   "objective/non_score_reward", "objective/rlhf_reward",
-                                   "val/explained_variance", "val/mean_response_length", "val/eos_fraction")
-            metrics = dict(zip(names, reduced))
+            metrics = dict(zip([*row, *objective], reduced))
             kl_ctl_before = kl_ctl.value
             kl_ctl.update(metrics["objective/kl"], ppo.local_batch_size * world)
             state["step"] += 1
@@ -216,6 +225,14 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
         raise
     progress.close()
     return {**state, "model": model}
+
+
+def _shuffled_groups(n: int, group: int, device) -> torch.Tensor:
+    """A random order of n episodes that keeps each group of `group` consecutive ones together. -> (n,)"""
+    if group == 1:
+        return torch.randperm(n, device=device)
+    starts = torch.randperm(n // group, device=device) * group
+    return (starts[:, None] + torch.arange(group, device=device)).flatten()
 
 
 def _truncate_rows(path: Path, step: int) -> None:
