@@ -126,8 +126,10 @@ def run(cfg: TrainConfig) -> dict:
             import_vllm()
         except EngineError as err:
             raise UserError(str(err)) from None
+    cuda = torch.cuda.is_available()
+    precision = preflight.mixed_precision(cfg.ppo, cuda, cuda and torch.cuda.is_bf16_supported())
     accelerator = Accelerator(gradient_accumulation_steps=cfg.ppo.gradient_accumulation_steps,
-                              log_with=report_to or None, project_dir=cfg.output_dir)
+                              mixed_precision=precision, log_with=report_to or None, project_dir=cfg.output_dir)
     if accelerator.state.deepspeed_plugin is not None and cfg.ppo.max_tokens_per_micro_batch is not None:
         raise UserError("ppo.max_tokens_per_micro_batch varies the number of micro-batches, which DeepSpeed "
                         "fixes: unset it, or use DDP/FSDP")

@@ -200,8 +200,14 @@ class PPOConfig:
     ent_coef: float = 0.0
     gamma: float = 1.0
     lam: float = 0.95
+    # Mixed precision (TRL's switches): forwards and backward under bf16 / fp16 autocast, the reference and
+    # reward models too; weights, optimizer state and the log-prob, KL, advantage and loss math stay fp32.
+    bf16: bool = False
+    fp16: bool = False  # loss scaling, GPUs only
 
     def __post_init__(self):
+        if self.bf16 and self.fp16:
+            raise ConfigError("ppo.bf16 and ppo.fp16 are both true: choose one")
         _choice("ppo", "kl_estimator", self.kl_estimator, ("k1", "k3"))
         _choice("ppo", "lr_scheduler_type", self.lr_scheduler_type, SCHEDULERS)
         _choice("ppo", "stop_token", self.stop_token, ("eos", None))
@@ -414,7 +420,7 @@ ALIASES = {
         "per_device_train_batch_size", "gradient_accumulation_steps", "num_mini_batches", "num_ppo_epochs",
         "local_rollout_forward_batch_size", "response_length", "temperature", "stop_token", "stop_token_id",
         "missing_eos_penalty", "kl_coef", "kl_estimator", "whiten_rewards", "cliprange", "cliprange_value",
-        "vf_coef", "gamma", "lam")},
+        "vf_coef", "gamma", "lam", "bf16", "fp16")},
     # GRPOConfig's vLLM switches
     **{name: f"rollout.{name}" for name in (
         "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_enable_sleep_mode",

@@ -68,3 +68,17 @@ def check_prompts_fill_a_batch(num_prompts: int, local_batch_size: int, world_si
             f"processes): lower ppo.per_device_train_batch_size or ppo.num_mini_batches, or add prompts "
             f"(data.num_train)")
 
+
+
+def mixed_precision(ppo, cuda: bool, cuda_bf16: bool = True) -> str:
+    """accelerate's `mixed_precision` for TRL's `bf16` / `fp16` switches on this machine: "no", "bf16" or "fp16".
+
+    fp16 needs loss scaling, which accelerate does on GPUs only; bf16 runs on CPUs too (fast where they
+    have AVX-512-BF16 or AMX, correct but slow elsewhere).
+    """
+    if ppo.fp16 and not cuda:
+        raise PreflightError("ppo.fp16=true needs a CUDA GPU (fp16 trains with loss scaling there): "
+                             "on CPU use ppo.bf16=true, or neither for fp32")
+    if ppo.bf16 and cuda and not cuda_bf16:
+        raise PreflightError("ppo.bf16=true: this GPU has no bfloat16; use ppo.fp16=true")
+    return "bf16" if ppo.bf16 else "fp16" if ppo.fp16 else "no"

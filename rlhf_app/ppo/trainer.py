@@ -103,10 +103,13 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             # ---- 1. rollout: generate algorithm.num_generations responses per prompt
             rows = sampler.next_batch()
             t_sync = engine.sync_weights(model)
-            rollout = engine.generate(rows)
+            # Mixed precision: sampling, reward and reference run under the same autocast as the policy.
+            with accelerator.autocast():
+                rollout = engine.generate(rows)
             t_gen = time.perf_counter()
             # ---- 2. score with the external reward
-            scores = score(reward_fn, rollout, device)
+            with accelerator.autocast():
+                scores = score(reward_fn, rollout, device)
             t_reward = time.perf_counter()
             # ---- 3. log-probs and values of the policy as sampled, log-probs of the reference
             b_query, b_qmask, b_resp, b_mask = rollout.query, rollout.query_mask, rollout.response, rollout.mask
@@ -116,7 +119,7 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                          for s in _chunks(n, ppo.local_rollout_forward_batch_size)]
                 b_logprobs = torch.cat([p[0] for p in parts]) * b_mask
                 b_values = torch.cat([p[1] for p in parts]) * b_mask if alg.uses_critic else None
-                with accelerator.unwrap_model(model).reference(ref_policy) as ref:
+                with accelerator.autocast(), accelerator.unwrap_model(model).reference(ref_policy) as ref:
                     b_ref_logprobs = torch.cat([
                         ref_logprobs(ref, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature)
                         for s in _chunks(n, ppo.local_rollout_forward_batch_size)]) * b_mask
