@@ -1,19 +1,14 @@
 """Mixed precision: a bf16 run of the tiny recipe learns; fp16 is refused in one line on a CPU."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from accelerate.state import AcceleratorState
 
 from rlhf_app import preflight
-from rlhf_app.cli import run
+from rlhf_app.cli import main, run
 from rlhf_app.config import ConfigError, load_config
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -58,12 +53,10 @@ def test_log_probs_and_values_are_fp32_under_bf16_autocast(fresh_accelerator_sta
 def test_fp16_is_refused_in_one_line_on_a_cpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "recipe=tiny", "fp16=true",
-                           f"output_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines() == [
-        "error: ppo.fp16=true needs a CUDA GPU (fp16 trains with loss scaling there): on CPU use ppo.bf16=true, "
-        "or neither for fp32"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["recipe=tiny", "fp16=true", f"output_dir={tmp_path}"])
+    assert exit_.value.code == ("error: ppo.fp16=true needs a CUDA GPU (fp16 trains with loss scaling there): "
+                                "on CPU use ppo.bf16=true, or neither for fp32")
     assert not (tmp_path / "final").exists()
 
 
