@@ -104,7 +104,7 @@ def run(cfg: TrainConfig) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from rlhf_app import data, extras, models, rewards
+    from rlhf_app import data, extras, hub_sync, models, rewards
     from rlhf_app.model_init import quantization_problem
     from rlhf_app.ppo import trainer
 
@@ -112,10 +112,11 @@ def run(cfg: TrainConfig) -> dict:
         torch.set_num_threads(cfg.num_threads)
     if quantization_problem(cfg):  # 4/8-bit without bitsandbytes or a GPU: say so before any model loads
         raise UserError(quantization_problem(cfg))
+    hub_token = None
     if cfg.hub.push:
         from rlhf_app import hub
 
-        hub.check_push(cfg)  # no repo id, offline, no token: say so now, not after training
+        hub_token = hub.check_push(cfg)  # no repo id, offline, no token: say so now, not after training
     # ---- accelerator, trackers, seed, output folder
     extras.check(cfg)  # trackers, asset builders: the missing extra named now, before any model loads
     report_to = [r for r in cfg.report_to if r != "none"]
@@ -165,9 +166,10 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.eval_before_after and accelerator.is_main_process:
         evals["before"] = evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, accelerator.device)
         accelerator.print(_eval_line("before", evals["before"]))
-    # ---- PPO
+    # ---- PPO (hub.strategy=every_save|checkpoint: each checkpoint pushed in the background as it is saved)
+    pusher = hub_sync.pusher(cfg, out, hub_token) if accelerator.is_main_process else None
     try:
-        state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, out)
+        state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, out, on_save=pusher)
     except (RuntimeError, ValueError) as err:
         message = _explain_failure(err, cfg)
         if message is None:
@@ -198,6 +200,8 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.hub.push and accelerator.is_main_process:
         from rlhf_app import hub
 
+        if pusher is not None:
+            pusher.finish()  # the checkpoint upload in flight first: the final push replaces it
         hub.push(out, cfg)
     return {**state, "model": model, "eval": evals}
 

@@ -349,6 +349,9 @@ class AlgorithmConfig:
                               "ppo.gradient_accumulation_steps): change one of them")
 
 
+HUB_STRATEGIES = ("end", "every_save", "checkpoint")
+
+
 @dataclass
 class HubConfig:
     push: bool = False
@@ -358,6 +361,13 @@ class HubConfig:
     checkpoint: Optional[str] = None  # folder of the run to push, e.g. checkpoint-500; None: final
     commit_message: str = "Upload PPO policy trained with rlhf_app"
     license: Optional[str] = None  # model card licence; None: the base model's, when it is known
+    # transformers' hub_strategy. end: push once, after training. every_save: also push each checkpoint as
+    # it is saved (in the background). checkpoint: like every_save, plus the newest checkpoint whole in
+    # last-checkpoint/ (resume state) with every push.
+    strategy: str = "end"
+
+    def __post_init__(self):
+        _choice("hub", "strategy", self.strategy, HUB_STRATEGIES)
 
 
 @dataclass
@@ -396,6 +406,9 @@ class TrainConfig:
         if self.resume_from and self.overwrite_output_dir:
             raise ConfigError("resume_from and overwrite_output_dir=true contradict each other: "
                               "keep resume_from to continue the run, or overwrite_output_dir=true to replace it")
+        if self.hub.strategy != "end" and not (self.hub.push and self.save_steps):
+            raise ConfigError(f"hub.strategy={self.hub.strategy} pushes each checkpoint: it needs hub.push=true and "
+                              f"save_steps > 0 (now hub.push={str(self.hub.push).lower()}, save_steps={self.save_steps})")
         bits = "load_in_4bit" if self.model.load_in_4bit else "load_in_8bit" if self.model.load_in_8bit else None
         if bits and not self.peft.enabled:
             raise ConfigError(f"model.{bits}=true needs peft.enabled=true: quantized weights stay frozen, "
@@ -414,6 +427,7 @@ ALIASES = {
     "use_peft": "peft.enabled", "lora_r": "peft.r", "lora_alpha": "peft.lora_alpha",
     "lora_dropout": "peft.lora_dropout", "lora_target_modules": "peft.target_modules",
     "push_to_hub": "hub.push", "hub_model_id": "hub.repo_id", "hub_private_repo": "hub.private",
+    "hub_strategy": "hub.strategy",
     "resume_from_checkpoint": "resume_from",
     **{name: f"ppo.{name}" for name in (
         "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "total_episodes",

@@ -23,6 +23,8 @@ from rlhf_app.config import ALIASES, ConfigError, TrainConfig, load_config, norm
 from rlhf_app.model_card import base_license, model_card  # noqa: F401  (base_license: part of hub's API)
 
 UPLOAD_DIR = "hub_upload"
+LAST_CHECKPOINT = "last-checkpoint"  # transformers' folder name for hub_strategy="checkpoint"
+CHECKPOINT_STATE = "trainer_state.pt"  # what makes a checkpoint-N folder complete (ppo/checkpoint.py)
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
 # HF user tokens are hf_ + 34 letters/digits; W&B API keys are 40 hex digits.
 TOKEN_PATTERNS = (re.compile(r"hf_[A-Za-z0-9]{30,}"), re.compile(r"(?<![0-9A-Za-z])[0-9a-f]{40}(?![0-9A-Za-z])"))
@@ -62,6 +64,13 @@ def _source_dir(run_dir: Path, cfg: TrainConfig) -> Path:
     return src
 
 
+def _last_checkpoint(run_dir: Path, src: Path) -> Path | None:
+    """The checkpoint uploaded as `last-checkpoint/`: the one pushed, else the run's newest."""
+    found = sorted((p for p in run_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
+                    and (p / CHECKPOINT_STATE).is_file()), key=lambda p: int(p.name.split("-")[1]))
+    return src if src in found else (found[-1] if found else None)
+
+
 def model_files(src: Path) -> list[Path]:
     """Files of a saved policy folder worth uploading (weights, configs, tokenizer, critic), relative to it.
 
@@ -71,11 +80,11 @@ def model_files(src: Path) -> list[Path]:
                   if p.is_file() and p.suffix in MODEL_SUFFIXES and p.name not in NOT_UPLOADED)
 
 
-def _place(src: Path, dst: Path) -> None:
+def _place(src: Path, dst: Path, link: bool = False) -> None:
     """Hard-link weights (gigabytes, never rewritten); copy the rest, which a resumed run may append to."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(src, dst) if src.suffix == ".safetensors" else shutil.copy2(src, dst)
+        os.link(src, dst) if link or src.suffix == ".safetensors" else shutil.copy2(src, dst)
     except OSError:
         shutil.copy2(src, dst)
 
@@ -91,11 +100,12 @@ def check_folder(folder: Path, allow: tuple[str, ...] = ()) -> None:
 
 
 # ---- model card
-def prepare_upload(run_dir: str | Path, cfg: TrainConfig) -> Path:
-    """Build `run_dir/hub_upload/`: exactly the folder `push` uploads. Returns its path.
+def prepare_upload(run_dir: str | Path, cfg: TrainConfig, target: str = UPLOAD_DIR) -> Path:
+    """Build `run_dir/<target>/` (default `hub_upload/`): exactly the folder `push` uploads. Returns its path.
 
     Holds the policy + tokenizer and critic (from `final/` or `hub.checkpoint`), the resolved
-    recipe (`config.yaml`, scrubbed), `metrics.jsonl`, `eval.json`, `plots/*.png` and `README.md`.
+    recipe (`config.yaml`, scrubbed), `metrics.jsonl`, `eval.json`, `plots/*.png` and `README.md`;
+    with `hub.strategy=checkpoint` also `last-checkpoint/`, the newest checkpoint whole (resume state too).
     Written into a temporary folder and renamed, so a half-written folder never remains.
     """
     run_dir = Path(run_dir)
@@ -106,6 +116,10 @@ def prepare_upload(run_dir: str | Path, cfg: TrainConfig) -> Path:
         files = model_files(src)
         for rel in files:
             _place(src / rel, tmp / rel)
+        newest = _last_checkpoint(run_dir, src) if cfg.hub.strategy == "checkpoint" else None
+        for path in sorted(newest.rglob("*")) if newest else ():
+            if path.is_file():  # a checkpoint is never rewritten (atomic, renamed into place): link it all
+                _place(path, tmp / LAST_CHECKPOINT / path.relative_to(newest), link=True)
         (tmp / "config.yaml").write_text(scrub(to_yaml(cfg), allow))
         for name in RUN_FILES:
             if (run_dir / name).is_file():
@@ -119,7 +133,7 @@ def prepare_upload(run_dir: str | Path, cfg: TrainConfig) -> Path:
         card = model_card(cfg, uploaded, evaluation, metrics, source=src.name)
         (tmp / "README.md").write_text(scrub(card, allow))
         check_folder(tmp, allow)
-        target = run_dir / UPLOAD_DIR
+        target = run_dir / target
         if target.exists():  # os.replace cannot overwrite a non-empty folder: move the old one aside
             old = Path(tempfile.mkdtemp(prefix=f".{UPLOAD_DIR}-old-", dir=run_dir))
             os.replace(target, old / UPLOAD_DIR)
@@ -180,19 +194,16 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def push(run_dir: str | Path, cfg: TrainConfig) -> str:
-    """Prepare `run_dir/hub_upload/` and upload it to `hub.repo_id` (model repo). Returns a URL or the folder.
+def print_listing(folder: Path, cfg: TrainConfig) -> None:
+    """What a dry run would upload: the folder, then each file and its size."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    print(f"dry run: would upload {folder} ({len(files)} files) to {cfg.hub.repo_id or 'hub.repo_id'}")
+    for path in files:
+        print(f"  {path.relative_to(folder)}  {path.stat().st_size:,} bytes")
 
-    `hub.dry_run=true`: only prepare, print the folder and its files, and return the folder path.
-    """
-    token = check_push(cfg)
-    folder = prepare_upload(run_dir, cfg)
-    if cfg.hub.dry_run:
-        files = sorted(p for p in folder.rglob("*") if p.is_file())
-        print(f"dry run: would upload {folder} ({len(files)} files) to {cfg.hub.repo_id or 'hub.repo_id'}")
-        for path in files:
-            print(f"  {path.relative_to(folder)}  {path.stat().st_size:,} bytes")
-        return str(folder)
+
+def upload(folder: Path, cfg: TrainConfig, token: str, commit_message: str | None = None) -> str:
+    """Upload a prepared folder to `hub.repo_id` (created if needed), which becomes exactly it. Returns the URL."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -203,15 +214,28 @@ def push(run_dir: str | Path, cfg: TrainConfig) -> str:
         # delete_patterns="*": the repo becomes exactly this folder (a stale value_model/ from an earlier
         # push would mislead load_policy); the Hub keeps .gitattributes regardless.
         commit = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model",
-                                   commit_message=cfg.hub.commit_message, delete_patterns="*")
+                                   commit_message=commit_message or cfg.hub.commit_message, delete_patterns="*")
     except HfHubHTTPError as err:
         status = getattr(getattr(err, "response", None), "status_code", "?")
         fix = "check the token's write access (`hf auth login`)" if status in (401, 403) else "see the Hub's reply"
         raise HubError(f"the Hub refused the push to {repo_id} (HTTP {status}): {fix}") from err
     except _network_errors() as err:
         raise HubError(_offline_message(cfg)) from err
-    url = getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo_id}"
-    print(f"pushed {folder} to https://huggingface.co/{repo_id} ({url})")
+    return getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo_id}"
+
+
+def push(run_dir: str | Path, cfg: TrainConfig) -> str:
+    """Prepare `run_dir/hub_upload/` and upload it to `hub.repo_id` (model repo). Returns a URL or the folder.
+
+    `hub.dry_run=true`: only prepare, print the folder and its files, and return the folder path.
+    """
+    token = check_push(cfg)
+    folder = prepare_upload(run_dir, cfg)
+    if cfg.hub.dry_run:
+        print_listing(folder, cfg)
+        return str(folder)
+    url = upload(folder, cfg, token)
+    print(f"pushed {folder} to https://huggingface.co/{cfg.hub.repo_id} ({url})")
     return url
 
 

@@ -39,8 +39,11 @@ def _chunks(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
-def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, output_dir: Path) -> dict:
-    """Train `model` (a PolicyAndValue) with PPO. Returns the trainer state at the end."""
+def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, output_dir: Path,
+          on_save=None) -> dict:
+    """Train `model` (a PolicyAndValue) with PPO. Returns the trainer state at the end.
+
+    `on_save(path)` runs on the main process after each periodic checkpoint (e.g. a Hub push)."""
     ppo, alg, device = cfg.ppo, cfg.algorithm, accelerator.device
     world = accelerator.num_processes
     total_updates = num_updates(ppo, world)
@@ -220,7 +223,10 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             progress.update(1)
             progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
             if cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < total_updates:
-                ckpt.save_checkpoint(accelerator, output_dir, model, tokenizer, trainer_state(), cfg.save_total_limit)
+                saved = ckpt.save_checkpoint(accelerator, output_dir, model, tokenizer, trainer_state(),
+                                             cfg.save_total_limit)
+                if on_save is not None and accelerator.is_main_process:
+                    on_save(saved)
     except KeyboardInterrupt:
         progress.close()
         path = ckpt.save_checkpoint(accelerator, output_dir, model, tokenizer, trainer_state(), cfg.save_total_limit)
