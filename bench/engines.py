@@ -1,0 +1,198 @@
+"""`make bench`, second part: the rollout engines hf vs vllm, in alternating pairs of processes.
+
+    .venv/bin/python bench/engines.py [--only rollout|update] [--pairs N] [--threads N] [--engines hf,vllm]
+        [--timed N] [--dtypes float32,bfloat16] [--rollouts NAME,...] [--out FILE]
+
+Rollout: tokens/s of one warm rollout (fixed length, no stop token) on SmolLM2-135M at b32 x r128
+(gsm8k-offline's prompts, the size of a GSM8K rollout here) and on the demo recipe (b64 x r24),
+fp32 and bf16; `hf` is transformers' generate with its default dynamic KV cache, `hf-static` the
+same with a static cache. Update: seconds per whole PPO update of the gsm8k-offline and demo recipes
+(the first update, which warms up, is left out) with the phase split. Peak RSS per process.
+Each measurement runs in its own process; the engine order flips every pair. Writes bench/engines.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+
+ROLLOUTS = [dict(name="smollm2 b32xr128", recipe="gsm8k-offline", batch=32, response_length=128),
+            dict(name="demo b64xr24", recipe="demo", batch=64, response_length=24)]
+UPDATES = [dict(name="gsm8k-offline (smollm2 b8xr128, 1 epoch)", recipe="gsm8k-offline", batch=8, updates=3),
+           dict(name="demo (b64xr24, 4 epochs)", recipe="demo", batch=64, updates=3)]
+ENGINES = {"rollout": ("hf", "hf-static", "vllm"), "update": ("hf", "vllm")}
+
+
+def _config(spec: dict, *extra: str):
+    from rlhf_app.config import load_config
+
+    engine = "vllm" if spec["engine"] == "vllm" else "hf"
+    return load_config([f"recipe={spec['recipe']}", f"rollout.engine={engine}", f"num_threads={spec['threads']}",
+                        f"model.dtype={spec.get('dtype', 'float32')}", "eval_before_after=false", "data.num_eval=8",
+                        "data.num_train=512", *extra])
+
+
+def child_rollout(spec: dict) -> dict:
+    import torch
+    from accelerate import Accelerator
+
+    from rlhf_app import data, models
+    from rlhf_app.ppo import rollout
+    from rlhf_app.ppo.engines import build_engine
+
+    cfg = _config(spec, f"ppo.response_length={spec['response_length']}", "ppo.stop_token=null",
+                  "ppo.temperature=1.0", f"ppo.per_device_train_batch_size={spec['batch']}",
+                  "ppo.num_mini_batches=1", "ppo.gradient_accumulation_steps=1")
+    torch.set_num_threads(spec["threads"])
+    if spec["engine"] == "hf-static":
+        plain = rollout.generation_config
+        rollout.generation_config = lambda *a, **k: _static(plain(*a, **k))
+    tokenizer = models.load_tokenizer(cfg.model.name_or_path)
+    model, _ = models.build_models(cfg)
+    train, _ = data.load_prompts(cfg, tokenizer)
+    accelerator = Accelerator(cpu=True)
+    start = time.perf_counter()
+    engine = build_engine(cfg, accelerator, model, tokenizer)
+    start_s = time.perf_counter() - start
+    sync_s = engine.sync_weights(model)
+    times, b = [], spec["batch"]
+    for k in range(spec["timed"] + 1):  # the first warms up
+        rows = [train[i] for i in range(k * b, (k + 1) * b)]
+        t = time.perf_counter()
+        out = engine.generate(rows)
+        times.append(time.perf_counter() - t)
+        tokens = int(out.mask.sum())
+    best = min(times[1:])
+    return {"tokens_per_s": tokens / best, "rollout_s": best, "tokens": tokens, "engine_start_s": start_s,
+            "weight_sync_s": sync_s, "threads": torch.get_num_threads()}
+
+
+def _static(gen_config):
+    gen_config.cache_implementation = "static"
+    return gen_config
+
+
+def child_update(spec: dict) -> dict:
+    import torch
+
+    from rlhf_app.cli import run
+
+    out = Path(tempfile.mkdtemp(prefix="bench-engines-"))
+    cfg = _config(spec, f"output_dir={out}", f"ppo.total_episodes={spec['batch'] * spec['updates']}")
+    torch.set_num_threads(spec["threads"])
+    run(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
+
+    def mean(key):
+        return sum(r.get(key, 0.0) for r in rows) / len(rows)
+
+    phases = {k: mean(f"time/{k}") for k in ("update_s", "weight_sync_s", "generate_s", "reward_s", "forward_s",
+                                              "train_s")}
+    result = {**phases, "sync_share": phases["weight_sync_s"] / phases["update_s"], "updates_timed": len(rows)}
+    if "rollout/logprob_diff_mean" in rows[-1]:
+        result["logprob_diff_mean"] = max(r["rollout/logprob_diff_mean"] for r in rows)
+        result["logprob_diff_max"] = max(r["rollout/logprob_diff_max"] for r in rows)
+    return result
+
+
+def _child(spec_path: str, result_path: str) -> None:
+    os.environ.update(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false")
+    spec = json.loads(Path(spec_path).read_text())
+    result = (child_rollout if spec["kind"] == "rollout" else child_update)(spec)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(result_path).write_text(json.dumps(result))
+
+
+def _measure(spec: dict) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec_path.write_text(json.dumps(spec))
+        env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run([sys.executable, __file__, "--child", str(spec_path), str(result_path)], env=env,
+                              capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
+        return json.loads(result_path.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=("rollout", "update"))
+    parser.add_argument("--rollouts", default=",".join(s["name"] for s in ROLLOUTS))
+    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--engines", default="hf,hf-static,vllm", help="rollout engines to compare")
+    parser.add_argument("--timed", type=int, default=2, help="timed rollouts per process, after one warm-up")
+    parser.add_argument("--out", default=str(BENCH / "engines.json"))
+    parser.add_argument("--child", nargs=2)
+    args = parser.parse_args()
+    if args.child:
+        return _child(*args.child)
+    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "threads": args.threads,
+               "command": " ".join(sys.argv), "rollout": [], "update": []}
+    jobs = []
+    if args.only in (None, "rollout"):
+        jobs += [dict(s, kind="rollout", dtype=d) for s in ROLLOUTS for d in args.dtypes.split(",")
+                 if s["name"] in args.rollouts.split(",")]
+    if args.only in (None, "update"):
+        jobs += [dict(s, kind="update", dtype="float32") for s in UPDATES]
+    for job in jobs:
+        engines = ENGINES[job["kind"]] if job["kind"] == "update" else tuple(args.engines.split(","))
+        row = {**job, "runs": {e: [] for e in engines}}
+        for pair in range(args.pairs):
+            for engine in (engines if pair % 2 == 0 else engines[::-1]):
+                result = _measure({**job, "engine": engine, "threads": args.threads, "timed": args.timed})
+                row["runs"][engine].append(result)
+                print(f"{job['kind']} {job['name']} {job['dtype']} {engine}: {json.dumps(result)}", flush=True)
+        results[job["kind"]].append(row)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    print(table(results))
+
+
+def _best(runs: list[dict], key: str, low: bool = False):
+    values = [r[key] for r in runs if key in r]
+    return (min(values) if low else max(values)) if values else float("nan")
+
+
+def table(results: dict) -> str:
+    lines = ["| rollout | dtype | hf tok/s | hf-static tok/s | vllm tok/s | vllm / best hf | peak RSS MiB hf / vllm |",
+             "|---|---|---|---|---|---|---|"]
+    for row in results["rollout"]:
+        r = {e: row["runs"].get(e, []) for e in ENGINES["rollout"]}
+        hf = max(_best(r["hf"], "tokens_per_s"), _best(r["hf-static"], "tokens_per_s"))
+        lines.append(f"| {row['name']} | {row['dtype']} | {_best(r['hf'], 'tokens_per_s'):.0f} | "
+                     f"{_best(r['hf-static'], 'tokens_per_s'):.0f} | {_best(r['vllm'], 'tokens_per_s'):.0f} | "
+                     f"{_best(r['vllm'], 'tokens_per_s') / hf:.2f} | {_best(r['hf'], 'peak_rss_mib', True):.0f} / "
+                     f"{_best(r['vllm'], 'peak_rss_mib', True):.0f} |")
+    lines += ["", "| update | hf s/update (gen / train) | vllm s/update (sync / gen / train) | hf / vllm | "
+              "sync share | logprob diff mean / max | peak RSS MiB hf / vllm |", "|---|---|---|---|---|---|---|"]
+    for row in results["update"]:
+        hf, vl = row["runs"]["hf"], row["runs"]["vllm"]
+        h = min((r for r in hf if "update_s" in r), key=lambda r: r["update_s"], default=None)
+        v = min((r for r in vl if "update_s" in r), key=lambda r: r["update_s"], default=None)
+        if h is None or v is None:
+            lines.append(f"| {row['name']} | {hf} | {vl} | | | | |")
+            continue
+        lines.append(f"| {row['name']} | {h['update_s']:.1f} ({h['generate_s']:.1f} / {h['train_s']:.1f}) | "
+                     f"{v['update_s']:.1f} ({v['weight_sync_s']:.2f} / {v['generate_s']:.1f} / {v['train_s']:.1f}) | "
+                     f"{h['update_s'] / v['update_s']:.2f} | {v['sync_share']:.1%} | "
+                     f"{v.get('logprob_diff_mean', float('nan')):.1e} / {v.get('logprob_diff_max', float('nan')):.1e} | "
+                     f"{_best(hf, 'peak_rss_mib', True):.0f} / {_best(vl, 'peak_rss_mib', True):.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
