@@ -63,6 +63,7 @@ $(PEER_STAMP): bench/requirements-peer.txt
 
 bench: setup $(PEER_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/run.py $(ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/grpo.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/engines.py $(ENGINE_ARGS)
 
 # Rollout engines hf vs vllm (bench/engines.json), alone: make bench-engines ENGINE_ARGS="--pairs 1"
