@@ -114,11 +114,12 @@ def eval_reward(policy, tokenizer, reward_fn, rows: list[dict], spec: dict, seed
     return {"mean": mean, "sem": (var / len(scores)) ** 0.5, "n": len(scores)}
 
 
-def matmul_flops(n: int = 2048, reps: int = 3) -> float:
-    """FLOP/s of an n×n fp32 torch.mm on this process's one thread: the MFU denominator."""
+def matmul_flops(n: int = 2048, reps: int = 3, dtype: str = "float32") -> float:
+    """FLOP/s of an n×n torch.mm in `dtype` on this process's one thread: the MFU denominator of a run
+    in that precision (a bf16 run is measured against the bf16 peak)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = (torch.randn(n, n).to(getattr(torch, dtype)) for _ in range(2))
     torch.mm(a, b)  # warm-up
     best = float("inf")
     for _ in range(reps):
@@ -142,8 +143,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def finish(result: dict) -> None:
+def finish(result: dict, dtype: str = "float32") -> None:
     """Add the process-wide figures and write the result where run.py expects it."""
     result["peak_rss_mib"] = peak_rss_mib()
-    result["matmul_flops"] = matmul_flops()
+    result["matmul_flops"] = matmul_flops(dtype=dtype)
+    result["matmul_dtype"] = dtype
     Path(sys.argv[2]).write_text(json.dumps(result, indent=1))

@@ -24,11 +24,11 @@ from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import set_seed  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
-from rlhf_app import models, rewards  # noqa: E402
+from rlhf_app import models, preflight, rewards  # noqa: E402
 from rlhf_app.config import load_config  # noqa: E402
 from rlhf_app.ppo import engines, trainer  # noqa: E402
 
-TRAINED_TOKENS: list[int] = []  # padded prompt + response tokens of each rollout
+TRAINED_TOKENS: list[tuple] = []  # (padded prompt + response, response) tokens of each rollout
 CPU_MARKS: list[float] = []  # process CPU seconds at the start of each rollout, then at the end
 
 
@@ -43,7 +43,9 @@ def overrides(spec: dict) -> list[str]:
             f"ppo.response_length={spec['response_length']}", f"ppo.total_episodes={b * spec['updates']}",
             f"ppo.learning_rate={spec['lr']}", "ppo.lr_scheduler_type=constant", f"ppo.kl_coef={spec['kl_coef']}",
             f"ppo.vf_coef={spec['vf_coef']}", f"ppo.temperature={spec['temperature']}", "ppo.max_grad_norm=0",
-            "ppo.stop_token=null", "ppo.local_rollout_forward_batch_size=64"]
+            "ppo.stop_token=null", "ppo.local_rollout_forward_batch_size=64",
+            *(["ppo.bf16=true"] if spec.get("precision") == "bf16" else []),
+            *([f"ppo.max_tokens_per_micro_batch={spec['max_tokens']}"] if spec.get("max_tokens") else [])]
 
 
 def count_trained_tokens(generate):
@@ -52,7 +54,8 @@ def count_trained_tokens(generate):
     def wrapper(policy, tokenizer, rows, ppo, device, greedy=False):
         CPU_MARKS.append(time.process_time())
         rollout = generate(policy, tokenizer, rows, ppo, device, greedy=greedy)
-        TRAINED_TOKENS.append(rollout.query.shape[0] * (rollout.query.shape[1] + rollout.response.shape[1]))
+        b, p, r = rollout.query.shape[0], rollout.query.shape[1], rollout.response.shape[1]
+        TRAINED_TOKENS.append((b * (p + r), b * r))
         return rollout
 
     return wrapper
@@ -63,7 +66,7 @@ def main() -> None:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
-    accelerator = Accelerator()
+    accelerator = Accelerator(mixed_precision=preflight.mixed_precision(cfg.ppo, torch.cuda.is_available()))
     set_seed(cfg.seed)
     tokenizer = common.bench_tokenizer(spec["policy_path"])
     model, ref_policy = models.build_models(cfg)
@@ -74,6 +77,9 @@ def main() -> None:
     set_seed(cfg.seed)
     engines.generate = count_trained_tokens(engines.generate)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # The FLOPs the update really does: the LM head runs on response positions only, embeddings do no matmul.
+    embed, head = model.policy.get_input_embeddings().weight, model.policy.get_output_embeddings().weight
+    matmul_params = trained - embed.numel() - (0 if head is embed else head.numel())
     state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train, reward_fn, out)
     CPU_MARKS.append(time.process_time())
     policy = accelerator.unwrap_model(state["model"]).policy
@@ -87,9 +93,11 @@ def main() -> None:
                         "reward_s": m["time/reward_s"], "forward_s": m["time/forward_s"],
                         "train_s": m["time/train_s"], "gc_s": 0.0, "cpu_s": cpu_s, "score": m["objective/scores"],
                         "kl": m["objective/kl"], "tokens": round(m["perf/tokens_per_s"] * m["time/update_s"]),
-                        "trained_tokens": tokens * spec["epochs"]})
+                        "trained_tokens": tokens[0] * spec["epochs"],
+                        "train_flops": 6 * spec["epochs"] * (matmul_params * tokens[0] + head.numel() * tokens[1])})
     common.finish({"engine": "ours", "updates": updates, "trained_params": trained, "eval_after": eval_after,
-                   "reward_checksum": common.head_checksum(rm)})
+                   "reward_checksum": common.head_checksum(rm)},
+                  dtype="bfloat16" if spec.get("precision") == "bf16" else "float32")
 
 
 if __name__ == "__main__":

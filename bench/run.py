@@ -1,6 +1,6 @@
 """`make bench`: rlhf_app's PPO against TRL 1.12's PPOTrainer, same models, data and settings.
 
-    .venv/bin/python bench/run.py [--quick] [--only tiny|smollm2] [--pairs N] [--updates N]
+    .venv/bin/python bench/run.py [--quick] [--only tiny|smollm2] [--match TEXT] [--pairs N] [--updates N]
 
 Every setting runs as alternating A/B pairs (ours then peer, then peer then ours, ...), each run
 in its own process with one torch thread, so memory peaks and thread pools never mix and slow
@@ -34,11 +34,17 @@ MODELS = {"tiny": "asset:tiny", "smollm2": "asset:smollm2-135m-instruct"}
 # 20 minutes on 2 cores, the peer's environment included.
 TINY = dict(model="tiny", mini_batches=2, epochs=4, lr=3e-3, kl_coef=0.01, vf_coef=0.5, temperature=1.0)
 SMOL = dict(model="smollm2", mini_batches=1, epochs=4, lr=1e-5, kl_coef=0.05, vf_coef=0.1, temperature=1.0)
+# Besides rlhf_app fp32 and the peer, each pair runs these rlhf_app variants: `bf16` (ppo.bf16=true,
+# autocast) and `tokens` (ppo.max_tokens_per_micro_batch=max_tokens, fp32); their rows sit beside fp32.
+VARIANTS = {"bf16": dict(precision="bf16"), "tokens": dict(precision="fp32")}
 SETTINGS = [
     dict(TINY, batch=16, response_length=16, updates=20, pairs=2),
-    dict(TINY, batch=64, response_length=32, updates=5, pairs=2),
-    dict(SMOL, batch=4, response_length=16, updates=3, pairs=2),
-    dict(SMOL, batch=8, response_length=24, updates=2, pairs=2),
+    dict(TINY, batch=64, response_length=32, updates=5, pairs=2, variants=("bf16", "tokens"), max_tokens=512),
+    dict(SMOL, batch=4, response_length=16, updates=3, pairs=2, variants=("bf16",)),
+    dict(SMOL, batch=8, response_length=24, updates=2, pairs=2, variants=("bf16", "tokens"), max_tokens=160),
+    # GSM8K-like: 32 episodes x 128 response tokens, 1 PPO epoch (one optimizer step per update).
+    dict(SMOL, batch=32, response_length=128, epochs=1, updates=2, pairs=1, variants=("bf16", "tokens"),
+         max_tokens=1152),
 ]
 RUN_TIMEOUT_S = 900
 EVAL_PROMPTS = {"tiny": 64, "smollm2": 32}  # held-out prompts for the reward after training
@@ -74,10 +80,14 @@ def eval_before(setting: dict, path: str, eval_prompts: Path) -> dict:
 
 
 def run_one(engine: str, setting: dict, pair: int, policy_path: str, prompts: Path, eval_prompts: Path) -> dict:
-    """One engine, one setting, one process. -> its raw result (see ours.py / peer.py)."""
+    """One engine ("ours", "peer", or an rlhf_app variant of VARIANTS), one setting, one process.
+    -> its raw result (see ours.py / peer.py)."""
     name = f"{summary.label(setting).replace(' ', '_').replace('×', 'x')}-{engine}-{pair}"
     spec = {k: setting[k] for k in ("batch", "response_length", "mini_batches", "epochs", "updates", "lr",
                                     "kl_coef", "vf_coef", "temperature")}
+    if engine in VARIANTS:
+        spec.update(VARIANTS[engine], max_tokens=setting["max_tokens"] if engine == "tokens" else None)
+        engine = "ours"
     spec.update(policy_path=policy_path, prompts_path=str(prompts), eval_prompts_path=str(eval_prompts), seed=pair,
                 out_dir=str(WORK / "runs" / name))
     spec_path, result_path, log_path = (WORK / "runs" / f"{name}.{ext}" for ext in ("spec.json", "result.json", "log"))
@@ -116,6 +126,8 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 pair, 3 updates, each model's first setting")
     parser.add_argument("--only", choices=sorted(MODELS), help="run the settings of one model")
+    parser.add_argument("--match", action="append", default=[], metavar="TEXT",
+                        help="run only the settings whose label contains TEXT, e.g. --match b8×r24 (repeatable)")
     parser.add_argument("--pairs", type=int, help="A/B pairs per setting (default: per setting)")
     parser.add_argument("--updates", type=int, help="PPO updates per run, the first one untimed (default: per setting)")
     parser.add_argument("--policy", action="append", default=[], metavar="MODEL=PATH",
@@ -130,7 +142,10 @@ def main(argv: list[str]) -> None:
         MODELS[model] = path
     if not PEER_PYTHON.is_file():
         sys.exit(f"error: {PEER_PYTHON} is missing: run `make bench`, which creates the peer's environment")
-    settings = [s for s in SETTINGS if not args.only or s["model"] == args.only]
+    settings = [s for s in SETTINGS if (not args.only or s["model"] == args.only)
+                and (not args.match or any(m.replace("x", "×") in summary.label(s) for m in args.match))]
+    if not settings:
+        sys.exit("error: no setting matches --only/--match; labels: " + ", ".join(summary.label(s) for s in SETTINGS))
     if args.quick:
         firsts = {s["model"]: s for s in reversed(settings)}  # each model's first (smallest) setting
         settings = [dict(s, updates=3, pairs=1) for s in settings if firsts[s["model"]] is s]
@@ -145,13 +160,13 @@ def main(argv: list[str]) -> None:
         print(f"preparing {model} ({MODELS[model]})", flush=True)
         path = assets.resolve(MODELS[model])
         paths[model] = (path, prompts_file(model, path, "train"), prompts_file(model, path, "eval"))
-    total = sum(2 * s["pairs"] for s in settings)
+    total = sum((2 + len(s.get("variants", ()))) * s["pairs"] for s in settings)
     done, started, summaries = 0, time.time(), []
     for setting in settings:
         before = eval_before(setting, paths[setting["model"]][0], paths[setting["model"]][2])
         pairs = []
         for pair in range(setting["pairs"]):
-            order = ("ours", "peer") if pair % 2 == 0 else ("peer", "ours")
+            order = (("ours", "peer") if pair % 2 == 0 else ("peer", "ours")) + tuple(setting.get("variants", ()))
             figures = {}
             for engine in order:
                 done += 1
@@ -163,8 +178,9 @@ def main(argv: list[str]) -> None:
                 figures[engine]["reward_checksum"] = raw["reward_checksum"]
                 print(f"{figures[engine]['update_s']:.2f} s/update, {figures[engine]['peak_rss_mib']:.0f} MiB "
                       f"({time.time() - t0:.0f} s)", flush=True)
-            if abs(figures["ours"].pop("reward_checksum") - figures["peer"].pop("reward_checksum")) > 1e-6:
-                sys.exit("error: the two engines built different reward models; check bench/common.py seq_classifier")
+            checksums = {engine: fig.pop("reward_checksum") for engine, fig in figures.items()}
+            if max(checksums.values()) - min(checksums.values()) > 1e-6:
+                sys.exit("error: the engines built different reward models; check bench/common.py seq_classifier")
             pairs.append(figures)
         summaries.append(summary.setting_summary(setting, pairs, before))
     result = {"command": " ".join(["make bench", *argv]), "machine": {**host, "load_avg_end": os.getloadavg()},
