@@ -385,6 +385,8 @@ class TrainConfig:
     logging_steps: int = 1  # updates between metrics sent to the trackers (metrics.jsonl keeps every update)
     overwrite_output_dir: bool = False  # true: a new run may replace the run already in output_dir
     sample_every: int = 10  # updates between sample tables (samples.jsonl and the trackers); 0: never
+    log_completions: bool = True  # TRL's: also print the sample table to the console (rich)
+    num_completions_to_print: int = 4  # TRL's: rows of that console table (at most 8, the logged rows)
     eval_before_after: bool = True
     print_config: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -401,6 +403,8 @@ class TrainConfig:
             _choice("", "report_to", tracker, TRACKERS)
         if self.logging_steps < 1:
             raise ConfigError(f"logging_steps must be >= 1, got {self.logging_steps}")
+        if self.num_completions_to_print < 0:
+            raise ConfigError(f"num_completions_to_print must be >= 0, got {self.num_completions_to_print}")
         _ranges("", self, {"seed": _GE0, "num_threads": _GE0, "save_steps": _GE0, "save_total_limit": _GE0,
                            "sample_every": _GE0})
         if self.resume_from and self.overwrite_output_dir:

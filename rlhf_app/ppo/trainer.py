@@ -14,6 +14,7 @@ import torch
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import get_scheduler
+from trl.trainer.utils import print_prompt_completions_sample
 
 from rlhf_app.ppo import checkpoint as ckpt
 from rlhf_app.ppo.advantages import ESTIMATORS, settings_from
@@ -219,7 +220,8 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps({"step": state["step"], "episode": state["episode"], **metrics}) + "\n")
                 if cfg.sample_every and state["step"] % cfg.sample_every == 0:
-                    _log_samples(accelerator, output_dir / "samples.jsonl", state["step"], rollout, scores)
+                    _log_samples(accelerator, output_dir / "samples.jsonl", state["step"], rollout, scores,
+                                 console=cfg.log_completions and cfg.num_completions_to_print, reward=cfg.reward.name)
             progress.update(1)
             progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
             if cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < total_updates:
@@ -252,9 +254,16 @@ def _truncate_rows(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def _log_samples(accelerator, path: Path, step: int, rollout, scores, limit: int = 8) -> None:
-    """A table of (prompt, completion, score) into samples.jsonl and every tracker that shows tables."""
+def _log_samples(accelerator, path: Path, step: int, rollout, scores, limit: int = 8, console: int = 0,
+                 reward: str = "score") -> None:
+    """A table of (prompt, completion, score) into samples.jsonl, every tracker that shows tables and,
+    with `console` > 0, its first `console` rows printed as a rich table (TRL's log_completions)."""
     rows = [[step, p, c, s] for p, c, s in zip(rollout.prompts, rollout.completions, scores.tolist())][:limit]
+    if console:
+        shown = rows[:console]  # the first rows, not a random pick: printing never touches the RNG
+        with tqdm.external_write_mode():  # lift the progress bar while the table prints
+            print_prompt_completions_sample([r[1] for r in shown], [r[2] for r in shown],
+                                            {reward: [r[3] for r in shown]}, None, step)
     with open(path, "a") as f:
         for row in rows:
             f.write(json.dumps(dict(zip(SAMPLE_COLUMNS, row))) + "\n")

@@ -1,0 +1,36 @@
+"""Completions in the console: every sample_every updates a rich table of prompt / completion / score
+(TRL's log_completions), the same rows samples.jsonl records; off with log_completions=false."""
+
+import json
+
+from rlhf_app import cli
+from rlhf_app.config import load_config
+
+
+def _run(tmp_path, *extra):
+    out = tmp_path / "run"
+    cli.run(load_config(["recipe=tiny", f"output_dir={out}", "ppo.total_episodes=96", "eval_before_after=false",
+                         "sample_every=2", *extra]))
+    return out
+
+
+def test_table_every_sample_every_updates_with_the_logged_rows(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # wide enough that rich wraps no cell
+    out = _run(tmp_path, "--num_completions_to_print", "3")
+    printed = capsys.readouterr().out
+    # 3 updates, sample_every=2: one table, at update 2, headed by the reward's name
+    assert printed.count("Step 2") == 1 and "Step 1" not in printed and "Step 3" not in printed
+    assert "┃ Prompt" in printed and "┃ Completion" in printed and "toy ┃" in printed
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in rows} == {2}
+    shown = [line for line in printed.splitlines() if line.count("│") >= 4]  # the table's body rows
+    assert len(shown) == 3
+    for row, line in zip(rows[:3], shown):
+        cells = [c.strip() for c in line.split("│")[2:-2]]
+        assert cells == [row["prompt"].strip(), row["completion"].strip(), f"{row['score']:.2f}"]
+
+
+def test_log_completions_false_prints_no_table(tmp_path, capsys):
+    out = _run(tmp_path, "log_completions=false")
+    assert "Step 2" not in capsys.readouterr().out
+    assert (out / "samples.jsonl").read_text()  # the samples are still recorded
