@@ -1,5 +1,6 @@
-"""Completions in the console: every sample_every updates a rich table of prompt / completion / score
-(TRL's log_completions), the same rows samples.jsonl records; off with log_completions=false."""
+"""What a run logs: every sample_every updates a rich console table of prompt / completion / score
+(TRL's log_completions), the same rows samples.jsonl records, off with log_completions=false; metrics
+to the trackers every logging_steps updates while metrics.jsonl keeps every update."""
 
 import json
 
@@ -16,8 +17,15 @@ def _run(tmp_path, *extra):
 
 def test_table_every_sample_every_updates_with_the_logged_rows(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # wide enough that rich wraps no cell
-    out = _run(tmp_path, "--num_completions_to_print", "3")
+    out = _run(tmp_path, "--num_completions_to_print", "3", "--report_to", "tensorboard", "--logging_steps", "2")
     printed = capsys.readouterr().out
+    # logging_steps=2: the tracker got update 2 only; metrics.jsonl has all 3
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next(out.rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert [e.step for e in events.Scalars("objective/scores")] == [2]
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     # 3 updates, sample_every=2: one table, at update 2, headed by the reward's name
     assert printed.count("Step 2") == 1 and "Step 1" not in printed and "Step 3" not in printed
     assert "┃ Prompt" in printed and "┃ Completion" in printed and "toy ┃" in printed
