@@ -106,6 +106,7 @@ def run(cfg: TrainConfig) -> dict:
 
     from rlhf_app import data, extras, hub_sync, models, rewards
     from rlhf_app.model_init import quantization_problem
+    from rlhf_app.periodic_eval import EvalEvery
     from rlhf_app.ppo import trainer
 
     if cfg.num_threads:
@@ -113,6 +114,8 @@ def run(cfg: TrainConfig) -> dict:
     if quantization_problem(cfg):  # 4/8-bit without bitsandbytes or a GPU: say so before any model loads
         raise UserError(quantization_problem(cfg))
     hub_token = None
+    with user_errors():  # a reward file or module that cannot be imported: say so before any model loads
+        reward_sources = rewards.resolve_sources(cfg)
     if cfg.hub.push:
         from rlhf_app import hub
 
@@ -149,17 +152,20 @@ def run(cfg: TrainConfig) -> dict:
         tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.revision)
         model_config = models.load_model_config(cfg.model)
     hub_data = cfg.data.name if cfg.data.source == "hub" else None
-    with hub_access("the dataset", hub_data, cfg), accelerator.main_process_first():
+    with user_errors(), hub_access("the dataset", hub_data, cfg), accelerator.main_process_first():
         train_ds, eval_ds = data.load_prompts(cfg, tokenizer)
+        rewards.resolve_sources(cfg, train_ds.column_names)
     preflight.check_positions(model_config, {"training": train_ds, "held-out": eval_ds}, cfg.ppo.response_length)
     preflight.check_prompts_fill_a_batch(len(train_ds), cfg.ppo.local_batch_size, accelerator.num_processes)
+    # ---- models
     with hub_access("the policy", cfg.model.name_or_path, cfg), accelerator.main_process_first():
         model, ref_policy = models.build_models(cfg)
     # ---- reward
     with hub_access("the reward model", cfg.reward.model, cfg), accelerator.main_process_first():
-        reward_fn = rewards.build_reward(cfg, accelerator.device)
+        reward_fn = rewards.build_reward(cfg, accelerator.device, reward_sources)
     accelerator.print(f"policy {cfg.model.name_or_path}: {sum(p.numel() for p in model.parameters()):,} "
-                      f"parameters; {len(train_ds)} training prompts, {len(eval_ds)} held out; reward {cfg.reward.name}")
+                      f"parameters; {len(train_ds)} training prompts, {len(eval_ds)} held out; "
+                      f"reward {' + '.join(s.name for s in reward_sources)}")
     set_seed(cfg.seed + accelerator.process_index)  # each process samples its own responses
     # ---- evaluation before training
     evals = {}
@@ -169,7 +175,8 @@ def run(cfg: TrainConfig) -> dict:
     # ---- PPO (hub.strategy=every_save|checkpoint: each checkpoint pushed in the background as it is saved)
     pusher = hub_sync.pusher(cfg, out, hub_token) if accelerator.is_main_process else None
     try:
-        state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, out, on_save=pusher)
+        state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, out,
+                              on_save=pusher, on_update=EvalEvery(cfg, accelerator, tokenizer, eval_ds, reward_fn))
     except (RuntimeError, ValueError) as err:
         message = _explain_failure(err, cfg)
         if message is None:
@@ -208,13 +215,21 @@ def run(cfg: TrainConfig) -> dict:
 
 def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device) -> dict:
     """Before/after evaluation on held-out prompts with a fixed seed, leaving training's RNG untouched."""
-    import torch
+    from rlhf_app import periodic_eval
 
-    from rlhf_app.ppo import rollout
+    return periodic_eval.evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device)
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return rollout.evaluate(model.policy, tokenizer, eval_ds, reward_fn, cfg.ppo, device)
+
+@contextlib.contextmanager
+def user_errors():
+    """A bad dataset or reward source (DataError, RewardSourceError) ends the run in one line."""
+    from rlhf_app.prompt_data import DataError
+    from rlhf_app.rewards import RewardSourceError
+
+    try:
+        yield
+    except (DataError, RewardSourceError) as err:
+        raise UserError(str(err)) from None
 
 
 def _eval_line(when: str, result: dict) -> str:

@@ -113,10 +113,20 @@ class PeftConfig:
         _ranges("peft", self, {"r": _GE1, "lora_alpha": _GT0, "lora_dropout": (0, 1, True, False)})
 
 
+DATA_PRESETS = ("toy", "imdb", "gsm8k")
+DATA_FILE_TYPES = (".jsonl", ".json", ".parquet", ".csv")
+
+
 @dataclass
 class DataConfig:
-    name: str = "toy"  # toy | imdb | gsm8k
-    source: str = "hub"  # hub | offline
+    name: str = "toy"  # a preset (toy | imdb | gsm8k), a Hub dataset id, or a local file / folder
+    source: str = "hub"  # presets: hub | offline
+    config: Optional[str] = None  # Hub dataset configuration (e.g. main)
+    split: str = "train"
+    eval_split: Optional[str] = None  # held-out split; None: a seeded data.eval_fraction of data.split
+    eval_fraction: float = 0.1
+    prompt_column: str = "prompt"  # text, or a conversation (list of {role, content})
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to apply_chat_template
     prompt_min_tokens: int = 2  # IMDB prompts are truncated to a sampled length in this range
     prompt_max_tokens: int = 8
     max_prompt_length: int = 256
@@ -125,7 +135,9 @@ class DataConfig:
     use_chat_template: bool = True
 
     def __post_init__(self):
-        _choice("data", "name", self.name, ("toy", "imdb", "gsm8k"))
+        _check_data_name(self.name)
+        if not 0 < self.eval_fraction < 1:
+            raise ConfigError(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
         _choice("data", "source", self.source, ("hub", "offline"))
         if not 1 <= self.prompt_min_tokens <= self.prompt_max_tokens:
             raise ConfigError(f"data.prompt_min_tokens={self.prompt_min_tokens} and data.prompt_max_tokens="
@@ -137,9 +149,28 @@ class DataConfig:
             raise ConfigError(f"data.num_train must be >= 1 or null (all), got {self.num_train}")
 
 
+def _check_data_name(name: str) -> None:
+    """A preset, an existing file or folder, or something shaped like a Hub id (owner/name)."""
+    path = Path(name).expanduser()
+    if name in DATA_PRESETS or path.exists():
+        return
+    if path.suffix in DATA_FILE_TYPES:
+        raise ConfigError(f"data.name={name!r}: no such file (relative paths start at {Path.cwd()})")
+    if "/" not in name:
+        close = difflib.get_close_matches(name, DATA_PRESETS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"data.name={name!r} is not one of {', '.join(DATA_PRESETS)}, a local file or folder, "
+                          f"or a Hub dataset id (owner/name){hint}")
+
+
 @dataclass
 class RewardConfig:
     name: str = "toy"  # toy | sentiment | gsm8k | python
+    # Several rewards, summed with reward.weights (TRL's reward_funcs / reward_weights): built-ins
+    # (toy, sentiment, gsm8k), path/to/file.py:function, module.path:function or module:factory(k=v),
+    # and sequence-classification models (Hub id, folder, asset:NAME). Empty: reward.name alone.
+    funcs: list[str] = field(default_factory=list)
+    weights: Optional[list[float]] = None  # one per reward.funcs entry; None: all 1.0
     model: Optional[str] = None  # sentiment: classifier Hub id, folder, or asset:NAME
     label: str = "POSITIVE"  # sentiment: the label whose logit / probability is the score
     kind: str = "logit"  # sentiment: logit | prob
@@ -158,6 +189,9 @@ class RewardConfig:
         if self.batch_size < 1:
             raise ConfigError(f"reward.batch_size must be >= 1, got {self.batch_size}")
         _choice("reward", "method", self.method, ("strict", "flexible"))
+        if self.weights is not None and len(self.weights) != len(self.funcs or [self.name]):
+            raise ConfigError(f"reward.weights has {len(self.weights)} entries for {len(self.funcs or [self.name])} "
+                              "reward functions (reward.funcs): give one weight per function")
 
 
 @dataclass
@@ -388,6 +422,7 @@ class TrainConfig:
     log_completions: bool = True  # TRL's: also print the sample table to the console (rich)
     num_completions_to_print: int = 4  # TRL's: rows of that console table (at most 8, the logged rows)
     eval_before_after: bool = True
+    eval_steps: int = 0  # score the held-out split every N updates and at the end (eval/... metrics); 0: never
     print_config: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
@@ -418,6 +453,8 @@ class TrainConfig:
             raise ConfigError(f"model.{bits}=true needs peft.enabled=true: quantized weights stay frozen, "
                               "LoRA adapters are what trains (QLoRA)")
         self.algorithm.check_batch(self.ppo)
+        if self.eval_steps < 0:
+            raise ConfigError(f"eval_steps must be >= 0 (0: never), got {self.eval_steps}")
 
 
 # ---- TRL's flat field names (ModelConfig, PPOConfig, TrainingArguments) -> the nested keys here.
@@ -448,6 +485,8 @@ ALIASES = {
     **{name: f"algorithm.{name}" for name in (
         "num_generations", "scale_rewards", "loss_type", "epsilon_high", "beta", "importance_sampling_level")},
     "epsilon": "ppo.cliprange",
+    # GRPOConfig's reward and prompt fields
+    "reward_weights": "reward.weights", "chat_template_kwargs": "data.chat_template_kwargs",
 }
 # TRL's count of sample tables over the run; converted to sample_every (updates between them) after merging.
 NUM_SAMPLE_GENERATIONS = "num_sample_generations"
@@ -485,7 +524,7 @@ def _dotted_keys(node, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-OPEN_DICTS = ("model.init_kwargs.",)  # free-form keys (passed on to from_pretrained)
+OPEN_DICTS = ("model.init_kwargs.", "data.chat_template_kwargs.")  # free-form keys (passed on to a library)
 
 
 def _check_keys(cfg, known: set[str], sections: set[str], where: str, flags: set[str] = frozenset()) -> None:

@@ -8,6 +8,7 @@ columns, which reach the reward function by name. The eval split never overlaps 
   held-out rows (never used to train an offline asset) give the eval prompts.
 - gsm8k: a grade-school math problem; the `answer` column holds the reference. Hub:
   `openai/gsm8k` train / test; offline: see `rlhf_app.gsm8k_offline`.
+- anything else: a Hub dataset id or a local file / folder (`rlhf_app.prompt_data`).
 """
 
 from __future__ import annotations
@@ -160,5 +161,7 @@ def load_prompts(cfg, tokenizer) -> tuple[Dataset, Dataset]:
         train = gsm8k_rows(train_problems, tokenizer, cfg, "training")
         evals = gsm8k_rows(eval_problems, tokenizer, cfg, "eval")
     else:
-        raise ValueError(f"unknown data.name={name!r}: choose one of {', '.join(DATASETS)}")
+        from rlhf_app import prompt_data
+
+        return prompt_data.load(cfg, tokenizer)
     return Dataset.from_list(train), Dataset.from_list(evals)

@@ -145,10 +145,20 @@ def _plain(text: str) -> str:
     return text.replace("$", r"\$").replace("\n", "\\n")
 
 
+def reward_panels(metrics: list[dict]) -> list[tuple]:
+    """Panels for keys that depend on the run: each reward function's mean (rewards/<name>/mean)
+    and the held-out scores of eval_steps (eval/...)."""
+    keys = sorted({k for r in metrics for k in r})
+    per_function = [(k, k.split("/", 1)[1].rsplit("/", 1)[0]) for k in keys if re.fullmatch(r"rewards/.+/mean", k)]
+    held_out = [(k, k.removeprefix("eval/")) for k in keys if k.startswith("eval/") and not k.endswith("/std")]
+    return [p for p in (("Reward per function (mean)", per_function, "reward"),
+                        ("Held-out evaluation (eval_steps)", held_out, "score")) if p[1]]
+
+
 def plot_diagnostics(metrics: list[dict], path: Path) -> bool:
     """Grid of the logged diagnostics over updates into `path`; False when nothing is logged."""
     x = [r.get("step", i + 1) for i, r in enumerate(metrics)]
-    panels = [p for p in PANELS if any(any(k in r for r in metrics) for k, _ in p[1])]
+    panels = [p for p in PANELS if any(any(k in r for r in metrics) for k, _ in p[1])] + reward_panels(metrics)
     if not panels:
         return False
     cols, rows = 3, math.ceil(len(panels) / 3)
@@ -156,7 +166,10 @@ def plot_diagnostics(metrics: list[dict], path: Path) -> bool:
     for i, (title, keys, ylabel) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
         for key, label in keys:
-            if any(key in r for r in metrics):
+            if key.startswith("eval/"):  # logged every eval_steps updates: plot only those points
+                points = [(r.get("step", i + 1), r[key]) for i, r in enumerate(metrics) if r.get(key) is not None]
+                ax.plot(*zip(*points), lw=1.2, label=label, marker="o", ms=3)
+            elif any(key in r for r in metrics):
                 ax.plot(x, series(metrics, key), lw=1.2, label=label, marker="o" if len(x) <= 30 else None, ms=3)
         if keys[0][0] == "objective/scores":
             ax.plot(x, cumulative_mean(series(metrics, "objective/scores")), lw=2, label="cumulative mean")
@@ -245,6 +258,11 @@ def _evaluation_html(evaluation: Optional[dict], summary: dict) -> str:
     return "".join(out)
 
 
+def _first_last(metrics: list[dict], key: str) -> tuple[Optional[float], Optional[float]]:
+    values = [v for v in series(metrics, key) if math.isfinite(v)]
+    return (values[0], values[-1]) if values else (None, None)
+
+
 def write_report(run_dir) -> Path:
     """Write plots/ and report.html into `run_dir` from the files in it; return the HTML path."""
     run_dir = Path(run_dir)
@@ -270,6 +288,10 @@ def write_report(run_dir) -> Path:
                         [[summary[k] for k in ("updates", "episodes", "wall_time_s", "final_reward",
                                                "mean_reward", "final_score", "final_kl")]]))
     parts.append("<h2>Evaluation on held-out prompts</h2>" + _evaluation_html(evaluation, summary))
+    reward_rows = [[k, *(_first_last(metrics, k))] for _, keys, _ in reward_panels(metrics) for k, _ in keys]
+    if reward_rows:
+        parts.append("<h2>Rewards per function and held-out scores</h2>" + _table(
+            ["metric", "first logged", "last logged"], reward_rows))
     parts.append("<h2>Training diagnostics</h2>" + _img_or_missing(
         plot_diagnostics(metrics, plots / "diagnostics.png"), plots / "diagnostics.png",
         "training diagnostics over updates", "No metric rows recorded yet."))

@@ -154,12 +154,12 @@ def test_hub_gsm8k_and_overlong_prompts(tokenizer, monkeypatch):
 # ---------------------------------------------------------------- names and the toy set
 
 def test_unknown_dataset_names_list_the_choices(tokenizer):
-    with pytest.raises(ConfigError, match="data.name='imbd' is not one of toy, imdb, gsm8k"):
+    with pytest.raises(ConfigError, match="data.name='imbd' is not one of toy, imdb, gsm8k, a local file or "
+                                          "folder, or a Hub dataset id .*did you mean imdb"):
         cfg_for("data.name=imbd")
-    cfg = cfg_for()
-    cfg.data.name = "imbd"
-    with pytest.raises(ValueError, match="choose one of toy, imdb, gsm8k"):
-        data.load_prompts(cfg, tokenizer)
+    with pytest.raises(ConfigError, match="data.name='nope/prompts.jsonl': no such file"):
+        cfg_for("data.name=nope/prompts.jsonl")
+    assert cfg_for("data.name=someone/prompts").data.name == "someone/prompts"  # a Hub id
     with pytest.raises(ConfigError, match="1 <= min <= max"):
         cfg_for("data.prompt_min_tokens=9", "data.prompt_max_tokens=4")
 

@@ -130,12 +130,22 @@ def test_python_reward_from_a_file(tmp_path):
 
 # ---------------------------------------------------------------- checked()
 
-def test_checked_rejects_wrong_length_nan_inf_and_none():
+def test_checked_rejects_wrong_length_nan_inf_and_wrong_types_but_keeps_none():
+    import numpy as np
+
     for bad, pattern in (([1.0], "returned 1 scores for 2"), ([1.0, math.nan], "returned nan for completion 1"),
-                         ([math.inf, 0.0], "returned inf for completion 0"), ([None, 0.0], "returned None")):
+                         ([math.inf, 0.0], "returned inf for completion 0"),
+                         ({"x": 1.0, "y": 0.0}, r"returned a dict \(keys x, y\): return a list"),
+                         ("0.5", "returned a str: return a list"), (["1.0", "2.0"], r"returned a str \('1.0'\)"),
+                         (np.zeros((2, 1)), r"returned a 2-D ndarray of shape \(2, 1\)"),
+                         (torch.zeros(2, 2), r"returned a 2-D Tensor of shape \(2, 2\)"),
+                         ([[1.0], [2.0]], r"returned a 2-D list \(an entry is a list of 1\)"),
+                         (None, "returned a NoneType"), (3.0, "returned a float")):
         fn = checked("bad", lambda p, c, **k: bad)
         with pytest.raises(RewardError, match=re.escape("reward 'bad'") + ".*" + pattern):
             fn(["a", "b"], ["x", "y"])
+    assert checked("ok", lambda p, c, **k: [None, 2])(["a", "b"], ["x", "y"]) == [None, 2.0]
+    assert checked("np", lambda p, c, **k: np.array([0.5, 1]))(["a", "b"], ["x", "y"]) == [0.5, 1.0]
 
 
 def test_checked_names_the_completion_that_raised():

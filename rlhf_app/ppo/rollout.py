@@ -6,10 +6,11 @@ Nothing here knows where prompts or rewards come from: a dataset of rows with `p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, TrainerState
 from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
 from rlhf_app.models import response_forward
@@ -164,25 +165,64 @@ def ref_logprobs(ref_policy, query, query_mask, response, mask, temperature: flo
     return selective_log_softmax(logits, response)
 
 
-def score(reward_fn, rollout: Rollout, device) -> torch.Tensor:
-    """External reward of each episode. -> (B,)"""
-    scores = reward_fn(rollout.prompts, rollout.completions, **rollout.columns)
-    return torch.tensor(scores, dtype=torch.float, device=device)
+class RewardLog:
+    """TRL's logging hooks for reward functions: `log_metric(name, value)` (averaged over the
+    batch's calls) and `log_extra(column, values)` (one value per completion, a samples column)."""
+
+    def __init__(self):
+        self.metrics: dict[str, list[float]] = {}
+        self.extra: dict[str, list] = {}
+
+    def log_metric(self, name: str, value: float) -> None:
+        self.metrics.setdefault(name, []).append(float(value))
+
+    def log_extra(self, column: str, values: list) -> None:
+        self.extra.setdefault(column, []).extend(values)
+
+    def means(self) -> dict[str, float]:
+        """Each logged metric's mean over its finite values (NaN when it had none)."""
+        out = {}
+        for name, values in self.metrics.items():
+            finite = [v for v in values if math.isfinite(v)]
+            out[name] = sum(finite) / len(finite) if finite else math.nan
+        return out
 
 
-def evaluate(policy, tokenizer, dataset, reward_fn, ppo, device, batch_size: int = 32, greedy: bool = False) -> dict:
-    """Generate for every row of `dataset` and score it: {"mean_score", "extra", "samples"}."""
-    prompts, completions, scores, columns = [], [], [], {}
+def completion_ids(rollout: Rollout) -> list[list[int]]:
+    """The response tokens of each episode up to and including its stop token (TRL's completion_ids)."""
+    return [r[m.bool()].tolist() for r, m in zip(rollout.response, rollout.mask)]
+
+
+def score(reward_fn, rollout: Rollout, device, trainer_state=None, log: RewardLog | None = None) -> torch.Tensor:
+    """External reward of each episode, called with TRL's reward arguments. -> (B,)
+
+    `trainer_state` is a transformers `TrainerState` (TRL passes its trainer's); `log` collects
+    what the reward logs through TRL's `log_metric` / `log_extra` hooks. None scores become NaN.
+    """
+    log = log if log is not None else RewardLog()
+    scores = reward_fn(rollout.prompts, rollout.completions, completion_ids=completion_ids(rollout),
+                       trainer_state=trainer_state if trainer_state is not None else TrainerState(),
+                       log_extra=log.log_extra, log_metric=log.log_metric, **rollout.columns)
+    return torch.tensor([math.nan if s is None else s for s in scores], dtype=torch.float, device=device)
+
+
+def evaluate(policy, tokenizer, dataset, reward_fn, ppo, device, batch_size: int = 32, greedy: bool = False,
+             trainer_state=None) -> dict:
+    """Generate for every row of `dataset` and score it: {"mean_score", "extra", "samples"}; `extra`
+    holds the reward's extra metrics and what it logged (e.g. rewards/<name>/mean)."""
+    prompts, completions, scores, columns, log = [], [], [], {}, RewardLog()
     for start in range(0, len(dataset), batch_size):
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         rollout = generate(policy, tokenizer, rows, ppo, device, greedy=greedy)
-        scores += score(reward_fn, rollout, device).tolist()
+        scores += score(reward_fn, rollout, device, trainer_state, log).tolist()
         prompts += rollout.prompts
         completions += rollout.completions
         for k, v in rollout.columns.items():
             columns.setdefault(k, []).extend(v)
     extra_fn = getattr(reward_fn, "extra_metrics", None)
     extra = dict(extra_fn(prompts, completions, **columns)) if extra_fn else {}
+    # Each function's mean (a batch-averaged std would mislead, so it stays out).
+    extra.update({k: v for k, v in log.means().items() if math.isfinite(v) and not k.endswith("/std")})
     return {"mean_score": sum(scores) / max(len(scores), 1), "extra": extra,
             "samples": [{"prompt": p, "completion": c, "score": s}
                         for p, c, s in zip(prompts, completions, scores)]}

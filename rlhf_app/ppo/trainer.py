@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, gather_object
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import TrainerState, get_scheduler
 from trl.trainer.utils import print_prompt_completions_sample
 
 from rlhf_app.ppo import checkpoint as ckpt
@@ -22,7 +22,7 @@ from rlhf_app.ppo.core import (KLController, adjust_scores, aggregate_loss, expl
                                masked_mean, masked_whiten, policy_loss, token_rewards, value_loss)
 from rlhf_app.ppo.engines import build_engine, sampling_correction
 from rlhf_app.ppo.micro import accumulating, backward, loss_normaliser, micro_batches, pad_to, trim_padding
-from rlhf_app.ppo.rollout import PromptSampler, logprobs_values, ref_logprobs, score
+from rlhf_app.ppo.rollout import PromptSampler, RewardLog, logprobs_values, ref_logprobs, score
 
 SAMPLE_COLUMNS = ("step", "prompt", "completion", "score")
 
@@ -40,11 +40,17 @@ def _chunks(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
+def _no_callback(step: int, total_updates: int, model) -> dict:
+    return {}
+
+
 def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, output_dir: Path,
-          on_save=None) -> dict:
+          on_save=None, on_update=_no_callback) -> dict:
     """Train `model` (a PolicyAndValue) with PPO. Returns the trainer state at the end.
 
-    `on_save(path)` runs on the main process after each periodic checkpoint (e.g. a Hub push)."""
+    `on_save(path)` runs on the main process after each periodic checkpoint (e.g. a Hub push);
+    `on_update(step, total_updates, model) -> dict` after every update (e.g. the periodic held-out
+    evaluation), and what it returns joins that update's metrics."""
     ppo, alg, device = cfg.ppo, cfg.algorithm, accelerator.device
     world = accelerator.num_processes
     total_updates = num_updates(ppo, world)
@@ -112,8 +118,10 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                 rollout = engine.generate(rows)
             t_gen = time.perf_counter()
             # ---- 2. score with the external reward
+            reward_log = RewardLog()
             with accelerator.autocast():
-                scores = score(reward_fn, rollout, device)
+                scores = score(reward_fn, rollout, device, TrainerState(
+                    global_step=state["step"], max_steps=total_updates, epoch=sampler.epoch), reward_log)
             t_reward = time.perf_counter()
             # ---- 3. log-probs and values of the policy as sampled, log-probs of the reference
             b_query, b_qmask, b_resp, b_mask = rollout.query, rollout.query_mask, rollout.response, rollout.mask
@@ -214,6 +222,8 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                             "time/generate_s": t_gen - t0 - t_sync, "time/reward_s": t_reward - t_gen,
                             "time/forward_s": t_fwd - t_reward, "time/train_s": t_train - t_fwd,
                             "time/weight_sync_s": t_sync, **engine_metrics})
+            metrics.update(_reward_metrics(accelerator, reward_log))
+            metrics.update(on_update(state["step"], total_updates, model))
             if state["step"] % cfg.logging_steps == 0:  # the trackers; metrics.jsonl below keeps every update
                 accelerator.log(metrics, step=state["step"])
             if accelerator.is_main_process:
@@ -221,7 +231,8 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                     f.write(json.dumps({"step": state["step"], "episode": state["episode"], **metrics}) + "\n")
                 if cfg.sample_every and state["step"] % cfg.sample_every == 0:
                     _log_samples(accelerator, output_dir / "samples.jsonl", state["step"], rollout, scores,
-                                 console=cfg.log_completions and cfg.num_completions_to_print, reward=cfg.reward.name)
+                                 reward_log.extra, console=cfg.log_completions and cfg.num_completions_to_print,
+                                 reward=cfg.reward.name)
             progress.update(1)
             progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
             if cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < total_updates:
@@ -246,6 +257,22 @@ def _shuffled_groups(n: int, group: int, device) -> torch.Tensor:
     return (starts[:, None] + torch.arange(group, device=device)).flatten()
 
 
+def _reward_metrics(accelerator, log: RewardLog) -> dict:
+    """What the reward logged (rewards/<name>/mean|std, its own log_metric calls), averaged over
+    processes and over the finite values; a metric with none is left out."""
+    means = log.means()
+    names = sorted(means)
+    if accelerator.num_processes > 1:  # every process must reduce the same names in the same order
+        names = sorted({n for keys in gather_object([names]) for n in keys})
+    if not names:
+        return {}
+    values = [means.get(n, math.nan) for n in names]
+    local = torch.tensor([[v if math.isfinite(v) else 0.0, float(math.isfinite(v))] for v in values],
+                         device=accelerator.device)
+    total = accelerator.reduce(local, reduction="sum").tolist()
+    return {n: s / c for n, (s, c) in zip(names, total) if c}
+
+
 def _truncate_rows(path: Path, step: int) -> None:
     """Drop logged rows past `step`: a resumed run rewrites what the killed run logged after its checkpoint."""
     if not path.is_file():
@@ -254,23 +281,29 @@ def _truncate_rows(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def _log_samples(accelerator, path: Path, step: int, rollout, scores, limit: int = 8, console: int = 0,
-                 reward: str = "score") -> None:
-    """A table of (prompt, completion, score) into samples.jsonl, every tracker that shows tables and,
-    with `console` > 0, its first `console` rows printed as a rich table (TRL's log_completions)."""
-    rows = [[step, p, c, s] for p, c, s in zip(rollout.prompts, rollout.completions, scores.tolist())][:limit]
+def _log_samples(accelerator, path: Path, step: int, rollout, scores, extra: dict | None = None,
+                 limit: int = 8, console: int = 0, reward: str = "score") -> None:
+    """A table of (prompt, completion, score, what the reward logged per completion, e.g. each
+    function's score) into samples.jsonl, every tracker that shows tables and, with `console` > 0,
+    its first `console` rows printed as a rich table (TRL's log_completions)."""
+    extra = {k: v for k, v in (extra or {}).items() if len(v) == len(rollout.completions)}
+    columns = list(SAMPLE_COLUMNS) + list(extra)
+    rows = [[step, p, c, s, *(v[i] for v in extra.values())]
+            for i, (p, c, s) in enumerate(zip(rollout.prompts, rollout.completions, scores.tolist()))][:limit]
     if console:
         shown = rows[:console]  # the first rows, not a random pick: printing never touches the RNG
+        # One column per reward function, as TRL prints them; the total when none was logged.
+        per_function = {k.removeprefix("rewards/"): v[:len(shown)] for k, v in extra.items()
+                        if k.startswith("rewards/")} or {reward: [r[3] for r in shown]}
         with tqdm.external_write_mode():  # lift the progress bar while the table prints
-            print_prompt_completions_sample([r[1] for r in shown], [r[2] for r in shown],
-                                            {reward: [r[3] for r in shown]}, None, step)
+            print_prompt_completions_sample([r[1] for r in shown], [r[2] for r in shown], per_function, None, step)
     with open(path, "a") as f:
         for row in rows:
-            f.write(json.dumps(dict(zip(SAMPLE_COLUMNS, row))) + "\n")
+            f.write(json.dumps(dict(zip(columns, row))) + "\n")
     for tracker in accelerator.trackers:
         if tracker.name in ("wandb", "trackio") and hasattr(tracker, "log_table"):
-            tracker.log_table("samples", columns=list(SAMPLE_COLUMNS), data=rows, step=step)
+            tracker.log_table("samples", columns=columns, data=rows, step=step)
         elif tracker.name == "tensorboard":
             lines = ["| prompt | completion | score |", "|---|---|---|"]
-            lines += [f"| {p!r} | {c!r} | {s:.3f} |" for _, p, c, s in rows]
+            lines += [f"| {p!r} | {c!r} | {s:.3f} |" for _, p, c, s, *_ in rows]
             tracker.writer.add_text("samples", "\n".join(lines), step)

@@ -1,37 +1,75 @@
-"""Reward sources. Every one is built into TRL's callable signature:
+"""Reward sources. Every one is called with TRL's reward contract:
 
-    reward_fn(prompts: list[str], completions: list[str], **columns) -> list[float]
+    reward_fn(prompts=..., completions=..., completion_ids=..., trainer_state=..., log_extra=...,
+              log_metric=..., **columns) -> list[float | None]
 
-where dataset columns (e.g. `answer`) arrive by name. A plain dict maps `reward.name` to a builder
-`build(cfg, device) -> callable`; a callable may carry `extra_metrics(prompts, completions,
-**columns) -> dict[str, float]`, which the before/after evaluation reports.
+where dataset columns (e.g. `answer`) arrive by name. `reward.funcs` lists several sources
+(`rlhf_app.rewards.sources`), summed with `reward.weights` (`rlhf_app.rewards.combine`); a plain
+dict maps the built-in names to builders `build(cfg, device) -> callable`. A callable may carry
+`extra_metrics(prompts, completions, **columns) -> dict[str, float]`, which evaluation reports.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
+from types import SimpleNamespace
 from typing import Callable
 
 from rlhf_app.rewards import custom, gsm8k, sentiment, toy
+from rlhf_app.rewards.combine import CONVERSATION_COLUMN, combine
+from rlhf_app.rewards.sources import RewardSourceError, check_columns, resolve
 
 RewardFn = Callable[..., list[float]]
 
 BUILDERS = {"toy": toy.build, "sentiment": sentiment.build, "gsm8k": gsm8k.build, "python": custom.build}
+HINT = "return a list of one float (or None) per completion"
 
 
 class RewardError(RuntimeError):
     """A reward function failed or returned something unusable; the message names it and the input."""
 
 
-def build_reward(cfg, device=None) -> RewardFn:
-    """The checked reward callable named by `cfg.reward.name`."""
+def resolve_sources(cfg, columns: list[str] | None = None):
+    """Import and check the reward sources (before any model loads); with the dataset's `columns`,
+    check that each function's required arguments exist. Raises RewardSourceError (one line)."""
+    sources = resolve(cfg)
+    if columns is not None:
+        check_columns(sources, [c for c in columns if c not in ("prompt", "input_ids", CONVERSATION_COLUMN)])
+    return sources
+
+
+def _keywords(fn):
+    """A user function called as TRL calls it: every argument by keyword."""
+    def call(prompts, completions, **kwargs):
+        return fn(prompts=prompts, completions=completions, **kwargs)
+
+    if callable(getattr(fn, "extra_metrics", None)):
+        call.extra_metrics = fn.extra_metrics
+    return call
+
+
+def build_reward(cfg, device=None, sources=None) -> RewardFn:
+    """The checked reward callable of `cfg.reward` (reward.funcs, or reward.name alone)."""
     name = cfg.reward.name
-    if name not in BUILDERS:
+    if not cfg.reward.funcs and name not in BUILDERS:
         raise ValueError(f"unknown reward.name={name!r}: choose one of {', '.join(BUILDERS)}")
-    return checked(name, BUILDERS[name](cfg, device))
+    sources = sources if sources is not None else resolve(cfg)
+    fns = []
+    for source in sources:
+        if source.kind == "builtin":
+            fn = BUILDERS[source.spec](cfg, device)
+        elif source.kind == "model":  # a reward model scores like the sentiment built-in, own tokenizer
+            fn = sentiment.build(SimpleNamespace(reward=dataclasses.replace(cfg.reward, model=source.spec)), device)
+        else:
+            fn = _keywords(source.fn)
+        fns.append(checked(source.name, fn))
+    return combine([s.name for s in sources], fns, [s.kind != "function" for s in sources], cfg.reward.weights)
 
 
-def _short(text: str, limit: int = 200) -> str:
+def _short(text, limit: int = 200) -> str:
+    text = str(text)
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
@@ -53,23 +91,50 @@ def _culprit(name: str, fn: RewardFn, prompts, completions, columns, err: Except
                        f"{type(err).__name__}: {err}")
 
 
-def checked(name: str, fn: RewardFn) -> RewardFn:
-    """Wrap a reward so that an exception, a wrong length, None, NaN or inf fails with a message
-    naming the reward and the completion; `extra_metrics` stays reachable on the wrapper."""
+def as_scores(name: str, out, completions) -> list:
+    """A reward's output as a list of floats and Nones, or a RewardError naming what it returned."""
+    if out is None or isinstance(out, (dict, str, bytes)) or not hasattr(out, "__len__"):
+        kind = f"a dict (keys {', '.join(map(str, list(out)[:4]))})" if isinstance(out, dict) else \
+            f"a {type(out).__name__}"
+        raise RewardError(f"reward {name!r} returned {kind}: {HINT}")
+    ndim = getattr(out, "ndim", 1)
+    if ndim != 1:
+        raise RewardError(f"reward {name!r} returned a {ndim}-D {type(out).__name__} of shape "
+                          f"{tuple(out.shape)}: {HINT}")
+    scores = out.tolist() if hasattr(out, "tolist") else list(out)
+    if len(scores) != len(completions):
+        raise RewardError(f"reward {name!r} returned {len(scores)} scores for {len(completions)} completions")
+    nested = next((s for s in scores if isinstance(s, (list, tuple))), None)
+    if nested is not None:
+        raise RewardError(f"reward {name!r} returned a 2-D {type(out).__name__} (an entry is a "
+                          f"{type(nested).__name__} of {len(nested)}): {HINT}")
+    for i, s in enumerate(scores):
+        if s is None:
+            continue
+        if isinstance(s, (str, bytes, list, tuple, dict)) or not isinstance(s, numbers.Real):
+            raise RewardError(f"reward {name!r} returned a {type(s).__name__} ({_short(s, 40)}) for completion "
+                              f"{i}: {HINT}")
+        if not math.isfinite(float(s)):
+            raise RewardError(f"reward {name!r} returned {s} for completion {i} {_short(completions[i])}")
+    return [None if s is None else float(s) for s in scores]
 
-    def reward_fn(prompts: list[str], completions: list[str], **columns) -> list[float]:
+
+def checked(name: str, fn: RewardFn) -> RewardFn:
+    """Wrap a reward so that an exception, a wrong length or type, NaN or inf fails with a message
+    naming the reward and the completion (None stays: "does not apply"); `extra_metrics` stays
+    reachable on the wrapper."""
+
+    def reward_fn(prompts: list[str], completions: list[str], **columns) -> list:
         try:
-            scores = list(fn(prompts, completions, **columns))
+            out = fn(prompts, completions, **columns)
         except Exception as err:  # noqa: BLE001 - re-raised with the offending completion
             raise _culprit(name, fn, prompts, completions, columns, err) from err
-        if len(scores) != len(completions):
-            raise RewardError(f"reward {name!r} returned {len(scores)} scores for {len(completions)} completions")
-        for i, s in enumerate(scores):
-            if s is None or not math.isfinite(float(s)):
-                raise RewardError(f"reward {name!r} returned {s} for completion {i} {_short(completions[i])}")
-        return [float(s) for s in scores]
+        return as_scores(name, out, completions)
 
     reward_fn.__wrapped__ = fn
     if callable(getattr(fn, "extra_metrics", None)):
         reward_fn.extra_metrics = fn.extra_metrics
     return reward_fn
+
+
+__all__ = ["BUILDERS", "RewardError", "RewardSourceError", "build_reward", "checked", "resolve_sources"]

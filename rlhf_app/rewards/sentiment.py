@@ -48,7 +48,8 @@ def build(cfg, device=None):
     path = resolve(rc.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path)
-    index = label_index(rc.label, model.config.id2label)
+    # A one-logit model is a reward model (TRL's): its logit is the score.
+    index = 0 if model.config.num_labels == 1 else label_index(rc.label, model.config.id2label)
     if tokenizer.pad_token is None:  # GPT-style classifiers ship without one
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -1,0 +1,45 @@
+"""`eval_steps=N`: score the held-out split every N updates and after the last one.
+
+The trainer calls `EvalEvery` after each update (its `on_update` hook); the returned `eval/...`
+metrics join that update's row of metrics.jsonl and go to the trackers. Generation runs on the
+main process with a fixed seed in a forked RNG, so training's random stream (and so resume) is
+untouched.
+"""
+
+from __future__ import annotations
+
+
+def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, trainer_state=None) -> dict:
+    """Held-out evaluation with a fixed seed, leaving training's RNG untouched."""
+    import torch
+
+    from rlhf_app.ppo import rollout
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return rollout.evaluate(model.policy, tokenizer, eval_ds, reward_fn, cfg.ppo, device,
+                                trainer_state=trainer_state)
+
+
+def eval_metrics(result: dict) -> dict[str, float]:
+    """An evaluation result as flat `eval/...` metrics: mean score, extra metrics, rewards/<name>/mean."""
+    return {"eval/mean_score": result["mean_score"], **{f"eval/{k}": v for k, v in result["extra"].items()}}
+
+
+class EvalEvery:
+    """The trainer's `on_update` hook for `eval_steps`: {} on other updates and other processes."""
+
+    def __init__(self, cfg, accelerator, tokenizer, eval_ds, reward_fn):
+        self.cfg, self.accelerator, self.tokenizer = cfg, accelerator, tokenizer
+        self.eval_ds, self.reward_fn = eval_ds, reward_fn
+
+    def __call__(self, step: int, total_updates: int, model) -> dict:
+        every = self.cfg.eval_steps
+        if not every or (step % every and step != total_updates) or not self.accelerator.is_main_process:
+            return {}
+        from transformers import TrainerState
+
+        unwrapped = self.accelerator.unwrap_model(model)
+        result = evaluate_policy(self.cfg, unwrapped, self.tokenizer, self.eval_ds, self.reward_fn,
+                                 self.accelerator.device, TrainerState(global_step=step, max_steps=total_updates))
+        return eval_metrics(result)
