@@ -113,11 +113,9 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             # ---- 1. rollout: generate algorithm.num_generations responses per prompt
             rows = sampler.next_batch()
             t_sync = engine.sync_weights(model)
-            # Mixed precision: sampling, reward and reference run under the same autocast as the policy.
-            with accelerator.autocast():
-                rollout = engine.generate(rows)
+            rollout = engine.generate(rows)  # in the engine's own precision (vLLM: rollout.vllm_dtype)
             t_gen = time.perf_counter()
-            # ---- 2. score with the external reward
+            # ---- 2. score with the external reward (mixed precision: reward and reference under the policy's autocast)
             reward_log = RewardLog()
             with accelerator.autocast():
                 scores = score(reward_fn, rollout, device, TrainerState(
