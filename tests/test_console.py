@@ -63,6 +63,9 @@ def test_unknown_command_and_help():
     assert proc.stderr.strip() == ("error: unknown command 'trian': did you mean train? "
                                    "commands: train, eval, push, report, env (rlhf-app --help)")
     assert "rlhf-app train" in rlhf_app("--help").stdout
+    train_help = rlhf_app("train", "--help")
+    assert train_help.returncode == 0 and "--config NAME_OR_FILE" in train_help.stdout
+    assert "  --model_name_or_path                 model.name_or_path\n" in train_help.stdout
 
 
 def test_train_eval_report_push_on_a_tiny_run(tmp_path):
