@@ -130,20 +130,24 @@ def chat_policy(tmp_path_factory):
     prompts = folder.parent / "prompts.jsonl"
     words = "the movie was a story about an actor who said this film is not bad".split()
     prompts.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": " ".join(words[i % 9:i % 9 + 3])}],
-                                           "solution": str(i)}) + "\n" for i in range(40)))
+                                           "solution": str(i) if i % 2 else "no math here"}) + "\n"
+                               for i in range(40)))
     return folder, prompts
 
 
 def test_trl_rewards_train_with_eval_steps(chat_policy, tmp_path):
-    """think_format_reward needs conversational completions, get_soft_overlong_punishment and
-    get_repetition_penalty_reward need completion_ids: all three in real updates, eval every update."""
+    """Every function of trl.rewards in real updates, eval every update: think_format_reward and the
+    math_verify ones need conversational completions, the length ones completion_ids, and
+    accuracy_reward / get_cosine_scaled_reward return None where the gold `solution` does not parse."""
     policy, prompts = chat_policy
     calls = tmp_path / "calls.jsonl"
     funcs = ["trl.rewards:think_format_reward",
              "'trl.rewards:get_soft_overlong_punishment(max_completion_len=12, soft_punish_cache=6)'",
-             "'trl.rewards:get_repetition_penalty_reward(ngram_size=2)'", f"{reward_file(tmp_path, calls)}:record"]
+             "'trl.rewards:get_repetition_penalty_reward(ngram_size=2)'", f"{reward_file(tmp_path, calls)}:record",
+             "trl.rewards:accuracy_reward", "trl.rewards:reasoning_accuracy_reward",
+             "'trl.rewards:get_cosine_scaled_reward(max_len=16)'"]
     cfg = load_config(["recipe=tiny", f"output_dir={tmp_path / 'run'}", f"model.name_or_path={policy}",
-                       f"data.name={prompts}", f"reward.funcs=[{','.join(funcs)}]", "reward.weights=[1,1,0.5,1]",
+                       f"data.name={prompts}", f"reward.funcs=[{','.join(funcs)}]", "reward.weights=[1,1,0.5,1,1,1,1]",
                        "ppo.total_episodes=64", "eval_steps=1", "data.num_eval=4", "eval_before_after=false",
                        "sample_every=1"])
     cli.run(cfg)
@@ -156,12 +160,20 @@ def test_trl_rewards_train_with_eval_steps(chat_policy, tmp_path):
         assert row["rewards/soft_overlong_punishment_reward/mean"] == pytest.approx(sum(overlong) / len(overlong))
         assert row["rewards/think_format_reward/mean"] == 0.0  # the tiny policy writes no <think>
         assert -1.0 <= row["rewards/repetition_penalty_reward/mean"] <= 0.0
+        # No tiny-policy completion holds a right answer: 0 over the parseable golds, None for the rest,
+        # so the cosine reward is the wrong-answer schedule over those episodes only (TRL's nanmean).
+        assert row["rewards/accuracy_reward/mean"] == row["rewards/reasoning_accuracy_reward/mean"] == 0.0
+        parsed = [n for n, gold in zip(lengths, call["columns"]["solution"]) if gold != "no math here"]
+        cosine = [-0.5 - 0.25 * (1 + math.cos(min(n / 16, 1.0) * math.pi)) for n in parsed]
+        assert 0 < len(parsed) < 32
+        assert row["rewards/cosine_scaled_reward/mean"] == pytest.approx(sum(cosine) / len(cosine))
         assert row["my/metric"] == 2.0
         assert call["completions"][0][0]["role"] == "assistant" and call["prompts"][0][0]["role"] == "user"
         assert len(call["columns"]["solution"]) == 32
         assert {"eval/mean_score", "eval/rewards/soft_overlong_punishment_reward/mean"} <= set(row)
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert "rewards/think_format_reward" in samples[0]
+    assert any(math.isnan(s["rewards/accuracy_reward"]) for s in samples)  # None kept as NaN per episode
     report = (tmp_path / "run" / "report.html").read_text()
     assert "rewards/soft_overlong_punishment_reward/mean" in report and "eval/mean_score" in report
 
