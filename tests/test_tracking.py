@@ -17,16 +17,18 @@ WANDB_KEY = "0123456789abcdef" * 2 + "01234567"
 def test_wandb_offline_and_tensorboard_get_metrics_and_samples_without_secrets(tmp_path):
     env = {**os.environ, "HF_TOKEN": HF_TOKEN, "WANDB_API_KEY": WANDB_KEY, "WANDB_MODE": "offline"}
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "recipe=tiny", f"output_dir={tmp_path}",
-                           "ppo.total_episodes=64", "sample_every=1", "report_to=[wandb,tensorboard]"],
+                           "ppo.total_episodes=64", "sample_every=1", "report_to=[wandb,tensorboard]",
+                           "--run_name", "tiny-run-name-7"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # samples.jsonl: a table every update.
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
-    assert {s["step"] for s in samples} == {1, 2} and set(samples[0]) == {"step", "prompt", "completion", "score"}
+    assert {s["step"] for s in samples} == {1, 2} and {"step", "prompt", "completion", "score"} <= set(samples[0])
     # wandb wrote an offline run with the sample table as a media file, inside the run folder.
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].rglob("samples_*.table.json"))
+    assert any(b"tiny-run-name-7" in p.read_bytes() for p in runs[0].glob("*.wandb"))  # run_name names the run
     # tensorboard got the scalars and the text table.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
