@@ -10,7 +10,7 @@ import importlib.util
 
 # import name -> (extra, what needs it)
 EXTRAS = {"wandb": "wandb", "tensorboard": "tensorboard", "trackio": "trackio", "gguf": "assets",
-          "reasoning_gym": "assets", "bitsandbytes": "qlora", "vllm": "vllm"}
+          "reasoning_gym": "assets", "bitsandbytes": "qlora", "vllm": "vllm", "math_verify": "math"}
 
 
 class MissingExtra(RuntimeError):
