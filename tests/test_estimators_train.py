@@ -124,3 +124,25 @@ def test_resume_with_groups_matches_an_uninterrupted_run(tmp_path):
         for key in row_a:
             if not key.startswith(VOLATILE):
                 assert abs(row_a[key] - row_b[key]) <= 1e-6 * max(1.0, abs(row_a[key])), (row_a["step"], key)
+
+
+def test_one_fresh_step_skips_the_old_logprob_forward_with_the_same_result(tmp_path, monkeypatch):
+    from rlhf_app.ppo import rollout as rollout_module
+    from rlhf_app.ppo import trainer
+
+    args = ["recipe=tiny", "eval_before_after=false", "ppo.total_episodes=64", "ppo.num_ppo_epochs=1",
+            "ppo.num_mini_batches=1", "ppo.per_device_train_batch_size=16", "ppo.gradient_accumulation_steps=2",
+            "ppo.kl_coef=0", "algorithm.beta=0.1", "algorithm.advantage_estimator=grpo",
+            "algorithm.num_generations=4"]
+    calls = []
+    forward = rollout_module.logprobs_values
+    monkeypatch.setattr(trainer, "logprobs_values", lambda *a, **k: calls.append(k) or forward(*a, **k))
+    run(load_config([*args, f"output_dir={tmp_path / 'fresh'}"]))
+    # Only the training forwards ran (with entropy): 2 updates x 2 micro-batches, no no-grad pass.
+    assert len(calls) == 4 and all(k.get("with_entropy") for k in calls)
+    monkeypatch.setattr(trainer, "_one_fresh_step", lambda *a: False)
+    run(load_config([*args, f"output_dir={tmp_path / 'separate'}"]))
+    a, b = _rows(tmp_path / "fresh"), _rows(tmp_path / "separate")
+    for row_a, row_b in zip(a, b):
+        for key in ("loss/policy_avg", "loss/kl_avg", "objective/kl", "objective/entropy", "objective/scores"):
+            assert abs(row_a[key] - row_b[key]) <= 1e-4 * max(1.0, abs(row_a[key])), key

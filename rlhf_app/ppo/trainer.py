@@ -124,10 +124,12 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             # ---- 3. log-probs and values of the policy as sampled, log-probs of the reference
             b_query, b_qmask, b_resp, b_mask = rollout.query, rollout.query_mask, rollout.response, rollout.mask
             n = b_resp.shape[0]
+            fresh = _one_fresh_step(cfg, kl_ctl, rollout)  # then the update's own log-probs are the old ones
             with torch.no_grad():
-                parts = [logprobs_values(model, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature)
-                         for s in _chunks(n, ppo.local_rollout_forward_batch_size)]
-                b_logprobs = torch.cat([p[0] for p in parts]) * b_mask
+                parts = [] if fresh else [
+                    logprobs_values(model, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature)
+                    for s in _chunks(n, ppo.local_rollout_forward_batch_size)]
+                b_logprobs = torch.zeros_like(b_mask) if fresh else torch.cat([p[0] for p in parts]) * b_mask
                 b_values = torch.cat([p[1] for p in parts]) * b_mask if alg.uses_critic else None
                 with accelerator.autocast(), accelerator.unwrap_model(model).reference(ref_policy) as ref:
                     b_ref_logprobs = torch.cat([
@@ -165,6 +167,8 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                             mb_logprobs, mb_values, mb_entropy = (pad_to(x, b_mask.shape[1]) for x in logprobs_values(
                                 model, *trim_padding(b_query[mb], b_qmask[mb], b_resp[mb], mb_mask), ppo.temperature,
                                 with_entropy=True, entropy_grad=ppo.ent_coef != 0))
+                            if fresh:
+                                b_logprobs[mb] = mb_logprobs.detach() * mb_mask
                             pg_loss, pg_clip, approx_kl = policy_loss(
                                 mb_logprobs, b_logprobs[mb], b_advantages[mb], mb_mask, ppo.cliprange,
                                 alg.cliprange_high, alg.importance_sampling_level, alg.loss_agg_mode, mb_norm)
@@ -194,6 +198,8 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             t_train = time.perf_counter()
             # ---- 6. metrics, KL controller, log, checkpoint
             with torch.no_grad():
+                if fresh:  # the KL of the log-probs filled in by the update (none was in the reward)
+                    b_kl = kl_penalty(b_logprobs, b_ref_logprobs, ppo.kl_estimator) * b_mask
                 seq_kl = b_kl.sum(1)
                 objective = {"objective/scores": scores.mean(), "objective/kl": seq_kl.mean(),
                              "objective/entropy": (-b_logprobs).sum(1).mean(),
@@ -245,6 +251,15 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
         raise
     progress.close()
     return {**state, "model": model}
+
+
+def _one_fresh_step(cfg, kl_ctl, rollout) -> bool:
+    """One optimizer step per rollout, sampled by the trainer's own policy, no critic and no KL in the
+    reward: the log-probs "as sampled" equal the update's own, detached (TRL's GRPOTrainer with
+    num_iterations=1), so their separate forward is skipped."""
+    ppo = cfg.ppo
+    return (ppo.num_ppo_epochs == 1 and ppo.num_mini_batches == 1 and not cfg.algorithm.uses_critic
+            and kl_ctl.value == 0 and not ppo.adaptive_kl and rollout.logprobs is None)
 
 
 def _shuffled_groups(n: int, group: int, device) -> torch.Tensor:
