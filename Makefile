@@ -43,12 +43,19 @@ test: setup
 
 # `make demo` trains the small offline demo (<= 15 min on 2 cores); `make demo RECIPE=imdb-offline`
 # the real-LLM one (SmolLM2-135M, ~30 min), with the same report.
+# A new run folder per run, so repeating a command never meets the earlier run (which a run refuses
+# to replace); output_dir=... in ARGS still wins. Continue a stopped run with
+# ARGS="output_dir=runs/NAME resume_from=auto".
+RUN_TIME := $(shell date +%Y%m%d-%H%M%S)
 DEMO_RECIPE = $(if $(filter command line environment,$(origin RECIPE)),$(RECIPE),demo)
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/accelerate launch --num_processes 1 --cpu scripts/train.py recipe=$(DEMO_RECIPE) $(ARGS)
+	@echo "run folder: runs/$(DEMO_RECIPE)-$(RUN_TIME)"
+	HF_HUB_OFFLINE=1 $(BIN)/accelerate launch --num_processes 1 --cpu scripts/train.py recipe=$(DEMO_RECIPE) \
+		output_dir=runs/$(DEMO_RECIPE)-$(RUN_TIME) $(ARGS)
 
 train: setup
-	$(BIN)/accelerate launch scripts/train.py recipe=$(RECIPE) $(ARGS)
+	@echo "run folder: runs/$(RECIPE)-$(RUN_TIME)"
+	$(BIN)/accelerate launch scripts/train.py recipe=$(RECIPE) output_dir=runs/$(RECIPE)-$(RUN_TIME) $(ARGS)
 
 # rlhf_app against TRL 1.12's PPOTrainer (docs/performance.md). The peer runs from its own
 # environment, built once (redone only when its requirements change); torch goes first, as in setup.

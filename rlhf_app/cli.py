@@ -17,6 +17,7 @@ from rlhf_app import preflight
 from rlhf_app.config import TrainConfig, available_recipes, main_guard, to_yaml
 from rlhf_app.extras import MissingExtra
 from rlhf_app.hub import HubError
+from rlhf_app.ppo.signals import Stopped
 from rlhf_app.preflight import PreflightError
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -57,8 +58,10 @@ def main(argv: list[str]) -> None:
         if not isinstance(err, (HubError, RewardError)):
             raise
         sys.exit(f"error: {err}")
-    except KeyboardInterrupt:
-        sys.exit(130)  # the trainer has saved a checkpoint and said where
+    except Stopped as err:  # Ctrl-C or SIGTERM: the trainer saved a checkpoint at an update boundary and said where
+        sys.exit(128 + err.signum)
+    except KeyboardInterrupt:  # before training, or a second Ctrl-C
+        sys.exit(130)
 
 
 def set_network_env(cfg: TrainConfig) -> None:
@@ -114,6 +117,20 @@ def hub_access(what: str, name: str | None, cfg: TrainConfig):
 
 
 def run(cfg: TrainConfig) -> dict:
+    """Train as `cfg` says, holding the run folder (checks, lock) from the first write to the last."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    from rlhf_app import run_dir
+    from rlhf_app.ppo.trainer import num_updates
+
+    # As the Accelerator would start it: ACCELERATE_USE_CPU=1 makes a multi-process launch MULTI_CPU (gloo).
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    with run_dir.claim(cfg, state, num_updates(cfg.ppo, state.num_processes)):
+        return _run(cfg)
+
+
+def _run(cfg: TrainConfig) -> dict:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -122,6 +139,7 @@ def run(cfg: TrainConfig) -> dict:
     from rlhf_app.model_init import quantization_problem
     from rlhf_app.periodic_eval import EvalEvery
     from rlhf_app.ppo import trainer
+    from rlhf_app.ppo.checkpoint import replace_dir
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -152,7 +170,6 @@ def run(cfg: TrainConfig) -> dict:
         raise UserError("ppo.max_tokens_per_micro_batch varies the number of micro-batches, which DeepSpeed "
                         "fixes: unset it, or use DDP/FSDP")
     out = Path(cfg.output_dir)
-    preflight.check_output_dir(cfg.output_dir)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
@@ -209,8 +226,9 @@ def run(cfg: TrainConfig) -> dict:
         tmp, final = out / ".final.tmp", out / "final"
         shutil.rmtree(tmp, ignore_errors=True)
         models.save_policy(model, tokenizer, tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        # Marks the run finished, at which update: a later resume must not replace final/ with older weights.
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": state["step"], "episode": state["episode"]}))
+        replace_dir(tmp, final)
         _report(out)
         accelerator.print(f"saved {final}")
     accelerator.wait_for_everyone()

@@ -158,7 +158,6 @@ def load_model_config(m):
 def build_models(cfg) -> tuple[PolicyAndValue, nn.Module | None]:
     """(policy with critic, frozen reference or None when LoRA provides it) from `cfg.model`/`cfg.peft`."""
     from transformers import set_seed
-    from trl.trainer.utils import disable_dropout_in_model
 
     m = cfg.model
     path = assets.resolve(m.name_or_path)
@@ -190,8 +189,21 @@ def build_models(cfg) -> tuple[PolicyAndValue, nn.Module | None]:
             policy.enable_input_require_grads()
     model = PolicyAndValue(policy, critic, value_head=cfg.algorithm.uses_critic)
     # PPO compares log-probs of the same tokens across forwards: dropout would add noise to the ratio.
-    disable_dropout_in_model(model)
+    disable_all_dropout(model)
     return model, ref
+
+
+def disable_all_dropout(model: nn.Module) -> None:
+    """Dropout off for every architecture: trl's `disable_dropout_in_model` zeroes `nn.Dropout` modules,
+    but Llama, Qwen2, Mistral, ... apply `attention_dropout` (a float copied from the config) inside the
+    attention function. Those floats are zeroed too; the configs, saved with the model, stay as they are."""
+    from trl.trainer.utils import disable_dropout_in_model
+
+    disable_dropout_in_model(model)
+    for module in model.modules():
+        for name, value in vars(module).items():
+            if isinstance(value, float) and not isinstance(value, bool) and ("dropout" in name or name.endswith("pdrop")):
+                setattr(module, name, 0.0)
 
 
 def save_policy(model: PolicyAndValue, tokenizer, out_dir: str | Path) -> None:

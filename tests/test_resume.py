@@ -1,15 +1,20 @@
-"""Killed runs resume exactly; Ctrl-C saves; half-written checkpoints are never picked."""
+"""Killed or interrupted runs resume exactly; kills during file rewrites leave resumable folders; half-written
+checkpoints are never picked."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from rlhf_app.cli import run
 from rlhf_app.config import load_config
 from rlhf_app.ppo.checkpoint import STATE_FILE, find_resume
+from rlhf_app.run_dir import RunDirError
 
 ROOT = Path(__file__).resolve().parent.parent
 VOLATILE = ("time/", "perf/")  # wall-clock figures differ between any two runs
@@ -44,43 +49,111 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 900) -> None:
         time.sleep(0.05)
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
-    common = ["ppo.total_episodes=320", "save_steps=3", "save_total_limit=1"]
-    straight = tmp_path / "straight"
-    run(load_config(["recipe=tiny", f"output_dir={straight}", "eval_before_after=false", *common]))
+EPISODES = 32  # per update of the tiny recipe (16 x 1 x 2 mini-batches)
+COMMON = ["save_steps=3", "save_total_limit=1"]
 
+
+def _run(out: Path, *extra: str) -> dict:
+    return run(load_config(["recipe=tiny", f"output_dir={out}", "eval_before_after=false", *COMMON, *extra]))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted run of `updates` updates, run once per length for the whole module."""
+    runs = {}
+
+    def get(updates: int) -> Path:
+        if updates not in runs:
+            runs[updates] = tmp_path_factory.mktemp(f"straight{updates}")
+            _run(runs[updates], f"ppo.total_episodes={EPISODES * updates}")
+        return runs[updates]
+    return get
+
+
+def _assert_same_metrics(a: Path, b: Path) -> None:
+    rows_a, rows_b = _metrics(a), _metrics(b)
+    assert [r["step"] for r in rows_b] == [r["step"] for r in rows_a] == list(range(1, len(rows_a) + 1))
+    for row_a, row_b in zip(rows_a, rows_b):
+        assert row_a.keys() == row_b.keys()
+        for key in row_a:
+            assert abs(row_a[key] - row_b[key]) <= 1e-6 * max(1.0, abs(row_a[key])), (row_a["step"], key)
+
+
+def _newest_step(out: Path) -> int:
+    return int(find_resume("auto", out).name.split("-")[1])
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, straight):
+    # The killed run asks for far more updates than it gets, so it is surely still running when killed;
+    # the tiny recipe's learning rate is constant, so the total does not change the updates before it.
     killed = tmp_path / "killed"
-    proc = _start(killed, *common)
+    proc = _start(killed, *COMMON, "ppo.total_episodes=100000")
     _wait_for(lambda: (killed / "checkpoint-3" / STATE_FILE).is_file(), proc)
+    # A second run into the live run's folder is kept out by the lock.
+    with pytest.raises(RunDirError, match=rf"is in use by a live run \(pid {proc.pid} on "):
+        _run(killed, "resume_from=auto")
     proc.send_signal(signal.SIGKILL)
     _finish(proc)
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "final").exists()
 
-    result = run(load_config(["recipe=tiny", f"output_dir={killed}", "eval_before_after=false",
-                              "resume_from=auto", *common]))
-    assert result["step"] == 10
-    a, b = _metrics(straight), _metrics(killed)
-    assert [r["step"] for r in b] == list(range(1, 11))
-    for row_a, row_b in zip(a, b):
-        assert row_a.keys() == row_b.keys()
-        for key in row_a:
-            assert abs(row_a[key] - row_b[key]) <= 1e-6 * max(1.0, abs(row_a[key])), (row_a["step"], key)
-    # save_total_limit=1 keeps only the newest checkpoint.
-    assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-9"]
+    updates = max(10, _newest_step(killed) + 3)
+    result = _run(killed, "resume_from=auto", f"ppo.total_episodes={EPISODES * updates}")  # the stale lock is ignored
+    assert result["step"] == updates
+    _assert_same_metrics(straight(updates), killed)
+    # save_total_limit=1 keeps only the newest checkpoint: the one of the last update.
+    assert sorted(p.name for p in killed.glob("checkpoint-*")) == [f"checkpoint-{updates}"]
+    assert not (killed / ".lock").exists()
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_save_at_an_update_boundary_and_resume_exactly(tmp_path, straight, sig, code):
     out = tmp_path / "run"
-    proc = _start(out, "ppo.total_episodes=100000")
+    proc = _start(out, *COMMON, "ppo.total_episodes=100000")
     metrics = out / "metrics.jsonl"
     _wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2, proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = _finish(proc)
-    assert proc.returncode == 130, stderr[-2000:]
+    assert proc.returncode == code, stderr[-2000:]
     saved = find_resume("auto", out)
     assert saved is not None and f"interrupted: saved {saved}; continue with resume_from=auto" in stdout
-    assert int(saved.name.split("-")[1]) >= 2
+    # The update in flight finished, and the checkpoint is of the update the last metrics row logged.
+    step = _newest_step(out)
+    assert step >= 2 and len(metrics.read_text().splitlines()) == step
+
+    updates = max(10, step + 2)
+    _run(out, "resume_from=auto", f"ppo.total_episodes={EPISODES * updates}")
+    _assert_same_metrics(straight(updates), out)
+
+
+def _kill_during(mode: str, out: Path, *extra: str) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_worker.py"), mode, "recipe=tiny",
+                           f"output_dir={out}", "eval_before_after=false", *COMMON, *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+
+def test_a_kill_during_the_metrics_rewrite_leaves_a_resumable_folder(tmp_path, straight):
+    out, total = tmp_path / "run", f"ppo.total_episodes={EPISODES * 10}"
+    _run(out, f"ppo.total_episodes={EPISODES * 5}")  # 5 updates logged, checkpoints 3 and 5
+    for name in ("final", "checkpoint-5"):  # as if killed after logging update 5: rows 4-5 are past checkpoint-3
+        shutil.rmtree(out / name)
+    (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text() + '{"step": 6, "episo')  # a torn row
+    _kill_during("truncation", out, "resume_from=auto", total)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 6  # the old file is whole: not yet replaced
+    result = _run(out, "resume_from=auto", total)
+    assert result["step"] == 10 and not list(out.glob(".*.tmp"))
+    _assert_same_metrics(straight(10), out)
+
+
+def test_a_kill_during_checkpoint_rotation_leaves_a_resumable_folder(tmp_path, straight):
+    out, total = tmp_path / "run", f"ppo.total_episodes={EPISODES * 10}"
+    _kill_during("rotation", out, total)  # dies deleting checkpoint-3 once checkpoint-6 is written
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-6"]
+    assert (out / ".checkpoint-3.deleting").is_dir()  # half-deleted, but under a name nothing trusts
+    result = _run(out, "resume_from=auto", total)
+    assert result["step"] == 10 and not list(out.glob(".*.deleting"))
+    _assert_same_metrics(straight(10), out)
 
 
 def test_resume_never_picks_a_half_written_checkpoint(tmp_path):
@@ -115,3 +188,17 @@ def test_nan_and_out_of_memory_get_one_line_that_names_the_fix(tmp_path):
     oom = _explain_failure(torch.OutOfMemoryError("CUDA out of memory"), cfg)
     assert "lower ppo.per_device_train_batch_size (now 16)" in oom and "gradient_accumulation_steps" in oom
     assert _explain_failure(RuntimeError("something else"), cfg) is None
+
+
+def test_logged_lr_is_the_rate_used_and_a_new_rate_on_resume_is_applied(tmp_path):
+    # Linear decay over 2 updates x 8 optimizer steps: update 1 runs at the full rate, update 2 from half of it.
+    args = ["ppo.lr_scheduler_type=linear", "ppo.missing_eos_penalty=1.0", "save_steps=1"]
+    _run(tmp_path, *args, f"ppo.total_episodes={EPISODES * 2}")
+    rows = _metrics(tmp_path)
+    assert [r["lr"] for r in rows] == pytest.approx([3e-3, 1.5e-3], rel=1e-9)
+    for r in rows:  # both scores are logged: as the reward gave it, and after the missing-EOS penalty
+        assert r["objective/scores_adjusted"] == pytest.approx(r["objective/scores"] - (1 - r["val/eos_fraction"]),
+                                                               abs=1e-6)
+    # Resumed with a new rate and a longer run: the schedule (8 of 24 steps left) applies to the new rate.
+    _run(tmp_path, *args, f"ppo.total_episodes={EPISODES * 3}", "resume_from=auto", "ppo.learning_rate=1e-3")
+    assert _metrics(tmp_path)[2]["lr"] == pytest.approx(1e-3 * 8 / 24, rel=1e-9)

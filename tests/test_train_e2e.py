@@ -41,7 +41,8 @@ def test_reward_rises_on_the_tiny_model(tiny_run):
 def test_run_folder_holds_config_checkpoint_final_and_report(tiny_run):
     out, _ = tiny_run
     assert load_config([f"recipe={out / 'config.yaml'}"]).ppo.total_episodes == 640
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10"]
+    # save_steps=10 of 20 updates: update 10, and the last one (a finished run can be continued).
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
     assert not list(out.glob(".*.tmp"))
     for name in ("model.safetensors", "value_head.safetensors", "tokenizer.json"):
         assert (out / "final" / name).is_file(), name

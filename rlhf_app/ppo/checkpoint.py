@@ -20,6 +20,7 @@ import torch
 from rlhf_app.models import load_policy, save_policy
 
 STATE_FILE = "trainer_state.pt"
+STATE_JSON = "trainer_state.json"  # step, episode, num_processes: readable without torch
 
 
 def _rng_state() -> dict:
@@ -55,17 +56,63 @@ def save_checkpoint(accelerator, output_dir: Path, model, tokenizer, trainer_sta
     if accelerator.is_main_process:
         save_policy(accelerator.unwrap_model(model), tokenizer, tmp)
         torch.save(trainer_state, tmp / STATE_FILE)
-        (tmp / "trainer_state.json").write_text(json.dumps(
-            {k: v for k, v in trainer_state.items() if isinstance(v, (int, float, str))}, indent=2))
+        (tmp / STATE_JSON).write_text(json.dumps(
+            {**{k: v for k, v in trainer_state.items() if isinstance(v, (int, float, str))},
+             "num_processes": accelerator.num_processes}, indent=2))
+        if (output_dir / "config.yaml").is_file():  # what the resume checks compare against
+            shutil.copy2(output_dir / "config.yaml", tmp / "config.yaml")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        replace_dir(tmp, final)
         if total_limit > 0:
             for old in checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_dir(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def remove_dir(path: Path) -> None:
+    """Rename, then delete: a kill during the delete leaves a hidden `.NAME.deleting`, never a
+    half-deleted folder under a name that resume or a user would trust."""
+    doomed = path.with_name(f".{path.name}.deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    path.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a completely written `tmp` to `final`, replacing an older `final` only once tmp is in place."""
+    old = final.with_name(f".{final.name}.deleting")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_leftovers(output_dir: Path) -> None:
+    """Hidden temporary and half-deleted folders that a killed run left behind."""
+    for path in list(Path(output_dir).glob(".*.tmp")) + list(Path(output_dir).glob(".*.deleting")):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def apply_learning_rate(optimizer, scheduler, learning_rate: float) -> bool:
+    """Make a resumed run train at `learning_rate` (the schedule's base), not the checkpoint's rate.
+
+    transformers' schedulers are LambdaLR: rate = base rate x factor(step); the factor is kept.
+    Returns whether anything changed.
+    """
+    if all(base == learning_rate for base in scheduler.base_lrs):
+        return False
+    scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = learning_rate
+        group["lr"] = learning_rate * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    return True
 
 
 def find_resume(resume_from: str | None, output_dir: Path) -> Path | None:

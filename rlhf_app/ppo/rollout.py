@@ -16,6 +16,7 @@ from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_e
 from rlhf_app.models import response_forward
 
 from rlhf_app.ppo.core import response_mask
+from rlhf_app.ppo.sampling import NEUTRAL, model_defaults_off
 
 
 class PromptSampler:
@@ -96,7 +97,7 @@ def generation_config(ppo, tokenizer, greedy: bool = False) -> GenerationConfig:
         temperature=ppo.temperature if not greedy else None, top_k=ppo.top_k if not greedy else None,
         # [] rather than None: None would fall back to the model's own EOS and stop there anyway.
         top_p=ppo.top_p if not greedy else None, eos_token_id=stop_id if stop_id is not None else [],
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, **NEUTRAL,
     )
 
 
@@ -111,8 +112,9 @@ def generate(policy, tokenizer, rows: list[dict], ppo, device, greedy: bool = Fa
     """Sample one response per prompt row with `policy.generate` (KV cache, left padding)."""
     query, query_mask = left_pad([r["input_ids"] for r in rows], tokenizer.pad_token_id)
     query, query_mask = query.to(device), query_mask.to(device)
-    out = policy.generate(input_ids=query, attention_mask=query_mask,
-                          generation_config=generation_config(ppo, tokenizer, greedy))
+    with model_defaults_off(policy):  # sample softmax(logits / T), whatever the model's own defaults say
+        out = policy.generate(input_ids=query, attention_mask=query_mask,
+                              generation_config=generation_config(ppo, tokenizer, greedy))
     return finish_rollout(query, query_mask, out[:, query.shape[1]:], rows, tokenizer, ppo)
 
 

@@ -20,6 +20,8 @@ from rlhf_app.ppo import checkpoint as ckpt
 from rlhf_app.ppo.advantages import ESTIMATORS, settings_from
 from rlhf_app.ppo.core import (KLController, adjust_scores, aggregate_loss, explained_variance, kl_penalty,
                                masked_mean, masked_whiten, policy_loss, token_rewards, value_loss)
+from rlhf_app.ppo.logfiles import truncate_rows
+from rlhf_app.ppo.signals import StopFlag, Stopped
 from rlhf_app.ppo.engines import build_engine, sampling_correction
 from rlhf_app.ppo.micro import accumulating, backward, loss_normaliser, micro_batches, pad_to, trim_padding
 from rlhf_app.ppo.rollout import PromptSampler, RewardLog, logprobs_values, ref_logprobs, score
@@ -92,13 +94,14 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
         scheduler.load_state_dict(saved["scheduler"])
         kl_ctl.load_state_dict(saved["kl_ctl"])
         sampler.load_state_dict(saved["sampler"])
+        ckpt.apply_learning_rate(optimizer, scheduler, ppo.learning_rate)  # a changed rate is used, not ignored
         state = {"step": saved["step"], "episode": saved["episode"]}
         accelerator.print(f"resumed from {resume} at update {state['step']}")
     engine = build_engine(cfg, accelerator, model, tokenizer, state["step"])  # syncs the resumed weights
     metrics_path = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
         for name in ("metrics.jsonl", "samples.jsonl"):
-            _truncate_rows(output_dir / name, state["step"])
+            truncate_rows(output_dir / name, state["step"])
 
     def trainer_state() -> dict:
         return {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -107,7 +110,7 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
     progress = tqdm(total=total_updates, initial=state["step"], desc="PPO", unit="update",
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     model.train()
-    try:
+    with StopFlag() as stop:
         while state["step"] < total_updates:
             t0 = time.perf_counter()
             # ---- 1. rollout: generate algorithm.num_generations responses per prompt
@@ -149,7 +152,7 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                 if is_weights is not None:
                     b_advantages = b_advantages * is_weights
             # ---- 5. PPO epochs over shuffled mini-batches, gradient accumulation over micro-batches
-            stats = []
+            stats, lr = [], scheduler.get_last_lr()[0]  # logged: the rate of this update's first step
             for _ in range(ppo.num_ppo_epochs):
                 order = _shuffled_groups(n, alg.group_size, device)
                 for mb_start in range(0, n, mini_batch):
@@ -206,7 +209,9 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                              "objective/non_score_reward": b_non_score.sum(1).mean(),
                              "objective/rlhf_reward": (b_scores + b_non_score.sum(1)).mean(),
                              "val/mean_response_length": b_mask.sum(1).mean(),
-                             "val/eos_fraction": rollout.contains_stop.float().mean()}
+                             "val/eos_fraction": rollout.contains_stop.float().mean(),
+                             # the score trained on: after missing_eos_penalty, reward_scale, reward_clip
+                             "objective/scores_adjusted": b_scores.mean()}
                 if alg.uses_critic:
                     objective["val/explained_variance"] = explained_variance(b_values, b_returns, b_mask)
                 local = torch.cat([torch.stack(stats).mean(0), torch.stack(list(objective.values()))])
@@ -220,7 +225,7 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             state["episode"] += ppo.local_batch_size * world
             elapsed = time.perf_counter() - t0
             tokens = (b_mask.sum() + rollout.query_mask.sum()).item() * world
-            metrics.update({"lr": scheduler.get_last_lr()[0], "kl_coef": kl_ctl_before,
+            metrics.update({"lr": lr, "kl_coef": kl_ctl_before,
                             "perf/episodes_per_s": ppo.local_batch_size * world / elapsed,
                             "perf/tokens_per_s": tokens / elapsed, "time/update_s": elapsed,
                             "time/generate_s": t_gen - t0 - t_sync, "time/reward_s": t_reward - t_gen,
@@ -239,16 +244,19 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                                  reward=cfg.reward.name)
             progress.update(1)
             progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
-            if cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < total_updates:
+            # The last update saves too, so a finished run can be continued with a larger total_episodes.
+            # A signal (Ctrl-C, SIGTERM) saves here, at the update boundary, and ends the run.
+            signum = stop.requested(accelerator)
+            stopping = signum is not None and state["step"] < total_updates
+            if stopping or (cfg.save_steps and (state["step"] % cfg.save_steps == 0 or state["step"] == total_updates)):
                 saved = ckpt.save_checkpoint(accelerator, output_dir, model, tokenizer, trainer_state(),
                                              cfg.save_total_limit)
-                if on_save is not None and accelerator.is_main_process:
+                if on_save is not None and accelerator.is_main_process and not stopping:
                     on_save(saved)
-    except KeyboardInterrupt:
-        progress.close()
-        path = ckpt.save_checkpoint(accelerator, output_dir, model, tokenizer, trainer_state(), cfg.save_total_limit)
-        accelerator.print(f"\ninterrupted: saved {path}; continue with resume_from=auto")
-        raise
+            if stopping:
+                progress.close()
+                accelerator.print(f"\ninterrupted: saved {saved}; continue with resume_from=auto")
+                raise Stopped(signum, saved)
     progress.close()
     return {**state, "model": model}
 
@@ -284,14 +292,6 @@ def _reward_metrics(accelerator, log: RewardLog) -> dict:
                          device=accelerator.device)
     total = accelerator.reduce(local, reduction="sum").tolist()
     return {n: s / c for n, (s, c) in zip(names, total) if c}
-
-
-def _truncate_rows(path: Path, step: int) -> None:
-    """Drop logged rows past `step`: a resumed run rewrites what the killed run logged after its checkpoint."""
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
 
 
 def _log_samples(accelerator, path: Path, step: int, rollout, scores, extra: dict | None = None,

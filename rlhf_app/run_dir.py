@@ -1,0 +1,248 @@
+"""The run folder: who may write into it, and whether a new run may start, continue or replace one.
+
+Nothing a user made is lost: a new run into a folder that holds another run is refused unless it
+asks to continue (`resume_from`) or to replace (`overwrite_output_dir=true`); a lock file keeps a
+second live run out; a resume is checked against the checkpoint's config before anything in the
+folder is written. Runs on the main process, before any model loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from rlhf_app.config import TrainConfig
+from rlhf_app.preflight import PreflightError
+
+LOCK_FILE = ".lock"
+FINISHED_FILE = "trainer_state.json"  # in final/: the update the run finished at
+# What a run writes (and overwrite_output_dir=true removes); anything else in the folder is left alone.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "eval.json", "values.json", "report.html", "plots",
+             "final", "README.md", "hub_upload", "wandb", "tensorboard", "trackio")
+# Changes a resume may make. Any other changed key alters what is trained: the resume is refused.
+SAFE = ("output_dir", "resume_from", "overwrite_output_dir", "recipe", "save_steps", "save_total_limit",
+        "report_to", "run_name", "logging_steps", "sample_every", "eval_before_after", "eval_steps", "print_config",
+        "num_threads", "offline", "hub.", "data.num_eval", "reward.batch_size", "reward.device",
+        "ppo.local_rollout_forward_batch_size", "model.gradient_checkpointing")
+# Changes a resume applies from the next update on, with a note.
+APPLIED = ("ppo.learning_rate", "ppo.max_grad_norm", "ppo.total_episodes")
+
+
+class RunDirError(PreflightError):
+    """The run folder cannot be used as asked; the message names the three ways on."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+class RunLock:
+    """`output_dir/.lock` holding {"pid", "host"}; a lock whose process is gone (same host) is stale."""
+
+    def __init__(self, output_dir: Path):
+        self.path = Path(output_dir) / LOCK_FILE
+        self.held = False
+
+    def acquire(self) -> None:
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    other = json.loads(self.path.read_text())
+                except (OSError, ValueError):  # torn by a kill while it was written: nobody holds it
+                    other = {"pid": -1, "host": me["host"]}
+                if other.get("host") == me["host"] and not _pid_alive(int(other.get("pid", -1))):
+                    print(f"note: removing the stale lock {self.path} of a run that ended (pid {other.get('pid')})",
+                          file=sys.stderr)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise RunDirError(
+                    f"output_dir={self.path.parent} is in use by a live run (pid {other.get('pid')} on "
+                    f"{other.get('host')}, lock {self.path}): wait for it to end, or choose another output_dir "
+                    "(if that run is gone, delete the lock file)") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return
+        raise RunDirError(f"could not take the lock {self.path}: another run took it first; choose another output_dir")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def holds_run(output_dir: Path) -> bool:
+    """Whether the folder holds a run's results: a logged update, a checkpoint or final/. A config.yaml
+    alone (a run that failed before its first update) is rewritten by the next start."""
+    from rlhf_app.ppo.checkpoint import checkpoints
+
+    out = Path(output_dir)
+    metrics = out / "metrics.jsonl"
+    return (metrics.is_file() and metrics.stat().st_size > 0) or (out / "final").exists() or bool(checkpoints(out))
+
+
+def clear_run(output_dir: Path) -> None:
+    """Remove the files a run wrote (overwrite_output_dir=true); other files in the folder stay."""
+    out = Path(output_dir)
+    for path in [out / name for name in RUN_FILES] + sorted(out.glob("checkpoint-*")) + sorted(out.glob(".checkpoint-*")):
+        if path.is_dir():
+            doomed = path.with_name(f".{path.name.lstrip('.')}.deleting")
+            path.rename(doomed)  # a kill now leaves a hidden folder, never a half-deleted run file
+            shutil.rmtree(doomed)
+        elif path.exists():
+            path.unlink()
+
+
+def finished_at(output_dir: Path) -> int | None:
+    """The update a finished run ended at (final/ exists), else None; -1 when final/ does not say."""
+    final = Path(output_dir) / "final"
+    if not final.is_dir():
+        return None
+    try:
+        return int(json.loads((final / FINISHED_FILE).read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(old_yaml: Path, cfg: TrainConfig) -> tuple[list[str], list[str], list[str]]:
+    """(refused, applied, safe) changes between a saved config.yaml and `cfg`, as `key: old -> new`.
+
+    A key the old file lacks (added to rlhf_app since) counts as its default value.
+    """
+    old = _flat(OmegaConf.to_container(OmegaConf.load(old_yaml)))
+    new = _flat(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    default = _flat(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))
+    refused, applied, safe = [], [], []
+    for key, value in new.items():
+        before = old.get(key, default.get(key))
+        if before == value or (isinstance(before, (int, float)) and isinstance(value, (int, float))
+                               and float(before) == float(value)):
+            continue
+        line = f"{key}: {before!r} -> {value!r}"
+        if key in APPLIED:
+            applied.append(line)
+        elif any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE):
+            safe.append(line)
+        else:
+            refused.append(line)
+    return refused, applied, safe
+
+
+def check_start(cfg: TrainConfig, total_updates: int, num_processes: int) -> list[str]:
+    """May this run start in cfg.output_dir as asked? Returns notes to print; raises RunDirError.
+
+    Called with the lock held and before anything in the folder is written.
+    """
+    from rlhf_app.ppo.checkpoint import STATE_JSON, find_resume
+
+    out = Path(cfg.output_dir)
+    if not holds_run(out):
+        if cfg.resume_from and cfg.resume_from != "auto":
+            find_resume(cfg.resume_from, out)  # a named checkpoint must exist
+        return []
+    again = "continue it with resume_from=auto, replace it with overwrite_output_dir=true, or choose another output_dir"
+    if cfg.overwrite_output_dir:
+        clear_run(out)
+        return [f"note: overwrite_output_dir=true: removed the earlier run in {out}"]
+    if not cfg.resume_from:
+        raise RunDirError(f"output_dir={out} holds another run: {again}")
+    resume = find_resume(cfg.resume_from, out)
+    finished = finished_at(out)
+    if resume is None:
+        if finished is not None:
+            raise RunDirError(f"the run in {out} has finished (final/ holds it) and left no checkpoint to continue "
+                              f"from: choose another output_dir, or overwrite_output_dir=true to replace it")
+        return [f"note: {out} holds a run that saved no checkpoint: starting it again from update 0"]
+    saved = json.loads((resume / STATE_JSON).read_text())
+    step = int(saved["step"])
+    if finished == -1:
+        raise RunDirError(f"the run in {out} has finished (final/ holds it) at an update it did not record: "
+                          "choose another output_dir to train further")
+    if finished is not None:
+        if total_updates <= max(finished, step):
+            raise RunDirError(f"the run in {out} has finished at update {finished} (final/ holds it); nothing to "
+                              f"resume: raise ppo.total_episodes to train further, or choose another output_dir")
+        if step < finished:
+            raise RunDirError(f"the run in {out} finished at update {finished} but its newest checkpoint is update "
+                              f"{step}: continuing from it would replace final/ with older weights; choose another "
+                              "output_dir")
+    if total_updates < step:
+        raise RunDirError(f"{resume} is at update {step}, past the {total_updates} updates ppo.total_episodes now "
+                          "asks for: raise ppo.total_episodes, or choose another output_dir")
+    if saved.get("num_processes", num_processes) != num_processes:
+        raise RunDirError(f"{resume} was saved by {saved['num_processes']} processes, this run has {num_processes}: "
+                          "the batch and data order would change; launch with the same number of processes")
+    old_yaml = resume / "config.yaml" if (resume / "config.yaml").is_file() else out / "config.yaml"
+    if not old_yaml.is_file():
+        return [f"note: {resume} holds no config.yaml: the resumed settings could not be compared"]
+    refused, applied, safe = config_changes(old_yaml, cfg)
+    if refused:
+        raise RunDirError(f"resume_from={cfg.resume_from} with settings that change what is trained ("
+                          f"{'; '.join(refused)}): restore them, or start a new run in another output_dir")
+    return [f"note: resuming with {line} (applied from update {step + 1})" for line in applied] + \
+           [f"note: resuming with {line}" for line in safe]
+
+
+class claim:
+    """`with claim(cfg, state, total_updates):` the checks above and the lock, held for the whole run.
+
+    The main process decides; every process raises the same one-line error, so none waits forever
+    for a main process that has stopped.
+    """
+
+    def __init__(self, cfg: TrainConfig, state, total_updates: int):
+        self.cfg, self.state, self.total_updates = cfg, state, total_updates
+        self.lock = RunLock(Path(cfg.output_dir))
+
+    def __enter__(self):
+        from rlhf_app.ppo.checkpoint import remove_leftovers
+        from rlhf_app.preflight import check_output_dir
+
+        message, notes = None, []
+        if self.state.is_main_process:
+            try:
+                check_output_dir(self.cfg.output_dir)
+                self.lock.acquire()
+                remove_leftovers(Path(self.cfg.output_dir))
+                notes = check_start(self.cfg, self.total_updates, self.state.num_processes)
+            except (PreflightError, FileNotFoundError) as err:
+                self.lock.release()
+                message = str(err)
+        if self.state.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            message = broadcast_object_list([message])[0]
+        if message is not None:
+            raise RunDirError(message)
+        for note in notes:
+            print(note)
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
+        return False
