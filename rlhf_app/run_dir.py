@@ -28,8 +28,10 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "eval.json", "valu
 # Changes a resume may make. Any other changed key alters what is trained: the resume is refused.
 SAFE = ("output_dir", "resume_from", "overwrite_output_dir", "recipe", "save_steps", "save_total_limit",
         "report_to", "run_name", "logging_steps", "sample_every", "eval_before_after", "eval_steps", "print_config",
-        "num_threads", "offline", "hub.", "data.num_eval", "reward.batch_size", "reward.device",
-        "ppo.local_rollout_forward_batch_size", "model.gradient_checkpointing")
+        "num_threads", "offline", "hub.", "data.num_eval", "reward.batch_size", "reward.device", "log_completions",
+        "num_completions_to_print", "ppo.local_rollout_forward_batch_size", "model.gradient_checkpointing",
+        "model.attn_implementation", "rollout.vllm_gpu_memory_utilization", "rollout.vllm_kv_cache_gib",
+        "rollout.vllm_enable_sleep_mode", "rollout.vllm_enforce_eager")
 # Changes a resume applies from the next update on, with a note.
 APPLIED = ("ppo.learning_rate", "ppo.max_grad_norm", "ppo.total_episodes")
 
