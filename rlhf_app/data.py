@@ -17,7 +17,6 @@ import random
 
 from datasets import Dataset, load_dataset
 
-DATASETS = ("toy", "imdb", "gsm8k")
 IMDB_HUB = "stanfordnlp/imdb"
 GSM8K_HUB = ("openai/gsm8k", "main")
 MIN_REVIEW_CHARS = 200  # the notebook keeps reviews longer than this

@@ -209,7 +209,8 @@ def _one_line_error(monkeypatch, argv, forbid_models=True) -> str:
     (["reward.funcs=[{f}:no_kwargs]"], "takes no **kwargs"),
     (["data.name={d}/p.jsonl", "reward.funcs=[{f}:needs_solution]"],
      "needs the dataset column(s) solution; the dataset's columns are answer"),
-    (["reward.funcs=[toy,toy]", "reward.weights=[1.0]"], "reward.weights has 1 entries for 2 reward functions"),
+    (["reward.funcs=[toy,toy]", "reward.weights=[1.0]"],
+     "reward.weights has 1 entries for 2 reward functions"),
     (["'reward.funcs=[\"trl.rewards:get_soft_overlong_punishment(max_completion_len=x)\"]'"], "must be literals"),
 ])
 def test_bad_inputs_fail_in_one_line_before_models_load(monkeypatch, text_data, argv, expected):
@@ -221,8 +222,8 @@ def test_bad_inputs_fail_in_one_line_before_models_load(monkeypatch, text_data, 
 @pytest.mark.parametrize("name, expected", [("as_dict", "returned a dict (keys a)"), ("as_strings", "returned a str"),
                                             ("as_2d", "returned a 2-D ndarray of shape (32, 2)")])
 def test_bad_reward_outputs_fail_in_one_line(monkeypatch, tmp_path, name, expected):
-    message = _one_line_error(monkeypatch, [f"output_dir={tmp_path}/run", f"reward.funcs=[{reward_file(tmp_path)}:{name}]"],
-                              forbid_models=False)
+    argv = [f"output_dir={tmp_path}/run", f"reward.funcs=[{reward_file(tmp_path)}:{name}]"]
+    message = _one_line_error(monkeypatch, argv, forbid_models=False)
     assert f"reward '{name}' {expected}" in message
 
 

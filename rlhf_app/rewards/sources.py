@@ -76,7 +76,8 @@ def _import_function(spec: str) -> Callable:
         try:
             fn = fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - the factory rejected its arguments
-            raise RewardSourceError(f"reward source {spec!r}: {attr}(...) failed: {type(err).__name__}: {err}") from None
+            raise RewardSourceError(f"reward source {spec!r}: {attr}(...) failed: "
+                                    f"{type(err).__name__}: {err}") from None
         if not callable(fn):
             raise RewardSourceError(f"reward source {spec!r}: {attr}(...) returned a {type(fn).__name__}, "
                                     "not a reward function")
