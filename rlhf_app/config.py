@@ -461,6 +461,9 @@ class TrainConfig:
 # The one table: an alias works in recipes and on the command line; print_config shows the nested key.
 ALIASES = {
     "model_name_or_path": "model.name_or_path", "model_revision": "model.revision", "dtype": "model.dtype",
+    "torch_dtype": "model.dtype",  # transformers' name before dtype
+    # PPOConfig's model paths: the policy's initial weights, the separate critic's
+    "sft_model_path": "model.name_or_path", "value_model_path": "model.value_model_path",
     "trust_remote_code": "model.trust_remote_code", "gradient_checkpointing": "model.gradient_checkpointing",
     "attn_implementation": "model.attn_implementation", "load_in_4bit": "model.load_in_4bit",
     "load_in_8bit": "model.load_in_8bit", "bnb_4bit_quant_type": "model.bnb_4bit_quant_type",

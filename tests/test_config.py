@@ -147,6 +147,8 @@ SAME_AS_NESTED = [  # TRL's flat name, its nested key here, a value that differs
     ("resume_from_checkpoint", "resume_from", "auto"), ("learning_rate", "ppo.learning_rate", "1e-5"),
     ("kl_coef", "ppo.kl_coef", "0.2"), ("per_device_train_batch_size", "ppo.per_device_train_batch_size", "4"),
     ("run_name", "run_name", "first"), ("logging_steps", "logging_steps", "5"),
+    ("sft_model_path", "model.name_or_path", "someone/sft"), ("value_model_path", "model.value_model_path", "a/b"),
+    ("torch_dtype", "model.dtype", "float16"),
 ]
 
 
