@@ -261,3 +261,27 @@ def test_offline_imdb_classifier_ranks_clear_reviews(monkeypatch):
     scores = fn([""] * 4, POSITIVE + NEGATIVE)
     assert min(scores[:2]) > max(scores[2:]), scores
     assert fn.extra_metrics([""] * 4, POSITIVE + NEGATIVE)["positive_share"] == 0.5
+
+
+def test_reward_models_in_reward_funcs_score_prompt_and_completion(tiny_classifier, tmp_path):
+    """A classifier folder in reward.funcs (its own tokenizer, reward.label) and a one-logit reward
+    model (TRL's kind: its logit is the score), summed with the toy built-in under weights."""
+    from transformers import BertForSequenceClassification
+
+    folder, tokenizer, model = tiny_classifier
+    torch.manual_seed(1)
+    one = BertForSequenceClassification(model.config.__class__(**{**model.config.to_dict(), "num_labels": 1,
+                                                                   "id2label": {0: "LABEL_0"},
+                                                                   "label2id": {"LABEL_0": 0}}))
+    one_folder = tmp_path / "one-logit"
+    one.save_pretrained(one_folder)
+    tokenizer.save_pretrained(one_folder)
+    prompts, completions = ["the movie", "a film"], ["was great a", "was awful"]
+    texts = [p + c for p, c in zip(prompts, completions)]
+    cfg = make_cfg(funcs=[str(folder), str(one_folder), "toy"], weights=[1.0, 0.5, 2.0])
+    fn = build_reward(cfg)
+    positive = _direct_logits(tokenizer, model, texts)[:, 1]
+    single = _direct_logits(tokenizer, one.eval(), texts)[:, 0]
+    toy_scores = torch.tensor([c.count("a") / len(c) for c in completions])
+    assert fn(prompts, completions) == pytest.approx((positive + 0.5 * single + 2 * toy_scores).tolist(), abs=1e-5)
+    assert fn.reward_names == [folder.name, "one-logit", "toy"]  # metrics: rewards/<folder name>/mean

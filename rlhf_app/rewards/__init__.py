@@ -60,8 +60,9 @@ def build_reward(cfg, device=None, sources=None) -> RewardFn:
     for source in sources:
         if source.kind == "builtin":
             fn = BUILDERS[source.spec](cfg, device)
-        elif source.kind == "model":  # a reward model scores like the sentiment built-in, own tokenizer
-            fn = sentiment.build(SimpleNamespace(reward=dataclasses.replace(cfg.reward, model=source.spec)), device)
+        elif source.kind == "model":  # a reward model with its own tokenizer scores prompt + completion, as TRL's
+            rc = dataclasses.replace(cfg.reward, model=source.spec, score_prompt=True)
+            fn = sentiment.build(SimpleNamespace(reward=rc), device)
         else:
             fn = _keywords(source.fn)
         fns.append(checked(source.name, fn))
