@@ -1,7 +1,7 @@
 """`make bench`, second part: the rollout engines hf vs vllm, in alternating pairs of processes.
 
     .venv/bin/python bench/engines.py [--only rollout|update] [--pairs N] [--threads N] [--engines hf,vllm]
-        [--timed N] [--dtypes float32,bfloat16] [--rollouts NAME,...] [--out FILE]
+        [--timed N] [--dtypes float32,bfloat16] [--rollouts NAME,...] [--updates RECIPE,...] [--out FILE]
 
 Rollout: tokens/s of one warm rollout (fixed length, no stop token) on SmolLM2-135M at b32 x r128
 (gsm8k-offline's prompts, the size of a GSM8K rollout here) and on the demo recipe (b64 x r24),
@@ -68,13 +68,13 @@ def child_rollout(spec: dict) -> dict:
     start_s = time.perf_counter() - start
     sync_s = engine.sync_weights(model)
     times, b = [], spec["batch"]
-    for k in range(spec["timed"] + 1):  # the first warms up
+    for k in range(spec["timed"] + 1 if spec["timed"] else 1):  # the first warms up (--timed 0: one cold rollout)
         rows = [train[i] for i in range(k * b, (k + 1) * b)]
         t = time.perf_counter()
         out = engine.generate(rows)
         times.append(time.perf_counter() - t)
         tokens = int(out.mask.sum())
-    best = min(times[1:])
+    best = min(times[1:] or times)
     return {"tokens_per_s": tokens / best, "rollout_s": best, "tokens": tokens, "engine_start_s": start_s,
             "weight_sync_s": sync_s, "threads": torch.get_num_threads()}
 
@@ -120,8 +120,11 @@ def _measure(spec: dict) -> dict:
         spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps(spec))
         env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "PYTHONPATH": str(ROOT)}
-        proc = subprocess.run([sys.executable, __file__, "--child", str(spec_path), str(result_path)], env=env,
-                              capture_output=True, text=True, timeout=1800)
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--child", str(spec_path), str(result_path)], env=env,
+                                  capture_output=True, text=True, timeout=1800)
+        except subprocess.TimeoutExpired:
+            return {"error": "timed out after 1800 s"}
         if proc.returncode != 0:
             return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
         return json.loads(result_path.read_text())
@@ -131,11 +134,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=("rollout", "update"))
     parser.add_argument("--rollouts", default=",".join(s["name"] for s in ROLLOUTS))
+    parser.add_argument("--updates", default=",".join(s["recipe"] for s in UPDATES), help="recipes, e.g. demo")
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--engines", default="hf,hf-static,vllm", help="rollout engines to compare")
-    parser.add_argument("--timed", type=int, default=2, help="timed rollouts per process, after one warm-up")
+    parser.add_argument("--timed", type=int, default=2,
+                        help="timed rollouts per process after one warm-up; 0: a single cold rollout")
     parser.add_argument("--out", default=str(BENCH / "engines.json"))
     parser.add_argument("--child", nargs=2)
     args = parser.parse_args()
@@ -148,7 +153,7 @@ def main() -> None:
         jobs += [dict(s, kind="rollout", dtype=d) for s in ROLLOUTS for d in args.dtypes.split(",")
                  if s["name"] in args.rollouts.split(",")]
     if args.only in (None, "update"):
-        jobs += [dict(s, kind="update", dtype="float32") for s in UPDATES]
+        jobs += [dict(s, kind="update", dtype="float32") for s in UPDATES if s["recipe"] in args.updates.split(",")]
     for job in jobs:
         engines = ENGINES[job["kind"]] if job["kind"] == "update" else tuple(args.engines.split(","))
         row = {**job, "runs": {e: [] for e in engines}}
