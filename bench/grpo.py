@@ -63,7 +63,8 @@ def run_ours(spec: dict) -> dict:
                        "algorithm.advantage_estimator=grpo", f"algorithm.num_generations={g}",
                        f"algorithm.beta={SHARED['beta']}", "ppo.kl_coef=0", f"ppo.cliprange={SHARED['cliprange']}",
                        f"ppo.per_device_train_batch_size={b}", "ppo.gradient_accumulation_steps=1",
-                       "ppo.num_mini_batches=1", "ppo.num_ppo_epochs=1", f"ppo.response_length={spec['response_length']}",
+                       "ppo.num_mini_batches=1", "ppo.num_ppo_epochs=1",
+                       f"ppo.response_length={spec['response_length']}",
                        f"ppo.total_episodes={b * spec['steps']}", f"ppo.learning_rate={spec['lr']}",
                        "ppo.lr_scheduler_type=constant", f"ppo.max_grad_norm={SHARED['max_grad_norm']}",
                        f"ppo.temperature={SHARED['temperature']}", "ppo.local_rollout_forward_batch_size=64"])

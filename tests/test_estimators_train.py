@@ -94,7 +94,8 @@ def test_groups_stay_together_across_processes_and_mini_batches():
 
 
 def test_algorithm_settings_fail_with_one_line():
-    for args, message in ((["algorithm.advantage_estimator=rloo", "algorithm.num_generations=1"], "num_generations >= 2"),
+    for args, message in ((["algorithm.advantage_estimator=rloo", "algorithm.num_generations=1"],
+                           "num_generations >= 2"),
                           (["algorithm.num_generations=3"], "must divide the mini-batch of 16"),
                           (["algorithm.advantage_estimator=ppo"], "advantage_estimator='ppo' is not one of"),
                           (["loss_type=sum"], "loss_type='sum' is not one of grpo, bnpo, dapo, dr_grpo"),

@@ -19,7 +19,7 @@ from trl.trainer.utils import print_prompt_completions_sample
 from rlhf_app.ppo import checkpoint as ckpt
 from rlhf_app.ppo.advantages import ESTIMATORS, settings_from
 from rlhf_app.ppo.core import (KLController, adjust_scores, aggregate_loss, explained_variance, kl_penalty,
-                               masked_mean, masked_whiten, policy_loss, token_rewards, value_loss)
+                               masked_whiten, policy_loss, token_rewards, value_loss)
 from rlhf_app.ppo.logfiles import truncate_rows
 from rlhf_app.ppo.signals import StopFlag, Stopped
 from rlhf_app.ppo.engines import build_engine, sampling_correction
