@@ -134,6 +134,7 @@ def _run(cfg: TrainConfig) -> dict:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
+    from trl.models.utils import unwrap_model_for_generation
 
     from rlhf_app import data, extras, hub_sync, models, rewards
     from rlhf_app.model_init import quantization_problem
@@ -213,19 +214,27 @@ def _run(cfg: TrainConfig) -> dict:
         if message is None:
             raise
         raise UserError(message) from err
-    model = accelerator.unwrap_model(state.pop("model"))
+    prepared = state.pop("model")
+    # Collective: under ZeRO-3 / FSDP each process holds a shard; the main process gets the full weights.
+    weights = accelerator.get_state_dict(prepared)
+    model = accelerator.unwrap_model(prepared)
     # ---- evaluation after training, critic values along two completions, save, report
+    if cfg.eval_before_after:
+        # Every process evaluates the same prompts with the same seed (ZeRO-3 gathers the weights
+        # collectively; FSDP needs every process in each forward); the main process writes the results.
+        with unwrap_model_for_generation(prepared, accelerator) as unwrapped:
+            evals["after"] = evaluate_policy(cfg, unwrapped, tokenizer, eval_ds, reward_fn, accelerator.device)
+            values = _values_along(unwrapped, tokenizer, evals["after"]["samples"], accelerator.device) \
+                if cfg.algorithm.uses_critic else None  # critic-free estimators have no values to show
     if accelerator.is_main_process:
         if cfg.eval_before_after:
-            evals["after"] = evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, accelerator.device)
             accelerator.print(_eval_line("after", evals["after"]))
             (out / "eval.json").write_text(json.dumps(evals, indent=2))
-            if cfg.algorithm.uses_critic:  # critic-free estimators have no values to show
-                (out / "values.json").write_text(json.dumps(
-                    _values_along(model, tokenizer, evals["after"]["samples"], accelerator.device), indent=2))
+            if values is not None:
+                (out / "values.json").write_text(json.dumps(values, indent=2))
         tmp, final = out / ".final.tmp", out / "final"
         shutil.rmtree(tmp, ignore_errors=True)
-        models.save_policy(model, tokenizer, tmp)
+        models.save_policy(model, tokenizer, tmp, state_dict=weights)
         # Marks the run finished, at which update: a later resume must not replace final/ with older weights.
         (tmp / "trainer_state.json").write_text(json.dumps({"step": state["step"], "episode": state["episode"]}))
         replace_dir(tmp, final)

@@ -206,16 +206,25 @@ def disable_all_dropout(model: nn.Module) -> None:
                 setattr(module, name, 0.0)
 
 
-def save_policy(model: PolicyAndValue, tokenizer, out_dir: str | Path) -> None:
-    """Policy + tokenizer with save_pretrained (safetensors), the critic beside them."""
+def save_policy(model: PolicyAndValue, tokenizer, out_dir: str | Path, state_dict: dict | None = None) -> None:
+    """Policy + tokenizer with save_pretrained (safetensors), the critic beside them.
+
+    `state_dict`: the whole model's weights as `accelerator.get_state_dict` gathers them (ZeRO-3 and FSDP
+    shard the parameters, so the module's own tensors are not the full weights); None: the module's own.
+    """
     out_dir = Path(out_dir)
-    model.policy.save_pretrained(out_dir, safe_serialization=True)
+
+    def part(prefix: str):
+        return None if state_dict is None else \
+            {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+    model.policy.save_pretrained(out_dir, safe_serialization=True, state_dict=part("policy."))
     tokenizer.save_pretrained(out_dir)
     if model.value_head is not None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.value_head.state_dict().items()},
-                  str(out_dir / VALUE_HEAD_FILE))
+        head = part("value_head.") or model.value_head.state_dict()
+        save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, str(out_dir / VALUE_HEAD_FILE))
     elif model.critic is not None:
-        model.critic.save_pretrained(out_dir / VALUE_MODEL_DIR, safe_serialization=True)
+        model.critic.save_pretrained(out_dir / VALUE_MODEL_DIR, safe_serialization=True, state_dict=part("critic."))
 
 
 def load_policy(path: str | Path, dtype: str = "float32") -> tuple[PolicyAndValue, object]:

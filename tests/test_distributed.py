@@ -81,3 +81,29 @@ def test_two_processes_train_grpo_groups_with_batch_scaled_rewards(tmp_path):
     assert [r["step"] for r in ranks] == [2, 2] and ranks[0]["weights"] == ranks[1]["weights"]
     rows = _metrics(tmp_path)
     assert len(rows) == 2 and not any("loss/value_avg" in r for r in rows)
+
+
+def test_two_processes_save_their_own_optimizer_state_and_resume_exactly(tmp_path):
+    """Each process writes its optimizer state (sharded under ZeRO/FSDP; here DDP) and reads its own back."""
+    import shutil
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    args = [*EXACT, "ppo.total_episodes=64", "ppo.per_device_train_batch_size=8", "save_steps=2"]  # 4 updates
+    proc = _two_processes(*args, f"output_dir={straight}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = straight / "checkpoint-2"
+    assert sorted(p.name for p in ckpt.glob("optimizer_*.pt")) == ["optimizer_0.pt", "optimizer_1.pt"]
+    # As if killed after update 4 was logged but before its checkpoint: resume from update 2.
+    resumed.mkdir()
+    shutil.copytree(ckpt, resumed / ckpt.name)
+    for name in ("config.yaml", "metrics.jsonl"):
+        shutil.copy(straight / name, resumed / name)
+    proc = _two_processes(*args, f"output_dir={resumed}", "resume_from=auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout
+    rows_a, rows_b = _metrics(straight), _metrics(resumed)
+    assert [r["step"] for r in rows_b] == [1, 2, 3, 4]
+    for a, b in zip(rows_a, rows_b):
+        for key in COMPARED:
+            assert abs(a[key] - b[key]) <= 1e-6 * max(1.0, abs(a[key])), (a["step"], key)
+    assert _ranks(resumed, 2) == _ranks(straight, 2)  # the same final weights on both processes

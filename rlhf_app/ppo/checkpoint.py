@@ -2,8 +2,10 @@
 
 A checkpoint is written into `.checkpoint-N.tmp/` and renamed to `checkpoint-N/` only when every
 process has written its part, so a folder named `checkpoint-N` is always complete: resume never
-picks a half-written one. It holds the policy and critic (`save_policy`), the optimizer, LR
-scheduler, KL controller, sampler position, step, and every process's RNG states.
+picks a half-written one. It holds the policy and critic (`save_policy`, full weights gathered
+from every process), every process's own optimizer state (`optimizer_R.pt`: under ZeRO or FSDP each
+process holds only its shard), LR scheduler, KL controller, sampler position, step, and every
+process's RNG states.
 """
 
 from __future__ import annotations
@@ -44,17 +46,20 @@ def checkpoints(output_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(accelerator, output_dir: Path, model, tokenizer, trainer_state: dict,
-                    total_limit: int) -> Path:
-    """Write checkpoint-{step} atomically; keep only the newest `total_limit` (0 keeps all)."""
+                    total_limit: int, optimizer=None) -> Path:
+    """Write checkpoint-{step} atomically; keep only the newest `total_limit` (0 keeps all). Every process calls it."""
     step = trainer_state["step"]
+    weights = accelerator.get_state_dict(model)  # collective: gathers sharded weights onto the main process
     final, tmp = output_dir / f"checkpoint-{step}", output_dir / f".checkpoint-{step}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / f"optimizer_{accelerator.process_index}.pt")
     if accelerator.is_main_process:
-        save_policy(accelerator.unwrap_model(model), tokenizer, tmp)
+        save_policy(accelerator.unwrap_model(model), tokenizer, tmp, state_dict=weights)
         torch.save(trainer_state, tmp / STATE_FILE)
         (tmp / STATE_JSON).write_text(json.dumps(
             {**{k: v for k, v in trainer_state.items() if isinstance(v, (int, float, str))},
@@ -129,12 +134,20 @@ def find_resume(resume_from: str | None, output_dir: Path) -> Path | None:
     return path
 
 
-def load_checkpoint(path: Path, accelerator, model, dtype: str) -> dict:
-    """Restore weights into `model` and this process's RNG; return the saved trainer state."""
+def load_weights(path: Path, model, dtype: str) -> None:
+    """The checkpoint's policy and critic into `model` before `accelerator.prepare` (which then shards them)."""
     saved, _ = load_policy(path, dtype=dtype)
-    accelerator.unwrap_model(model).load_state_dict(saved.state_dict())
+    model.load_state_dict(saved.state_dict())
+
+
+def load_checkpoint(path: Path, accelerator, optimizer) -> dict:
+    """Restore this process's optimizer state and RNG; return the saved trainer state."""
     rng_file = path / f"rng_state_{accelerator.process_index}.pt"
     if not rng_file.is_file():
         raise FileNotFoundError(f"{path} was saved by a run with fewer processes: {rng_file.name} is missing")
     _set_rng_state(torch.load(rng_file, weights_only=False))
-    return torch.load(path / STATE_FILE, weights_only=False)
+    saved = torch.load(path / STATE_FILE, weights_only=False)
+    own = path / f"optimizer_{accelerator.process_index}.pt"
+    # Checkpoints written before per-process optimizer files kept the main process's state in STATE_FILE.
+    optimizer.load_state_dict(torch.load(own, weights_only=False) if own.is_file() else saved["optimizer"])
+    return saved

@@ -75,6 +75,9 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         ds_config["train_micro_batch_size_per_gpu"] = ppo.per_device_train_batch_size
         ds_config["gradient_clipping"] = ppo.max_grad_norm
+    resume = ckpt.find_resume(cfg.resume_from, output_dir)
+    if resume is not None:  # weights go in before prepare, which shards them under ZeRO-3 / FSDP
+        ckpt.load_weights(resume, model, cfg.model.dtype)
     model, optimizer = accelerator.prepare(model, optimizer)
     if ref_policy is not None:
         ref_policy.to(device)
@@ -87,10 +90,8 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
     estimate, adv_settings = ESTIMATORS[alg.advantage_estimator], settings_from(cfg, all_reduce)
 
     # ---- resume
-    resume = ckpt.find_resume(cfg.resume_from, output_dir)
     if resume is not None:
-        saved = ckpt.load_checkpoint(resume, accelerator, model, cfg.model.dtype)
-        optimizer.load_state_dict(saved["optimizer"])
+        saved = ckpt.load_checkpoint(resume, accelerator, optimizer)
         scheduler.load_state_dict(saved["scheduler"])
         kl_ctl.load_state_dict(saved["kl_ctl"])
         sampler.load_state_dict(saved["sampler"])
@@ -104,7 +105,7 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             truncate_rows(output_dir / name, state["step"])
 
     def trainer_state() -> dict:
-        return {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        return {**state, "scheduler": scheduler.state_dict(),
                 "kl_ctl": kl_ctl.state_dict(), "sampler": sampler.state_dict()}
 
     progress = tqdm(total=total_updates, initial=state["step"], desc="PPO", unit="update",
@@ -250,7 +251,7 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             stopping = signum is not None and state["step"] < total_updates
             if stopping or (cfg.save_steps and (state["step"] % cfg.save_steps == 0 or state["step"] == total_updates)):
                 saved = ckpt.save_checkpoint(accelerator, output_dir, model, tokenizer, trainer_state(),
-                                             cfg.save_total_limit)
+                                             cfg.save_total_limit, optimizer)
                 if on_save is not None and accelerator.is_main_process and not stopping:
                     on_save(saved)
             if stopping:
