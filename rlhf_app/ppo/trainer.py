@@ -11,26 +11,23 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate.utils import DistributedType, gather_object
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import TrainerState, get_scheduler
 from trl.trainer.utils import print_prompt_completions_sample
 
 from rlhf_app.ppo import checkpoint as ckpt
 from rlhf_app.ppo.advantages import ESTIMATORS, settings_from
-from rlhf_app.ppo.core import (KLController, adjust_scores, aggregate_loss, explained_variance, kl_penalty,
-                               masked_whiten, policy_loss, token_rewards, value_loss)
+from rlhf_app.ppo.core import KLController, adjust_scores, kl_penalty, masked_whiten, token_rewards
 from rlhf_app.ppo.logfiles import truncate_rows
+from rlhf_app.ppo.losses import micro_batch_loss
+from rlhf_app.ppo.metrics import NonFiniteError, objective_metrics, reduced_metrics, reward_metrics, timings
 from rlhf_app.ppo.signals import StopFlag, Stopped
 from rlhf_app.ppo.engines import build_engine, sampling_correction
 from rlhf_app.ppo.micro import accumulating, backward, loss_normaliser, micro_batches, pad_to, trim_padding
 from rlhf_app.ppo.rollout import PromptSampler, RewardLog, logprobs_values, ref_logprobs, score
 
 SAMPLE_COLUMNS = ("step", "prompt", "completion", "score")
-
-
-class NonFiniteError(RuntimeError):
-    pass
 
 
 def num_updates(ppo, world_size: int) -> int:
@@ -56,25 +53,10 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
     ppo, alg, device = cfg.ppo, cfg.algorithm, accelerator.device
     world = accelerator.num_processes
     total_updates = num_updates(ppo, world)
-    steps_per_update = ppo.num_ppo_epochs * ppo.num_mini_batches
     mini_batch = ppo.local_batch_size // ppo.num_mini_batches
 
     # ---- optimizer, schedule, sampler, KL controller
-    params = [p for p in model.parameters() if p.requires_grad]
-    # The fused kernel updates each tensor in one pass: ~5x faster than the default per-tensor loop
-    # on CPU, where it was 18% of a SmolLM2 update. DeepSpeed and FSDP bring their own optimizer paths.
-    fused = device.type in ("cpu", "cuda") and accelerator.distributed_type in (
-        DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
-    optimizer = torch.optim.AdamW(params, lr=ppo.learning_rate, eps=1e-5, weight_decay=ppo.weight_decay,
-                                  fused=fused or None)
-    # Not prepared by accelerate, which would step it once per process: stepped once per optimizer step.
-    scheduler = get_scheduler(ppo.lr_scheduler_type, optimizer, num_warmup_steps=ppo.warmup_steps,
-                              num_training_steps=total_updates * steps_per_update)
-    if accelerator.state.deepspeed_plugin is not None:
-        # No data loader is prepared, so DeepSpeed cannot infer these "auto" values itself.
-        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
-        ds_config["train_micro_batch_size_per_gpu"] = ppo.per_device_train_batch_size
-        ds_config["gradient_clipping"] = ppo.max_grad_norm
+    params, optimizer, scheduler = _optimizer(cfg, accelerator, model, total_updates)
     resume = ckpt.find_resume(cfg.resume_from, output_dir)
     if resume is not None:  # weights go in before prepare, which shards them under ZeRO-3 / FSDP
         ckpt.load_weights(resume, model, cfg.model.dtype)
@@ -99,7 +81,6 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
         state = {"step": saved["step"], "episode": saved["episode"]}
         accelerator.print(f"resumed from {resume} at update {state['step']}")
     engine = build_engine(cfg, accelerator, model, tokenizer, state["step"])  # syncs the resumed weights
-    metrics_path = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
         for name in ("metrics.jsonl", "samples.jsonl"):
             truncate_rows(output_dir / name, state["step"])
@@ -129,16 +110,8 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             b_query, b_qmask, b_resp, b_mask = rollout.query, rollout.query_mask, rollout.response, rollout.mask
             n = b_resp.shape[0]
             fresh = _one_fresh_step(cfg, kl_ctl, rollout)  # then the update's own log-probs are the old ones
-            with torch.no_grad():
-                parts = [] if fresh else [
-                    logprobs_values(model, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature)
-                    for s in _chunks(n, ppo.local_rollout_forward_batch_size)]
-                b_logprobs = torch.zeros_like(b_mask) if fresh else torch.cat([p[0] for p in parts]) * b_mask
-                b_values = torch.cat([p[1] for p in parts]) * b_mask if alg.uses_critic else None
-                with accelerator.autocast(), accelerator.unwrap_model(model).reference(ref_policy) as ref:
-                    b_ref_logprobs = torch.cat([
-                        ref_logprobs(ref, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature)
-                        for s in _chunks(n, ppo.local_rollout_forward_batch_size)]) * b_mask
+            b_logprobs, b_values, b_ref_logprobs = _rollout_forwards(cfg, accelerator, model, ref_policy, rollout,
+                                                                     fresh)
             t_fwd = time.perf_counter()
             # ---- 4. rewards per token and advantages
             with torch.no_grad():
@@ -173,24 +146,10 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                                 with_entropy=True, entropy_grad=ppo.ent_coef != 0))
                             if fresh:
                                 b_logprobs[mb] = mb_logprobs.detach() * mb_mask
-                            pg_loss, pg_clip, approx_kl = policy_loss(
-                                mb_logprobs, b_logprobs[mb], b_advantages[mb], mb_mask, ppo.cliprange,
-                                alg.cliprange_high, alg.importance_sampling_level, alg.loss_agg_mode, mb_norm)
-                            entropy = aggregate_loss(mb_entropy, mb_mask, "token-mean", mb_tokens)
-                            loss = pg_loss - ppo.ent_coef * entropy
-                            share = mb_mask.sum() / mb_tokens  # per-token means of this micro-batch, weighted
-                            row = {"loss/policy_avg": pg_loss, "policy/clipfrac_avg": pg_clip * share,
-                                   "policy/approxkl_avg": approx_kl * share, "policy/entropy_avg": entropy}
-                            if alg.uses_critic:
-                                vf_loss, vf_clip = value_loss(mb_values, b_values[mb], b_returns[mb], mb_mask,
-                                                              ppo.cliprange_value, mb_tokens)
-                                loss = loss + ppo.vf_coef * vf_loss
-                                row.update({"loss/value_avg": vf_loss, "val/clipfrac_avg": vf_clip * share})
-                            if alg.beta:  # GRPO's KL term: k3 to the reference, inside the loss
-                                kl_loss = aggregate_loss(kl_penalty(mb_logprobs, b_ref_logprobs[mb], "k3"),
-                                                         mb_mask, alg.loss_agg_mode, mb_norm)
-                                loss = loss + alg.beta * kl_loss
-                                row["loss/kl_avg"] = kl_loss
+                            loss, row = micro_batch_loss(
+                                ppo, alg, mb_logprobs, mb_values, mb_entropy, b_logprobs[mb], b_advantages[mb],
+                                _rows_of(b_values, mb), _rows_of(b_returns, mb), b_ref_logprobs[mb], mb_mask,
+                                mb_tokens, mb_norm)
                             backward(accelerator, loss)
                         mb_stats = mb_stats + torch.stack(list(row.values())).detach()
                     if ppo.max_grad_norm:
@@ -204,45 +163,20 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             with torch.no_grad():
                 if fresh:  # the KL of the log-probs filled in by the update (none was in the reward)
                     b_kl = kl_penalty(b_logprobs, b_ref_logprobs, ppo.kl_estimator) * b_mask
-                seq_kl = b_kl.sum(1)
-                objective = {"objective/scores": scores.mean(), "objective/kl": seq_kl.mean(),
-                             "objective/entropy": (-b_logprobs).sum(1).mean(),
-                             "objective/non_score_reward": b_non_score.sum(1).mean(),
-                             "objective/rlhf_reward": (b_scores + b_non_score.sum(1)).mean(),
-                             "val/mean_response_length": b_mask.sum(1).mean(),
-                             "val/eos_fraction": rollout.contains_stop.float().mean(),
-                             # the score trained on: after missing_eos_penalty, reward_scale, reward_clip
-                             "objective/scores_adjusted": b_scores.mean()}
-                if alg.uses_critic:
-                    objective["val/explained_variance"] = explained_variance(b_values, b_returns, b_mask)
-                local = torch.cat([torch.stack(stats).mean(0), torch.stack(list(objective.values()))])
-                reduced = accelerator.reduce(local, reduction="mean").tolist()
-            if not all(math.isfinite(v) for v in reduced):
-                raise NonFiniteError(f"non-finite loss, reward or KL at update {state['step'] + 1}")
-            metrics = dict(zip([*row, *objective], reduced))
+                objective = objective_metrics(rollout, scores, b_scores, b_kl, b_non_score, b_logprobs, b_mask,
+                                              b_values, b_returns)
+                metrics = reduced_metrics(accelerator, stats, list(row), objective, state["step"] + 1)
             kl_ctl_before = kl_ctl.value
             kl_ctl.update(metrics["objective/kl"], ppo.local_batch_size * world)
             state["step"] += 1
             state["episode"] += ppo.local_batch_size * world
-            elapsed = time.perf_counter() - t0
             tokens = (b_mask.sum() + rollout.query_mask.sum()).item() * world
             metrics.update({"lr": lr, "kl_coef": kl_ctl_before,
-                            "perf/episodes_per_s": ppo.local_batch_size * world / elapsed,
-                            "perf/tokens_per_s": tokens / elapsed, "time/update_s": elapsed,
-                            "time/generate_s": t_gen - t0 - t_sync, "time/reward_s": t_reward - t_gen,
-                            "time/forward_s": t_fwd - t_reward, "time/train_s": t_train - t_fwd,
-                            "time/weight_sync_s": t_sync, **engine_metrics})
-            metrics.update(_reward_metrics(accelerator, reward_log))
+                            **timings(ppo.local_batch_size * world, tokens, t0, t_sync, t_gen, t_reward, t_fwd,
+                                      t_train), **engine_metrics})
+            metrics.update(reward_metrics(accelerator, reward_log))
             metrics.update(on_update(state["step"], total_updates, model))
-            if state["step"] % cfg.logging_steps == 0:  # the trackers; metrics.jsonl below keeps every update
-                accelerator.log(metrics, step=state["step"])
-            if accelerator.is_main_process:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps({"step": state["step"], "episode": state["episode"], **metrics}) + "\n")
-                if cfg.sample_every and state["step"] % cfg.sample_every == 0:
-                    _log_samples(accelerator, output_dir / "samples.jsonl", state["step"], rollout, scores,
-                                 reward_log.extra, console=cfg.log_completions and cfg.num_completions_to_print,
-                                 reward=cfg.reward.name)
+            _log_update(cfg, accelerator, output_dir, state, metrics, rollout, scores, reward_log)
             progress.update(1)
             progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
             # The last update saves too, so a finished run can be continued with a larger total_episodes.
@@ -262,6 +196,51 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
     return {**state, "model": model}
 
 
+def _optimizer(cfg, accelerator, model, total_updates: int):
+    """-> (trainable params, AdamW, the learning-rate schedule, one step per optimizer step)."""
+    ppo, device = cfg.ppo, accelerator.device
+    params = [p for p in model.parameters() if p.requires_grad]
+    # The fused kernel updates each tensor in one pass: ~5x faster than the default per-tensor loop
+    # on CPU, where it was 18% of a SmolLM2 update. DeepSpeed and FSDP bring their own optimizer paths.
+    fused = device.type in ("cpu", "cuda") and accelerator.distributed_type in (
+        DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    optimizer = torch.optim.AdamW(params, lr=ppo.learning_rate, eps=1e-5, weight_decay=ppo.weight_decay,
+                                  fused=fused or None)
+    # Not prepared by accelerate, which would step it once per process: stepped once per optimizer step.
+    scheduler = get_scheduler(ppo.lr_scheduler_type, optimizer, num_warmup_steps=ppo.warmup_steps,
+                              num_training_steps=total_updates * ppo.num_ppo_epochs * ppo.num_mini_batches)
+    if accelerator.state.deepspeed_plugin is not None:
+        # No data loader is prepared, so DeepSpeed cannot infer these "auto" values itself.
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = ppo.per_device_train_batch_size
+        ds_config["gradient_clipping"] = ppo.max_grad_norm
+    return params, optimizer, scheduler
+
+
+def _rollout_forwards(cfg, accelerator, model, ref_policy, rollout, fresh: bool):
+    """No-grad forwards over the rollout in chunks of local_rollout_forward_batch_size.
+
+    -> (b_logprobs (n, R): the policy as sampled, zeros when `fresh` (the update fills them in);
+    b_values (n, R) or None without a critic; b_ref_logprobs (n, R)), all zero past each response."""
+    ppo = cfg.ppo
+    b_query, b_qmask, b_resp, b_mask = rollout.query, rollout.query_mask, rollout.response, rollout.mask
+    chunks = list(_chunks(b_resp.shape[0], ppo.local_rollout_forward_batch_size))
+    with torch.no_grad():
+        parts = [] if fresh else [logprobs_values(model, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature)
+                                  for s in chunks]
+        b_logprobs = torch.zeros_like(b_mask) if fresh else torch.cat([p[0] for p in parts]) * b_mask
+        b_values = torch.cat([p[1] for p in parts]) * b_mask if cfg.algorithm.uses_critic else None
+        with accelerator.autocast(), accelerator.unwrap_model(model).reference(ref_policy) as ref:
+            b_ref_logprobs = torch.cat([ref_logprobs(ref, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature)
+                                        for s in chunks]) * b_mask
+    return b_logprobs, b_values, b_ref_logprobs
+
+
+def _rows_of(x: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    """x[idx] of a per-episode tensor that is None without a critic."""
+    return None if x is None else x[idx]
+
+
 def _one_fresh_step(cfg, kl_ctl, rollout) -> bool:
     """One optimizer step per rollout, sampled by the trainer's own policy, no critic and no KL in the
     reward: the log-probs "as sampled" equal the update's own, detached (TRL's GRPOTrainer with
@@ -279,20 +258,17 @@ def _shuffled_groups(n: int, group: int, device) -> torch.Tensor:
     return (starts[:, None] + torch.arange(group, device=device)).flatten()
 
 
-def _reward_metrics(accelerator, log: RewardLog) -> dict:
-    """What the reward logged (rewards/<name>/mean|std, its own log_metric calls), averaged over
-    processes and over the finite values; a metric with none is left out."""
-    means = log.means()
-    names = sorted(means)
-    if accelerator.num_processes > 1:  # every process must reduce the same names in the same order
-        names = sorted({n for keys in gather_object([names]) for n in keys})
-    if not names:
-        return {}
-    values = [means.get(n, math.nan) for n in names]
-    local = torch.tensor([[v if math.isfinite(v) else 0.0, float(math.isfinite(v))] for v in values],
-                         device=accelerator.device)
-    total = accelerator.reduce(local, reduction="sum").tolist()
-    return {n: s / c for n, (s, c) in zip(names, total) if c}
+def _log_update(cfg, accelerator, output_dir: Path, state: dict, metrics: dict, rollout, scores, reward_log) -> None:
+    """One update's metrics to the trackers and metrics.jsonl, and every sample_every updates its sample table."""
+    step = state["step"]
+    if step % cfg.logging_steps == 0:  # the trackers; metrics.jsonl below keeps every update
+        accelerator.log(metrics, step=step)
+    if accelerator.is_main_process:
+        with open(output_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "episode": state["episode"], **metrics}) + "\n")
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            _log_samples(accelerator, output_dir / "samples.jsonl", step, rollout, scores, reward_log.extra,
+                         console=cfg.log_completions and cfg.num_completions_to_print, reward=cfg.reward.name)
 
 
 def _log_samples(accelerator, path: Path, step: int, rollout, scores, extra: dict | None = None,

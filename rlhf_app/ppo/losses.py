@@ -1,0 +1,43 @@
+"""The loss of one PPO micro-batch and the statistics row logged for it.
+
+Policy loss (PPO clip, https://arxiv.org/abs/1707.06347), optional clipped value loss, an entropy
+bonus and GRPO's in-loss KL to the reference (k3, https://arxiv.org/abs/2402.03300), all divided by
+the whole mini-batch's normaliser (see `micro.loss_normaliser`), so micro-batches sum to its loss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf_app.ppo.core import aggregate_loss, kl_penalty, policy_loss, value_loss
+
+
+def micro_batch_loss(ppo, alg, logprobs: torch.Tensor, values: torch.Tensor | None, entropy: torch.Tensor,
+                     old_logprobs: torch.Tensor, advantages: torch.Tensor, old_values: torch.Tensor | None,
+                     returns: torch.Tensor | None, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+                     tokens: torch.Tensor, norm) -> tuple[torch.Tensor, dict]:
+    """-> (loss, row) for m episodes of a mini-batch of `tokens` real tokens; `norm` is its normaliser
+    under `alg.loss_agg_mode` (tokens or sequences).
+
+    logprobs, entropy (m, R) from the policy with grad; values (m, R) or None (critic-free);
+    old_logprobs, advantages, ref_logprobs, mask (m, R) from the rollout; old_values, returns (m, R)
+    or None. loss is a scalar tensor; row maps each logged key to a scalar tensor, per-token means
+    weighted by this micro-batch's share of the mini-batch's tokens, so rows sum to the mini-batch's.
+    """
+    pg_loss, pg_clip, approx_kl = policy_loss(
+        logprobs, old_logprobs, advantages, mask, ppo.cliprange,
+        alg.cliprange_high, alg.importance_sampling_level, alg.loss_agg_mode, norm)
+    mb_entropy = aggregate_loss(entropy, mask, "token-mean", tokens)
+    loss = pg_loss - ppo.ent_coef * mb_entropy
+    share = mask.sum() / tokens  # per-token means of this micro-batch, weighted
+    row = {"loss/policy_avg": pg_loss, "policy/clipfrac_avg": pg_clip * share,
+           "policy/approxkl_avg": approx_kl * share, "policy/entropy_avg": mb_entropy}
+    if alg.uses_critic:
+        vf_loss, vf_clip = value_loss(values, old_values, returns, mask, ppo.cliprange_value, tokens)
+        loss = loss + ppo.vf_coef * vf_loss
+        row.update({"loss/value_avg": vf_loss, "val/clipfrac_avg": vf_clip * share})
+    if alg.beta:  # GRPO's KL term: k3 to the reference, inside the loss
+        kl_loss = aggregate_loss(kl_penalty(logprobs, ref_logprobs, "k3"), mask, alg.loss_agg_mode, norm)
+        loss = loss + alg.beta * kl_loss
+        row["loss/kl_avg"] = kl_loss
+    return loss, row

@@ -1,0 +1,69 @@
+"""One update's logged metrics: the objective, the mini-batches' stats, timings and the reward's own
+metrics, averaged over processes. Keys follow TRL's PPOTrainer (objective/, policy/, val/, loss/)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from accelerate.utils import gather_object
+
+from rlhf_app.ppo.core import explained_variance
+from rlhf_app.ppo.rollout import RewardLog
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def objective_metrics(rollout, scores, b_scores, b_kl, b_non_score, b_logprobs, b_mask, b_values, b_returns) -> dict:
+    """The update's objective/ and val/ entries, local to this process, as scalar tensors.
+
+    scores, b_scores (n,); b_kl, b_non_score, b_logprobs, b_mask (n, R); b_values, b_returns (n, R)
+    or None without a critic (then no explained variance)."""
+    objective = {"objective/scores": scores.mean(), "objective/kl": b_kl.sum(1).mean(),
+                 "objective/entropy": (-b_logprobs).sum(1).mean(),
+                 "objective/non_score_reward": b_non_score.sum(1).mean(),
+                 "objective/rlhf_reward": (b_scores + b_non_score.sum(1)).mean(),
+                 "val/mean_response_length": b_mask.sum(1).mean(),
+                 "val/eos_fraction": rollout.contains_stop.float().mean(),
+                 # the score trained on: after missing_eos_penalty, reward_scale, reward_clip
+                 "objective/scores_adjusted": b_scores.mean()}
+    if b_values is not None:
+        objective["val/explained_variance"] = explained_variance(b_values, b_returns, b_mask)
+    return objective
+
+
+def reduced_metrics(accelerator, stats: list, stat_keys: list, objective: dict, step: int) -> dict:
+    """The mean of the mini-batches' stats rows and the objective, averaged over processes -> {key: float}.
+    Raises NonFiniteError when any of them is not finite."""
+    local = torch.cat([torch.stack(stats).mean(0), torch.stack(list(objective.values()))])
+    reduced = accelerator.reduce(local, reduction="mean").tolist()
+    if not all(math.isfinite(v) for v in reduced):
+        raise NonFiniteError(f"non-finite loss, reward or KL at update {step}")
+    return dict(zip([*stat_keys, *objective], reduced))
+
+
+def timings(episodes: int, tokens: float, t0, t_sync, t_gen, t_reward, t_fwd, t_train) -> dict:
+    """The perf/ and time/ entries of one update that began at t0 (perf_counter seconds)."""
+    elapsed = time.perf_counter() - t0
+    return {"perf/episodes_per_s": episodes / elapsed, "perf/tokens_per_s": tokens / elapsed,
+            "time/update_s": elapsed, "time/generate_s": t_gen - t0 - t_sync, "time/reward_s": t_reward - t_gen,
+            "time/forward_s": t_fwd - t_reward, "time/train_s": t_train - t_fwd, "time/weight_sync_s": t_sync}
+
+
+def reward_metrics(accelerator, log: RewardLog) -> dict:
+    """What the reward logged (rewards/<name>/mean|std, its own log_metric calls), averaged over
+    processes and over the finite values; a metric with none is left out."""
+    means = log.means()
+    names = sorted(means)
+    if accelerator.num_processes > 1:  # every process must reduce the same names in the same order
+        names = sorted({n for keys in gather_object([names]) for n in keys})
+    if not names:
+        return {}
+    values = [means.get(n, math.nan) for n in names]
+    local = torch.tensor([[v if math.isfinite(v) else 0.0, float(math.isfinite(v))] for v in values],
+                         device=accelerator.device)
+    total = accelerator.reduce(local, reduction="sum").tolist()
+    return {n: s / c for n, (s, c) in zip(names, total) if c}
