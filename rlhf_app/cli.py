@@ -124,45 +124,55 @@ def run(cfg: TrainConfig) -> dict:
     from rlhf_app import run_dir
     from rlhf_app.ppo.trainer import num_updates
 
+    # Mistakes that need neither the run folder nor a model: said before anything is written.
+    reward_sources, hub_token = _check_settings(cfg)
     # As the Accelerator would start it: ACCELERATE_USE_CPU=1 makes a multi-process launch MULTI_CPU (gloo).
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     with run_dir.claim(cfg, state, num_updates(cfg.ppo, state.num_processes)):
-        return _run(cfg)
+        return _run(cfg, reward_sources, hub_token)
 
 
-def _run(cfg: TrainConfig) -> dict:
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from trl.models.utils import unwrap_model_for_generation
-
-    from rlhf_app import data, extras, hub_sync, models, rewards
+def _check_settings(cfg: TrainConfig) -> tuple[list, str | None]:
+    """4/8-bit without bitsandbytes or a GPU, a reward that cannot be imported, a push that cannot work, a
+    missing extra or vLLM: one line each. -> (the reward sources, the Hub token or None)"""
+    from rlhf_app import extras, rewards
     from rlhf_app.model_init import quantization_problem
-    from rlhf_app.periodic_eval import EvalEvery
-    from rlhf_app.ppo import trainer
-    from rlhf_app.ppo.checkpoint import replace_dir
 
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    if quantization_problem(cfg):  # 4/8-bit without bitsandbytes or a GPU: say so before any model loads
+    if quantization_problem(cfg):
         raise UserError(quantization_problem(cfg))
-    hub_token = None
-    with user_errors():  # a reward file or module that cannot be imported: say so before any model loads
+    with user_errors():
         reward_sources = rewards.resolve_sources(cfg)
+    hub_token = None
     if cfg.hub.push:
         from rlhf_app import hub
 
         hub_token = hub.check_push(cfg)  # no repo id, offline, no token: say so now, not after training
-    # ---- accelerator, trackers, seed, output folder
-    extras.check(cfg)  # trackers, asset builders: the missing extra named now, before any model loads
-    report_to = [r for r in cfg.report_to if r != "none"]
-    if cfg.rollout.engine == "vllm":  # missing vLLM: say so before any model loads
+    extras.check(cfg)  # trackers, asset builders
+    if cfg.rollout.engine == "vllm":
         from rlhf_app.ppo.vllm_engine import EngineError, import_vllm
 
         try:
             import_vllm()
         except EngineError as err:
             raise UserError(str(err)) from None
+    return reward_sources, hub_token
+
+
+def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from trl.models.utils import unwrap_model_for_generation
+
+    from rlhf_app import data, hub_sync, models, rewards
+    from rlhf_app.periodic_eval import EvalEvery
+    from rlhf_app.ppo import trainer
+    from rlhf_app.ppo.checkpoint import replace_dir
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    # ---- accelerator, trackers, seed, output folder
+    report_to = [r for r in cfg.report_to if r != "none"]
     cuda = torch.cuda.is_available()
     precision = preflight.mixed_precision(cfg.ppo, cuda, cuda and torch.cuda.is_bf16_supported())
     accelerator = Accelerator(gradient_accumulation_steps=cfg.ppo.gradient_accumulation_steps,

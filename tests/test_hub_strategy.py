@@ -25,7 +25,8 @@ def _files(folder: Path) -> set[str]:
 def test_every_save_dry_run_writes_one_upload_folder_per_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", HF_FAKE)
     run = tmp_path / "run"
-    # tiny: 32 episodes per update -> 3 updates; checkpoints after updates 1 and 2, then final/
+    # tiny: 32 episodes per update -> 3 updates; checkpoints after updates 1, 2 and 3 (the last one saves too,
+    # so the run can be continued), pushes after 1 and 2, then final/ (the last checkpoint's weights)
     cfg = load_config(["recipe=tiny", f"output_dir={run}", "ppo.total_episodes=96", "save_steps=1",
                        "save_total_limit=1", "eval_before_after=false", "sample_every=1", "--push_to_hub",
                        "--hub_model_id", "alice/tiny-ppo", "--hub_strategy", "every_save", "hub.dry_run=true"])
@@ -33,7 +34,7 @@ def test_every_save_dry_run_writes_one_upload_folder_per_checkpoint(tmp_path, mo
     out = capsys.readouterr().out
     uploads = sorted(p.name for p in run.iterdir() if p.name.startswith(hub.UPLOAD_DIR))
     assert uploads == ["hub_upload", "hub_upload-checkpoint-1", "hub_upload-checkpoint-2"]
-    assert [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-2"]  # rotation is untouched by the pushes
+    assert [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-3"]  # rotation is untouched by the pushes
     for name, updates in (("checkpoint-1", 1), ("checkpoint-2", 2), ("final", 3)):
         folder = run / (hub.UPLOAD_DIR if name == "final" else f"{hub.UPLOAD_DIR}-{name}")
         assert {"model.safetensors", "value_head.safetensors", "README.md", "config.yaml", "metrics.jsonl"} <= _files(folder)

@@ -186,7 +186,8 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             if stopping or (cfg.save_steps and (state["step"] % cfg.save_steps == 0 or state["step"] == total_updates)):
                 saved = ckpt.save_checkpoint(accelerator, output_dir, model, tokenizer, trainer_state(),
                                              cfg.save_total_limit, optimizer)
-                if on_save is not None and accelerator.is_main_process and not stopping:
+                # The last update's checkpoint is not pushed: the final push follows with the same weights.
+                if on_save is not None and accelerator.is_main_process and not stopping and state["step"] < total_updates:
                     on_save(saved)
             if stopping:
                 progress.close()
