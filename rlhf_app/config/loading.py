@@ -1,0 +1,265 @@
+"""Loading a run's config: defaults ⊕ recipe ⊕ command line, TRL's flat names (`ALIASES`) and argv forms."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import math
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rlhf_app.argv import ArgvError, normalize_argv
+from rlhf_app.config.checks import TRACKERS, ConfigError
+from rlhf_app.config.train_config import TrainConfig
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
+
+
+# ---- TRL's flat field names (ModelConfig, PPOConfig, TrainingArguments) -> the nested keys here.
+# The one table: an alias works in recipes and on the command line; print_config shows the nested key.
+ALIASES = {
+    "model_name_or_path": "model.name_or_path", "model_revision": "model.revision", "dtype": "model.dtype",
+    "torch_dtype": "model.dtype",  # transformers' name before dtype
+    # PPOConfig's model paths: the policy's initial weights, the separate critic's
+    "sft_model_path": "model.name_or_path", "value_model_path": "model.value_model_path",
+    "trust_remote_code": "model.trust_remote_code", "gradient_checkpointing": "model.gradient_checkpointing",
+    "attn_implementation": "model.attn_implementation", "load_in_4bit": "model.load_in_4bit",
+    "load_in_8bit": "model.load_in_8bit", "bnb_4bit_quant_type": "model.bnb_4bit_quant_type",
+    "use_bnb_nested_quant": "model.use_bnb_nested_quant",
+    "use_peft": "peft.enabled", "lora_r": "peft.r", "lora_alpha": "peft.lora_alpha",
+    "lora_dropout": "peft.lora_dropout", "lora_target_modules": "peft.target_modules",
+    "push_to_hub": "hub.push", "hub_model_id": "hub.repo_id", "hub_private_repo": "hub.private",
+    "hub_strategy": "hub.strategy",
+    "resume_from_checkpoint": "resume_from",
+    **{name: f"ppo.{name}" for name in (
+        "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "total_episodes",
+        "per_device_train_batch_size", "gradient_accumulation_steps", "num_mini_batches", "num_ppo_epochs",
+        "local_rollout_forward_batch_size", "response_length", "temperature", "stop_token", "stop_token_id",
+        "missing_eos_penalty", "kl_coef", "kl_estimator", "whiten_rewards", "cliprange", "cliprange_value",
+        "vf_coef", "gamma", "lam", "bf16", "fp16")},
+    # GRPOConfig's vLLM switches
+    **{name: f"rollout.{name}" for name in (
+        "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_enable_sleep_mode",
+        "vllm_importance_sampling_correction", "vllm_importance_sampling_mode", "vllm_importance_sampling_cap")},
+    "vllm_importance_sampling_clip_max": "rollout.vllm_importance_sampling_cap",
+    # TRL GRPOConfig's names for the estimator options (epsilon is its clip range).
+    **{name: f"algorithm.{name}" for name in (
+        "num_generations", "scale_rewards", "loss_type", "epsilon_high", "beta", "importance_sampling_level")},
+    "epsilon": "ppo.cliprange",
+    # GRPOConfig's reward and prompt fields
+    "reward_weights": "reward.weights", "chat_template_kwargs": "data.chat_template_kwargs",
+}
+# TRL's count of sample tables over the run; converted to sample_every (updates between them) after merging.
+NUM_SAMPLE_GENERATIONS = "num_sample_generations"
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_path(name: str) -> Path:
+    """`name` is a recipe under recipes/ or a path to a YAML file."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or "/" in name:
+        if not path.is_file():
+            raise ConfigError(f"recipe file {name} does not exist")
+        return path
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, available_recipes(), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"unknown recipe {name!r}: {hint}available: {', '.join(available_recipes())}")
+    return path
+
+
+def _dotted_keys(node, prefix: str = "") -> dict[str, Any]:
+    """Every leaf key of a config as 'a.b.c' -> value."""
+    out = {}
+    for key in node:
+        value = node[key] if not OmegaConf.is_missing(node, key) else MISSING
+        full = f"{prefix}{key}"
+        if OmegaConf.is_dict(value):
+            out.update(_dotted_keys(value, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
+OPEN_DICTS = ("model.init_kwargs.", "data.chat_template_kwargs.")  # free-form keys (passed on to a library)
+
+
+def _check_keys(cfg, known: set[str], sections: set[str], where: str, flags: set[str] = frozenset()) -> None:
+    def shown(key: str) -> str:  # name a key in the form the user typed it
+        return f"--{key}" if key in flags else key
+
+    for key in _dotted_keys(cfg):
+        if key in known or key.startswith(OPEN_DICTS):
+            continue
+        if key in sections:
+            raise ConfigError(f"{where}: {key} is a section; set its fields, e.g. {key}.<field>=...")
+        # A dotted key is compared with dotted keys; a flat one with TRL's names and the top-level fields too.
+        pool = sorted(known) if "." in key else sorted(known | set(ALIASES) | {NUM_SAMPLE_GENERATIONS})
+        close = difflib.get_close_matches(key, pool, n=1, cutoff=0.5)
+        if not close:  # a misplaced field: same leaf name in another section
+            leaf = key.rsplit(".", 1)[-1]
+            close = [k for k in sorted(known) if k.rsplit(".", 1)[-1] == leaf][:1]
+        hint = f"; did you mean {'--' if key in flags else ''}{close[0]}?" if close else ""
+        raise ConfigError(f"{where}: unknown key {shown(key)}{hint}")
+
+
+def _hint(key: str) -> Any:
+    """The declared type of a dotted key (None if unknown)."""
+    cls = TrainConfig
+    for part in key.split("."):
+        cls = typing.get_type_hints(cls).get(part) if hasattr(cls, "__dataclass_fields__") else None
+        if cls is None:
+            return None
+    return cls
+
+
+def _field_type(dotted: str) -> str:
+    """The declared type of a dotted key, for error messages ('float', 'Optional[int]')."""
+    cls = _hint(dotted)
+    if cls is None:
+        return "?"
+    return getattr(cls, "__name__", None) if isinstance(cls, type) else str(cls).replace("typing.", "")
+
+
+def _kind(key: str) -> str:
+    """'bool', 'list' or 'value': how `--key` consumes the arguments after it."""
+    hint = _hint(ALIASES.get(key, key))
+    args = typing.get_args(hint)
+    if hint is bool or (bool in args and type(None) in args):
+        return "bool"
+    if typing.get_origin(hint) is list or any(typing.get_origin(a) is list for a in args):
+        return "list"
+    return "value"
+
+
+def _normalize(argv: list[str]) -> tuple[list[str], set[str]]:
+    """(`key=value` arguments, keys typed as `--key`); ConfigError on a malformed argument."""
+    try:
+        return normalize_argv(argv, _kind)
+    except ArgvError as err:
+        raise ConfigError(str(err)) from None
+
+
+def normalize_args(argv: list[str]) -> list[str]:
+    """Any mix of `key=value`, `--key value`, `--key=value` as `key=value` arguments (for the other tools)."""
+    return _normalize(argv)[0]
+
+
+def parse_overrides(argv: list[str]):
+    """Command-line arguments (`key=value`, `--key value`, `--key=value`) to an OmegaConf dotlist."""
+    return OmegaConf.from_dotlist(_normalize(argv)[0])
+
+
+def _set_dotted(tree: dict, key: str, value: Any, alias: str, where: str) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+        if not isinstance(tree, dict):
+            return  # `model: 1`: _check_keys names the section
+    if leaf in tree and tree[leaf] != value:
+        raise ConfigError(f"{where}: {alias}={value!r} (TRL's name for {key}) disagrees with "
+                          f"{key}={tree[leaf]!r}: set only one of them")
+    tree[leaf] = value
+
+
+def resolve_aliases(layer, where: str):
+    """One config layer with TRL's flat names moved to their nested keys, list fields given one value
+    made lists, and `report_to=all` expanded to the installed trackers. Returns (layer, num_sample_generations)."""
+    tree = OmegaConf.to_container(layer)
+    for alias, key in ALIASES.items():
+        if alias in tree:
+            _set_dotted(tree, key, tree.pop(alias), alias, where)
+    generations = tree.pop(NUM_SAMPLE_GENERATIONS, None)
+    if generations is not None and "sample_every" in tree:
+        raise ConfigError(f"{where}: set sample_every (updates between samples) or TRL's {NUM_SAMPLE_GENERATIONS} "
+                          "(samples over the run), not both")
+    for key, value in _dotted_keys(OmegaConf.create(tree)).items():
+        if isinstance(value, str) and _kind(key) == "list":  # report_to=wandb means [wandb]
+            *parents, leaf = key.split(".")
+            node = tree
+            for part in parents:
+                node = node[part]
+            node[leaf] = [value]
+    if tree.get("report_to") == ["all"]:  # transformers' "all": every installed integration
+        tree["report_to"] = [t for t in TRACKERS[1:] if importlib.util.find_spec(t)] or ["none"]
+    if generations is not None and (not isinstance(generations, int) or generations < 0):
+        raise ConfigError(f"{NUM_SAMPLE_GENERATIONS} must be an integer >= 0, got {generations!r}")
+    return OmegaConf.create(tree), generations
+
+
+def _sample_every(cfg: "TrainConfig", generations: int) -> int:
+    """TRL's sample_generations_freq: max(1, updates // num_sample_generations); 0 samples: never."""
+    if generations == 0:
+        return 0
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    updates = math.ceil(cfg.ppo.total_episodes / (cfg.ppo.local_batch_size * world))
+    return max(1, updates // generations)
+
+
+def _load_yaml(path: Path):
+    """A YAML file as OmegaConf; a syntax error becomes one line with the file and line."""
+    import yaml
+
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"YAML syntax error in {where}: {problem}; fix the file (indent with spaces, "
+                          "'key: value' per line)") from None
+
+
+def load_config(argv: list[str]) -> TrainConfig:
+    """Defaults ⊕ recipe ⊕ CLI, validated. Raises ConfigError with a one-line message."""
+    args, flags = _normalize(argv)
+    cli, cli_generations = resolve_aliases(OmegaConf.from_dotlist(args), "command line")
+    default = OmegaConf.structured(TrainConfig)
+    known = set(_dotted_keys(default))
+    sections = {k for k in TrainConfig.__dataclass_fields__ if OmegaConf.is_dict(default[k])}
+    layers, generations = [default], None
+    recipe = cli.get("recipe")
+    if recipe:
+        path = recipe_path(str(recipe))
+        recipe_cfg, generations = resolve_aliases(_load_yaml(path), f"recipe {path.name}")
+        _check_keys(recipe_cfg, known, sections, f"recipe {path.name}")
+        layers.append(recipe_cfg)
+    _check_keys(cli, known, sections, "command line", flags)
+    layers.append(cli)
+    if cli_generations is not None or "sample_every" in cli:
+        generations = cli_generations  # the last layer that sets either wins
+    try:
+        merged = OmegaConf.merge(*layers)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"bad value for {key}: expected {_field_type(key)}, "
+                          f"got {str(err).split(chr(39))[1] if chr(39) in str(err) else str(err)!r}") from None
+    if generations is not None:
+        cfg.sample_every = _sample_every(cfg, generations)
+    if cfg.recipe and not Path(str(cfg.recipe)).suffix and "output_dir" not in cli and \
+            (not recipe or "output_dir" not in _load_yaml(recipe_path(str(recipe)))):
+        cfg.output_dir = f"runs/{cfg.recipe}"
+    return cfg
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def main_guard(argv: list[str]) -> TrainConfig:
+    """load_config for a command-line tool: a ConfigError ends the program with its one line."""
+    try:
+        return load_config(argv)
+    except ConfigError as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,193 @@
+"""The config sections of the rollout engine, the estimator and the Hub, and the whole run's TrainConfig."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from rlhf_app.config.checks import _GE0, TRACKERS, ConfigError, _choice, _ranges
+from rlhf_app.config.sections import DataConfig, ModelConfig, PeftConfig, PPOConfig, RewardConfig
+
+
+ENGINES = ("hf", "vllm")
+IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+@dataclass
+class RolloutConfig:
+    """Which engine samples the rollouts. The vllm_* fields keep TRL's GRPOConfig names."""
+
+    engine: str = "hf"  # hf: transformers' generate | vllm: a colocated vLLM engine in each process
+    use_vllm: bool = False  # TRL's switch: true means engine=vllm
+    vllm_mode: str = "colocate"  # only colocate: one engine inside each training process
+    vllm_gpu_memory_utilization: float = 0.3  # CUDA: share of GPU memory for vLLM weights + KV cache
+    vllm_kv_cache_gib: int = 1  # CPU: KV-cache space in GiB (VLLM_CPU_KVCACHE_SPACE)
+    vllm_enable_sleep_mode: bool = False  # CUDA: free vLLM's memory while the PPO epochs run
+    vllm_dtype: Optional[str] = None  # engine precision; None: model.dtype
+    vllm_enforce_eager: bool = True  # false: graph capture / compile (slower start-up)
+    vllm_importance_sampling_correction: bool = False  # TRL's truncated IS for engine/trainer mismatch
+    vllm_importance_sampling_mode: str = "token_truncate"
+    vllm_importance_sampling_cap: float = 3.0  # TRL's C_max (vllm_importance_sampling_clip_max)
+
+    def __post_init__(self):
+        if self.use_vllm:
+            self.engine = "vllm"
+        _choice("rollout", "engine", self.engine, ENGINES)
+        self.use_vllm = self.engine == "vllm"
+        _choice("rollout", "vllm_mode", self.vllm_mode, ("colocate",))
+        _choice("rollout", "vllm_importance_sampling_mode", self.vllm_importance_sampling_mode, IS_MODES)
+        if self.vllm_dtype is not None:
+            _choice("rollout", "vllm_dtype", self.vllm_dtype, ("float32", "bfloat16", "float16"))
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ConfigError(f"rollout.vllm_gpu_memory_utilization must be in (0, 1], "
+                              f"got {self.vllm_gpu_memory_utilization}")
+        for name in ("vllm_kv_cache_gib", "vllm_importance_sampling_cap"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"rollout.{name} must be > 0, got {getattr(self, name)}")
+
+
+ESTIMATORS = ("gae", "grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce_pp_baseline")  # need num_generations >= 2
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+# TRL GRPOConfig.loss_type -> the aggregation it performs (trl/trainer/grpo_trainer.py, compute_loss).
+TRL_LOSS_TYPES = {"grpo": "seq-mean-token-mean", "bnpo": "token-mean", "dapo": "token-mean",
+                  "dr_grpo": "seq-mean-token-sum-norm"}
+
+
+@dataclass
+class AlgorithmConfig:
+    """Advantage estimator and policy-loss variants on the one PPO engine. veRL's names
+    (advantage_estimator ~ adv_estimator, loss_agg_mode); TRL GRPOConfig's accepted: num_generations,
+    scale_rewards, beta, epsilon_high (= cliprange_high), loss_type (-> loss_agg_mode)."""
+
+    advantage_estimator: str = "gae"  # gae: PPO with a critic | grpo | rloo | reinforce_pp | reinforce_pp_baseline
+    num_generations: Optional[int] = None  # responses per prompt; None: 1, or TRL's 8 for grpo/rloo/rpp_baseline
+    scale_rewards: str = "group"  # grpo: group | batch | none (Dr. GRPO); true/false as TRL
+    loss_agg_mode: str = "token-mean"  # | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+    loss_type: Optional[str] = None  # TRL's: grpo | bnpo | dapo | dr_grpo, sets loss_agg_mode
+    cliprange_high: Optional[float] = None  # DAPO's clip-higher upper ε; None: ppo.cliprange
+    epsilon_high: Optional[float] = None  # TRL's name for cliprange_high
+    importance_sampling_level: str = "token"  # token | sequence (GSPO)
+    beta: float = 0.0  # coefficient of a k3 KL-to-reference loss term (GRPO, TRL's beta); 0: none
+    lam_actor: Optional[float] = None  # gae: λ of the policy's advantages (VAPO); None: ppo.lam
+    lam_critic: Optional[float] = None  # gae: λ of the critic's returns; None: ppo.lam
+
+    def __post_init__(self):
+        _choice("algorithm", "advantage_estimator", self.advantage_estimator, ESTIMATORS)
+        if self.num_generations is not None and self.num_generations < 1:
+            raise ConfigError(f"algorithm.num_generations must be >= 1, got {self.num_generations}")
+        if self.advantage_estimator in GROUP_ESTIMATORS and self.group_size < 2:
+            raise ConfigError(f"algorithm.advantage_estimator={self.advantage_estimator} compares responses to "
+                              "the same prompt: set algorithm.num_generations >= 2")
+        scale = str(self.scale_rewards).lower()
+        self.scale_rewards = {"true": "group", "false": "none"}.get(scale, scale)
+        _choice("algorithm", "scale_rewards", self.scale_rewards, ("group", "batch", "none"))
+        if self.loss_type is not None:
+            _choice("algorithm", "loss_type", self.loss_type, tuple(TRL_LOSS_TYPES))
+            self.loss_agg_mode, self.loss_type = TRL_LOSS_TYPES[self.loss_type], None
+        _choice("algorithm", "loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
+        if self.epsilon_high is not None:
+            self.cliprange_high, self.epsilon_high = self.epsilon_high, None
+        if self.cliprange_high is not None and self.cliprange_high < 0:
+            raise ConfigError(f"algorithm.cliprange_high must be >= 0, got {self.cliprange_high}")
+        _choice("algorithm", "importance_sampling_level", self.importance_sampling_level, ("token", "sequence"))
+        if self.beta < 0:
+            raise ConfigError(f"algorithm.beta must be >= 0, got {self.beta}")
+        for name in ("lam_actor", "lam_critic"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ConfigError(f"algorithm.{name} must be in [0, 1], got {value}")
+
+    @property
+    def group_size(self) -> int:
+        """num_generations resolved: None means 1, or TRL's default 8 for the group estimators."""
+        if self.num_generations is not None:
+            return self.num_generations
+        return 8 if self.advantage_estimator in GROUP_ESTIMATORS else 1
+
+    @property
+    def uses_critic(self) -> bool:
+        """Only GAE needs a value function: the other estimators build, train and save no critic."""
+        return self.advantage_estimator == "gae"
+
+    def check_batch(self, ppo) -> None:
+        """A mini-batch must hold whole groups, so a group never straddles processes or mini-batches."""
+        mini_batch = ppo.local_batch_size // ppo.num_mini_batches
+        if mini_batch % self.group_size:
+            raise ConfigError(f"algorithm.num_generations={self.group_size} must divide the mini-batch of "
+                              f"{mini_batch} episodes (ppo.per_device_train_batch_size x "
+                              "ppo.gradient_accumulation_steps): change one of them")
+
+
+HUB_STRATEGIES = ("end", "every_save", "checkpoint")
+
+
+@dataclass
+class HubConfig:
+    push: bool = False
+    repo_id: Optional[str] = None
+    private: bool = False
+    dry_run: bool = False
+    checkpoint: Optional[str] = None  # folder of the run to push, e.g. checkpoint-500; None: final
+    commit_message: str = "Upload PPO policy trained with rlhf_app"
+    license: Optional[str] = None  # model card licence; None: the base model's, when it is known
+    # transformers' hub_strategy. end: push once, after training. every_save: also push each checkpoint as
+    # it is saved (in the background). checkpoint: like every_save, plus the newest checkpoint whole in
+    # last-checkpoint/ (resume state) with every push.
+    strategy: str = "end"
+
+    def __post_init__(self):
+        _choice("hub", "strategy", self.strategy, HUB_STRATEGIES)
+
+
+@dataclass
+class TrainConfig:
+    recipe: Optional[str] = None
+    output_dir: str = "runs/default"
+    seed: int = 0
+    offline: bool = False  # forbid every network call (set HF_HUB_OFFLINE and friends)
+    num_threads: int = 0  # torch threads per process; 0: leave torch's choice
+    save_steps: int = 0  # 0: only the final save
+    save_total_limit: int = 2
+    resume_from: Optional[str] = None  # auto | path to a checkpoint folder
+    report_to: list[str] = field(default_factory=lambda: ["none"])  # none|wandb|tensorboard|trackio|all
+    run_name: Optional[str] = None  # the trackers' run name; None: the output folder's name
+    logging_steps: int = 1  # updates between metrics sent to the trackers (metrics.jsonl keeps every update)
+    overwrite_output_dir: bool = False  # true: a new run may replace the run already in output_dir
+    sample_every: int = 10  # updates between sample tables (samples.jsonl and the trackers); 0: never
+    log_completions: bool = True  # TRL's: also print the sample table to the console (rich)
+    num_completions_to_print: int = 4  # TRL's: rows of that console table (at most 8, the logged rows)
+    eval_before_after: bool = True
+    eval_steps: int = 0  # score the held-out split every N updates and at the end (eval/... metrics); 0: never
+    print_config: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+
+    def __post_init__(self):
+        for tracker in self.report_to:
+            _choice("", "report_to", tracker, TRACKERS)
+        if self.logging_steps < 1:
+            raise ConfigError(f"logging_steps must be >= 1, got {self.logging_steps}")
+        if self.num_completions_to_print < 0:
+            raise ConfigError(f"num_completions_to_print must be >= 0, got {self.num_completions_to_print}")
+        _ranges("", self, {"seed": _GE0, "num_threads": _GE0, "save_steps": _GE0, "save_total_limit": _GE0,
+                           "sample_every": _GE0})
+        if self.resume_from and self.overwrite_output_dir:
+            raise ConfigError("resume_from and overwrite_output_dir=true contradict each other: "
+                              "keep resume_from to continue the run, or overwrite_output_dir=true to replace it")
+        if self.hub.strategy != "end" and not (self.hub.push and self.save_steps):
+            raise ConfigError(f"hub.strategy={self.hub.strategy} pushes each checkpoint: it needs hub.push=true and "
+                              f"save_steps > 0 (now hub.push={str(self.hub.push).lower()}, save_steps={self.save_steps})")
+        bits = "load_in_4bit" if self.model.load_in_4bit else "load_in_8bit" if self.model.load_in_8bit else None
+        if bits and not self.peft.enabled:
+            raise ConfigError(f"model.{bits}=true needs peft.enabled=true: quantized weights stay frozen, "
+                              "LoRA adapters are what trains (QLoRA)")
+        self.algorithm.check_batch(self.ppo)
+        if self.eval_steps < 0:
+            raise ConfigError(f"eval_steps must be >= 0 (0: never), got {self.eval_steps}")
