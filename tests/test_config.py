@@ -234,16 +234,17 @@ def test_cli_error_is_one_line_without_traceback():
     assert proc.stderr.strip() == "error: command line: unknown key ppo.kl_coeff; did you mean ppo.kl_coef?"
 
 
-def test_push_that_cannot_work_fails_before_training():
-    proc = _train("recipe=tiny", "hub.push=true", "hub.repo_id=someone/tiny-ppo", "output_dir=runs/never")
+def test_push_that_cannot_work_fails_before_training(tmp_path):
+    proc = _train("recipe=tiny", "hub.push=true", "hub.repo_id=someone/tiny-ppo", f"output_dir={tmp_path / 'run'}")
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error: the Hugging Face Hub cannot be reached")
     assert "PPO" not in proc.stderr  # no update ran
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize("recipe", ["imdb", "gsm8k"])
-def test_unreachable_hub_names_the_offline_twin(recipe):
-    proc = _train(f"recipe={recipe}", "output_dir=runs/never")  # conftest sets HF_HUB_OFFLINE=1
+def test_unreachable_hub_names_the_offline_twin(recipe, tmp_path):
+    proc = _train(f"recipe={recipe}", f"output_dir={tmp_path / 'run'}")  # conftest sets HF_HUB_OFFLINE=1
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot load the policy") and last.endswith(f"run recipe={recipe}-offline")

@@ -187,12 +187,16 @@ def text_data(tmp_path):
 
 
 def _one_line_error(monkeypatch, argv, forbid_models=True) -> str:
+    import tempfile
+
     if forbid_models:
         from rlhf_app import models
 
         monkeypatch.setattr(models, "build_models", lambda cfg: pytest.fail("a model loaded before the error"))
     with pytest.raises(SystemExit) as info:
-        cli.main(["recipe=tiny", "eval_before_after=false", "ppo.total_episodes=32", *argv])
+        # A run folder of its own: a refused run must never touch the checkout's runs/.
+        cli.main(["recipe=tiny", "eval_before_after=false", "ppo.total_episodes=32",
+                  f"output_dir={tempfile.mkdtemp(prefix='rlhf_app-refused-')}/run", *argv])
     message = str(info.value.code)
     assert message.startswith("error: ") and "\n" not in message, message
     return message
