@@ -250,9 +250,8 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
         replace_dir(tmp, final)
         _report(out)
         accelerator.print(f"saved {final}")
-    accelerator.end_training()
-    del prepared  # the DDP wrapper and its reducer: see _close_process_group
-    _close_process_group(accelerator)
+    del prepared  # the DDP wrapper and its reducer: see _end_training
+    _end_training(accelerator)
     if cfg.hub.push and accelerator.is_main_process:
         from rlhf_app import hub
 
@@ -262,27 +261,29 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
     return {**state, "model": model, "eval": evals}
 
 
-def _close_process_group(accelerator) -> None:
-    """Close the process group in an order that can neither abort nor hang at exit.
+def _end_training(accelerator) -> None:
+    """Close the trackers and the process group in an order that can neither abort nor hang at exit.
 
-    A process exiting with the group still open can abort ("terminate called ..."). Closing it is
-    safe only once nothing else holds it: DDP's reducer does, and when the reducer is collected
-    later it destroys the gloo group with the GIL held, while a gloo worker thread may still need
-    the GIL to free the Python tensors of the last collectives (a deadlock seen in the 2-process
-    tests). So, with the caller's reference to the wrapped model already dropped: free the
-    accelerator's, then two barriers (the second holds no Python tensors), then destroy the group.
+    A process exiting with the group still open can abort ("terminate called ..."), and
+    `end_training` destroys it. But DDP's reducer holds the group too: collected after that, it
+    destroys the gloo group with the GIL held while a gloo worker thread waits for the GIL to free
+    the Python tensors of the last collectives (a deadlock seen in the 2-process tests, py-spy).
+    So, with the caller's reference to the wrapped model already dropped: free the accelerator's,
+    collect the cycles, two barriers (the second holds no Python tensors), then end.
     """
     import gc
 
     import torch
 
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return
-    accelerator.free_memory()  # drops the accelerator's references to the prepared model
-    gc.collect()  # and the reference cycles that would keep its reducer alive
-    accelerator.wait_for_everyone()
-    accelerator.wait_for_everyone()
-    torch.distributed.destroy_process_group()
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed:
+        accelerator.free_memory()  # drops the accelerator's references to the prepared model
+        gc.collect()  # and the reference cycles that would keep its reducer alive
+        accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()
+    accelerator.end_training()  # trackers; destroys the process group (unless fork-launched)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device) -> dict:
