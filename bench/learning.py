@@ -1,9 +1,12 @@
 """`make bench-learning`: the two real-LLM offline recipes trained end to end, figures in bench/learning.json.
 
-    .venv/bin/python bench/learning.py [--only imdb-offline|gsm8k-offline] [--keep-cache] [key=value ...]
+    .venv/bin/python bench/learning.py [--only imdb-offline|gsm8k-offline] [--keep-cache] [--jobs 1|2] [key=value ...]
 
-Each recipe runs in its own process (scripts/train.py, the user's command) from a clean asset
-cache (bench/work/learning/cache, rebuilt unless --keep-cache), then the figures are read back
+The assets both recipes use are first built into a clean cache (bench/work/learning/cache, reused
+with --keep-cache), each build timed apart. Then each recipe runs in its own process
+(scripts/train.py, the user's command): both at once with the cores shared out (the default,
+`--jobs 2`: one core each on a 2-core machine), or `--jobs 1` one after the other with every core;
+OMP_NUM_THREADS, when set, is the threads of each run. The figures are read back
 from the run folder: the held-out before/after evaluation (eval.json), the distinct-word share of
 the completions, the KL, seconds per update by phase (metrics.jsonl), the wall time, the peak
 memory of the training process, and the commit. GSM8K is also scored before and after on
@@ -27,6 +30,7 @@ ROOT = BENCH.parent
 WORK = BENCH / "work" / "learning"
 OUT_JSON, OUT_REPORTS = BENCH / "learning.json", BENCH / "learning"
 RECIPES = ("imdb-offline", "gsm8k-offline")
+ASSETS = ("smollm2-135m-instruct", "imdb-sentiment")  # what the two recipes load
 PHASES = ("update_s", "generate_s", "reward_s", "forward_s", "train_s", "weight_sync_s")
 GENERATED_EVAL = 32  # generated GSM problems (training templates, unseen seed) scored before and after
 sys.path.insert(0, str(ROOT))
@@ -105,23 +109,44 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
-def _run(cmd: list[str], env: dict, log: Path) -> dict:
-    """Run `cmd` to completion; its wall time, exit status and peak RSS (this child only, via wait4)."""
-    start = time.time()
+def _start(cmd: list[str], env: dict, log: Path):
     with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT), time.time()
+
+
+def _wait(proc, start: float, log: Path) -> dict:
+    """Wait for `proc`: its wall time, exit status and peak RSS (this child only, via wait4)."""
+    _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return {"wall_s": round(time.time() - start, 1), "rc": proc.returncode,
             "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "log": str(log.relative_to(ROOT))}
 
 
-def bench_recipe(recipe: str, env: dict, overrides: list[str]) -> dict:
+def build_assets(env: dict) -> dict:
+    """Build each asset the recipes load (a no-op when cached): {name: {"wall_s", "rc"}}."""
+    out = {}
+    for name in ASSETS:
+        log = WORK / f"asset-{name}.log"
+        print(f"[bench-learning] building asset:{name}", flush=True)
+        out[name] = _wait(*_start([sys.executable, "-m", "rlhf_app.assets", "build", name], env, log), log)
+        if out[name]["rc"] != 0:
+            raise SystemExit(f"[bench-learning] building asset:{name} failed: see {out[name]['log']}")
+    return out
+
+
+def start_recipe(recipe: str, env: dict, overrides: list[str]):
     run_dir = WORK / recipe
     shutil.rmtree(run_dir, ignore_errors=True)  # the bench's own folder: runs refuse to overwrite one
     cmd = [sys.executable, "scripts/train.py", f"recipe={recipe}", f"output_dir={run_dir}", *overrides]
-    print(f"[bench-learning] {' '.join(cmd[1:])}", flush=True)
-    result = {"command": " ".join(cmd[1:]), **_run(cmd, env, WORK / f"{recipe}.log")}
+    print(f"[bench-learning] OMP_NUM_THREADS={env['OMP_NUM_THREADS']} {' '.join(cmd[1:])}", flush=True)
+    log = WORK / f"{recipe}.log"
+    proc, start = _start(cmd, env, log)
+    return {"command": " ".join(cmd[1:]), "threads": int(env["OMP_NUM_THREADS"])}, proc, start, log
+
+
+def finish_recipe(recipe: str, result: dict, proc, start: float, log: Path, env: dict) -> dict:
+    result.update(_wait(proc, start, log))
+    run_dir = WORK / recipe
     if result["rc"] != 0:
         print(f"[bench-learning] {recipe} failed (rc {result['rc']}): see {result['log']}", flush=True)
         return result
@@ -156,6 +181,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=RECIPES, action="append")
     parser.add_argument("--keep-cache", action="store_true", help="reuse bench/work/learning/cache")
+    parser.add_argument("--jobs", type=int, default=2, choices=(1, 2), help="recipes trained at once")
     parser.add_argument("--generated-eval", type=Path, help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args(argv)
     if args.generated_eval:
@@ -165,19 +191,26 @@ def main(argv: list[str]) -> None:
     if not args.keep_cache:
         shutil.rmtree(cache, ignore_errors=True)
     cache.mkdir(parents=True, exist_ok=True)
+    recipes = args.only or list(RECIPES)
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // min(args.jobs, len(recipes))))
     env = {**os.environ, "RLHF_APP_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+           "OMP_NUM_THREADS": threads,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    results = json.loads(OUT_JSON.read_text()).get("recipes", {}) if OUT_JSON.is_file() else {}
-    for recipe in args.only or RECIPES:
-        results[recipe] = bench_recipe(recipe, env, overrides)
-        print(f"[bench-learning] {headline(recipe, results[recipe])}", flush=True)
+    doc = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
+    results = doc.get("recipes", {})  # a partial run keeps the other recipe's figures
+    assets_built = build_assets(env)
+    for batch in ([recipes] if args.jobs > 1 else [[r] for r in recipes]):
+        running = {r: start_recipe(r, env, overrides) for r in batch}
+        for recipe, started in running.items():
+            results[recipe] = finish_recipe(recipe, *started, env)
+            print(f"[bench-learning] {headline(recipe, results[recipe])}", flush=True)
         doc = {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-               "clean_cache": not args.keep_cache, "cpus": os.cpu_count(),
-               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "recipes": results}
+               "clean_cache": not args.keep_cache, "cpus": os.cpu_count(), "jobs": args.jobs,
+               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "assets": assets_built,
+               "recipes": results}
         tmp = OUT_JSON.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, OUT_JSON)  # a partial run keeps the other recipe's figures
+        os.replace(tmp, OUT_JSON)
     print(f"[bench-learning] wrote {OUT_JSON.relative_to(ROOT)}")
 
 

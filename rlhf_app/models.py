@@ -33,7 +33,8 @@ class PolicyAndValue(nn.Module):
     values come back None and nothing but the policy is trained or saved.
     """
 
-    def __init__(self, policy: nn.Module, critic: nn.Module | None = None, value_head: bool = True):
+    def __init__(self, policy: nn.Module, critic: nn.Module | None = None, value_head: bool = True,
+                 value_head_init: str = "normal"):
         super().__init__()
         self.policy = policy
         self.critic = critic
@@ -44,8 +45,11 @@ class PolicyAndValue(nn.Module):
         if critic is None and value_head:
             hidden = policy.config.get_text_config().hidden_size
             self.value_head = nn.Linear(hidden, 1)
-            # Small weights, zero bias: initial values near 0 (lm-human-preferences' init).
-            nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
+            # Small weights, zero bias (lm-human-preferences' init), or all zeros: every value starts at 0.
+            if value_head_init == "zeros":
+                nn.init.zeros_(self.value_head.weight)
+            else:
+                nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
             nn.init.zeros_(self.value_head.bias)
             self.value_head.to(next(policy.parameters()).dtype)
 
@@ -187,7 +191,8 @@ def build_models(cfg) -> tuple[PolicyAndValue, nn.Module | None]:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.peft.enabled:
             policy.enable_input_require_grads()
-    model = PolicyAndValue(policy, critic, value_head=cfg.algorithm.uses_critic)
+    model = PolicyAndValue(policy, critic, value_head=cfg.algorithm.uses_critic,
+                           value_head_init=cfg.model.value_head_init)
     # PPO compares log-probs of the same tokens across forwards: dropout would add noise to the ratio.
     disable_all_dropout(model)
     return model, ref

@@ -27,6 +27,9 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     value_model: str = "shared"  # shared: scalar head on the policy trunk | separate: own critic
     value_model_path: Optional[str] = None  # separate critic init; default: the policy weights
+    # shared head's init: normal (std 1/sqrt(hidden+1), lm-human-preferences) | zeros (every value starts at 0:
+    # the first advantages are the returns themselves, not head noise, which a sparse 0/1 reward drowns in)
+    value_head_init: str = "normal"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2 | ...; None: transformers' choice
@@ -39,6 +42,7 @@ class ModelConfig:
     def __post_init__(self):
         _choice("model", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _choice("model", "value_model", self.value_model, ("shared", "separate"))
+        _choice("model", "value_head_init", self.value_head_init, ("normal", "zeros"))
         _choice("model", "bnb_4bit_quant_type", self.bnb_4bit_quant_type, ("nf4", "fp4"))
         if self.load_in_4bit and self.load_in_8bit:
             raise ConfigError("model.load_in_4bit and model.load_in_8bit are both true: choose one")
