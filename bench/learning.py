@@ -70,38 +70,36 @@ def run_figures(run_dir: Path) -> dict:
 
 def generated_eval(run_dir: Path, n: int = GENERATED_EVAL) -> dict:
     """GSM8K figures before (the recipe's base policy) and after (run_dir/final) on `n` generated
-    problems from the training templates with a seed training never drew, minus any training question."""
+    problems from the training templates with a seed training never drew, minus any training question.
+    Sampled as training's evaluation samples: with the run's vLLM engine when it used one."""
     import torch
-    from accelerate import PartialState
+    from accelerate import Accelerator
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
     from rlhf_app import assets, cli, data, gsm8k_offline, models, rewards
     from rlhf_app.config import load_config
+    from rlhf_app.ppo.engines import build_engine
 
     cfg = load_config([f"recipe={run_dir / 'config.yaml'}"])
-    torch.set_num_threads(cfg.num_threads or 1)
-    device = PartialState().device
+    torch.set_num_threads(cfg.num_threads or torch.get_num_threads())
+    accelerator = Accelerator()
+    device = accelerator.device
     trained = {p["question"] for p in gsm8k_offline.train_problems(cfg.data.num_train or gsm8k_offline.GSM8K_TRAIN_SIZE,
                                                                   cfg.seed)}
     problems = [p for p in gsm8k_offline.train_problems(n + 64, cfg.seed + 7919) if p["question"] not in trained][:n]
     model, tokenizer = models.load_policy(run_dir / "final", dtype=cfg.model.dtype)
     dataset = Dataset.from_list(data.gsm8k_rows(problems, tokenizer, cfg, "generated eval"))
     reward_fn = rewards.build_reward(cfg, device)
-    base = AutoModelForCausalLM.from_pretrained(assets.resolve(cfg.model.name_or_path), dtype=torch.float32)
+    base = models.PolicyAndValue(AutoModelForCausalLM.from_pretrained(
+        assets.resolve(cfg.model.name_or_path), dtype=torch.float32), value_head=False)
+    engine = build_engine(cfg, accelerator, base, tokenizer) if cfg.rollout.engine == "vllm" else None
     out = {}
-    for when, policy in (("before", base), ("after", model.policy)):
-        entry = cli.evaluate_policy(cfg, _Wrapped(policy.to(device).eval()), tokenizer, dataset, reward_fn, device)
+    for when, policy in (("before", base), ("after", model)):
+        entry = cli.evaluate_policy(cfg, policy.to(device).eval(), tokenizer, dataset, reward_fn, device, engine)
         out[when] = {"mean_score": entry["mean_score"], **gsm8k_figures(entry), "n": len(dataset),
                      "samples": entry["samples"][:2]}
     return out
-
-
-class _Wrapped:
-    """cli.evaluate_policy reads `model.policy`."""
-
-    def __init__(self, policy):
-        self.policy = policy
 
 
 def _git(*args: str) -> str:

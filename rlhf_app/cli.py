@@ -168,6 +168,7 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
     from rlhf_app.periodic_eval import EvalEvery
     from rlhf_app.ppo import trainer
     from rlhf_app.ppo.checkpoint import replace_dir
+    from rlhf_app.ppo.engines import build_engine
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -209,16 +210,20 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
                       f"parameters; {len(train_ds)} training prompts, {len(eval_ds)} held out; "
                       f"reward {' + '.join(s.name for s in reward_sources)}")
     set_seed(cfg.seed + accelerator.process_index)  # each process samples its own responses
+    engine = build_engine(cfg, accelerator, model, tokenizer)
+    # On one process the vLLM engine samples the evaluations too (several: each rank's engine is one shard).
+    eval_engine = engine if engine.name == "vllm" and accelerator.num_processes == 1 else None
     # ---- evaluation before training
     evals = {}
     if cfg.eval_before_after and accelerator.is_main_process:
-        evals["before"] = evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, accelerator.device)
+        evals["before"] = evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, accelerator.device, eval_engine)
         accelerator.print(_eval_line("before", evals["before"]))
     # ---- PPO (hub.strategy=every_save|checkpoint: each checkpoint pushed in the background as it is saved)
     pusher = hub_sync.pusher(cfg, out, hub_token) if accelerator.is_main_process else None
     try:
-        state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, out,
-                              on_save=pusher, on_update=EvalEvery(cfg, accelerator, tokenizer, eval_ds, reward_fn))
+        state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, out, engine,
+                              on_save=pusher,
+                              on_update=EvalEvery(cfg, accelerator, tokenizer, eval_ds, reward_fn, eval_engine))
     except (RuntimeError, ValueError) as err:
         message = _explain_failure(err, cfg)
         if message is None:
@@ -233,7 +238,8 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
         # Every process evaluates the same prompts with the same seed (ZeRO-3 gathers the weights
         # collectively; FSDP needs every process in each forward); the main process writes the results.
         with unwrap_model_for_generation(prepared, accelerator) as unwrapped:
-            evals["after"] = evaluate_policy(cfg, unwrapped, tokenizer, eval_ds, reward_fn, accelerator.device)
+            evals["after"] = evaluate_policy(cfg, unwrapped, tokenizer, eval_ds, reward_fn, accelerator.device,
+                                             eval_engine)
             values = _values_along(unwrapped, tokenizer, evals["after"]["samples"], accelerator.device) \
                 if cfg.algorithm.uses_critic else None  # critic-free estimators have no values to show
     if accelerator.is_main_process:
@@ -286,11 +292,11 @@ def _end_training(accelerator) -> None:
         torch.distributed.destroy_process_group()
 
 
-def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device) -> dict:
+def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, engine=None) -> dict:
     """Before/after evaluation on held-out prompts with a fixed seed, leaving training's RNG untouched."""
     from rlhf_app import periodic_eval
 
-    return periodic_eval.evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device)
+    return periodic_eval.evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, engine=engine)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from rlhf_app import assets, data, models
+from rlhf_app import assets, data, models, periodic_eval, rewards
 from rlhf_app.config import load_config
 from rlhf_app.ppo.engines import HFEngine
 from rlhf_app.ppo.rollout import logprobs_values
@@ -93,6 +93,33 @@ def test_lora_is_merged_for_the_copy_only(accelerator):
     assert not torch.equal(plain.response, fast.response)
     after = {n: p for n, p in model.policy.named_parameters() if "lora_" not in n}
     assert all(torch.equal(base_before[n], after[n]) for n in base_before)  # never merged in place
+
+
+def test_evaluation_through_the_engine_samples_the_synced_weights_with_its_own_seeds(accelerator):
+    from datasets import Dataset
+
+    cfg, tokenizer, model, rows = _setup("tiny")  # greedy: the engine's evaluation must equal the policy's own
+    _perturb(model.policy.parameters())  # what the engine loaded from disk differs from what it must evaluate
+    dataset, device = Dataset.from_list(rows), accelerator.device
+    reward = rewards.build_reward(cfg, device)
+    sampled = load_config(["recipe=tiny", "ppo.response_length=24", "data.num_train=64", "ppo.temperature=1.0"])
+    engine = VLLMEngine(cfg, accelerator, model, tokenizer, step=5)
+    try:
+        fast = periodic_eval.evaluate_policy(cfg, model, tokenizer, dataset, reward, device, engine=engine)
+        engine.ppo = sampled.ppo  # sampling now: the evaluation's seeds come from cfg.seed alone
+        first, again = (periodic_eval.evaluate_policy(sampled, model, tokenizer, dataset, reward, device, engine=engine)
+                        for _ in range(2))
+        assert engine.calls == 5  # training's request seeds go on as if no evaluation had run
+        engine.generate(rows)
+        assert engine.calls == 6
+    finally:
+        del engine
+        gc.collect()
+    slow = periodic_eval.evaluate_policy(cfg, model, tokenizer, dataset, reward, device)
+    assert [s["completion"] for s in fast["samples"]] == [s["completion"] for s in slow["samples"]]
+    assert fast["mean_score"] == pytest.approx(slow["mean_score"])
+    assert [s["completion"] for s in first["samples"]] == [s["completion"] for s in again["samples"]]
+    assert [s["completion"] for s in first["samples"]] != [s["completion"] for s in fast["samples"]]
 
 
 def test_an_architecture_vllm_cannot_load_gets_one_line():

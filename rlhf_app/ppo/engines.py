@@ -1,5 +1,6 @@
 """Rollout engines: what samples the responses. The trainer calls two methods and nothing else:
 
+    engine.start_at(step)                   # once, before the first update (a resumed run: its step)
     engine.sync_weights(model) -> seconds   # make the engine sample from the model's current weights
     engine.generate(rows, greedy=False) -> Rollout
 
@@ -28,6 +29,9 @@ class HFEngine:
     def __init__(self, accelerator, model, tokenizer, ppo):
         self.accelerator, self.model, self.tokenizer, self.ppo = accelerator, model, tokenizer, ppo
 
+    def start_at(self, step: int) -> None:
+        """Nothing to do: the trained model's own generate draws from torch's (checkpointed) RNG."""
+
     def sync_weights(self, model) -> float:
         self.model = model  # the engine *is* the trained model: nothing to copy
         return 0.0
@@ -39,7 +43,7 @@ class HFEngine:
 
 
 def build_engine(cfg, accelerator, model, tokenizer, step: int = 0):
-    """The engine `cfg.rollout.engine` names, for the prepared `model`, at update `step` (resume)."""
+    """The engine `cfg.rollout.engine` names, for `model` (prepared or not), at update `step` (resume)."""
     if cfg.rollout.engine == "vllm":
         from rlhf_app.ppo.vllm_engine import VLLMEngine
 

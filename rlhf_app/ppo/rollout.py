@@ -209,13 +209,14 @@ def score(reward_fn, rollout: Rollout, device, trainer_state=None, log: RewardLo
 
 
 def evaluate(policy, tokenizer, dataset, reward_fn, ppo, device, batch_size: int = 32, greedy: bool = False,
-             trainer_state=None) -> dict:
+             trainer_state=None, sample=None) -> dict:
     """Generate for every row of `dataset` and score it: {"mean_score", "extra", "samples"}; `extra`
-    holds the reward's extra metrics and what it logged (e.g. rewards/<name>/mean)."""
+    holds the reward's extra metrics and what it logged (e.g. rewards/<name>/mean). `sample(rows)
+    -> Rollout` replaces `policy.generate` (e.g. a vLLM engine holding the policy's weights)."""
     prompts, completions, scores, columns, log = [], [], [], {}, RewardLog()
     for start in range(0, len(dataset), batch_size):
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        rollout = generate(policy, tokenizer, rows, ppo, device, greedy=greedy)
+        rollout = sample(rows) if sample is not None else generate(policy, tokenizer, rows, ppo, device, greedy=greedy)
         scores += score(reward_fn, rollout, device, trainer_state, log).tolist()
         prompts += rollout.prompts
         completions += rollout.completions

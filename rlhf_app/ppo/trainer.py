@@ -44,8 +44,10 @@ def _no_callback(step: int, total_updates: int, model) -> dict:
 
 
 def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, output_dir: Path,
-          on_save=None, on_update=_no_callback) -> dict:
+          engine=None, on_save=None, on_update=_no_callback) -> dict:
     """Train `model` (a PolicyAndValue) with PPO. Returns the trainer state at the end.
+
+    `engine` samples the rollouts (ppo/engines.py; None: the one cfg.rollout.engine names, built here).
 
     `on_save(path)` runs on the main process after each periodic checkpoint (e.g. a Hub push);
     `on_update(step, total_updates, model) -> dict` after every update (e.g. the periodic held-out
@@ -80,7 +82,9 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
         ckpt.apply_learning_rate(optimizer, scheduler, ppo.learning_rate)  # a changed rate is used, not ignored
         state = {"step": saved["step"], "episode": saved["episode"]}
         accelerator.print(f"resumed from {resume} at update {state['step']}")
-    engine = build_engine(cfg, accelerator, model, tokenizer, state["step"])  # syncs the resumed weights
+    # Each update syncs the weights first, the resumed ones included; the sampling seeds go on from state["step"].
+    engine = engine if engine is not None else build_engine(cfg, accelerator, model, tokenizer)
+    engine.start_at(state["step"])
     if accelerator.is_main_process:
         for name in ("metrics.jsonl", "samples.jsonl"):
             truncate_rows(output_dir / name, state["step"])

@@ -83,6 +83,10 @@ class VLLMEngine:
             self.llm.sleep(level=2)
         accelerator.wait_for_everyone()
 
+    def start_at(self, step: int) -> None:
+        """Training's request seeds count rollouts from `step`: a resumed run samples as an unbroken one."""
+        self.calls = step
+
     def sync_weights(self, model) -> float:
         """Copy the policy's current weights into the engine. -> seconds taken."""
         start = time.perf_counter()
@@ -95,22 +99,31 @@ class VLLMEngine:
         return time.perf_counter() - start
 
     @torch.no_grad()
-    def generate(self, rows: list[dict], greedy: bool = False) -> Rollout:
+    def generate(self, rows: list[dict], greedy: bool = False, seed: int | None = None) -> Rollout:
+        """Sample one response per row. `seed` (evaluation): requests seeded from it alone, and the
+        rollout counter that seeds training's requests is left as it was."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         ppo, greedy = self.ppo, greedy or not self.ppo.do_sample
-        if not greedy:
+        if not greedy and seed is None:
             self.calls += 1
         stop_id = stop_token_id(ppo, self.tokenizer)
+
+        def request_seed(i: int) -> int | None:
+            if greedy:
+                return None
+            if seed is not None:
+                return _request_seed(seed, -1, -1, i)
+            return _request_seed(self.seed, self.accelerator.process_index, self.calls, i)
+
         # Only what the trainer's log-probs describe: temperature, top-p, top-k (-1: off), no penalties.
         # ignore_eos: the model's own EOS never stops a row; the stop token (if any) does.
         params = [SamplingParams(
             n=1, temperature=0.0 if greedy else ppo.temperature, top_p=1.0 if greedy else ppo.top_p,
             top_k=-1 if greedy or not ppo.top_k else ppo.top_k, max_tokens=ppo.response_length, min_tokens=0,
             ignore_eos=True, stop_token_ids=[stop_id] if stop_id is not None else None, logprobs=0,
-            detokenize=False, seed=None if greedy else _request_seed(self.seed, self.accelerator.process_index,
-                                                                     self.calls, i))
+            detokenize=False, seed=request_seed(i))
             for i in range(len(rows))]
         if self.sleep:
             self.llm.wake_up(tags=["kv_cache"])
