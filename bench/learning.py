@@ -175,6 +175,18 @@ def headline(recipe: str, r: dict) -> str:
     return f"{recipe}: " + "; ".join(parts)
 
 
+def write_results(results: dict, run: dict) -> None:
+    """Merge this run's recipes into bench/learning.json, read again just before the write, so a
+    partial run (--only) keeps the other recipe's figures; each recipe keeps the run facts it was
+    measured under (commit, cache, date)."""
+    doc = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
+    recipes = doc.get("recipes", {})
+    recipes.update({name: {**r, "run": run} for name, r in results.items()})
+    tmp = OUT_JSON.with_suffix(f".json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**run, "recipes": recipes}, indent=2))
+    os.replace(tmp, OUT_JSON)
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=RECIPES, action="append")
@@ -194,21 +206,17 @@ def main(argv: list[str]) -> None:
     env = {**os.environ, "RLHF_APP_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
            "OMP_NUM_THREADS": threads,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    doc = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
-    results = doc.get("recipes", {})  # a partial run keeps the other recipe's figures
+    results = {}
     assets_built = build_assets(env)
     for batch in ([recipes] if args.jobs > 1 else [[r] for r in recipes]):
         running = {r: start_recipe(r, env, overrides) for r in batch}
         for recipe, started in running.items():
             results[recipe] = finish_recipe(recipe, *started, env)
             print(f"[bench-learning] {headline(recipe, results[recipe])}", flush=True)
-        doc = {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-               "clean_cache": not args.keep_cache, "cpus": os.cpu_count(), "jobs": args.jobs,
-               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "assets": assets_built,
-               "recipes": results}
-        tmp = OUT_JSON.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, OUT_JSON)
+        write_results(results, {"commit": _git("rev-parse", "HEAD"),
+                                "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+                                "clean_cache": not args.keep_cache, "cpus": os.cpu_count(), "jobs": args.jobs,
+                                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "assets": assets_built})
     print(f"[bench-learning] wrote {OUT_JSON.relative_to(ROOT)}")
 
 

@@ -57,3 +57,24 @@ def test_a_rewarded_completion_counts_as_accurate():
     # The reward pays 1.0 exactly where the accuracy counts a hit (0.1 for a wrong well-formed answer).
     scores = build_reward(_cfg("strict"))(["q"] * len(TABLE), COMPLETIONS, answer=ANSWERS)
     assert scores == [1.0 if row[2] else (0.1 if row[4] else 0.0) for row in TABLE]
+
+
+# A policy that lists answers ("#### 1\n#### 2 ...") hits the last one by chance under veRL's rule.
+LISTED = ["Total coins = 1\n\n#### 1\n#### 2\n#### 4", "#### 4\nso 4 + 0 = 4", "#### 7\n#### 7"]
+LISTED_ANSWERS = ["4", "4", "7"]
+
+
+@pytest.mark.parametrize("multiple, strict, formatted", [("last", 3 / 3, 3 / 3), ("none", 1 / 3, 1 / 3)])
+def test_several_answers_count_as_none_when_asked_on_every_path(multiple, strict, formatted):
+    cfg = _cfg("strict")
+    cfg.reward.multiple_answers = multiple
+    expected = {"accuracy": strict, "accuracy_strict": strict, "accuracy_flexible": 1.0, "format_share": formatted}
+    reward = build_reward(cfg)
+    training = reward.extra_metrics(["q"] * 3, LISTED, answer=LISTED_ANSWERS)
+    script = gsm8k_metric_scores(LISTED, LISTED_ANSWERS, "strict", multiple)
+    module = load_gsm8k_metric().compute(predictions=LISTED, references=LISTED_ANSWERS, method="strict",
+                                         multiple_answers=multiple)
+    for name, got in (("training", training), ("script", script), ("module", module)):
+        assert got == pytest.approx(expected), name
+    # The reward pays nothing, not even the format score, for a listed answer under "none".
+    assert reward(["q"] * 3, LISTED, answer=LISTED_ANSWERS) == ([1.0, 1.0, 1.0] if multiple == "last" else [0.0, 1.0, 0.0])

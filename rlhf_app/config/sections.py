@@ -130,6 +130,7 @@ class RewardConfig:
     method: str = "strict"  # gsm8k: strict (#### N) | flexible (last number)
     score: float = 1.0  # gsm8k: correct answer
     format_score: float = 0.0  # gsm8k: parsable but wrong
+    multiple_answers: str = "last"  # gsm8k strict: last (veRL: the last "#### N" counts) | none (several: no answer)
     target: str = "a"  # toy: the string whose frequency in the completion is the reward
 
     def __post_init__(self):
@@ -138,6 +139,7 @@ class RewardConfig:
         if self.batch_size < 1:
             raise ConfigError(f"reward.batch_size must be >= 1, got {self.batch_size}")
         _choice("reward", "method", self.method, ("strict", "flexible"))
+        _choice("reward", "multiple_answers", self.multiple_answers, ("last", "none"))
         if self.weights is not None and len(self.weights) != len(self.funcs or [self.name]):
             raise ConfigError(f"reward.weights has {len(self.weights)} entries for {len(self.funcs or [self.name])} "
                               "reward functions (reward.funcs): give one weight per function")

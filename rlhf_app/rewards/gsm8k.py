@@ -28,10 +28,16 @@ def to_number(text: str) -> Decimal | None:
     return value if value.is_finite() else None
 
 
-def extract_answer(solution_str: str, method: str = "strict") -> Decimal | None:
-    """The final answer of a solution: after the last `####` (strict) or its last number (flexible)."""
+def extract_answer(solution_str: str, method: str = "strict", multiple_answers: str = "last") -> Decimal | None:
+    """The final answer of a solution: after the last `####` (strict) or its last number (flexible).
+
+    multiple_answers="none": a solution with several `#### N` (strict) has no answer, so a policy
+    cannot earn the format, or hit the answer by chance, by listing "#### 1\n#### 2 ..."; "last": veRL's
+    rule, the last one counts."""
     if method == "strict":
         found = _STRICT.findall(solution_str)
+        if multiple_answers == "none" and len(found) > 1:
+            return None
     elif method == "flexible":
         found = _ANY.findall(solution_str)
     else:
@@ -52,16 +58,17 @@ def ground_truth_number(ground_truth) -> Decimal:
 
 
 def compute_score(solution_str: str, ground_truth, method: str = "strict", format_score: float = 0.0,
-                  score: float = 1.0) -> float:
+                  score: float = 1.0, multiple_answers: str = "last") -> float:
     """`score` when the extracted answer equals the ground truth, `format_score` when an answer
-    was found but is wrong, 0 when none was found."""
-    answer = extract_answer(solution_str, method)
+    was found but is wrong, 0 when none was found (see extract_answer for `multiple_answers`)."""
+    answer = extract_answer(solution_str, method, multiple_answers)
     if answer is None:
         return 0.0
     return score if answer == ground_truth_number(ground_truth) else format_score
 
 
-def accuracy_metrics(completions: list[str], answers: list, method: str = "strict") -> dict[str, float]:
+def accuracy_metrics(completions: list[str], answers: list, method: str = "strict",
+                     multiple_answers: str = "last") -> dict[str, float]:
     """The GSM8K figures every report uses (training's evaluation, `rlhf-app eval`, the metric module,
     the learning benchmark), so that the same completions get the same numbers everywhere:
 
@@ -71,9 +78,9 @@ def accuracy_metrics(completions: list[str], answers: list, method: str = "stric
     if len(answers) != len(completions):
         raise ValueError(f"{len(answers)} answers for {len(completions)} completions")
     n = max(len(completions), 1)
-    hits = {m: sum(compute_score(c, a, m, 0.0, 1.0) for c, a in zip(completions, answers)) / n
+    hits = {m: sum(compute_score(c, a, m, 0.0, 1.0, multiple_answers) for c, a in zip(completions, answers)) / n
             for m in ("strict", "flexible")}
-    formatted = sum(extract_answer(c, "strict") is not None for c in completions) / n
+    formatted = sum(extract_answer(c, "strict", multiple_answers) is not None for c in completions) / n
     return {"accuracy": hits[method], "accuracy_strict": hits["strict"], "accuracy_flexible": hits["flexible"],
             "format_share": formatted}
 
@@ -81,6 +88,7 @@ def accuracy_metrics(completions: list[str], answers: list, method: str = "stric
 def build(cfg, device=None):
     """The GSM8K reward over the dataset's `answer` column, with an `accuracy` extra metric."""
     method, score, format_score = cfg.reward.method, cfg.reward.score, cfg.reward.format_score
+    multiple = cfg.reward.multiple_answers
 
     def answers_of(completions, answer):
         if answer is None:
@@ -91,11 +99,11 @@ def build(cfg, device=None):
         return answer
 
     def gsm8k_reward(prompts: list[str], completions: list[str], answer=None, **columns) -> list[float]:
-        return [compute_score(c, a, method, format_score, score)
+        return [compute_score(c, a, method, format_score, score, multiple)
                 for c, a in zip(completions, answers_of(completions, answer))]
 
     def extra_metrics(prompts: list[str], completions: list[str], answer=None, **columns) -> dict:
-        return accuracy_metrics(completions, answers_of(completions, answer), method)
+        return accuracy_metrics(completions, answers_of(completions, answer), method, multiple)
 
     gsm8k_reward.extra_metrics = extra_metrics
     return gsm8k_reward

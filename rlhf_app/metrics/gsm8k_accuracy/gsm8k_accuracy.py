@@ -20,6 +20,7 @@ Args:
     predictions (list of str): model completions.
     references (list of str): GSM8K solutions ending '#### N', or bare numbers.
     method (str): 'strict' (default) or 'flexible'.
+    multiple_answers (str): 'last' (default: the last '#### N' counts) or 'none' (several are no answer).
 Returns:
     accuracy (float): share of correct predictions with `method`, in [0, 1].
     accuracy_strict, accuracy_flexible (float): the same with each method.
@@ -47,5 +48,5 @@ class Gsm8kAccuracy(evaluate.Metric):
                                         "references": datasets.Value("string")}),
         )
 
-    def _compute(self, predictions, references, method="strict"):
-        return accuracy_metrics(predictions, references, method)
+    def _compute(self, predictions, references, method="strict", multiple_answers="last"):
+        return accuracy_metrics(predictions, references, method, multiple_answers)
