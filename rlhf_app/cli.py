@@ -256,7 +256,10 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
         replace_dir(tmp, final)
         _report(out)
         accelerator.print(f"saved {final}")
-    del prepared  # the DDP wrapper and its reducer: see _end_training
+    # The DDP wrapper and its reducer (see _end_training), and the vLLM engine, whose shutdown tears
+    # down its own process groups: both must be collected while the default group still exists.
+    engine.close()
+    del prepared, engine, eval_engine
     _end_training(accelerator)
     if cfg.hub.push and accelerator.is_main_process:
         from rlhf_app import hub

@@ -3,6 +3,7 @@
     engine.start_at(step)                   # once, before the first update (a resumed run: its step)
     engine.sync_weights(model) -> seconds   # make the engine sample from the model's current weights
     engine.generate(rows, greedy=False) -> Rollout
+    engine.close()                          # once, after the last evaluation, before the process group ends
 
 `hf` samples with the trained model's own `generate` (nothing to sync). `vllm` runs a colocated
 vLLM engine in each training process (rlhf_app/ppo/vllm_engine.py) and also returns the sampled
@@ -31,6 +32,9 @@ class HFEngine:
 
     def start_at(self, step: int) -> None:
         """Nothing to do: the trained model's own generate draws from torch's (checkpointed) RNG."""
+
+    def close(self) -> None:
+        """Nothing to free: the engine is the trained model."""
 
     def sync_weights(self, model) -> float:
         self.model = model  # the engine *is* the trained model: nothing to copy

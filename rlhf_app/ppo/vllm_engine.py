@@ -83,6 +83,11 @@ class VLLMEngine:
             self.llm.sleep(level=2)
         accelerator.wait_for_everyone()
 
+    def close(self) -> None:
+        """Shut the engine down now, while the training process group still exists: left to vLLM's
+        exit hook, its shutdown ran after the group was destroyed and printed a traceback."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def start_at(self, step: int) -> None:
         """Training's request seeds count rollouts from `step`: a resumed run samples as an unbroken one."""
         self.calls = step
