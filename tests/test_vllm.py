@@ -103,7 +103,8 @@ def test_evaluation_through_the_engine_samples_the_synced_weights_with_its_own_s
     dataset, device = Dataset.from_list(rows), accelerator.device
     reward = rewards.build_reward(cfg, device)
     sampled = load_config(["recipe=tiny", "ppo.response_length=24", "data.num_train=64", "ppo.temperature=1.0"])
-    engine = VLLMEngine(cfg, accelerator, model, tokenizer, step=5)
+    engine = VLLMEngine(cfg, accelerator, model, tokenizer)
+    engine.start_at(5)  # as a run resumed at update 5
     try:
         fast = periodic_eval.evaluate_policy(cfg, model, tokenizer, dataset, reward, device, engine=engine)
         engine.ppo = sampled.ppo  # sampling now: the evaluation's seeds come from cfg.seed alone

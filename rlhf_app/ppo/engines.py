@@ -46,12 +46,12 @@ class HFEngine:
             return generate(unwrapped.policy, self.tokenizer, rows, self.ppo, self.accelerator.device, greedy=greedy)
 
 
-def build_engine(cfg, accelerator, model, tokenizer, step: int = 0):
-    """The engine `cfg.rollout.engine` names, for `model` (prepared or not), at update `step` (resume)."""
+def build_engine(cfg, accelerator, model, tokenizer):
+    """The engine `cfg.rollout.engine` names, for `model` (prepared or not); `start_at` sets a resumed run's update."""
     if cfg.rollout.engine == "vllm":
         from rlhf_app.ppo.vllm_engine import VLLMEngine
 
-        return VLLMEngine(cfg, accelerator, model, tokenizer, step)
+        return VLLMEngine(cfg, accelerator, model, tokenizer)
     return HFEngine(accelerator, model, tokenizer, cfg.ppo)
 
 

@@ -39,9 +39,9 @@ def import_vllm():
 class VLLMEngine:
     name = "vllm"
 
-    def __init__(self, cfg, accelerator, model, tokenizer, step: int = 0):
+    def __init__(self, cfg, accelerator, model, tokenizer):
         self.accelerator, self.tokenizer, self.ppo, self.seed = accelerator, tokenizer, cfg.ppo, cfg.seed
-        self.calls = step  # per-request seeds count rollouts, so a resumed run samples as an unbroken one
+        self.calls = 0  # per-request seeds count rollouts (start_at: a resumed run's), as an unbroken run
         self.cuda = accelerator.device.type == "cuda"
         r = cfg.rollout
         self.sleep = r.vllm_enable_sleep_mode and self.cuda  # the CPU build has no sleep mode
