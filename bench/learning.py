@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 def gsm8k_figures(entry: dict) -> dict:
     """Accuracy (strict, flexible) and well-formed share of one eval.json entry, as training reported them."""
     extra = entry.get("extra", {})
-    return {k: extra[k] for k in ("accuracy", "accuracy_strict", "accuracy_flexible", "format_share") if k in extra}
+    return {k: extra[k] for k in ("accuracy", "accuracy_strict", "accuracy_flexible", "format_share", "format_end_share")
+            if k in extra}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -169,7 +170,7 @@ def headline(recipe: str, r: dict) -> str:
     b, a = r["before"], r["after"]
     parts = [f"{r['wall_s'] / 60:.1f} min, {r['updates']} updates, {r['s_per_update']['update_s']:.1f} s/update, "
              f"peak {r['peak_rss_mib']:.0f} MiB, KL {r['kl_final']:.2f}"]
-    for key in ("positive_share", "format_share", "accuracy_strict", "accuracy_flexible", "distinct_word_share"):
+    for key in ("positive_share", "format_share", "format_end_share", "accuracy_strict", "accuracy_flexible", "distinct_word_share"):
         if b.get(key) is not None:
             parts.append(f"{key} {b[key]:.3f} -> {a[key]:.3f}")
     return f"{recipe}: " + "; ".join(parts)

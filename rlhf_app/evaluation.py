@@ -110,15 +110,15 @@ def evaluate_run(cfg, run_dir: Path, opts: dict) -> dict:
     if cfg.data.name == "gsm8k":
         completions = [s["completion"] for s in result["samples"]]
         result["extra"].update(gsm8k_metric_scores(completions, dataset["answer"], cfg.reward.method,
-                                                   cfg.reward.multiple_answers))
+                                                   cfg.reward.multiple_answers, cfg.reward.answer_at_end))
     return {"checkpoint": opts["checkpoint"], "split": opts["split"], **result}
 
 
 def gsm8k_metric_scores(completions: list[str], answers: list, method: str = "strict",
-                        multiple_answers: str = "last") -> dict:
+                        multiple_answers: str = "last", answer_at_end: bool = False) -> dict:
     """GSM8K figures through the project's `evaluate` metric module, under the keys training's
     eval.json uses (the module grades with the reward's own `accuracy_metrics`)."""
     from rlhf_app.rewards.gsm8k import load_gsm8k_metric
 
     return load_gsm8k_metric().compute(predictions=completions, references=list(answers), method=method,
-                                       multiple_answers=multiple_answers)
+                                       multiple_answers=multiple_answers, answer_at_end=answer_at_end)

@@ -15,7 +15,8 @@ from rlhf_app.rewards.gsm8k import load_gsm8k_metric
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import learning  # noqa: E402
 
-# (completion, reference, strict hit, flexible hit, well-formed "#### N")
+# (completion, reference, strict hit, flexible hit, well-formed "#### N"); only the first two end
+# with their answer ("#### 1,000 dollars" goes on after it)
 TABLE = [
     ("2 + 2 = <<2+2=4>>4\n#### 4", "She has 2+2=<<2+2=4>>4\n#### 4", 1, 1, 1),
     ("#### 5", "4", 0, 0, 1),
@@ -27,7 +28,7 @@ TABLE = [
 ]
 COMPLETIONS = [row[0] for row in TABLE]
 ANSWERS = [row[1] for row in TABLE]
-EXPECTED = {"accuracy_strict": 3 / 7, "accuracy_flexible": 4 / 7, "format_share": 4 / 7}
+EXPECTED = {"accuracy_strict": 3 / 7, "accuracy_flexible": 4 / 7, "format_share": 4 / 7, "format_end_share": 2 / 7}
 
 
 def _cfg(method: str) -> TrainConfig:
@@ -64,11 +65,13 @@ LISTED = ["Total coins = 1\n\n#### 1\n#### 2\n#### 4", "#### 4\nso 4 + 0 = 4", "
 LISTED_ANSWERS = ["4", "4", "7"]
 
 
-@pytest.mark.parametrize("multiple, strict, formatted", [("last", 3 / 3, 3 / 3), ("none", 1 / 3, 1 / 3)])
-def test_several_answers_count_as_none_when_asked_on_every_path(multiple, strict, formatted):
+@pytest.mark.parametrize("multiple, strict, formatted, ending", [("last", 3 / 3, 3 / 3, 2 / 3),
+                                                                 ("none", 1 / 3, 1 / 3, 0 / 3)])
+def test_several_answers_count_as_none_when_asked_on_every_path(multiple, strict, formatted, ending):
     cfg = _cfg("strict")
     cfg.reward.multiple_answers = multiple
-    expected = {"accuracy": strict, "accuracy_strict": strict, "accuracy_flexible": 1.0, "format_share": formatted}
+    expected = {"accuracy": strict, "accuracy_strict": strict, "accuracy_flexible": 1.0, "format_share": formatted,
+                "format_end_share": ending}
     reward = build_reward(cfg)
     training = reward.extra_metrics(["q"] * 3, LISTED, answer=LISTED_ANSWERS)
     script = gsm8k_metric_scores(LISTED, LISTED_ANSWERS, "strict", multiple)
@@ -78,3 +81,25 @@ def test_several_answers_count_as_none_when_asked_on_every_path(multiple, strict
         assert got == pytest.approx(expected), name
     # The reward pays nothing, not even the format score, for a listed answer under "none".
     assert reward(["q"] * 3, LISTED, answer=LISTED_ANSWERS) == ([1.0, 1.0, 1.0] if multiple == "last" else [0.0, 1.0, 0.0])
+
+
+# The prompt asks to end with "#### N": under answer_at_end an answer followed by more text is none.
+TRAILING = ["#### 24", "so 20 + 4 = 24.\n#### 24.\n", "#### 24\nThe answer is: 24.", "#### 2, no: #### 24"]
+
+
+@pytest.mark.parametrize("at_end, strict", [(False, 4 / 4), (True, 3 / 4)])
+def test_an_answer_must_end_the_completion_when_asked_on_every_path(at_end, strict):
+    cfg = _cfg("strict")
+    cfg.reward.answer_at_end = at_end
+    answers = ["24"] * 4
+    # format_end_share counts the three that end with their answer under either setting
+    expected = {"accuracy": strict, "accuracy_strict": strict, "accuracy_flexible": 1.0, "format_share": strict,
+                "format_end_share": 3 / 4}
+    reward = build_reward(cfg)
+    training = reward.extra_metrics(["q"] * 4, TRAILING, answer=answers)
+    script = gsm8k_metric_scores(TRAILING, answers, "strict", "last", at_end)
+    module = load_gsm8k_metric().compute(predictions=TRAILING, references=answers, method="strict",
+                                         answer_at_end=at_end)
+    for name, got in (("training", training), ("script", script), ("module", module)):
+        assert got == pytest.approx(expected), name
+    assert reward(["q"] * 4, TRAILING, answer=answers) == [1.0, 1.0, 0.0 if at_end else 1.0, 1.0]

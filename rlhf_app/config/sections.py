@@ -131,6 +131,7 @@ class RewardConfig:
     score: float = 1.0  # gsm8k: correct answer
     format_score: float = 0.0  # gsm8k: parsable but wrong
     multiple_answers: str = "last"  # gsm8k strict: last (veRL: the last "#### N" counts) | none (several: no answer)
+    answer_at_end: bool = False  # gsm8k strict: the "#### N" must end the completion (text after it: no answer)
     target: str = "a"  # toy: the string whose frequency in the completion is the reward
 
     def __post_init__(self):

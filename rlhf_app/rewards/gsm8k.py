@@ -16,6 +16,7 @@ from pathlib import Path
 NUMBER = r"(?<![\w.])[-−]?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\d)|(?<![\w.])[-−]?\.\d+"
 _STRICT = re.compile(r"####\s*(" + NUMBER + ")")
 _ANY = re.compile(NUMBER)
+_ENDS = re.compile(r"\.?\s*")  # what may follow an answer that ends its solution: a full stop, blank space
 
 
 def to_number(text: str) -> Decimal | None:
@@ -28,16 +29,21 @@ def to_number(text: str) -> Decimal | None:
     return value if value.is_finite() else None
 
 
-def extract_answer(solution_str: str, method: str = "strict", multiple_answers: str = "last") -> Decimal | None:
+def extract_answer(solution_str: str, method: str = "strict", multiple_answers: str = "last",
+                   at_end: bool = False) -> Decimal | None:
     """The final answer of a solution: after the last `####` (strict) or its last number (flexible).
 
     multiple_answers="none": a solution with several `#### N` (strict) has no answer, so a policy
     cannot earn the format, or hit the answer by chance, by listing "#### 1\n#### 2 ..."; "last": veRL's
-    rule, the last one counts."""
+    rule, the last one counts. at_end (strict): the `#### N` must end the solution, as the prompt asks
+    (only a full stop and blank space after it); "#### 24\nThe answer is 24" then has no answer."""
     if method == "strict":
-        found = _STRICT.findall(solution_str)
-        if multiple_answers == "none" and len(found) > 1:
+        matches = list(_STRICT.finditer(solution_str))
+        if multiple_answers == "none" and len(matches) > 1:
             return None
+        if at_end and matches and not _ENDS.fullmatch(solution_str, matches[-1].end()):
+            return None
+        found = [m.group(1) for m in matches]
     elif method == "flexible":
         found = _ANY.findall(solution_str)
     else:
@@ -58,37 +64,39 @@ def ground_truth_number(ground_truth) -> Decimal:
 
 
 def compute_score(solution_str: str, ground_truth, method: str = "strict", format_score: float = 0.0,
-                  score: float = 1.0, multiple_answers: str = "last") -> float:
+                  score: float = 1.0, multiple_answers: str = "last", at_end: bool = False) -> float:
     """`score` when the extracted answer equals the ground truth, `format_score` when an answer
-    was found but is wrong, 0 when none was found (see extract_answer for `multiple_answers`)."""
-    answer = extract_answer(solution_str, method, multiple_answers)
+    was found but is wrong, 0 when none was found (see extract_answer for `multiple_answers`, `at_end`)."""
+    answer = extract_answer(solution_str, method, multiple_answers, at_end)
     if answer is None:
         return 0.0
     return score if answer == ground_truth_number(ground_truth) else format_score
 
 
 def accuracy_metrics(completions: list[str], answers: list, method: str = "strict",
-                     multiple_answers: str = "last") -> dict[str, float]:
+                     multiple_answers: str = "last", at_end: bool = False) -> dict[str, float]:
     """The GSM8K figures every report uses (training's evaluation, `rlhf-app eval`, the metric module,
     the learning benchmark), so that the same completions get the same numbers everywhere:
 
-    accuracy (with `method`), accuracy_strict, accuracy_flexible, and format_share (completions
-    holding a well-formed `#### N`, right or wrong).
+    accuracy (with `method`), accuracy_strict, accuracy_flexible, format_share (completions holding
+    a well-formed `#### N`, right or wrong) and format_end_share (those whose `#### N` ends them, as
+    the prompt asks, whatever `at_end` is).
     """
     if len(answers) != len(completions):
         raise ValueError(f"{len(answers)} answers for {len(completions)} completions")
     n = max(len(completions), 1)
-    hits = {m: sum(compute_score(c, a, m, 0.0, 1.0, multiple_answers) for c, a in zip(completions, answers)) / n
+    hits = {m: sum(compute_score(c, a, m, 0.0, 1.0, multiple_answers, at_end) for c, a in zip(completions, answers)) / n
             for m in ("strict", "flexible")}
-    formatted = sum(extract_answer(c, "strict", multiple_answers) is not None for c in completions) / n
+    formatted, ending = (sum(extract_answer(c, "strict", multiple_answers, end) is not None for c in completions) / n
+                         for end in (at_end, True))
     return {"accuracy": hits[method], "accuracy_strict": hits["strict"], "accuracy_flexible": hits["flexible"],
-            "format_share": formatted}
+            "format_share": formatted, "format_end_share": ending}
 
 
 def build(cfg, device=None):
     """The GSM8K reward over the dataset's `answer` column, with an `accuracy` extra metric."""
     method, score, format_score = cfg.reward.method, cfg.reward.score, cfg.reward.format_score
-    multiple = cfg.reward.multiple_answers
+    multiple, at_end = cfg.reward.multiple_answers, cfg.reward.answer_at_end
 
     def answers_of(completions, answer):
         if answer is None:
@@ -99,11 +107,11 @@ def build(cfg, device=None):
         return answer
 
     def gsm8k_reward(prompts: list[str], completions: list[str], answer=None, **columns) -> list[float]:
-        return [compute_score(c, a, method, format_score, score, multiple)
+        return [compute_score(c, a, method, format_score, score, multiple, at_end)
                 for c, a in zip(completions, answers_of(completions, answer))]
 
     def extra_metrics(prompts: list[str], completions: list[str], answer=None, **columns) -> dict:
-        return accuracy_metrics(completions, answers_of(completions, answer), method, multiple)
+        return accuracy_metrics(completions, answers_of(completions, answer), method, multiple, at_end)
 
     gsm8k_reward.extra_metrics = extra_metrics
     return gsm8k_reward

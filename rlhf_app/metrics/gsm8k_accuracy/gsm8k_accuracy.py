@@ -21,14 +21,16 @@ Args:
     references (list of str): GSM8K solutions ending '#### N', or bare numbers.
     method (str): 'strict' (default) or 'flexible'.
     multiple_answers (str): 'last' (default: the last '#### N' counts) or 'none' (several are no answer).
+    answer_at_end (bool): the '#### N' must end the prediction (default False: anywhere).
 Returns:
     accuracy (float): share of correct predictions with `method`, in [0, 1].
     accuracy_strict, accuracy_flexible (float): the same with each method.
     format_share (float): share of predictions holding a well-formed '#### N'.
+    format_end_share (float): share of predictions that end with it (whatever answer_at_end is).
 Examples:
     >>> metric = evaluate.load("rlhf_app/metrics/gsm8k_accuracy")
     >>> metric.compute(predictions=["so #### 42"], references=["... #### 42"])
-    {'accuracy': 1.0, 'accuracy_strict': 1.0, 'accuracy_flexible': 1.0, 'format_share': 1.0}
+    {'accuracy': 1.0, 'accuracy_strict': 1.0, 'accuracy_flexible': 1.0, 'format_share': 1.0, 'format_end_share': 1.0}
 """
 
 _CITATION = """@article{cobbe2021gsm8k, title={Training Verifiers to Solve Math Word Problems},
@@ -48,5 +50,5 @@ class Gsm8kAccuracy(evaluate.Metric):
                                         "references": datasets.Value("string")}),
         )
 
-    def _compute(self, predictions, references, method="strict", multiple_answers="last"):
-        return accuracy_metrics(predictions, references, method, multiple_answers)
+    def _compute(self, predictions, references, method="strict", multiple_answers="last", answer_at_end=False):
+        return accuracy_metrics(predictions, references, method, multiple_answers, answer_at_end)
