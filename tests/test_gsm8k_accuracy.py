@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from rlhf_app.config import TrainConfig
+from rlhf_app.config.checks import ConfigError
+from rlhf_app.config.sections import RewardConfig
 from rlhf_app.evaluation import gsm8k_metric_scores
 from rlhf_app.rewards import build_reward
 from rlhf_app.rewards.gsm8k import load_gsm8k_metric
@@ -103,3 +105,14 @@ def test_an_answer_must_end_the_completion_when_asked_on_every_path(at_end, stri
     for name, got in (("training", training), ("script", script), ("module", module)):
         assert got == pytest.approx(expected), name
     assert reward(["q"] * 4, TRAILING, answer=answers) == [1.0, 1.0, 0.0 if at_end else 1.0, 1.0]
+
+
+def test_a_trailing_answer_earns_its_partial_credit_and_needs_answer_at_end():
+    cfg = _cfg("strict")
+    cfg.reward.answer_at_end, cfg.reward.trailing_answer_score = True, 0.05
+    answers = ["24", "24", "24", "24", "5"]
+    # ends with its right answer, ends with it after a full stop, goes on after it, none, wrong at the end
+    assert build_reward(cfg)(["q"] * 5, TRAILING[:3] + ["The answer is 24", "#### 24"], answer=answers) == \
+        [1.0, 1.0, 0.05, 0.0, 0.1]
+    with pytest.raises(ConfigError, match="needs reward.answer_at_end=true"):
+        TrainConfig(reward=RewardConfig(name="gsm8k", trailing_answer_score=0.25))

@@ -132,6 +132,7 @@ class RewardConfig:
     format_score: float = 0.0  # gsm8k: parsable but wrong
     multiple_answers: str = "last"  # gsm8k strict: last (veRL: the last "#### N" counts) | none (several: no answer)
     answer_at_end: bool = False  # gsm8k strict: the "#### N" must end the completion (text after it: no answer)
+    trailing_answer_score: float = 0.0  # gsm8k with answer_at_end: partial credit for a "#### N" with text after it
     target: str = "a"  # toy: the string whose frequency in the completion is the reward
 
     def __post_init__(self):
@@ -141,6 +142,9 @@ class RewardConfig:
             raise ConfigError(f"reward.batch_size must be >= 1, got {self.batch_size}")
         _choice("reward", "method", self.method, ("strict", "flexible"))
         _choice("reward", "multiple_answers", self.multiple_answers, ("last", "none"))
+        if self.trailing_answer_score and not self.answer_at_end:
+            raise ConfigError("reward.trailing_answer_score is the score of an answer that does not end its "
+                              "completion: it needs reward.answer_at_end=true (or leave it at 0)")
         if self.weights is not None and len(self.weights) != len(self.funcs or [self.name]):
             raise ConfigError(f"reward.weights has {len(self.weights)} entries for {len(self.funcs or [self.name])} "
                               "reward functions (reward.funcs): give one weight per function")

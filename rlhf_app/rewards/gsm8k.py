@@ -64,12 +64,16 @@ def ground_truth_number(ground_truth) -> Decimal:
 
 
 def compute_score(solution_str: str, ground_truth, method: str = "strict", format_score: float = 0.0,
-                  score: float = 1.0, multiple_answers: str = "last", at_end: bool = False) -> float:
+                  score: float = 1.0, multiple_answers: str = "last", at_end: bool = False,
+                  trailing_score: float = 0.0) -> float:
     """`score` when the extracted answer equals the ground truth, `format_score` when an answer
-    was found but is wrong, 0 when none was found (see extract_answer for `multiple_answers`, `at_end`)."""
+    was found but is wrong, 0 when none was found (see extract_answer for `multiple_answers`, `at_end`).
+    With `at_end`, a well-formed answer that more text follows earns `trailing_score`: partial credit
+    that keeps a signal while few completions end with their answer."""
     answer = extract_answer(solution_str, method, multiple_answers, at_end)
     if answer is None:
-        return 0.0
+        trailing = at_end and trailing_score and extract_answer(solution_str, method, multiple_answers) is not None
+        return trailing_score if trailing else 0.0
     return score if answer == ground_truth_number(ground_truth) else format_score
 
 
@@ -96,7 +100,7 @@ def accuracy_metrics(completions: list[str], answers: list, method: str = "stric
 def build(cfg, device=None):
     """The GSM8K reward over the dataset's `answer` column, with an `accuracy` extra metric."""
     method, score, format_score = cfg.reward.method, cfg.reward.score, cfg.reward.format_score
-    multiple, at_end = cfg.reward.multiple_answers, cfg.reward.answer_at_end
+    multiple, at_end, trailing = cfg.reward.multiple_answers, cfg.reward.answer_at_end, cfg.reward.trailing_answer_score
 
     def answers_of(completions, answer):
         if answer is None:
@@ -107,7 +111,7 @@ def build(cfg, device=None):
         return answer
 
     def gsm8k_reward(prompts: list[str], completions: list[str], answer=None, **columns) -> list[float]:
-        return [compute_score(c, a, method, format_score, score, multiple, at_end)
+        return [compute_score(c, a, method, format_score, score, multiple, at_end, trailing)
                 for c, a in zip(completions, answers_of(completions, answer))]
 
     def extra_metrics(prompts: list[str], completions: list[str], answer=None, **columns) -> dict:
