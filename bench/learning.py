@@ -209,14 +209,16 @@ def main(argv: list[str]) -> None:
            "OMP_NUM_THREADS": threads,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     results = {}
+    # Before the first write: the bench's own outputs are tracked files, so a check after it would
+    # call a run on a clean tree dirty.
+    commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))
     assets_built = build_assets(env)
     for batch in ([recipes] if args.jobs > 1 else [[r] for r in recipes]):
         running = {r: start_recipe(r, env, overrides) for r in batch}
         for recipe, started in running.items():
             results[recipe] = finish_recipe(recipe, *started, env)
             print(f"[bench-learning] {headline(recipe, results[recipe])}", flush=True)
-        write_results(results, {"commit": _git("rev-parse", "HEAD"),
-                                "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        write_results(results, {"commit": commit, "dirty": dirty,
                                 "clean_cache": not args.keep_cache, "cpus": os.cpu_count(), "jobs": args.jobs,
                                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "assets": assets_built})
     print(f"[bench-learning] wrote {OUT_JSON.relative_to(ROOT)}")
