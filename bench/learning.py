@@ -7,12 +7,12 @@ with --keep-cache), each build timed apart. Then each recipe runs in its own pro
 (scripts/train.py, the user's command): one after the other with every core (the default,
 `--jobs 1`: each recipe's wall time is its own, as a user running it sees it), or both at once with
 the cores shared out (`--jobs 2`: one core each on a 2-core machine, where gsm8k-offline's updates
-take twice as long, 52 s instead of 27 s); OMP_NUM_THREADS, when set, is the threads of each run. The figures are read back
-from the run folder: the held-out before/after evaluation (eval.json), the distinct-word share of
-the completions, the KL, seconds per update by phase (metrics.jsonl), the wall time, the peak
-memory of the training process, and the commit. GSM8K is also scored before and after on
-generated problems the run never trained on. The two report.html files are copied next to the
-JSON (bench/learning/). Extra key=value arguments go to both training runs.
+take about twice as long, 52 s against 28 s); OMP_NUM_THREADS, when set, is the threads of each
+run. The figures are read back from the run folder: the held-out before/after evaluation
+(eval.json), the distinct-word share of the completions, the KL, seconds per update by phase
+(metrics.jsonl), the wall time, the peak memory of the training process, and the commit. GSM8K
+is also scored before and after on generated problems the run never trained on. The two
+report.html files are copied next to the JSON (bench/learning/). Extra key=value arguments go to both training runs.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 def gsm8k_figures(entry: dict) -> dict:
     """Accuracy (strict, flexible) and well-formed share of one eval.json entry, as training reported them."""
     extra = entry.get("extra", {})
-    return {k: extra[k] for k in ("accuracy", "accuracy_strict", "accuracy_flexible", "format_share", "format_end_share")
-            if k in extra}
+    keys = ("accuracy", "accuracy_strict", "accuracy_flexible", "format_share", "format_end_share")
+    return {k: extra[k] for k in keys if k in extra}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -171,7 +171,8 @@ def headline(recipe: str, r: dict) -> str:
     b, a = r["before"], r["after"]
     parts = [f"{r['wall_s'] / 60:.1f} min, {r['updates']} updates, {r['s_per_update']['update_s']:.1f} s/update, "
              f"peak {r['peak_rss_mib']:.0f} MiB, KL {r['kl_final']:.2f}"]
-    for key in ("positive_share", "format_share", "format_end_share", "accuracy_strict", "accuracy_flexible", "distinct_word_share"):
+    for key in ("positive_share", "format_share", "format_end_share", "accuracy_strict", "accuracy_flexible",
+                "distinct_word_share"):
         if b.get(key) is not None:
             parts.append(f"{key} {b[key]:.3f} -> {a[key]:.3f}")
     return f"{recipe}: " + "; ".join(parts)
