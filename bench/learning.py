@@ -141,12 +141,11 @@ def start_recipe(recipe: str, env: dict, overrides: list[str]):
     print(f"[bench-learning] OMP_NUM_THREADS={env['OMP_NUM_THREADS']} {' '.join(cmd[1:])}", flush=True)
     log = WORK / f"{recipe}.log"
     proc, start = _start(cmd, env, log)
-    return {"command": " ".join(cmd[1:]), "threads": int(env["OMP_NUM_THREADS"])}, proc, start, log
+    return {"command": " ".join(cmd[1:]), "threads": int(env["OMP_NUM_THREADS"])}, proc, start, log, run_dir
 
 
-def finish_recipe(recipe: str, result: dict, proc, start: float, log: Path, env: dict) -> dict:
+def finish_recipe(recipe: str, result: dict, proc, start: float, log: Path, run_dir: Path, env: dict) -> dict:
     result.update(_wait(proc, start, log))
-    run_dir = WORK / recipe
     if result["rc"] != 0:
         print(f"[bench-learning] {recipe} failed (rc {result['rc']}): see {result['log']}", flush=True)
         return result
