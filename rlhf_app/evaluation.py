@@ -1,124 +1,58 @@
-"""Score a saved policy on its recipe's held-out prompts:
+"""`eval_steps=N`: score the held-out split every N updates and after the last one.
 
-    rlhf-app eval run_dir=runs/tiny [split=eval|train] [num=N] [checkpoint=final|checkpoint-N]
-    (or python scripts/evaluate.py ...; --run_dir runs/tiny --num 8 works too)
-
-Loads the run's recorded config, the policy from `run_dir/<checkpoint>`, the recipe's data and
-reward, generates with the recipe's generation settings and the evaluation seed the trainer uses
-(so `checkpoint=final` reproduces eval.json's "after" numbers), prints the mean reward and the
-reward's extra metrics, and writes `run_dir/eval-<checkpoint>.json` (`-train` added for split=train).
-Dotted overrides (e.g. `ppo.temperature=0.7`, `ppo.do_sample=false`) change generation or reward.
+The trainer calls `EvalEvery` after each update (its `on_update` hook); the returned `eval/...`
+metrics join that update's row of metrics.jsonl and go to the trackers. Generation runs on the
+main process with a fixed seed in a forked RNG, so training's random stream (and so resume) is
+untouched; with rollout.engine=vllm on one process the engine samples (its requests seeded from
+cfg.seed, its rollout counter untouched).
 """
-import difflib
-import json
-import re
-import sys
-from pathlib import Path
 
-from rlhf_app.config import ConfigError, load_config, normalize_args
-
-OPTIONS = ("run_dir", "split", "num", "checkpoint")
-USAGE = "python scripts/evaluate.py run_dir=PATH [split=eval|train] [num=N] [checkpoint=final|checkpoint-N]"
+from __future__ import annotations
 
 
-def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
-    """(options, dotted config overrides); a bad argument raises ConfigError naming the fix."""
-    opts, overrides = {"split": "eval", "num": None, "checkpoint": "final"}, []
-    for arg in normalize_args(argv):
-        key, sep, value = arg.partition("=")
-        if not sep or arg.startswith("-"):
-            raise ConfigError(f"arguments are key=value, not {arg!r}: {USAGE}")
-        if "." in key:
-            overrides.append(arg)
-        elif key in OPTIONS:
-            opts[key] = value
-        else:
-            close = difflib.get_close_matches(key, OPTIONS, n=1)
-            hint = f"did you mean {close[0]}? " if close else ""
-            raise ConfigError(f"unknown argument {key}: {hint}usage: {USAGE}")
-    if not opts.get("run_dir"):
-        raise ConfigError(f"pass the run folder: {USAGE}")
-    if opts["split"] not in ("eval", "train"):
-        raise ConfigError(f"split={opts['split']} is not one of eval, train")
-    if opts["num"] is not None:
-        if not opts["num"].isdigit() or int(opts["num"]) < 1:
-            raise ConfigError(f"num={opts['num']} must be a positive integer (prompts to score)")
-        opts["num"] = int(opts["num"])
-    if not re.fullmatch(r"final|checkpoint-\d+", opts["checkpoint"]):
-        raise ConfigError(f"checkpoint={opts['checkpoint']} must be final or checkpoint-N")
-    return opts, overrides
-
-
-def saved_policies(run_dir: Path) -> list[str]:
-    """Names of the policy folders a run holds (final, checkpoint-N)."""
-    return sorted(p.name for p in run_dir.iterdir() if p.is_dir() and re.fullmatch(r"final|checkpoint-\d+", p.name))
-
-
-def main(argv: list[str]) -> None:
-    try:
-        opts, overrides = parse_args(argv)
-        run_dir = Path(opts["run_dir"])
-        recorded = run_dir / "config.yaml"
-        if not run_dir.is_dir():
-            raise ConfigError(f"run_dir {run_dir} does not exist: pass the output_dir of a training run")
-        if not recorded.is_file():
-            raise ConfigError(f"{recorded} does not exist: run_dir must be the output_dir of a training run")
-        if not (run_dir / opts["checkpoint"]).is_dir():
-            have = ", ".join(saved_policies(run_dir)) or "none (did the run finish or save_steps > 0?)"
-            raise ConfigError(f"no {opts['checkpoint']} in {run_dir}: saved policies: {have}")
-        cfg = load_config([f"recipe={recorded}", *overrides])
-    except ConfigError as err:
-        sys.exit(f"error: {err}")
-
-    from rlhf_app import cli
-
-    cli.set_network_env(cfg)  # before the heavy imports
-    try:
-        result = evaluate_run(cfg, run_dir, opts)
-    except cli.UserError as err:
-        sys.exit(f"error: {err}")
-    extra = "".join(f", {k} {v:.4f}" for k, v in result["extra"].items())
-    print(f"{opts['checkpoint']} on {len(result['samples'])} {opts['split']} prompts: "
-          f"mean score {result['mean_score']:.4f}{extra}")
-    suffix = "-train" if opts["split"] == "train" else ""
-    out = run_dir / f"eval-{opts['checkpoint']}{suffix}.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
-
-
-def evaluate_run(cfg, run_dir: Path, opts: dict) -> dict:
-    """Load, generate and score with the trainer's own functions; the eval.json entry plus metadata."""
+def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, trainer_state=None, engine=None) -> dict:
+    """Held-out evaluation with a fixed seed, leaving training's RNG untouched. `engine` (this
+    process's vLLM engine, or None: the policy's own generate) samples once `model`'s weights are
+    synced into it, with requests seeded from cfg.seed alone."""
     import torch
-    from accelerate import PartialState
 
-    from rlhf_app import cli, data, models, rewards
+    from rlhf_app.ppo import rollout
 
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    device = PartialState().device
-    with cli.hub_access("the policy's base model", cfg.model.name_or_path, cfg):
-        model, tokenizer = models.load_policy(run_dir / opts["checkpoint"], dtype=cfg.model.dtype)
-    model.to(device).eval()
-    hub_data = cfg.data.name if cfg.data.source == "hub" else None
-    with cli.hub_access("the dataset", hub_data, cfg):
-        train_ds, eval_ds = data.load_prompts(cfg, tokenizer)
-    dataset = eval_ds if opts["split"] == "eval" else train_ds
-    dataset = dataset.select(range(min(opts["num"] or cfg.data.num_eval, len(dataset))))
-    with cli.hub_access("the reward model", cfg.reward.model, cfg):
-        reward_fn = rewards.build_reward(cfg, device)
-    result = cli.evaluate_policy(cfg, model, tokenizer, dataset, reward_fn, device)
-    if cfg.data.name == "gsm8k":
-        completions = [s["completion"] for s in result["samples"]]
-        result["extra"].update(gsm8k_metric_scores(completions, dataset["answer"], cfg.reward.method,
-                                                   cfg.reward.multiple_answers, cfg.reward.answer_at_end))
-    return {"checkpoint": opts["checkpoint"], "split": opts["split"], **result}
+    sample = None
+    if engine is not None:
+        engine.sync_weights(model)
+        sample = lambda rows: engine.generate(rows, seed=cfg.seed)  # noqa: E731
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return rollout.evaluate(model.policy, tokenizer, eval_ds, reward_fn, cfg.ppo, device,
+                                trainer_state=trainer_state, sample=sample)
 
 
-def gsm8k_metric_scores(completions: list[str], answers: list, method: str = "strict",
-                        multiple_answers: str = "last", answer_at_end: bool = False) -> dict:
-    """GSM8K figures through the project's `evaluate` metric module, under the keys training's
-    eval.json uses (the module grades with the reward's own `accuracy_metrics`)."""
-    from rlhf_app.rewards.gsm8k import load_gsm8k_metric
+def eval_metrics(result: dict) -> dict[str, float]:
+    """An evaluation result as flat `eval/...` metrics: mean score, extra metrics, rewards/<name>/mean,
+    and the distinct-word share of the completions (a policy drifting into one phrase drives it down)."""
+    from rlhf_app.report import distinct_word_share
 
-    return load_gsm8k_metric().compute(predictions=completions, references=list(answers), method=method,
-                                       multiple_answers=multiple_answers, answer_at_end=answer_at_end)
+    share = distinct_word_share([s["completion"] for s in result["samples"]])
+    return {"eval/mean_score": result["mean_score"], **{f"eval/{k}": v for k, v in result["extra"].items()},
+            **({"eval/distinct_word_share": share} if share is not None else {})}
+
+
+class EvalEvery:
+    """The trainer's `on_update` hook for `eval_steps`: {} on other updates and other processes."""
+
+    def __init__(self, cfg, accelerator, tokenizer, eval_ds, reward_fn, engine=None):
+        self.cfg, self.accelerator, self.tokenizer = cfg, accelerator, tokenizer
+        self.eval_ds, self.reward_fn, self.engine = eval_ds, reward_fn, engine
+
+    def __call__(self, step: int, total_updates: int, model) -> dict:
+        every = self.cfg.eval_steps
+        if not every or (step % every and step != total_updates) or not self.accelerator.is_main_process:
+            return {}
+        from transformers import TrainerState
+
+        unwrapped = self.accelerator.unwrap_model(model)
+        result = evaluate_policy(self.cfg, unwrapped, self.tokenizer, self.eval_ds, self.reward_fn,
+                                 self.accelerator.device, TrainerState(global_step=step, max_steps=total_updates),
+                                 self.engine)
+        return eval_metrics(result)
