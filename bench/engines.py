@@ -48,9 +48,10 @@ def child_rollout(spec: dict) -> dict:
     import torch
     from accelerate import Accelerator
 
-    from rlhf_app import data, models
-    from rlhf_app.ppo import rollout
-    from rlhf_app.ppo.engines import build_engine
+    from rlhf_app.data import prompts as data
+    from rlhf_app.models import policy as models
+    from rlhf_app.rl import rollout
+    from rlhf_app.engines.hf import build_engine
 
     cfg = _config(spec, f"ppo.response_length={spec['response_length']}", "ppo.stop_token=null",
                   "ppo.temperature=1.0", f"ppo.per_device_train_batch_size={spec['batch']}",
@@ -87,7 +88,7 @@ def _static(gen_config):
 def child_update(spec: dict) -> dict:
     import torch
 
-    from rlhf_app.cli import run
+    from rlhf_app.run import run
 
     out = Path(tempfile.mkdtemp(prefix="bench-engines-"))
     cfg = _config(spec, f"output_dir={out}", f"ppo.total_episodes={spec['batch'] * spec['updates']}")

@@ -42,7 +42,7 @@ def letter_share(prompts, completions, **columns) -> list[float]:
 
 
 def _prompts(path: str, tokenizer, n: int, seed: int) -> list[dict]:
-    from rlhf_app.data import toy_prompts
+    from rlhf_app.data.prompts import toy_prompts
 
     return [{"prompt": p, "input_ids": tokenizer(p, add_special_tokens=False)["input_ids"]}
             for p in toy_prompts(n, seed=seed)]
@@ -53,9 +53,9 @@ def run_ours(spec: dict) -> dict:
     from accelerate.utils import set_seed
     from datasets import Dataset
 
-    from rlhf_app import models
+    from rlhf_app.models import policy as models
     from rlhf_app.config import load_config
-    from rlhf_app.ppo import trainer
+    from rlhf_app.rl import loop as trainer
 
     g, b = spec["generations"], spec["prompts"] * spec["generations"]
     cfg = load_config(["recipe=tiny", f"model.name_or_path={spec['policy']}", f"output_dir={spec['out_dir']}",
@@ -123,7 +123,7 @@ def child(side: str, spec_path: str, result_path: str) -> None:
     sys.argv = [sys.argv[0], spec_path, result_path]
     spec = common.setup_process()
     torch.set_num_threads(1)
-    from rlhf_app import assets
+    from rlhf_app.assets import registry as assets
 
     spec["policy_path"] = assets.resolve(spec["policy"])
     out = (run_ours if side == "ours" else run_trl)(spec)
@@ -143,7 +143,7 @@ def main(argv: list[str]) -> None:
     setting = dict(MODELS[args.model], steps=args.steps or MODELS[args.model]["steps"])
     if args.pairs < 1 or setting["steps"] < 2:
         sys.exit("error: --pairs must be >= 1 and --steps >= 2 (the first step is the untimed warm-up)")
-    from rlhf_app import assets
+    from rlhf_app.assets import registry as assets
 
     assets.resolve(setting["path"])  # build the asset once, outside the timed runs
     work = BENCH / "work" / "grpo"

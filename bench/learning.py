@@ -79,9 +79,14 @@ def generated_eval(run_dir: Path, n: int = GENERATED_EVAL) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
-    from rlhf_app import assets, cli, data, gsm8k_offline, models, rewards
+    from rlhf_app import rewards
+    from rlhf_app.assets import registry as assets
+    from rlhf_app import run as cli
+    from rlhf_app.data import prompts as data
+    from rlhf_app.assets import gsm8k as gsm8k_offline
+    from rlhf_app.models import policy as models
     from rlhf_app.config import load_config
-    from rlhf_app.ppo.engines import build_engine
+    from rlhf_app.engines.hf import build_engine
 
     cfg = load_config([f"recipe={run_dir / 'config.yaml'}"])
     torch.set_num_threads(cfg.num_threads or torch.get_num_threads())
@@ -128,7 +133,7 @@ def build_assets(env: dict) -> dict:
     for name in ASSETS:
         log = WORK / f"asset-{name}.log"
         print(f"[bench-learning] building asset:{name}", flush=True)
-        out[name] = _wait(*_start([sys.executable, "-m", "rlhf_app.assets", "build", name], env, log), log)
+        out[name] = _wait(*_start([sys.executable, "-m", "rlhf_app.assets.registry", "build", name], env, log), log)
         if out[name]["rc"] != 0:
             raise SystemExit(f"[bench-learning] building asset:{name} failed: see {out[name]['log']}")
     return out

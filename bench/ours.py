@@ -1,8 +1,8 @@
-"""The rlhf_app side: the engine's PPO loop (`rlhf_app.ppo.trainer.train`), run from `.venv`.
+"""The rlhf_app side: the engine's PPO loop (`rlhf_app.rl.loop.train`), run from `.venv`.
 
     .venv/bin/python bench/ours.py SPEC.json RESULT.json
 
-Set up as `rlhf_app.cli.run` does (config from the `tiny` recipe plus overrides, `build_models`,
+Set up as `rlhf_app.run.run` does (config from the `tiny` recipe plus overrides, `build_models`,
 an Accelerator), minus the before/after evaluation and the final save, which are not PPO updates.
 Phase times come from the run's own metrics.jsonl (`time/*_s`).
 """
@@ -24,9 +24,11 @@ from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import set_seed  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
-from rlhf_app import models, preflight, rewards  # noqa: E402
+from rlhf_app import preflight, rewards
+from rlhf_app.models import policy as models  # noqa: E402
 from rlhf_app.config import load_config  # noqa: E402
-from rlhf_app.ppo import engines, trainer  # noqa: E402
+from rlhf_app.engines import hf as engines
+from rlhf_app.rl import loop as trainer  # noqa: E402
 
 TRAINED_TOKENS: list[tuple] = []  # (padded prompt + response, response) tokens of each rollout
 CPU_MARKS: list[float] = []  # process CPU seconds at the start of each rollout, then at the end

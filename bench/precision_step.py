@@ -15,9 +15,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 torch.set_num_threads(1)
-from rlhf_app import models  # noqa: E402
+from rlhf_app.models import policy as models  # noqa: E402
 from rlhf_app.config import load_config  # noqa: E402
-from rlhf_app.ppo.rollout import logprobs_values  # noqa: E402
+from rlhf_app.rl.rollout import logprobs_values  # noqa: E402
 
 
 def step(model, batch, amp: bool) -> float:

@@ -53,7 +53,7 @@ EVAL_PROMPTS = {"tiny": 64, "smollm2": 32}  # held-out prompts for the reward af
 def prompts_file(model: str, path: str, split: str) -> Path:
     """rlhf_app's toy prompts (512 to train on, a few dozen held out as its data module splits them),
     tokenized once with the bench tokenizer: both engines read the same token ids."""
-    from rlhf_app.data import toy_prompts
+    from rlhf_app.data.prompts import toy_prompts
 
     out = WORK / model / f"{split}-prompts.json"
     if not out.is_file():
@@ -153,7 +153,7 @@ def main(argv: list[str]) -> None:
                      updates=s["updates"] if args.updates is None else args.updates) for s in settings]
     if min(s["pairs"] for s in settings) < 1 or min(s["updates"] for s in settings) < 2:
         sys.exit("error: --pairs must be >= 1 and --updates >= 2 (the first update is the untimed warm-up)")
-    from rlhf_app import assets
+    from rlhf_app.assets import registry as assets
 
     paths = {}
     for model in sorted({s["model"] for s in settings}):

@@ -16,7 +16,7 @@ def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, trainer_s
     synced into it, with requests seeded from cfg.seed alone."""
     import torch
 
-    from rlhf_app.ppo import rollout
+    from rlhf_app.rl import rollout
 
     sample = None
     if engine is not None:

@@ -31,7 +31,7 @@ def require(module: str, what: str) -> None:
 
 def check(cfg) -> None:
     """Every extra this run will import, checked up front: trackers, offline GSM8K data, the GGUF asset."""
-    from rlhf_app import assets
+    from rlhf_app.assets import registry as assets
 
     for tracker in cfg.report_to:
         if tracker != "none":

@@ -16,8 +16,8 @@ from pathlib import Path
 from rlhf_app import preflight
 from rlhf_app.config import TrainConfig, available_recipes, main_guard, to_yaml
 from rlhf_app.extras import MissingExtra
-from rlhf_app.hub import HubError
-from rlhf_app.ppo.signals import Stopped
+from rlhf_app.hub.upload import HubError
+from rlhf_app.run_dir.signals import Stopped
 from rlhf_app.preflight import PreflightError
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -77,10 +77,10 @@ def _explain_failure(err: BaseException, cfg: TrainConfig) -> str | None:
     """One line for the failures a user can fix by changing settings, else None."""
     import torch
 
-    from rlhf_app.ppo.checkpoint import checkpoints
-    from rlhf_app.ppo.trainer import NonFiniteError
+    from rlhf_app.run_dir.checkpoint import checkpoints
+    from rlhf_app.rl.loop import NonFiniteError
 
-    from rlhf_app.ppo.vllm_engine import EngineError
+    from rlhf_app.engines.vllm_engine import EngineError
 
     if isinstance(err, EngineError):
         return str(err)
@@ -121,8 +121,8 @@ def run(cfg: TrainConfig) -> dict:
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    from rlhf_app import run_dir
-    from rlhf_app.ppo.trainer import num_updates
+    from rlhf_app.run_dir import claim as run_dir
+    from rlhf_app.rl.loop import num_updates
 
     # Mistakes that need neither the run folder nor a model: said before anything is written.
     reward_sources, hub_token = _check_settings(cfg)
@@ -136,7 +136,7 @@ def _check_settings(cfg: TrainConfig) -> tuple[list, str | None]:
     """4/8-bit without bitsandbytes or a GPU, a reward that cannot be imported, a push that cannot work, a
     missing extra or vLLM: one line each. -> (the reward sources, the Hub token or None)"""
     from rlhf_app import extras, rewards
-    from rlhf_app.model_init import quantization_problem
+    from rlhf_app.models.loading import quantization_problem
 
     if quantization_problem(cfg):
         raise UserError(quantization_problem(cfg))
@@ -144,12 +144,12 @@ def _check_settings(cfg: TrainConfig) -> tuple[list, str | None]:
         reward_sources = rewards.resolve_sources(cfg)
     hub_token = None
     if cfg.hub.push:
-        from rlhf_app import hub
+        from rlhf_app.hub import upload as hub
 
         hub_token = hub.check_push(cfg)  # no repo id, offline, no token: say so now, not after training
     extras.check(cfg)  # trackers, asset builders
     if cfg.rollout.engine == "vllm":
-        from rlhf_app.ppo.vllm_engine import EngineError, import_vllm
+        from rlhf_app.engines.vllm_engine import EngineError, import_vllm
 
         try:
             import_vllm()
@@ -164,11 +164,14 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
     from accelerate.utils import set_seed
     from trl.models.utils import unwrap_model_for_generation
 
-    from rlhf_app import data, hub_sync, models, rewards
-    from rlhf_app.periodic_eval import EvalEvery
-    from rlhf_app.ppo import trainer
-    from rlhf_app.ppo.checkpoint import replace_dir
-    from rlhf_app.ppo.engines import build_engine
+    from rlhf_app import rewards
+    from rlhf_app.data import prompts as data
+    from rlhf_app.hub import pusher as hub_sync
+    from rlhf_app.models import policy as models
+    from rlhf_app.evaluation import EvalEvery
+    from rlhf_app.rl import loop as trainer
+    from rlhf_app.run_dir.checkpoint import replace_dir
+    from rlhf_app.engines.hf import build_engine
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -262,7 +265,7 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
     del prepared, engine, eval_engine
     _end_training(accelerator)
     if cfg.hub.push and accelerator.is_main_process:
-        from rlhf_app import hub
+        from rlhf_app.hub import upload as hub
 
         if pusher is not None:
             pusher.finish()  # the checkpoint upload in flight first: the final push replaces it
@@ -297,7 +300,7 @@ def _end_training(accelerator) -> None:
 
 def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, engine=None) -> dict:
     """Before/after evaluation on held-out prompts with a fixed seed, leaving training's RNG untouched."""
-    from rlhf_app import periodic_eval
+    from rlhf_app import evaluation as periodic_eval
 
     return periodic_eval.evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, engine=engine)
 
@@ -305,7 +308,7 @@ def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, engine=No
 @contextlib.contextmanager
 def user_errors():
     """A bad dataset or reward source (DataError, RewardSourceError) ends the run in one line."""
-    from rlhf_app.prompt_data import DataError
+    from rlhf_app.data.files import DataError
     from rlhf_app.rewards import RewardSourceError
 
     try:

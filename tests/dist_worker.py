@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
-from rlhf_app.cli import run
+from rlhf_app.run import run
 from rlhf_app.config import load_config
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import shutil
 import signal
 import sys
 
-from rlhf_app.cli import main
+from rlhf_app.run import main
 
 real_rmtree, real_replace = shutil.rmtree, os.replace
 

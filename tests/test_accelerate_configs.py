@@ -99,7 +99,7 @@ def test_fsdp_plugin_shards_per_transformer_block(monkeypatch, tmp_path):
     from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
     from transformers import AutoModelForCausalLM
 
-    from rlhf_app.assets import build_tiny
+    from rlhf_app.assets.registry import build_tiny
 
     for key, value in launch_env("fsdp.yaml").items():
         monkeypatch.setenv(key, value)
@@ -117,8 +117,8 @@ def test_fsdp_finds_the_blocks_inside_the_policy_and_value_wrapper(monkeypatch, 
     from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
     from transformers import AutoModelForCausalLM
 
-    from rlhf_app.assets import build_tiny
-    from rlhf_app.models import PolicyAndValue
+    from rlhf_app.assets.registry import build_tiny
+    from rlhf_app.models.policy import PolicyAndValue
 
     for key, value in launch_env("fsdp.yaml").items():
         monkeypatch.setenv(key, value)

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(1)
 
-from rlhf_app import assets  # noqa: E402
+from rlhf_app.assets import registry as assets  # noqa: E402
 
 POSITIVE = ["This movie was wonderful. Brilliant acting, a beautiful story, I loved every minute. "
             "One of the best films I have seen, a true masterpiece. Highly recommended!",
@@ -44,7 +44,7 @@ def test_heldout_rule_splits_imdb_rows_disjointly():
 
 
 def test_sentiment_classifier_loads_through_auto_classes(quick_cache):
-    import rlhf_app.sentiment_model  # noqa: F401  (registers the architecture)
+    import rlhf_app.models.sentiment  # noqa: F401  (registers the architecture)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = assets.resolve("asset:imdb-sentiment")
@@ -112,10 +112,10 @@ def test_smollm2_answers_a_chat_prompt_when_already_built(monkeypatch):
     folder = assets.cache_dir() / "smollm2-135m-instruct"
     if not (folder / "asset.json").is_file():
         pytest.skip("asset:smollm2-135m-instruct is not built (~1 min, 538 MB): "
-                    "python -m rlhf_app.assets build smollm2-135m-instruct")
+                    "python -m rlhf_app.assets.registry build smollm2-135m-instruct")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlhf_app.asset_builders import chat_answer
+    from rlhf_app.assets.builders import chat_answer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()

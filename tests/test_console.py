@@ -51,7 +51,7 @@ def test_env_prints_versions_devices_and_accelerate_config_offline(tmp_path):
 
 
 def test_env_names_a_missing_package():
-    from rlhf_app.env import package_version
+    from rlhf_app.cli.env import package_version
 
     assert package_version("surely_not_a_package_here") == "not installed"
     assert package_version("torch") == version("torch")

@@ -12,7 +12,8 @@ torch.set_num_threads(1)
 
 from datasets import Dataset  # noqa: E402
 
-from rlhf_app import data, gsm8k_offline  # noqa: E402
+from rlhf_app.data import prompts as data
+from rlhf_app.assets import gsm8k as gsm8k_offline  # noqa: E402
 from rlhf_app.config import ConfigError, TrainConfig, load_config  # noqa: E402
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>{% endfor %}"
@@ -26,7 +27,7 @@ def tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from rlhf_app.assets import offline_imdb_reviews
+    from rlhf_app.assets.registry import offline_imdb_reviews
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -3,7 +3,7 @@
 import html
 import json
 
-from rlhf_app.cli import run
+from rlhf_app.run import run
 from rlhf_app.config import load_config
 
 

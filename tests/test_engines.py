@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlhf_app.config import ConfigError, load_config
-from rlhf_app.ppo.engines import importance_weights
+from rlhf_app.engines.hf import importance_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from rlhf_app.ppo.advantages import (ESTIMATORS, AdvantageSettings, gae_decoupled, grpo_advantages,
+from rlhf_app.rl.estimators import (ESTIMATORS, AdvantageSettings, gae_decoupled, grpo_advantages,
                                      reinforce_pp_advantages, reinforce_pp_baseline_advantages, rloo_advantages)
-from rlhf_app.ppo.core import aggregate_loss, gae, log_importance_ratio, policy_loss, token_rewards
+from rlhf_app.rl.core import aggregate_loss, gae, log_importance_ratio, policy_loss, token_rewards
 
 T = torch.tensor
 EPS = 1e-4  # GRPO's std epsilon (TRL's)

@@ -7,11 +7,11 @@ import shutil
 import pytest
 import torch
 
-from rlhf_app.cli import run
+from rlhf_app.run import run
 from rlhf_app.config import ConfigError, load_config
-from rlhf_app.models import build_models, load_policy
-from rlhf_app.ppo.rollout import PromptSampler
-from rlhf_app.ppo.trainer import _shuffled_groups
+from rlhf_app.models.policy import build_models, load_policy
+from rlhf_app.rl.rollout import PromptSampler
+from rlhf_app.rl.loop import _shuffled_groups
 
 VALUE_KEYS = ("loss/value_avg", "val/clipfrac_avg", "val/explained_variance")
 VOLATILE = ("time/", "perf/")
@@ -129,8 +129,8 @@ def test_resume_with_groups_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_one_fresh_step_skips_the_old_logprob_forward_with_the_same_result(tmp_path, monkeypatch):
-    from rlhf_app.ppo import rollout as rollout_module
-    from rlhf_app.ppo import trainer
+    from rlhf_app.rl import rollout as rollout_module
+    from rlhf_app.rl import loop as trainer
 
     args = ["recipe=tiny", "eval_before_after=false", "ppo.total_episodes=64", "ppo.num_ppo_epochs=1",
             "ppo.num_mini_batches=1", "ppo.per_device_train_batch_size=16", "ppo.gradient_accumulation_steps=2",

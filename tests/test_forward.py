@@ -5,9 +5,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
-from rlhf_app import models
+from rlhf_app.models import policy as models
 from rlhf_app.config import load_config
-from rlhf_app.ppo.rollout import left_pad, logprobs_values, ref_logprobs
+from rlhf_app.rl.rollout import left_pad, logprobs_values, ref_logprobs
 
 
 def _full_forward(model, query, qmask, response, rmask, temperature):

@@ -10,7 +10,7 @@ import pytest
 from rlhf_app.config import TrainConfig
 from rlhf_app.config.checks import ConfigError
 from rlhf_app.config.sections import RewardConfig
-from rlhf_app.evaluation import gsm8k_metric_scores
+from rlhf_app.cli.eval import gsm8k_metric_scores
 from rlhf_app.rewards import build_reward
 from rlhf_app.rewards.gsm8k import load_gsm8k_metric
 

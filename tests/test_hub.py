@@ -13,8 +13,8 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import save_file
 
-from rlhf_app import hub
-from rlhf_app.assets import build_tiny
+from rlhf_app.hub import upload as hub
+from rlhf_app.assets.registry import build_tiny
 from rlhf_app.config import load_config, to_yaml
 
 ROOT = Path(__file__).resolve().parent.parent

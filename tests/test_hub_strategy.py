@@ -10,10 +10,11 @@ import torch
 from huggingface_hub import HfApi
 from safetensors.torch import save_file
 
-from rlhf_app import cli, hub
-from rlhf_app.assets import build_tiny
+from rlhf_app import run as cli
+from rlhf_app.hub import upload as hub
+from rlhf_app.assets.registry import build_tiny
 from rlhf_app.config import ConfigError, load_config, to_yaml
-from rlhf_app.hub_sync import CheckpointPusher
+from rlhf_app.hub.pusher import CheckpointPusher
 
 HF_FAKE = "hf_" + "ZyXwVuTsRqPoNmLkJiHgFeDcBa98765432"  # the shape of a user token, not a real one
 

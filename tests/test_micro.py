@@ -6,9 +6,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from rlhf_app.cli import run
+from rlhf_app.run import run
 from rlhf_app.config import ConfigError, load_config
-from rlhf_app.ppo.micro import micro_batches, pad_to, trim_padding
+from rlhf_app.rl.micro import micro_batches, pad_to, trim_padding
 
 T = torch.tensor
 

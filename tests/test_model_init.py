@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_app import models
+from rlhf_app.models import policy as models
 from rlhf_app.config import ConfigError, load_config
-from rlhf_app.model_init import from_pretrained_kwargs, quantization_config, quantization_problem
+from rlhf_app.models.loading import from_pretrained_kwargs, quantization_config, quantization_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 

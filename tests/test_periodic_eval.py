@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlhf_app.periodic_eval import eval_metrics
+from rlhf_app.evaluation import eval_metrics
 
 
 def test_eval_metrics_hold_the_score_the_extras_and_the_distinct_word_share():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhf_app.ppo.core import (KLController, adjust_scores, explained_variance, gae, kl_penalty,
+from rlhf_app.rl.core import (KLController, adjust_scores, explained_variance, gae, kl_penalty,
                                last_token_index, masked_mean, masked_whiten, policy_loss, response_mask,
                                token_rewards, value_loss)
 

@@ -7,7 +7,7 @@ import torch
 from accelerate.state import AcceleratorState
 
 from rlhf_app import preflight
-from rlhf_app.cli import main, run
+from rlhf_app.run import main, run
 from rlhf_app.config import ConfigError, load_config
 
 
@@ -34,8 +34,8 @@ def test_bf16_run_of_the_tiny_recipe_raises_the_reward(tmp_path, fresh_accelerat
 
 
 def test_log_probs_and_values_are_fp32_under_bf16_autocast(fresh_accelerator_state):
-    from rlhf_app import models
-    from rlhf_app.ppo.rollout import left_pad, logprobs_values
+    from rlhf_app.models import policy as models
+    from rlhf_app.rl.rollout import left_pad, logprobs_values
 
     cfg = load_config(["recipe=tiny"])
     model = models.build_models(cfg)[0].eval()

@@ -170,7 +170,7 @@ def test_evaluate_scores_a_saved_policy(tmp_path: Path, capsys):
 
     import torch
 
-    from rlhf_app import models
+    from rlhf_app.models import policy as models
 
     torch.set_num_threads(1)
     cfg = load_config(["recipe=tiny", f"output_dir={tmp_path}"])

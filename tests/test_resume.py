@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_app.cli import run
+from rlhf_app.run import run
 from rlhf_app.config import load_config
-from rlhf_app.ppo.checkpoint import STATE_FILE, find_resume
-from rlhf_app.run_dir import RunDirError
+from rlhf_app.run_dir.checkpoint import STATE_FILE, find_resume
+from rlhf_app.run_dir.claim import RunDirError
 
 ROOT = Path(__file__).resolve().parent.parent
 VOLATILE = ("time/", "perf/")  # wall-clock figures differ between any two runs
@@ -176,8 +176,8 @@ def test_resume_never_picks_a_half_written_checkpoint(tmp_path):
 def test_nan_and_out_of_memory_get_one_line_that_names_the_fix(tmp_path):
     import torch
 
-    from rlhf_app.cli import _explain_failure
-    from rlhf_app.ppo.trainer import NonFiniteError
+    from rlhf_app.run import _explain_failure
+    from rlhf_app.rl.loop import NonFiniteError
 
     cfg = load_config(["recipe=tiny", f"output_dir={tmp_path}"])
     (tmp_path / "checkpoint-4").mkdir()

@@ -13,10 +13,10 @@ import pytest
 import torch
 from transformers import TrainerState
 
-from rlhf_app import cli
+from rlhf_app import run as cli
 from rlhf_app.config import load_config
-from rlhf_app.ppo.rollout import RewardLog, Rollout, score
-from rlhf_app.prompt_data import CONVERSATION_COLUMN
+from rlhf_app.rl.rollout import RewardLog, Rollout, score
+from rlhf_app.data.files import CONVERSATION_COLUMN
 from rlhf_app.rewards import build_reward, resolve_sources
 
 REWARDS = '''
@@ -120,7 +120,7 @@ def chat_policy(tmp_path_factory):
 
     from transformers import AutoTokenizer
 
-    from rlhf_app.assets import resolve
+    from rlhf_app.assets.registry import resolve
 
     folder = tmp_path_factory.mktemp("chat-tiny") / "policy"
     shutil.copytree(resolve("asset:tiny"), folder)
@@ -190,7 +190,7 @@ def _one_line_error(monkeypatch, argv, forbid_models=True) -> str:
     import tempfile
 
     if forbid_models:
-        from rlhf_app import models
+        from rlhf_app.models import policy as models
 
         monkeypatch.setattr(models, "build_models", lambda cfg: pytest.fail("a model loaded before the error"))
     with pytest.raises(SystemExit) as info:

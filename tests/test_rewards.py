@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(1)
 
-from rlhf_app import gsm8k_offline  # noqa: E402
+from rlhf_app.assets import gsm8k as gsm8k_offline  # noqa: E402
 from rlhf_app.config import RewardConfig, TrainConfig  # noqa: E402
 from rlhf_app.rewards import BUILDERS, RewardError, build_reward, checked, gsm8k  # noqa: E402
 from rlhf_app.rewards.custom import load_function  # noqa: E402

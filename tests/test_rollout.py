@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from rlhf_app import models
+from rlhf_app.models import policy as models
 from rlhf_app.config import load_config
-from rlhf_app.ppo.rollout import PromptSampler, generate, left_pad, logprobs_values, ref_logprobs
+from rlhf_app.rl.rollout import PromptSampler, generate, left_pad, logprobs_values, ref_logprobs
 
 
 @pytest.fixture(scope="module")

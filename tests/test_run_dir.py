@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from rlhf_app import run_dir
+from rlhf_app.run_dir import claim as run_dir
 from rlhf_app.config import load_config, to_yaml
-from rlhf_app.ppo.checkpoint import STATE_FILE, STATE_JSON
-from rlhf_app.run_dir import RunDirError, RunLock, check_start, config_changes
+from rlhf_app.run_dir.checkpoint import STATE_FILE, STATE_JSON
+from rlhf_app.run_dir.claim import RunDirError, RunLock, check_start, config_changes
 
 
 def _cfg(out, *args):

@@ -4,7 +4,7 @@ to the trackers every logging_steps updates while metrics.jsonl keeps every upda
 
 import json
 
-from rlhf_app import cli
+from rlhf_app import run as cli
 from rlhf_app.config import load_config
 
 

@@ -9,9 +9,9 @@ from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, LlamaCon
 from transformers.generation import WatermarkingConfig
 
 from rlhf_app.config import load_config
-from rlhf_app.models import PolicyAndValue, disable_all_dropout
-from rlhf_app.ppo.rollout import generation_config, logprobs_values
-from rlhf_app.ppo.sampling import model_defaults_off
+from rlhf_app.models.policy import PolicyAndValue, disable_all_dropout
+from rlhf_app.rl.rollout import generation_config, logprobs_values
+from rlhf_app.engines.sampling import model_defaults_off
 
 VOCAB, PAD, EOS = 40, 0, 1
 # Every logits processor a model's generation_config.json can switch on behind the trainer's back.

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from rlhf_app.cli import run
+from rlhf_app.run import run
 from rlhf_app.config import load_config
-from rlhf_app.models import load_policy
+from rlhf_app.models.policy import load_policy
 
 
 def _rows(run_dir):

@@ -6,7 +6,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from rlhf_app.config import ConfigError, load_config
-from rlhf_app.models import PolicyAndValue
+from rlhf_app.models.policy import PolicyAndValue
 
 
 def _values(init: str) -> torch.Tensor:

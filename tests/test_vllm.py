@@ -14,11 +14,15 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from rlhf_app import assets, data, models, periodic_eval, rewards
+from rlhf_app import rewards
+from rlhf_app.assets import registry as assets
+from rlhf_app.data import prompts as data
+from rlhf_app.models import policy as models
+from rlhf_app import evaluation as periodic_eval
 from rlhf_app.config import load_config
-from rlhf_app.ppo.engines import HFEngine
-from rlhf_app.ppo.rollout import logprobs_values
-from rlhf_app.ppo.vllm_engine import EngineError, VLLMEngine, _check_architecture, import_vllm, policy_tensors
+from rlhf_app.engines.hf import HFEngine
+from rlhf_app.rl.rollout import logprobs_values
+from rlhf_app.engines.vllm_engine import EngineError, VLLMEngine, _check_architecture, import_vllm, policy_tensors
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = str(ROOT / "scripts" / "train.py")
@@ -66,7 +70,7 @@ def test_after_a_sync_greedy_vllm_equals_hf_token_for_token(recipe, accelerator)
     extra = []
     if recipe == "smollm2":
         if not (assets.cache_dir() / "smollm2-135m-instruct").is_dir():
-            pytest.skip("asset:smollm2-135m-instruct is not built: python -m rlhf_app.assets build smollm2-135m-instruct")
+            pytest.skip("asset:smollm2-135m-instruct is not built: python -m rlhf_app.assets.registry build smollm2-135m-instruct")
         recipe, extra = "tiny", ["model.name_or_path=asset:smollm2-135m-instruct", "data.use_chat_template=false"]
     cfg, tokenizer, model, rows = _setup(recipe, *extra)
     # Changed weights, so the engine samples from what it was sent, not from the checkpoint on disk.
@@ -131,7 +135,7 @@ def test_an_architecture_vllm_cannot_load_gets_one_line():
 
 
 def test_missing_vllm_names_the_install_command(tmp_path):
-    code = ("import sys; sys.modules['vllm'] = None; from rlhf_app.cli import main; "
+    code = ("import sys; sys.modules['vllm'] = None; from rlhf_app.run import main; "
             f"main(['recipe=tiny', 'rollout.engine=vllm', 'output_dir={tmp_path}'])")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rlhf_app.assets import offline_imdb_reviews, package_dir
+from rlhf_app.assets.registry import offline_imdb_reviews, package_dir
 from rlhf_app.extras import require
 
 SEED = 0
@@ -91,7 +91,7 @@ def _accuracy(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
 def build_imdb_sentiment(out: Path) -> dict:
     """Bag-of-embeddings IMDB classifier (see `sentiment_model`) saved as a Hugging Face
     sequence-classification folder with id2label {0: NEGATIVE, 1: POSITIVE}."""
-    from rlhf_app.sentiment_model import BagOfEmbeddingsConfig, BagOfEmbeddingsForSequenceClassification
+    from rlhf_app.models.sentiment import BagOfEmbeddingsConfig, BagOfEmbeddingsForSequenceClassification
 
     start, b = time.time(), budget()
     torch.manual_seed(SEED)

@@ -22,7 +22,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from rlhf_app.assets import cache_dir
+from rlhf_app.assets.registry import cache_dir
 from rlhf_app.extras import require
 
 try:

@@ -101,7 +101,7 @@ def _deferred(name: str):
     imports this module (for the IMDB reader)."""
 
     def build(out: Path) -> dict:
-        from rlhf_app import asset_builders
+        from rlhf_app.assets import builders as asset_builders
 
         return getattr(asset_builders, name)(out)
 
@@ -171,7 +171,7 @@ def rebuild(name: str) -> str:
 
 def main(argv: list[str]) -> int:
     """`build [--force] NAME… | all` and `list`: the command-line face of the asset cache."""
-    usage = "usage: python -m rlhf_app.assets build [--force] NAME [NAME…] | all; python -m rlhf_app.assets list"
+    usage = "usage: python -m rlhf_app.assets.registry build [--force] NAME [NAME…] | all; python -m rlhf_app.assets.registry list"
     if not argv or argv[0] not in ("build", "list"):
         raise SystemExit(usage)
     if argv[0] == "list":

@@ -22,19 +22,19 @@ Several processes: accelerate launch -m rlhf_app train recipe=NAME (or accelerat
 
 
 def train(argv: list[str]) -> None:
-    from rlhf_app.cli import main
+    from rlhf_app.run import main
 
     main(argv)
 
 
 def evaluate(argv: list[str]) -> None:
-    from rlhf_app.evaluation import main
+    from rlhf_app.cli.eval import main
 
     main(argv)
 
 
 def push(argv: list[str]) -> None:
-    from rlhf_app.hub import main
+    from rlhf_app.hub.upload import main
 
     main(argv)
 
@@ -65,7 +65,7 @@ def report(argv: list[str]) -> None:
 def env(argv: list[str]) -> None:
     if argv:
         sys.exit("usage: rlhf-app env (takes no arguments)")
-    from rlhf_app.env import print_env
+    from rlhf_app.cli.env import print_env
 
     print_env()
 

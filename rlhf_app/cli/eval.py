@@ -70,7 +70,7 @@ def main(argv: list[str]) -> None:
     except ConfigError as err:
         sys.exit(f"error: {err}")
 
-    from rlhf_app import cli
+    from rlhf_app import run as cli
 
     cli.set_network_env(cfg)  # before the heavy imports
     try:
@@ -91,7 +91,10 @@ def evaluate_run(cfg, run_dir: Path, opts: dict) -> dict:
     import torch
     from accelerate import PartialState
 
-    from rlhf_app import cli, data, models, rewards
+    from rlhf_app import rewards
+    from rlhf_app import run as cli
+    from rlhf_app.data import prompts as data
+    from rlhf_app.models import policy as models
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rlhf_app.argv import ArgvError, normalize_argv
+from rlhf_app.config.argv import ArgvError, normalize_argv
 from rlhf_app.config.checks import TRACKERS, ConfigError
 from rlhf_app.config.train_config import TrainConfig
 

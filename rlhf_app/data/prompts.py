@@ -7,8 +7,8 @@ columns, which reach the reward function by name. The eval split never overlaps 
   notebook). Hub: `stanfordnlp/imdb` train / test; offline: the shipped IMDB train split, whose
   held-out rows (never used to train an offline asset) give the eval prompts.
 - gsm8k: a grade-school math problem; the `answer` column holds the reference. Hub:
-  `openai/gsm8k` train / test; offline: see `rlhf_app.gsm8k_offline`.
-- anything else: a Hub dataset id or a local file / folder (`rlhf_app.prompt_data`).
+  `openai/gsm8k` train / test; offline: see `rlhf_app.assets.gsm8k`.
+- anything else: a Hub dataset id or a local file / folder (`rlhf_app.data.files`).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def imdb_reviews(source: str, split: str) -> list[dict]:
     split "train" is the training pool; "eval" is the Hub test split, or offline the held-out rows.
     """
     if source == "offline":
-        from rlhf_app.assets import offline_imdb_reviews
+        from rlhf_app.assets.registry import offline_imdb_reviews
 
         rows = offline_imdb_reviews("train" if split == "train" else "heldout")
     else:
@@ -119,7 +119,7 @@ def gsm8k_problems(cfg) -> tuple[list[dict], list[dict]]:
     """(train, eval) problems {"question", "answer"} from the Hub or the offline sources."""
     d = cfg.data
     if d.source == "offline":
-        from rlhf_app import gsm8k_offline
+        from rlhf_app.assets import gsm8k as gsm8k_offline
 
         return (gsm8k_offline.train_problems(d.num_train or gsm8k_offline.GSM8K_TRAIN_SIZE, cfg.seed),
                 sample(gsm8k_offline.eval_problems(), d.num_eval, cfg.seed + 1, "data.num_eval (gsm8k offline)"))
@@ -160,7 +160,7 @@ def load_prompts(cfg, tokenizer) -> tuple[Dataset, Dataset]:
         train = gsm8k_rows(train_problems, tokenizer, cfg, "training")
         evals = gsm8k_rows(eval_problems, tokenizer, cfg, "eval")
     else:
-        from rlhf_app import prompt_data
+        from rlhf_app.data import files as prompt_data
 
         return prompt_data.load(cfg, tokenizer)
     return Dataset.from_list(train), Dataset.from_list(evals)

@@ -17,7 +17,7 @@ import math
 import torch
 from trl.models.utils import unwrap_model_for_generation
 
-from rlhf_app.ppo.rollout import Rollout, generate
+from rlhf_app.rl.rollout import Rollout, generate
 
 GC_KWARGS = {"use_reentrant": False}
 
@@ -49,7 +49,7 @@ class HFEngine:
 def build_engine(cfg, accelerator, model, tokenizer):
     """The engine `cfg.rollout.engine` names, for `model` (prepared or not); `start_at` sets a resumed run's update."""
     if cfg.rollout.engine == "vllm":
-        from rlhf_app.ppo.vllm_engine import VLLMEngine
+        from rlhf_app.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine(cfg, accelerator, model, tokenizer)
     return HFEngine(accelerator, model, tokenizer, cfg.ppo)

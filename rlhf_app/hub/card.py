@@ -29,7 +29,7 @@ def base_license(cfg: TrainConfig) -> str | None:
     """`hub.license`, else the licence an offline asset or a local base-model folder declares."""
     if cfg.hub.license:
         return cfg.hub.license
-    from rlhf_app import assets
+    from rlhf_app.assets import registry as assets
 
     name = cfg.model.name_or_path
     folder = assets.cache_dir() / name[len(assets.PREFIX):] if name.startswith(assets.PREFIX) else Path(name)
@@ -160,7 +160,7 @@ The critic is {critic}. To get the policy with its critic (e.g. to continue PPO)
 
 ```python
 from huggingface_hub import snapshot_download
-from rlhf_app.models import load_policy
+from rlhf_app.models.policy import load_policy
 
 model, tokenizer = load_policy(snapshot_download("{repo}"))
 logits, values = model(input_ids, attention_mask)  # values: the critic's estimate per token

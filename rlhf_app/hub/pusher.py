@@ -15,7 +15,7 @@ import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from rlhf_app import hub
+from rlhf_app.hub import upload as hub
 
 
 class CheckpointPusher:

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from rlhf_app.config import ALIASES, ConfigError, TrainConfig, load_config, normalize_args, parse_overrides, to_yaml
-from rlhf_app.model_card import base_license, model_card  # noqa: F401  (base_license: part of hub's API)
+from rlhf_app.hub.card import base_license, model_card  # noqa: F401  (base_license: part of hub's API)
 
 UPLOAD_DIR = "hub_upload"
 LAST_CHECKPOINT = "last-checkpoint"  # transformers' folder name for hub_strategy="checkpoint"

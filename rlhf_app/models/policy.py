@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from rlhf_app import assets
-from rlhf_app.model_init import from_pretrained_kwargs
+from rlhf_app.assets import registry as assets
+from rlhf_app.models.loading import from_pretrained_kwargs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VALUE_HEAD_FILE = "value_head.safetensors"

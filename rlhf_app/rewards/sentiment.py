@@ -6,7 +6,7 @@ As in TRL's gpt2-sentiment notebook, the score is the raw logit of one label (e.
 
 from __future__ import annotations
 
-from rlhf_app.assets import resolve
+from rlhf_app.assets.registry import resolve
 
 
 def label_index(label: str, id2label: dict) -> int:
@@ -36,9 +36,9 @@ def build(cfg, device=None):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:  # registers the offline classifier's classes with the Auto classes
-        import rlhf_app.sentiment_model  # noqa: F401
+        import rlhf_app.models.sentiment  # noqa: F401
     except ModuleNotFoundError as err:
-        if err.name != "rlhf_app.sentiment_model":
+        if err.name != "rlhf_app.models.sentiment":
             raise
     rc = cfg.reward
     if not rc.model:

@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from rlhf_app.ppo.core import gae, masked_whiten
+from rlhf_app.rl.core import gae, masked_whiten
 
 class AdvantageSettings(NamedTuple):
     gamma: float

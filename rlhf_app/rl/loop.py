@@ -16,16 +16,16 @@ from tqdm.auto import tqdm
 from transformers import TrainerState, get_scheduler
 from trl.trainer.utils import print_prompt_completions_sample
 
-from rlhf_app.ppo import checkpoint as ckpt
-from rlhf_app.ppo.advantages import ESTIMATORS, settings_from
-from rlhf_app.ppo.core import KLController, adjust_scores, kl_penalty, masked_whiten, token_rewards
-from rlhf_app.ppo.logfiles import truncate_rows
-from rlhf_app.ppo.losses import micro_batch_loss
-from rlhf_app.ppo.metrics import NonFiniteError, objective_metrics, reduced_metrics, reward_metrics, timings
-from rlhf_app.ppo.signals import StopFlag, Stopped
-from rlhf_app.ppo.engines import build_engine, sampling_correction
-from rlhf_app.ppo.micro import accumulating, backward, loss_normaliser, micro_batches, pad_to, trim_padding
-from rlhf_app.ppo.rollout import PromptSampler, RewardLog, logprobs_values, ref_logprobs, score
+from rlhf_app.run_dir import checkpoint as ckpt
+from rlhf_app.rl.estimators import ESTIMATORS, settings_from
+from rlhf_app.rl.core import KLController, adjust_scores, kl_penalty, masked_whiten, token_rewards
+from rlhf_app.run_dir.logfiles import truncate_rows
+from rlhf_app.rl.losses import micro_batch_loss
+from rlhf_app.rl.metrics import NonFiniteError, objective_metrics, reduced_metrics, reward_metrics, timings
+from rlhf_app.run_dir.signals import StopFlag, Stopped
+from rlhf_app.engines.hf import build_engine, sampling_correction
+from rlhf_app.rl.micro import accumulating, backward, loss_normaliser, micro_batches, pad_to, trim_padding
+from rlhf_app.rl.rollout import PromptSampler, RewardLog, logprobs_values, ref_logprobs, score
 
 SAMPLE_COLUMNS = ("step", "prompt", "completion", "score")
 

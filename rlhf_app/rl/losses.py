@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_app.ppo.core import aggregate_loss, kl_penalty, policy_loss, value_loss
+from rlhf_app.rl.core import aggregate_loss, kl_penalty, policy_loss, value_loss
 
 
 def micro_batch_loss(ppo, alg, logprobs: torch.Tensor, values: torch.Tensor | None, entropy: torch.Tensor,

@@ -9,8 +9,8 @@ import time
 import torch
 from accelerate.utils import gather_object
 
-from rlhf_app.ppo.core import explained_variance
-from rlhf_app.ppo.rollout import RewardLog
+from rlhf_app.rl.core import explained_variance
+from rlhf_app.rl.rollout import RewardLog
 
 
 class NonFiniteError(RuntimeError):

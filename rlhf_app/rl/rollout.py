@@ -13,10 +13,10 @@ import torch
 from transformers import GenerationConfig, TrainerState
 from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
-from rlhf_app.models import response_forward
+from rlhf_app.models.policy import response_forward
 
-from rlhf_app.ppo.core import response_mask
-from rlhf_app.ppo.sampling import NEUTRAL, model_defaults_off
+from rlhf_app.rl.core import response_mask
+from rlhf_app.engines.sampling import NEUTRAL, model_defaults_off
 
 
 class PromptSampler:

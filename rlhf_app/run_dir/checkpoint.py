@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhf_app.models import load_policy, save_policy
+from rlhf_app.models.policy import load_policy, save_policy
 
 STATE_FILE = "trainer_state.pt"
 STATE_JSON = "trainer_state.json"  # step, episode, num_processes: readable without torch

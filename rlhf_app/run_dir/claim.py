@@ -91,7 +91,7 @@ class RunLock:
 def holds_run(output_dir: Path) -> bool:
     """Whether the folder holds a run's results: a logged update, a checkpoint or final/. A config.yaml
     alone (a run that failed before its first update) is rewritten by the next start."""
-    from rlhf_app.ppo.checkpoint import checkpoints
+    from rlhf_app.run_dir.checkpoint import checkpoints
 
     out = Path(output_dir)
     metrics = out / "metrics.jsonl"
@@ -160,7 +160,7 @@ def check_start(cfg: TrainConfig, total_updates: int, num_processes: int) -> lis
 
     Called with the lock held and before anything in the folder is written.
     """
-    from rlhf_app.ppo.checkpoint import STATE_JSON, find_resume
+    from rlhf_app.run_dir.checkpoint import STATE_JSON, find_resume
 
     out = Path(cfg.output_dir)
     if not holds_run(out):
@@ -222,7 +222,7 @@ class claim:
         self.lock = RunLock(Path(cfg.output_dir))
 
     def __enter__(self):
-        from rlhf_app.ppo.checkpoint import remove_leftovers
+        from rlhf_app.run_dir.checkpoint import remove_leftovers
         from rlhf_app.preflight import check_output_dir
 
         message, notes = None, []
