@@ -9,8 +9,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from rlhf_app.errors import UserError
 
-class PreflightError(RuntimeError):
+
+class PreflightError(UserError, RuntimeError):
     """A setting that cannot work with this model, data or machine; the message names the fix."""
 
 

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from rlhf_app.config import ALIASES, ConfigError, TrainConfig, load_config, normalize_args, parse_overrides, to_yaml
+from rlhf_app.errors import UserError
 from rlhf_app.hub.card import base_license, model_card  # noqa: F401  (base_license: part of hub's API)
 
 UPLOAD_DIR = "hub_upload"
@@ -34,7 +35,7 @@ TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".jinja")
 RUN_FILES = ("metrics.jsonl", "eval.json")
 
 
-class HubError(RuntimeError):
+class HubError(UserError, RuntimeError):
     """A push that cannot go ahead; the message is one line that names the fix."""
 
 
