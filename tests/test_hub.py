@@ -4,8 +4,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +13,9 @@ from safetensors.torch import save_file
 
 from rlhf_app.hub import upload as hub
 from rlhf_app.assets.registry import build_tiny
+from rlhf_app.cli.main import main
 from rlhf_app.config import load_config, to_yaml
 
-ROOT = Path(__file__).resolve().parent.parent
 HF_FAKE = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"  # the shape of a user token, not a real one
 WANDB_FAKE = "0123456789abcdef0123456789abcdef01234567"
 SHA = "a" * 40
@@ -216,21 +214,19 @@ def test_push_errors_are_one_line(run_dir, hub_calls, monkeypatch, overrides, en
     assert not (run_dir / "hub_upload").exists()  # checked before anything is built
 
 
-def test_push_script_reads_the_recorded_config(run_dir, capsys):
+def test_push_command_reads_the_recorded_config(run_dir, capsys):
     make_cfg(run_dir, "ppo.kl_coef=0.2")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "push.py"), f"run_dir={run_dir}",
-                           "hub.dry_run=true", "hub.repo_id=alice/later"], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr
-    assert "README.md" in proc.stdout and "model.safetensors" in proc.stdout
+    main(["push", f"run_dir={run_dir}", "hub.dry_run=true", "hub.repo_id=alice/later"])
+    out = capsys.readouterr().out
+    assert "README.md" in out and "model.safetensors" in out
     card = (run_dir / "hub_upload" / "README.md").read_text()
     assert "| `ppo.kl_coef` | 0.2 |" in card and 'from_pretrained("alice/later")' in card
     with pytest.raises(SystemExit, match=r"^error: ppo\.kl_coef cannot change after training: only hub\.\* keys"):
-        hub.main([f"run_dir={run_dir}", "ppo.kl_coef=1"])
+        main(["push", f"run_dir={run_dir}", "ppo.kl_coef=1"])
     with pytest.raises(SystemExit, match=r"^error: pass the run folder once"):
-        hub.main(["hub.dry_run=true"])
+        main(["push", "hub.dry_run=true"])
     with pytest.raises(SystemExit, match=r"config\.yaml does not exist"):
-        hub.main([f"run_dir={run_dir / 'final'}", "hub.dry_run=true"])
+        main(["push", f"run_dir={run_dir / 'final'}", "hub.dry_run=true"])
 
 
 def test_card_says_what_is_missing(run_dir):
