@@ -12,6 +12,7 @@ from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import save_file
 
 from rlhf_app.hub import upload as hub
+from rlhf_app.hub.card import model_card
 from rlhf_app.assets.registry import build_tiny
 from rlhf_app.cli.main import main
 from rlhf_app.config import load_config, to_yaml
@@ -107,6 +108,38 @@ def test_card_names_model_reward_data_numbers_and_loading(run_dir):
     assert "3 PPO updates, 96 episodes" in text
     assert "![training diagnostics" in text and "](plots/diagnostics.png)" in text
     assert 'from_pretrained("alice/tiny-ppo")' in text and 'load_policy(snapshot_download("alice/tiny-ppo"))' in text
+
+
+def test_card_names_every_reward_function_with_its_weight():
+    cfg = load_config(["recipe=custom"])
+    text = model_card(cfg, [Path("model.safetensors")], None, [])
+    assert ("## Reward source\n\nThe weighted sum of these reward functions (`reward.funcs`, `reward.weights`):\n\n"
+            "- 1 × reward function `examples/custom/rewards.py:mentions_keyword`\n"
+            "- 0.5 × reward function `trl.rewards:get_soft_overlong_punishment(max_completion_len=24, "
+            "soft_punish_cache=12)`\n\n## Dataset") in text
+    assert "toy reward" not in text  # reward.name keeps its default, unused beside reward.funcs
+    assert ModelCard(text).data.tags == ["rlhf", "ppo", "rlhf_app", "reward:mentions_keyword",
+                                         "reward:get_soft_overlong_punishment"]
+    mixed = load_config(["recipe=tiny", "reward.funcs=[toy,asset:imdb-sentiment]", "reward.weights=[2,0.25]"])
+    text = model_card(mixed, [Path("model.safetensors")], None, [])
+    assert ("- 2 × toy reward: frequency of 'a' in the completion\n"
+            "- 0.25 × sequence-classification reward model `asset:imdb-sentiment`\n") in text
+
+
+def test_card_claims_a_critic_only_when_the_estimator_trains_one():
+    grpo = load_config(["recipe=gsm8k-grpo-offline"])
+    assert not grpo.algorithm.uses_critic
+    text = model_card(grpo, [Path("model.safetensors")], None, [])
+    assert "critic" not in text.replace("no critic", "")  # every mention says there is none
+    assert "minus a KL penalty to the base model, with `grpo` advantages, which need no critic." in text
+    assert ("The run trained no critic (`grpo` needs none). To get the policy as `rlhf_app` holds it, use "
+            "`rlhf_app`:") in text
+    assert "# values: None, as this run has no critic" in text
+    assert "GSM8K answer check (strict extraction): 1.0 if correct" in text
+    gae = model_card(load_config(["recipe=tiny"]), [Path("model.safetensors"), Path("value_head.safetensors")],
+                     None, [])
+    assert "minus a KL penalty to the base model, with a learned critic." in gae
+    assert "The critic is `value_head.safetensors` (a linear head on the policy's last hidden state)." in gae
 
 
 def test_card_snippets_load_the_uploaded_folder(run_dir):
