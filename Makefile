@@ -11,8 +11,8 @@ RECIPE ?= tiny
 ARGS ?=
 PIP := $(BIN)/pip install -qq
 STAMP := $(VENV)/.setup-done
-# Offline, single-threaded by default: no telemetry, no Hub calls, steady on small machines.
-export HF_HUB_DISABLE_TELEMETRY := 1
+# Steady on small machines. The app turns telemetry off itself and, with `offline: true` (or
+# HF_HUB_OFFLINE=1 below), every Hub call (rlhf_app/offline.py).
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup test demo train bench bench-engines bench-learning clean

@@ -1,5 +1,6 @@
 """Helpers shared by both sides of the benchmark. Imported from `.venv` (rlhf_app) and from
-`.venv-peer` (TRL 1.12), so this module needs only torch and transformers, never rlhf_app.
+`.venv-peer` (TRL 1.12), so this module needs only torch and transformers, and of rlhf_app only
+`rlhf_app.offline` (a leaf that imports nothing but `os`), found through the checkout's path.
 
 Each run is one process reading a JSON spec and writing a JSON result; see run.py for the spec.
 """
@@ -13,8 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_DATASETS_OFFLINE": "1",
-               "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rlhf_app import offline  # noqa: E402
+
+OFFLINE_ENV = {**offline.OFFLINE_ENV, "TOKENIZERS_PARALLELISM": "false"}
 REWARD_SEED = 1234  # the reward model's random score head: the same in both engines
 VALUE_SEED = 4321  # the peer's separate critic
 

@@ -81,7 +81,7 @@ def generated_eval(run_dir: Path, n: int = GENERATED_EVAL) -> dict:
 
     from rlhf_app import rewards
     from rlhf_app.assets import registry as assets
-    from rlhf_app import run as cli
+    from rlhf_app import evaluation
     from rlhf_app.data import prompts as data
     from rlhf_app.assets import gsm8k as gsm8k_offline
     from rlhf_app.models import policy as models
@@ -103,7 +103,8 @@ def generated_eval(run_dir: Path, n: int = GENERATED_EVAL) -> dict:
     engine = build_engine(cfg, accelerator, base, tokenizer) if cfg.rollout.engine == "vllm" else None
     out = {}
     for when, policy in (("before", base), ("after", model)):
-        entry = cli.evaluate_policy(cfg, policy.to(device).eval(), tokenizer, dataset, reward_fn, device, engine)
+        entry = evaluation.evaluate_policy(cfg, policy.to(device).eval(), tokenizer, dataset, reward_fn, device,
+                                           engine=engine)
         out[when] = {"mean_score": entry["mean_score"], **gsm8k_figures(entry), "n": len(dataset),
                      "samples": entry["samples"][:2]}
     return out

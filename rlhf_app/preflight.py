@@ -9,8 +9,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from rlhf_app.errors import UserError
 
-class PreflightError(RuntimeError):
+
+class PreflightError(UserError, RuntimeError):
     """A setting that cannot work with this model, data or machine; the message names the fix."""
 
 
@@ -82,3 +84,26 @@ def mixed_precision(ppo, cuda: bool, cuda_bf16: bool = True) -> str:
     if ppo.bf16 and cuda and not cuda_bf16:
         raise PreflightError("ppo.bf16=true: this GPU has no bfloat16; use ppo.fp16=true")
     return "bf16" if ppo.bf16 else "fp16" if ppo.fp16 else "no"
+
+
+def check_settings(cfg) -> tuple[list, str | None]:
+    """Before the run folder or a model: 4/8-bit without bitsandbytes or a GPU, a reward that cannot be
+    imported, a push that cannot work, a missing extra or vLLM, one line each.
+    -> (the reward sources, the Hub token or None)"""
+    from rlhf_app import extras, rewards
+    from rlhf_app.models.loading import quantization_problem
+
+    if quantization_problem(cfg):
+        raise PreflightError(quantization_problem(cfg))
+    reward_sources = rewards.resolve_sources(cfg)
+    hub_token = None
+    if cfg.hub.push:
+        from rlhf_app.hub import upload as hub
+
+        hub_token = hub.check_push(cfg)  # no repo id, offline, no token: say so now, not after training
+    extras.check(cfg)  # trackers, asset builders
+    if cfg.rollout.engine == "vllm":
+        from rlhf_app.engines.vllm_engine import import_vllm
+
+        import_vllm()  # EngineError names the install command
+    return reward_sources, hub_token

@@ -1,7 +1,7 @@
-"""Train with PPO: `accelerate launch scripts/train.py recipe=NAME key=value ...`."""
+"""Train with PPO: `accelerate launch scripts/train.py recipe=NAME key=value ...` (same as `rlhf-app train`)."""
 import sys
 
-from rlhf_app.run import main
+from rlhf_app.cli.main import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main(["train", *sys.argv[1:]])

@@ -9,7 +9,7 @@ import shutil
 import signal
 import sys
 
-from rlhf_app.run import main
+from rlhf_app.cli.main import main
 
 real_rmtree, real_replace = shutil.rmtree, os.replace
 
@@ -38,4 +38,4 @@ if __name__ == "__main__":
         os.replace = replace_metrics_or_die
     elif mode == "rotation":
         shutil.rmtree = half_delete
-    main(argv)
+    main(["train", *argv])

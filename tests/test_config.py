@@ -1,14 +1,9 @@
 """Config layering, every shipped recipe, and the one-line errors of the command line."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from rlhf_app.cli.main import main
 from rlhf_app.config import ConfigError, available_recipes, load_config, to_yaml
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("recipe", available_recipes())
@@ -209,52 +204,75 @@ def test_report_to_all_and_num_sample_generations(monkeypatch):
     assert load_config(["recipe=tiny", "num_sample_generations=4"]).sample_every == 5
 
 
-def _train(*args):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+def _train(capsys, *args) -> tuple[int | str | None, str]:
+    """`rlhf-app train ARGS` in this process: (the exit code, or None when it returned; what it printed)."""
+    try:
+        main(["train", *args])
+        code = None
+    except SystemExit as exit_:
+        code = exit_.code
+    printed = capsys.readouterr()
+    return code, printed.out + printed.err
 
 
-def test_print_config_prints_resolved_yaml_and_exits():
-    proc = _train("recipe=tiny", "ppo.kl_coef=0.25", "print_config=true")
-    assert proc.returncode == 0, proc.stderr
-    assert "kl_coef: 0.25" in proc.stdout
-    assert "learning_rate: 0.003" in proc.stdout
+def test_print_config_prints_resolved_yaml_and_exits(capsys):
+    code, out = _train(capsys, "recipe=tiny", "ppo.kl_coef=0.25", "print_config=true")
+    assert code is None
+    assert "kl_coef: 0.25" in out
+    assert "learning_rate: 0.003" in out
     # TRL's habit prints the same nested config
-    trl = _train("--config", "tiny", "--kl_coef", "0.25", "--print_config")
-    assert trl.returncode == 0, trl.stderr
-    assert trl.stdout == proc.stdout
-    trl = _train("--config", "tiny", "--model_name_or_path", "x/y", "--use_peft", "--print_config")
-    assert "  name_or_path: x/y\n" in trl.stdout and "\npeft:\n  enabled: true\n" in trl.stdout
-    assert "model_name_or_path" not in trl.stdout and "use_peft" not in trl.stdout
+    assert _train(capsys, "--config", "tiny", "--kl_coef", "0.25", "--print_config") == (None, out)
+    _, trl = _train(capsys, "--config", "tiny", "--model_name_or_path", "x/y", "--use_peft", "--print_config")
+    assert "  name_or_path: x/y\n" in trl and "\npeft:\n  enabled: true\n" in trl
+    assert "model_name_or_path" not in trl and "use_peft" not in trl
 
 
-def test_cli_error_is_one_line_without_traceback():
-    proc = _train("recipe=tiny", "ppo.kl_coeff=1")
-    assert proc.returncode == 1
-    assert proc.stderr.strip() == "error: command line: unknown key ppo.kl_coeff; did you mean ppo.kl_coef?"
+def test_cli_error_is_one_line_without_traceback(capsys):
+    code, _ = _train(capsys, "recipe=tiny", "ppo.kl_coeff=1")
+    assert code == "error: command line: unknown key ppo.kl_coeff; did you mean ppo.kl_coef?"
 
 
-def test_push_that_cannot_work_fails_before_training(tmp_path):
-    proc = _train("recipe=tiny", "hub.push=true", "hub.repo_id=someone/tiny-ppo", f"output_dir={tmp_path / 'run'}")
-    assert proc.returncode == 1
-    assert proc.stderr.strip().startswith("error: the Hugging Face Hub cannot be reached")
-    assert "PPO" not in proc.stderr  # no update ran
+def test_push_that_cannot_work_fails_before_training(tmp_path, capsys):
+    code, out = _train(capsys, "recipe=tiny", "hub.push=true", "hub.repo_id=someone/tiny-ppo",
+                       f"output_dir={tmp_path / 'run'}")
+    assert code.startswith("error: the Hugging Face Hub cannot be reached") and "\n" not in code
+    assert "PPO" not in out  # no update ran
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize("recipe", ["imdb", "gsm8k"])
-def test_unreachable_hub_names_the_offline_twin(recipe, tmp_path):
-    proc = _train(f"recipe={recipe}", f"output_dir={tmp_path / 'run'}")  # conftest sets HF_HUB_OFFLINE=1
-    assert proc.returncode == 1
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: cannot load the policy") and last.endswith(f"run recipe={recipe}-offline")
+def test_unreachable_hub_names_the_offline_twin(recipe, tmp_path, capsys):
+    code, _ = _train(capsys, f"recipe={recipe}", f"output_dir={tmp_path / 'run'}")  # conftest sets HF_HUB_OFFLINE=1
+    assert code.startswith("error: cannot load the policy") and code.endswith(f"run recipe={recipe}-offline")
+    assert "\n" not in code
 
 
-def test_a_reward_returning_nan_stops_the_run_in_one_line(tmp_path):
+def test_a_reward_returning_nan_stops_the_run_in_one_line(tmp_path, capsys):
     reward = tmp_path / "bad.py"
     reward.write_text("def nan_reward(prompts, completions, **columns):\n"
                       "    return [float('nan')] * len(completions)\n")
-    proc = _train("recipe=tiny", f"output_dir={tmp_path / 'run'}", "reward.name=python",
-                  f"reward.function={reward}:nan_reward")
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: reward 'python' returned nan for completion 0")
+    code, _ = _train(capsys, "recipe=tiny", f"output_dir={tmp_path / 'run'}", "reward.name=python",
+                     f"reward.function={reward}:nan_reward")
+    assert code.startswith("error: reward 'python' returned nan for completion 0") and "\n" not in code
+
+
+def test_flat_keys_of_a_dict_and_of_an_omegaconf_node():
+    from omegaconf import MISSING, OmegaConf
+
+    from rlhf_app.config import flat_keys
+
+    tree = {"seed": 0, "ppo": {"kl_coef": 0.05, "stop_token": None}, "model": {"init_kwargs": {}}, "report_to": ["none"]}
+    assert flat_keys(tree) == {"seed": 0, "ppo.kl_coef": 0.05, "ppo.stop_token": None, "report_to": ["none"]}
+    node = OmegaConf.create({"a": {"b": 1, "c": "???"}})
+    assert flat_keys(node) == {"a.b": 1, "a.c": MISSING}
+
+
+def test_network_env_sets_telemetry_always_and_the_offline_switches_when_asked():
+    from rlhf_app.offline import OFFLINE_ENV, set_network_env
+
+    online, offline = {}, {"HF_HUB_OFFLINE": "0"}
+    set_network_env(False, online)
+    assert online == {"HF_HUB_DISABLE_TELEMETRY": "1"}
+    set_network_env(True, offline)
+    assert offline == {**OFFLINE_ENV, "HF_HUB_OFFLINE": "0"}  # a value already set wins
+    assert OFFLINE_ENV["HF_DATASETS_OFFLINE"] == OFFLINE_ENV["TRANSFORMERS_OFFLINE"] == "1"

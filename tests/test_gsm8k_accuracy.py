@@ -10,7 +10,7 @@ import pytest
 from rlhf_app.config import TrainConfig
 from rlhf_app.config.checks import ConfigError
 from rlhf_app.config.sections import RewardConfig
-from rlhf_app.cli.eval import gsm8k_metric_scores
+from rlhf_app.evaluation import gsm8k_metric_scores
 from rlhf_app.rewards import build_reward
 from rlhf_app.rewards.gsm8k import load_gsm8k_metric
 
@@ -44,7 +44,7 @@ def test_every_report_grades_the_same_completions_alike(method):
     expected = {**EXPECTED, "accuracy": EXPECTED[f"accuracy_{method}"]}
     # training's before/after evaluation: rollout.evaluate calls the reward's extra_metrics
     training = build_reward(_cfg(method)).extra_metrics(["q"] * len(TABLE), COMPLETIONS, answer=ANSWERS)
-    # `rlhf-app eval` / scripts/evaluate.py
+    # `rlhf-app eval` / scripts/eval.py
     script = gsm8k_metric_scores(COMPLETIONS, ANSWERS, method)
     # the project's `evaluate` metric module, loaded as a user would
     module = load_gsm8k_metric().compute(predictions=COMPLETIONS, references=ANSWERS, method=method)

@@ -4,8 +4,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +12,11 @@ from huggingface_hub import HfApi, ModelCard
 from safetensors.torch import save_file
 
 from rlhf_app.hub import upload as hub
+from rlhf_app.hub.card import model_card
 from rlhf_app.assets.registry import build_tiny
+from rlhf_app.cli.main import main
 from rlhf_app.config import load_config, to_yaml
 
-ROOT = Path(__file__).resolve().parent.parent
 HF_FAKE = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"  # the shape of a user token, not a real one
 WANDB_FAKE = "0123456789abcdef0123456789abcdef01234567"
 SHA = "a" * 40
@@ -109,6 +108,38 @@ def test_card_names_model_reward_data_numbers_and_loading(run_dir):
     assert "3 PPO updates, 96 episodes" in text
     assert "![training diagnostics" in text and "](plots/diagnostics.png)" in text
     assert 'from_pretrained("alice/tiny-ppo")' in text and 'load_policy(snapshot_download("alice/tiny-ppo"))' in text
+
+
+def test_card_names_every_reward_function_with_its_weight():
+    cfg = load_config(["recipe=custom"])
+    text = model_card(cfg, [Path("model.safetensors")], None, [])
+    assert ("## Reward source\n\nThe weighted sum of these reward functions (`reward.funcs`, `reward.weights`):\n\n"
+            "- 1 × reward function `examples/custom/rewards.py:mentions_keyword`\n"
+            "- 0.5 × reward function `trl.rewards:get_soft_overlong_punishment(max_completion_len=24, "
+            "soft_punish_cache=12)`\n\n## Dataset") in text
+    assert "toy reward" not in text  # reward.name keeps its default, unused beside reward.funcs
+    assert ModelCard(text).data.tags == ["rlhf", "ppo", "rlhf_app", "reward:mentions_keyword",
+                                         "reward:get_soft_overlong_punishment"]
+    mixed = load_config(["recipe=tiny", "reward.funcs=[toy,asset:imdb-sentiment]", "reward.weights=[2,0.25]"])
+    text = model_card(mixed, [Path("model.safetensors")], None, [])
+    assert ("- 2 × toy reward: frequency of 'a' in the completion\n"
+            "- 0.25 × sequence-classification reward model `asset:imdb-sentiment`\n") in text
+
+
+def test_card_claims_a_critic_only_when_the_estimator_trains_one():
+    grpo = load_config(["recipe=gsm8k-grpo-offline"])
+    assert not grpo.algorithm.uses_critic
+    text = model_card(grpo, [Path("model.safetensors")], None, [])
+    assert "critic" not in text.replace("no critic", "")  # every mention says there is none
+    assert "minus a KL penalty to the base model, with `grpo` advantages, which need no critic." in text
+    assert ("The run trained no critic (`grpo` needs none). To get the policy as `rlhf_app` holds it, use "
+            "`rlhf_app`:") in text
+    assert "# values: None, as this run has no critic" in text
+    assert "GSM8K answer check (strict extraction): 1.0 if correct" in text
+    gae = model_card(load_config(["recipe=tiny"]), [Path("model.safetensors"), Path("value_head.safetensors")],
+                     None, [])
+    assert "minus a KL penalty to the base model, with a learned critic." in gae
+    assert "The critic is `value_head.safetensors` (a linear head on the policy's last hidden state)." in gae
 
 
 def test_card_snippets_load_the_uploaded_folder(run_dir):
@@ -216,21 +247,19 @@ def test_push_errors_are_one_line(run_dir, hub_calls, monkeypatch, overrides, en
     assert not (run_dir / "hub_upload").exists()  # checked before anything is built
 
 
-def test_push_script_reads_the_recorded_config(run_dir, capsys):
+def test_push_command_reads_the_recorded_config(run_dir, capsys):
     make_cfg(run_dir, "ppo.kl_coef=0.2")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "push.py"), f"run_dir={run_dir}",
-                           "hub.dry_run=true", "hub.repo_id=alice/later"], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr
-    assert "README.md" in proc.stdout and "model.safetensors" in proc.stdout
+    main(["push", f"run_dir={run_dir}", "hub.dry_run=true", "hub.repo_id=alice/later"])
+    out = capsys.readouterr().out
+    assert "README.md" in out and "model.safetensors" in out
     card = (run_dir / "hub_upload" / "README.md").read_text()
     assert "| `ppo.kl_coef` | 0.2 |" in card and 'from_pretrained("alice/later")' in card
     with pytest.raises(SystemExit, match=r"^error: ppo\.kl_coef cannot change after training: only hub\.\* keys"):
-        hub.main([f"run_dir={run_dir}", "ppo.kl_coef=1"])
+        main(["push", f"run_dir={run_dir}", "ppo.kl_coef=1"])
     with pytest.raises(SystemExit, match=r"^error: pass the run folder once"):
-        hub.main(["hub.dry_run=true"])
+        main(["push", "hub.dry_run=true"])
     with pytest.raises(SystemExit, match=r"config\.yaml does not exist"):
-        hub.main([f"run_dir={run_dir / 'final'}", "hub.dry_run=true"])
+        main(["push", f"run_dir={run_dir / 'final'}", "hub.dry_run=true"])
 
 
 def test_card_says_what_is_missing(run_dir):

@@ -7,7 +7,8 @@ import torch
 from accelerate.state import AcceleratorState
 
 from rlhf_app import preflight
-from rlhf_app.run import main, run
+from rlhf_app.cli.main import main
+from rlhf_app.run import run
 from rlhf_app.config import ConfigError, load_config
 
 
@@ -54,7 +55,7 @@ def test_fp16_is_refused_in_one_line_on_a_cpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(SystemExit) as exit_:
-        main(["recipe=tiny", "fp16=true", f"output_dir={tmp_path}"])
+        main(["train", "recipe=tiny", "fp16=true", f"output_dir={tmp_path}"])
     assert exit_.value.code == ("error: ppo.fp16=true needs a CUDA GPU (fp16 trains with loss scaling there): "
                                 "on CPU use ppo.bf16=true, or neither for fp32")
     assert not (tmp_path / "final").exists()

@@ -1,17 +1,12 @@
 """Checks before training: each bad setting ends the run with one line that names the fix."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from datasets import Dataset
 from transformers import GPT2Config, LlamaConfig
 
+from rlhf_app.cli.main import main
 from rlhf_app.preflight import (PreflightError, check_output_dir, check_positions, check_prompts_fill_a_batch,
                                 model_positions)
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_output_dir_that_cannot_be_written(tmp_path):
@@ -42,18 +37,30 @@ def test_fewer_prompts_than_one_update():
         check_prompts_fill_a_batch(63, 32, 2)
 
 
-def _train(*args):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "recipe=tiny", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.parametrize("arg, start", [
     ("ppo.response_length=300", "error: the longest training prompt"),
     ("data.num_train=4", "error: 4 training prompts cannot fill one update of 32 episodes"),
 ])
-def test_the_run_stops_in_one_line_before_the_model_loads(tmp_path, arg, start):
-    proc = _train(f"output_dir={tmp_path / 'run'}", arg)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith(start), proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    assert "parameters" not in proc.stdout  # the policy was never built
+def test_the_run_stops_in_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys, arg, start):
+    from rlhf_app.models import policy as models
+
+    monkeypatch.setattr(models, "build_models", lambda cfg: pytest.fail("a model loaded before the error"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "recipe=tiny", f"output_dir={tmp_path / 'run'}", arg])
+    assert str(exit_.value.code).startswith(start) and "\n" not in exit_.value.code
+    assert "parameters" not in capsys.readouterr().out  # the policy was never built
+
+
+def test_settings_checks_name_the_fix_before_the_run_folder(monkeypatch):
+    from rlhf_app.config import load_config
+    from rlhf_app.extras import MissingExtra
+    from rlhf_app.preflight import check_settings
+
+    sources, token = check_settings(load_config(["recipe=tiny"]))
+    assert [s.name for s in sources] == ["toy"] and token is None
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(PreflightError, match=r"^model\.load_in_4bit=true needs .*a CUDA GPU"):
+        check_settings(load_config(["recipe=tiny", "peft.enabled=true", "model.load_in_4bit=true"]))
+    monkeypatch.setattr("rlhf_app.extras.installed", lambda module: module != "trackio")
+    with pytest.raises(MissingExtra, match=r"^report_to=trackio needs the trackio package"):
+        check_settings(load_config(["recipe=tiny", "report_to=trackio"]))

@@ -2,22 +2,16 @@
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import pytest
 
+from rlhf_app.cli.main import main
 from rlhf_app.config import load_config, to_yaml
 from rlhf_app.report import (cumulative_mean, distinct_word_share, eval_rows, load_jsonl,
                              pair_samples, summarize, write_report)
 
-ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "aaa <script>alert(1)</script> a"
 
@@ -136,23 +130,21 @@ def test_pure_helpers():
                      ("r", None, {"prompt": "r"})]
 
 
-def test_script_errors_name_the_fix(tmp_path: Path):
-    script = [sys.executable, str(ROOT / "scripts" / "report.py")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # works whether or not the package is installed
+def _command(*argv: str) -> str:
+    """`rlhf-app ARGV` in this process, expected to fail: its one line (the SystemExit's message)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    return str(exit_.value.code)
+
+
+def test_report_errors_name_the_fix(tmp_path: Path):
     for args, needle in ([[], "run_dir="], [[f"run_dir={tmp_path / 'nope'}"], "does not exist"],
                          [[f"run_dir={tmp_path}"], "metrics.jsonl"]):
-        res = subprocess.run(script + args, capture_output=True, text=True, cwd=ROOT, env=env)
-        assert res.returncode != 0 and needle in res.stderr, res.stderr
-        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+        line = _command("report", *args)
+        assert needle in line and "\n" not in line, line
 
 
-# ---- scripts/evaluate.py: scores a saved policy with the trainer's own generation and reward
-
-def _evaluate(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), *args],
-                          capture_output=True, text=True, cwd=ROOT, env=env)
-
+# ---- rlhf-app eval (scripts/eval.py): scores a saved policy with the trainer's own generation and reward
 
 def test_evaluate_argument_errors_name_the_fix(run_dir: Path):
     for args, needle in ([[], "run_dir=PATH"], [[f"run_dir={run_dir / 'nope'}"], "does not exist"],
@@ -160,14 +152,11 @@ def test_evaluate_argument_errors_name_the_fix(run_dir: Path):
                          [[f"run_dir={run_dir}", "split=test"], "eval, train"],
                          [[f"run_dir={run_dir}", "num=0"], "positive integer"],
                          [[f"run_dir={run_dir}", "checkpoint=checkpoint-9"], "saved policies: none"]):
-        res = _evaluate(*args)
-        assert res.returncode != 0 and needle in res.stderr, res.stderr
-        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+        line = _command("eval", *args)
+        assert line.startswith("error: ") and needle in line and "\n" not in line, line
 
 
 def test_evaluate_scores_a_saved_policy(tmp_path: Path, capsys):
-    import runpy
-
     import torch
 
     from rlhf_app.models import policy as models
@@ -177,9 +166,7 @@ def test_evaluate_scores_a_saved_policy(tmp_path: Path, capsys):
     (tmp_path / "config.yaml").write_text(to_yaml(cfg))
     model, _ = models.build_models(cfg)
     models.save_policy(model, models.load_tokenizer(cfg.model.name_or_path), tmp_path / "final")
-    # In-process (the torch import is already paid for); the subprocess tests above cover the CLI.
-    script = runpy.run_path(str(ROOT / "scripts" / "evaluate.py"), run_name="evaluate_script")
-    script["main"]([f"run_dir={tmp_path}", "num=4", "ppo.response_length=8"])
+    main(["eval", f"run_dir={tmp_path}", "num=4", "ppo.response_length=8"])
     assert "final on 4 eval prompts: mean score" in capsys.readouterr().out
     out = json.loads((tmp_path / "eval-final.json").read_text())
     assert out["checkpoint"] == "final" and out["split"] == "eval" and len(out["samples"]) == 4

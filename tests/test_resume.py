@@ -176,18 +176,18 @@ def test_resume_never_picks_a_half_written_checkpoint(tmp_path):
 def test_nan_and_out_of_memory_get_one_line_that_names_the_fix(tmp_path):
     import torch
 
-    from rlhf_app.run import _explain_failure
+    from rlhf_app.failures import explain
     from rlhf_app.rl.loop import NonFiniteError
 
     cfg = load_config(["recipe=tiny", f"output_dir={tmp_path}"])
     (tmp_path / "checkpoint-4").mkdir()
     (tmp_path / "checkpoint-4" / STATE_FILE).write_bytes(b"x")
-    nan = _explain_failure(NonFiniteError("non-finite loss, reward or KL at update 5"), cfg)
+    nan = explain(NonFiniteError("non-finite loss, reward or KL at update 5"), cfg)
     assert nan.startswith("non-finite loss, reward or KL at update 5; the last good checkpoint is")
     assert "checkpoint-4" in nan and "resume_from=auto" in nan and "\n" not in nan
-    oom = _explain_failure(torch.OutOfMemoryError("CUDA out of memory"), cfg)
+    oom = explain(torch.OutOfMemoryError("CUDA out of memory"), cfg)
     assert "lower ppo.per_device_train_batch_size (now 16)" in oom and "gradient_accumulation_steps" in oom
-    assert _explain_failure(RuntimeError("something else"), cfg) is None
+    assert explain(RuntimeError("something else"), cfg) is None
 
 
 def test_logged_lr_is_the_rate_used_and_a_new_rate_on_resume_is_applied(tmp_path):

@@ -14,6 +14,7 @@ import torch
 from transformers import TrainerState
 
 from rlhf_app import run as cli
+from rlhf_app.cli.main import main
 from rlhf_app.config import load_config
 from rlhf_app.rl.rollout import RewardLog, Rollout, score
 from rlhf_app.data.files import CONVERSATION_COLUMN
@@ -195,8 +196,8 @@ def _one_line_error(monkeypatch, argv, forbid_models=True) -> str:
         monkeypatch.setattr(models, "build_models", lambda cfg: pytest.fail("a model loaded before the error"))
     with pytest.raises(SystemExit) as info:
         # A run folder of its own: a refused run must never touch the checkout's runs/.
-        cli.main(["recipe=tiny", "eval_before_after=false", "ppo.total_episodes=32",
-                  f"output_dir={tempfile.mkdtemp(prefix='rlhf_app-refused-')}/run", *argv])
+        main(["train", "recipe=tiny", "eval_before_after=false", "ppo.total_episodes=32",
+              f"output_dir={tempfile.mkdtemp(prefix='rlhf_app-refused-')}/run", *argv])
     message = str(info.value.code)
     assert message.startswith("error: ") and "\n" not in message, message
     return message

@@ -1,6 +1,5 @@
 """Trackers: wandb (offline) and tensorboard receive metrics and sample tables; no token reaches any file."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -46,10 +45,12 @@ def test_wandb_offline_and_tensorboard_get_metrics_and_samples_without_secrets(t
             assert HF_TOKEN.encode() not in data and WANDB_KEY.encode() not in data, path
 
 
-@pytest.mark.skipif(importlib.util.find_spec("trackio") is not None, reason="trackio is installed here")
-def test_missing_tracker_package_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "recipe=tiny", f"output_dir={tmp_path}",
-                           "report_to=trackio"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1
-    assert proc.stderr.strip() == ("error: report_to=trackio needs the trackio package: pip install -e .[trackio] "
-                                   "(a plain install: pip install 'rlhf_app[trackio]')")
+def test_missing_tracker_package_is_one_line(tmp_path, monkeypatch):
+    from rlhf_app.cli.main import main
+
+    monkeypatch.setattr("rlhf_app.extras.installed", lambda module: module != "trackio")
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "recipe=tiny", f"output_dir={tmp_path}", "report_to=trackio"])
+    assert exit_.value.code == ("error: report_to=trackio needs the trackio package: pip install -e .[trackio] "
+                                "(a plain install: pip install 'rlhf_app[trackio]')")
+    assert not (tmp_path / "config.yaml").exists()  # refused before the run started

@@ -135,8 +135,8 @@ def test_an_architecture_vllm_cannot_load_gets_one_line():
 
 
 def test_missing_vllm_names_the_install_command(tmp_path):
-    code = ("import sys; sys.modules['vllm'] = None; from rlhf_app.run import main; "
-            f"main(['recipe=tiny', 'rollout.engine=vllm', 'output_dir={tmp_path}'])")
+    code = ("import sys; sys.modules['vllm'] = None; from rlhf_app.cli.main import main; "
+            f"main(['train', 'recipe=tiny', 'rollout.engine=vllm', 'output_dir={tmp_path}'])")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     line = proc.stderr.strip()

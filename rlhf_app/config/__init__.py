@@ -10,7 +10,7 @@ before any model loads. This package imports no torch; every name is importable 
 
 from rlhf_app.config.checks import SCHEDULERS, TRACKERS, ConfigError
 from rlhf_app.config.loading import (ALIASES, NUM_SAMPLE_GENERATIONS, OPEN_DICTS, RECIPES_DIR, available_recipes,
-                                     load_config, main_guard, normalize_args, parse_overrides, recipe_path,
+                                     flat_keys, load_config, normalize_args, parse_overrides, recipe_path,
                                      resolve_aliases, to_yaml)
 from rlhf_app.config.sections import (DATA_FILE_TYPES, DATA_PRESETS, RESERVED_INIT_KWARGS, DataConfig, ModelConfig,
                                       PeftConfig, PPOConfig, RewardConfig)
@@ -22,5 +22,5 @@ __all__ = ["ALIASES", "DATA_FILE_TYPES", "DATA_PRESETS", "ENGINES", "ESTIMATORS"
            "IS_MODES", "LOSS_AGG_MODES", "NUM_SAMPLE_GENERATIONS", "OPEN_DICTS", "RECIPES_DIR", "RESERVED_INIT_KWARGS",
            "SCHEDULERS", "TRACKERS", "TRL_LOSS_TYPES", "AlgorithmConfig", "ConfigError", "DataConfig", "HubConfig",
            "ModelConfig", "PPOConfig", "PeftConfig", "RewardConfig", "RolloutConfig", "TrainConfig",
-           "available_recipes", "load_config", "main_guard", "normalize_args", "parse_overrides", "recipe_path",
+           "available_recipes", "flat_keys", "load_config", "normalize_args", "parse_overrides", "recipe_path",
            "resolve_aliases", "to_yaml"]

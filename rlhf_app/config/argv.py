@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+from rlhf_app.errors import UserError
 
-class ArgvError(ValueError):
+
+class ArgvError(UserError, ValueError):
     """A malformed argument; the message is one line that names the fix."""
 
 

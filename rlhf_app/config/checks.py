@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlhf_app.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A bad recipe or override; the message is one line that names the fix."""
 
 

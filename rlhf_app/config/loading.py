@@ -6,7 +6,6 @@ import difflib
 import importlib.util
 import math
 import os
-import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -78,16 +77,19 @@ def recipe_path(name: str) -> Path:
     return path
 
 
-def _dotted_keys(node, prefix: str = "") -> dict[str, Any]:
-    """Every leaf key of a config as 'a.b.c' -> value."""
+def flat_keys(tree, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a nested config, a plain dict or an OmegaConf node, as {'a.b.c': value}.
+
+    {"ppo": {"kl_coef": 0.05}, "seed": 0} -> {"ppo.kl_coef": 0.05, "seed": 0}; an empty section has
+    no leaf; a node's missing value (`???`) is MISSING.
+    """
     out = {}
-    for key in node:
-        value = node[key] if not OmegaConf.is_missing(node, key) else MISSING
-        full = f"{prefix}{key}"
-        if OmegaConf.is_dict(value):
-            out.update(_dotted_keys(value, full + "."))
+    for key in tree:
+        value = MISSING if OmegaConf.is_config(tree) and OmegaConf.is_missing(tree, key) else tree[key]
+        if isinstance(value, dict) or OmegaConf.is_dict(value):
+            out.update(flat_keys(value, f"{prefix}{key}."))
         else:
-            out[full] = value
+            out[f"{prefix}{key}"] = value
     return out
 
 
@@ -98,7 +100,7 @@ def _check_keys(cfg, known: set[str], sections: set[str], where: str, flags: set
     def shown(key: str) -> str:  # name a key in the form the user typed it
         return f"--{key}" if key in flags else key
 
-    for key in _dotted_keys(cfg):
+    for key in flat_keys(cfg):
         if key in known or key.startswith(OPEN_DICTS):
             continue
         if key in sections:
@@ -183,7 +185,7 @@ def resolve_aliases(layer, where: str):
     if generations is not None and "sample_every" in tree:
         raise ConfigError(f"{where}: set sample_every (updates between samples) or TRL's {NUM_SAMPLE_GENERATIONS} "
                           "(samples over the run), not both")
-    for key, value in _dotted_keys(OmegaConf.create(tree)).items():
+    for key, value in flat_keys(OmegaConf.create(tree)).items():
         if isinstance(value, str) and _kind(key) == "list":  # report_to=wandb means [wandb]
             *parents, leaf = key.split(".")
             node = tree
@@ -225,7 +227,7 @@ def load_config(argv: list[str]) -> TrainConfig:
     args, flags = _normalize(argv)
     cli, cli_generations = resolve_aliases(OmegaConf.from_dotlist(args), "command line")
     default = OmegaConf.structured(TrainConfig)
-    known = set(_dotted_keys(default))
+    known = set(flat_keys(default))
     sections = {k for k in TrainConfig.__dataclass_fields__ if OmegaConf.is_dict(default[k])}
     layers, generations = [default], None
     recipe = cli.get("recipe")
@@ -255,11 +257,3 @@ def load_config(argv: list[str]) -> TrainConfig:
 
 def to_yaml(cfg: TrainConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def main_guard(argv: list[str]) -> TrainConfig:
-    """load_config for a command-line tool: a ConfigError ends the program with its one line."""
-    try:
-        return load_config(argv)
-    except ConfigError as err:
-        sys.exit(f"error: {err}")

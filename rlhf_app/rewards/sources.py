@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from rlhf_app.errors import UserError
 from rlhf_app.rewards.custom import load_function
 
 BUILTINS = ("toy", "sentiment", "gsm8k")
@@ -27,7 +28,7 @@ CONTRACT = ("prompts", "completions", "completion_ids", "trainer_state", "log_ex
 _CALL = re.compile(r"^([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.DOTALL)
 
 
-class RewardSourceError(ValueError):
+class RewardSourceError(UserError, ValueError):
     """A reward source that cannot be found, imported or called with TRL's arguments (one line)."""
 
 

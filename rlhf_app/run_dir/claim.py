@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from rlhf_app.config import TrainConfig
+from rlhf_app.config import TrainConfig, flat_keys
 from rlhf_app.preflight import PreflightError
 
 LOCK_FILE = ".lock"
@@ -121,24 +121,14 @@ def finished_at(output_dir: Path) -> int | None:
         return -1
 
 
-def _flat(tree, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def config_changes(old_yaml: Path, cfg: TrainConfig) -> tuple[list[str], list[str], list[str]]:
     """(refused, applied, safe) changes between a saved config.yaml and `cfg`, as `key: old -> new`.
 
     A key the old file lacks (added to rlhf_app since) counts as its default value.
     """
-    old = _flat(OmegaConf.to_container(OmegaConf.load(old_yaml)))
-    new = _flat(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    default = _flat(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))
+    old = flat_keys(OmegaConf.to_container(OmegaConf.load(old_yaml)))
+    new = flat_keys(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    default = flat_keys(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))
     refused, applied, safe = [], [], []
     for key, value in new.items():
         before = old.get(key, default.get(key))

@@ -1,0 +1,54 @@
+"""The `rlhf-app` command, `rlhf-app train|eval|push|report|env ...`, and the one place where an error a
+user can fix (`rlhf_app.errors.UserError`) ends the program: `error: <message>` on stderr, exit status 1.
+
+Each command is a module of this package with `main(argv)`; it takes the arguments of its script in
+scripts/ (which call this dispatcher, so `accelerate launch scripts/train.py` keeps working):
+`key=value` or TRL's `--key value`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+
+from rlhf_app.cli import env, push, report, train
+from rlhf_app.cli import eval as evaluate
+from rlhf_app.errors import UserError
+from rlhf_app.run_dir.signals import Stopped
+
+USAGE = """usage: rlhf-app COMMAND [ARGS]
+
+  train   PPO training:          rlhf-app train recipe=tiny ppo.learning_rate=1e-5  (or --config tiny --learning_rate 1e-5)
+  eval    score a saved policy:  rlhf-app eval run_dir=runs/tiny [split=eval|train] [num=N] [checkpoint=final|checkpoint-N]
+  push    push a run to the Hub: rlhf-app push run_dir=runs/tiny hub.repo_id=user/name [hub.dry_run=true]
+  report  rebuild the report:    rlhf-app report run_dir=runs/tiny
+  env     versions and devices for a bug report
+
+Several processes: accelerate launch -m rlhf_app train recipe=NAME (or accelerate launch scripts/train.py ...)."""
+
+COMMANDS = {"train": train.main, "eval": evaluate.main, "push": push.main, "report": report.main, "env": env.main}
+
+
+class UnknownCommand(UserError):
+    """`rlhf-app trian`: the message names the closest command."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    try:
+        if command not in COMMANDS:
+            close = difflib.get_close_matches(command, COMMANDS, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UnknownCommand(f"unknown command {command!r}: {hint}commands: {', '.join(COMMANDS)} "
+                                 "(rlhf-app --help)")
+        COMMANDS[command](rest)
+    except UserError as err:
+        sys.exit(f"error: {err}")
+    except Stopped as err:  # Ctrl-C or SIGTERM: the trainer saved a checkpoint at an update boundary and said where
+        sys.exit(128 + err.signum)
+    except KeyboardInterrupt:  # before training, or a second Ctrl-C
+        sys.exit(130)
