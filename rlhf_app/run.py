@@ -122,7 +122,7 @@ def run(cfg: TrainConfig) -> dict:
     from accelerate.utils import parse_flag_from_env
 
     from rlhf_app.run_dir import claim as run_dir
-    from rlhf_app.rl.loop import num_updates
+    from rlhf_app.config.train_config import num_updates
 
     # Mistakes that need neither the run folder nor a model: said before anything is written.
     reward_sources, hub_token = _check_settings(cfg)
@@ -171,7 +171,7 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
     from rlhf_app.evaluation import EvalEvery
     from rlhf_app.rl import loop as trainer
     from rlhf_app.run_dir.checkpoint import replace_dir
-    from rlhf_app.engines.hf import build_engine
+    from rlhf_app.engines import build_engine
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -214,8 +214,7 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
                       f"reward {' + '.join(s.name for s in reward_sources)}")
     set_seed(cfg.seed + accelerator.process_index)  # each process samples its own responses
     engine = build_engine(cfg, accelerator, model, tokenizer)
-    # On one process the vLLM engine samples the evaluations too (several: each rank's engine is one shard).
-    eval_engine = engine if engine.name == "vllm" and accelerator.num_processes == 1 else None
+    eval_engine = engine.evaluation_engine()  # None: evaluations use the policy's own generate
     # ---- evaluation before training
     evals = {}
     if cfg.eval_before_after and accelerator.is_main_process:
