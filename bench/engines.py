@@ -50,16 +50,16 @@ def child_rollout(spec: dict) -> dict:
 
     from rlhf_app.data import prompts as data
     from rlhf_app.models import policy as models
-    from rlhf_app.rl import rollout
-    from rlhf_app.engines.hf import build_engine
+    from rlhf_app.engines import build_engine
+    from rlhf_app.engines import hf
 
     cfg = _config(spec, f"ppo.response_length={spec['response_length']}", "ppo.stop_token=null",
                   "ppo.temperature=1.0", f"ppo.per_device_train_batch_size={spec['batch']}",
                   "ppo.num_mini_batches=1", "ppo.gradient_accumulation_steps=1")
     torch.set_num_threads(spec["threads"])
     if spec["engine"] == "hf-static":
-        plain = rollout.generation_config
-        rollout.generation_config = lambda *a, **k: _static(plain(*a, **k))
+        plain = hf.generation_config
+        hf.generation_config = lambda *a, **k: _static(plain(*a, **k))
     tokenizer = models.load_tokenizer(cfg.model.name_or_path)
     model, _ = models.build_models(cfg)
     train, _ = data.load_prompts(cfg, tokenizer)

@@ -55,6 +55,7 @@ def run_ours(spec: dict) -> dict:
 
     from rlhf_app.models import policy as models
     from rlhf_app.config import load_config
+    from rlhf_app.engines import build_engine
     from rlhf_app.rl import loop as trainer
 
     g, b = spec["generations"], spec["prompts"] * spec["generations"]
@@ -76,7 +77,8 @@ def run_ours(spec: dict) -> dict:
     tokenizer = common.bench_tokenizer(spec["policy_path"])
     model, ref = models.build_models(cfg)
     train = Dataset.from_list(_prompts(spec["policy_path"], tokenizer, 512, 0))
-    state = trainer.train(cfg, accelerator, model, ref, tokenizer, train, letter_share, out)
+    state = trainer.train(cfg, accelerator, model, ref, tokenizer, train, letter_share, out,
+                          build_engine(cfg, accelerator, model, tokenizer))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"step_s": [r["time/update_s"] for r in rows], "score": [r["objective/scores"] for r in rows],
             "policy": accelerator.unwrap_model(state["model"]).policy, "tokenizer": tokenizer}

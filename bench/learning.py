@@ -86,7 +86,7 @@ def generated_eval(run_dir: Path, n: int = GENERATED_EVAL) -> dict:
     from rlhf_app.assets import gsm8k as gsm8k_offline
     from rlhf_app.models import policy as models
     from rlhf_app.config import load_config
-    from rlhf_app.engines.hf import build_engine
+    from rlhf_app.engines import build_engine
 
     cfg = load_config([f"recipe={run_dir / 'config.yaml'}"])
     torch.set_num_threads(cfg.num_threads or torch.get_num_threads())

@@ -27,7 +27,7 @@ from datasets import Dataset  # noqa: E402
 from rlhf_app import preflight, rewards
 from rlhf_app.models import policy as models  # noqa: E402
 from rlhf_app.config import load_config  # noqa: E402
-from rlhf_app.engines import hf as engines
+from rlhf_app.engines import build_engine, hf as engines  # noqa: E402
 from rlhf_app.rl import loop as trainer  # noqa: E402
 
 TRAINED_TOKENS: list[tuple] = []  # (padded prompt + response, response) tokens of each rollout
@@ -82,7 +82,8 @@ def main() -> None:
     # The FLOPs the update really does: the LM head runs on response positions only, embeddings do no matmul.
     embed, head = model.policy.get_input_embeddings().weight, model.policy.get_output_embeddings().weight
     matmul_params = trained - embed.numel() - (0 if head is embed else head.numel())
-    state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train, reward_fn, out)
+    state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train, reward_fn, out,
+                          build_engine(cfg, accelerator, model, tokenizer))
     CPU_MARKS.append(time.process_time())
     policy = accelerator.unwrap_model(state["model"]).policy
     eval_rows = json.loads(Path(spec["eval_prompts_path"]).read_text())

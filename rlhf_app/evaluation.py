@@ -20,16 +20,16 @@ def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, trainer_s
     synced into it, with requests seeded from cfg.seed alone."""
     import torch
 
-    from rlhf_app.rl import rollout
+    from rlhf_app.engines.hf import generate
+    from rlhf_app.rl.rollout import sample_and_score
 
-    sample = None
+    sample = lambda rows: generate(model.policy, tokenizer, rows, cfg.ppo, device)  # noqa: E731
     if engine is not None:
         engine.sync_weights(model)
         sample = lambda rows: engine.generate(rows, seed=cfg.seed)  # noqa: E731
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return rollout.evaluate(model.policy, tokenizer, eval_ds, reward_fn, cfg.ppo, device,
-                                trainer_state=trainer_state, sample=sample)
+        return sample_and_score(sample, eval_ds, reward_fn, device, trainer_state=trainer_state)
 
 
 def eval_metrics(result: dict) -> dict[str, float]:

@@ -25,7 +25,7 @@ def run(cfg: TrainConfig) -> dict:
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    from rlhf_app.rl.loop import num_updates
+    from rlhf_app.config.train_config import num_updates
     from rlhf_app.run_dir import claim
 
     # ---- settings checks: the mistakes that need neither the run folder nor a model, before anything is written
@@ -43,7 +43,7 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
 
     from rlhf_app import evaluation, rewards
     from rlhf_app.data import prompts as data
-    from rlhf_app.engines.hf import build_engine
+    from rlhf_app.engines import build_engine
     from rlhf_app.hub import pusher as hub_sync
     from rlhf_app.models import policy as models
     from rlhf_app.rl import loop as trainer
@@ -76,8 +76,7 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
     # ---- engine
     set_seed(cfg.seed + accelerator.process_index)  # each process samples its own responses
     engine = build_engine(cfg, accelerator, model, tokenizer)
-    # On one process the vLLM engine samples the evaluations too (several: each rank's engine is one shard).
-    eval_engine = engine if engine.name == "vllm" and accelerator.num_processes == 1 else None
+    eval_engine = engine.evaluation_engine()  # None: evaluations use the policy's own generate
     # ---- evaluation before training
     evals = {}
     if cfg.eval_before_after and accelerator.is_main_process:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlhf_app.config import ConfigError, load_config
-from rlhf_app.engines.hf import importance_weights
+from rlhf_app.engines.correction import importance_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,3 +67,41 @@ def test_trls_flat_vllm_names_are_aliases():
     r = load_config(["recipe=tiny", "use_vllm=true", "vllm_importance_sampling_correction=true",
                      "vllm_importance_sampling_clip_max=2.5"]).rollout
     assert (r.engine, r.vllm_importance_sampling_correction, r.vllm_importance_sampling_cap) == ("vllm", True, 2.5)
+
+
+def test_config_names_the_engines_build_engine_knows():
+    from rlhf_app.config import ENGINES as CONFIG_ENGINES
+    from rlhf_app.engines import ENGINES
+
+    assert CONFIG_ENGINES == tuple(ENGINES)
+    assert all(ENGINES[name].name == name for name in ENGINES)
+
+
+def test_sampling_correction_by_hand():
+    from types import SimpleNamespace
+
+    from rlhf_app.engines.correction import sampling_correction
+
+    one_process = SimpleNamespace(num_processes=1)
+    trainer = torch.tensor([[math.log(2), 0.5, 9.0], [-math.log(2), 0.0, 0.0]])
+    engine = torch.tensor([[0.0, 0.25, 0.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # the 9.0 is on a pad: ignored
+    rcfg = SimpleNamespace(vllm_importance_sampling_correction=False)
+    metrics, weights = sampling_correction(engine, trainer, mask, rcfg, one_process)
+    assert weights is None and set(metrics) == {"rollout/logprob_diff_mean", "rollout/logprob_diff_max"}
+    # |differences| on real tokens: ln 2, 0.25, ln 2 -> mean (2 ln 2 + 0.25) / 3, max ln 2.
+    assert metrics["rollout/logprob_diff_mean"] == pytest.approx((2 * math.log(2) + 0.25) / 3)
+    assert metrics["rollout/logprob_diff_max"] == pytest.approx(math.log(2))
+    rcfg = SimpleNamespace(vllm_importance_sampling_correction=True, vllm_importance_sampling_mode="token_truncate",
+                           vllm_importance_sampling_cap=3.0)
+    metrics, weights = sampling_correction(engine, trainer, mask, rcfg, one_process)
+    torch.testing.assert_close(weights, torch.tensor([[2.0, math.exp(0.25), 0.0], [0.5, 0.0, 0.0]]))
+    assert metrics["rollout/importance_weight_mean"] == pytest.approx((2.0 + math.exp(0.25) + 0.5) / 3)
+
+
+def test_the_hf_engine_needs_no_correction_and_leaves_evaluation_to_the_policy():
+    from rlhf_app.engines.hf import HFEngine
+
+    engine = HFEngine(load_config(["recipe=tiny"]), accelerator=None, model=None, tokenizer=None)
+    assert engine.logprobs_match_trainer and engine.evaluation_engine() is None
+    assert engine.correction(None, torch.zeros(1, 2), torch.ones(1, 2)) == ({}, None)

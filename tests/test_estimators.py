@@ -86,9 +86,9 @@ def test_outcome_estimators_sum_the_per_token_kl_rewards():
     mask = T([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     rewards, _ = token_rewards(T([1.0, 0.0]), T([[1.0, 1.0, 0.0], [2.0, 0.0, 0.0]]), mask, kl_coef=0.1)
     s = AdvantageSettings(gamma=1.0, lam_actor=0.95, lam_critic=0.95, num_generations=2, scale_rewards="none")
-    adv, returns = ESTIMATORS["grpo"](rewards, None, mask, s)
+    adv, returns = ESTIMATORS["grpo"].estimate(rewards, None, mask, s)
     assert returns is None and close(adv, [[0.5, 0.5, 0.0], [-0.5, 0.0, 0.0]])
-    assert close(ESTIMATORS["rloo"](rewards, None, mask, s)[0], [[1.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+    assert close(ESTIMATORS["rloo"].estimate(rewards, None, mask, s)[0], [[1.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
 
 
 def test_groups_must_be_whole():
@@ -159,3 +159,26 @@ def test_sequence_level_importance_ratio():
     assert close(loss_tok, (-1.5 - 1.0 + 0.5) / 3)
     with pytest.raises(ValueError, match="token or sequence"):
         log_importance_ratio(logprobs, logprobs, mask, "group")
+
+
+def test_configs_names_are_the_estimators_and_loss_modes_the_engine_runs():
+    """config (no torch) repeats the names: they must stay the ones rl/ declares and accepts."""
+    from rlhf_app.config import train_config as config
+    from rlhf_app.config.train_config import AlgorithmConfig
+    from rlhf_app.rl import core
+
+    assert config.ESTIMATORS == tuple(ESTIMATORS)
+    assert config.GROUP_ESTIMATORS == tuple(name for name, e in ESTIMATORS.items() if e.needs_groups)
+    for name, estimator in ESTIMATORS.items():
+        alg = AlgorithmConfig(advantage_estimator=name, num_generations=2)
+        assert alg.uses_critic == estimator.needs_critic, name
+    assert config.CRITIC_ESTIMATORS == tuple(n for n, e in ESTIMATORS.items() if e.needs_critic) == ("gae",)
+    # Every mode config accepts aggregates, and core names exactly those.
+    assert config.LOSS_AGG_MODES == core.LOSS_AGG_MODES
+    loss, mask = T([[1.0, 3.0], [2.0, 0.0]]), T([[1.0, 1.0], [1.0, 0.0]])
+    values = {mode: core.aggregate_loss(loss, mask, mode).item() for mode in config.LOSS_AGG_MODES}
+    # token-mean 6/3; seq-mean-token-mean (2 + 2)/2; seq-mean-token-sum (4 + 2)/2; -norm 6/(2 x 2)
+    assert values == {"token-mean": 2.0, "seq-mean-token-mean": 2.0, "seq-mean-token-sum": 3.0,
+                      "seq-mean-token-sum-norm": 1.5}
+    with pytest.raises(ValueError, match="unknown loss aggregation"):
+        core.aggregate_loss(loss, mask, "sum")

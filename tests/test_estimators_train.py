@@ -10,8 +10,8 @@ import torch
 from rlhf_app.run import run
 from rlhf_app.config import ConfigError, load_config
 from rlhf_app.models.policy import build_models, load_policy
-from rlhf_app.rl.rollout import PromptSampler
-from rlhf_app.rl.loop import _shuffled_groups
+from rlhf_app.rl.sampler import PromptSampler
+from rlhf_app.rl.update import shuffled_groups
 
 VALUE_KEYS = ("loss/value_avg", "val/clipfrac_avg", "val/explained_variance")
 VOLATILE = ("time/", "perf/")
@@ -84,7 +84,7 @@ def test_groups_stay_together_across_processes_and_mini_batches():
         assert batch[:4] == [batch[0]] * 4 and batch[4:] == [batch[4]] * 4 and batch[0] != batch[4]
         # Each process holds one whole group; together they see the one-process batch.
         assert [row["prompt"] for r in ranks for row in r.next_batch()] == batch
-    order = _shuffled_groups(12, 4, "cpu")
+    order = shuffled_groups(12, 4, "cpu")
     assert sorted(order.tolist()) == list(range(12))
     for start in range(0, 12, 4):
         group = order[start:start + 4]
@@ -128,9 +128,10 @@ def test_resume_with_groups_matches_an_uninterrupted_run(tmp_path):
                 assert abs(row_a[key] - row_b[key]) <= 1e-6 * max(1.0, abs(row_a[key])), (row_a["step"], key)
 
 
-def test_one_fresh_step_skips_the_old_logprob_forward_with_the_same_result(tmp_path, monkeypatch):
-    from rlhf_app.rl import rollout as rollout_module
+def test_reusing_the_update_logprobs_skips_the_old_logprob_forward_with_the_same_result(tmp_path, monkeypatch):
     from rlhf_app.rl import loop as trainer
+    from rlhf_app.rl import rollout as rollout_module
+    from rlhf_app.rl import update
 
     args = ["recipe=tiny", "eval_before_after=false", "ppo.total_episodes=64", "ppo.num_ppo_epochs=1",
             "ppo.num_mini_batches=1", "ppo.per_device_train_batch_size=16", "ppo.gradient_accumulation_steps=2",
@@ -138,11 +139,12 @@ def test_one_fresh_step_skips_the_old_logprob_forward_with_the_same_result(tmp_p
             "algorithm.num_generations=4"]
     calls = []
     forward = rollout_module.logprobs_values
-    monkeypatch.setattr(trainer, "logprobs_values", lambda *a, **k: calls.append(k) or forward(*a, **k))
+    for module in (trainer, update):  # the rollout's no-grad forwards, the update's forwards with grad
+        monkeypatch.setattr(module, "logprobs_values", lambda *a, **k: calls.append(k) or forward(*a, **k))
     run(load_config([*args, f"output_dir={tmp_path / 'fresh'}"]))
     # Only the training forwards ran (with entropy): 2 updates x 2 micro-batches, no no-grad pass.
     assert len(calls) == 4 and all(k.get("with_entropy") for k in calls)
-    monkeypatch.setattr(trainer, "_one_fresh_step", lambda *a: False)
+    monkeypatch.setattr(trainer, "reuses_update_logprobs", lambda *a: False)
     run(load_config([*args, f"output_dir={tmp_path / 'separate'}"]))
     a, b = _rows(tmp_path / "fresh"), _rows(tmp_path / "separate")
     for row_a, row_b in zip(a, b):

@@ -5,15 +5,17 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
+from rlhf_app.models import forward
 from rlhf_app.models import policy as models
 from rlhf_app.config import load_config
-from rlhf_app.rl.rollout import left_pad, logprobs_values, ref_logprobs
+from rlhf_app.engines.generation import left_pad
+from rlhf_app.rl.rollout import logprobs_values, ref_logprobs
 
 
 def _full_forward(model, query, qmask, response, rmask, temperature):
     """The straightforward computation: every position through the LM head, all hidden states kept."""
     ids, att = torch.cat([query, response], 1), torch.cat([qmask, rmask.long()], 1)
-    out = model.policy(input_ids=ids, attention_mask=att, position_ids=models.position_ids_of(att),
+    out = model.policy(input_ids=ids, attention_mask=att, position_ids=forward.position_ids_of(att),
                        output_hidden_states=True, use_cache=False)
     start = query.shape[1] - 1
     logits = out.logits[:, start:-1].float() / temperature
@@ -21,7 +23,7 @@ def _full_forward(model, query, qmask, response, rmask, temperature):
         values = model.value_head(out.hidden_states[-1]).squeeze(-1)[:, start:-1]
     else:
         hidden = getattr(model.critic, model.critic.base_model_prefix)(
-            input_ids=ids, attention_mask=att, position_ids=models.position_ids_of(att)).last_hidden_state
+            input_ids=ids, attention_mask=att, position_ids=forward.position_ids_of(att)).last_hidden_state
         values = model.critic.score(hidden).squeeze(-1)[:, start:-1]
     return selective_log_softmax(logits, response), values, entropy_from_logits(logits)
 
@@ -87,7 +89,7 @@ def test_models_outside_the_plain_head_list_use_their_own_forward(variants, monk
     query, qmask, response, rmask = _batch(97, pad)
     with torch.no_grad():
         fast = logprobs_values(model, query, qmask, response, rmask, 0.7, with_entropy=True)
-        monkeypatch.setattr(models, "PLAIN_HEAD_TYPES", set())
+        monkeypatch.setattr(forward, "PLAIN_HEAD_TYPES", set())
         generic = logprobs_values(model, query, qmask, response, rmask, 0.7, with_entropy=True)
     for a, b in zip(fast, generic):
         assert torch.allclose(a, b, atol=1e-6, rtol=0)

@@ -42,7 +42,7 @@ def _cfg(method: str) -> TrainConfig:
 @pytest.mark.parametrize("method", ["strict", "flexible"])
 def test_every_report_grades_the_same_completions_alike(method):
     expected = {**EXPECTED, "accuracy": EXPECTED[f"accuracy_{method}"]}
-    # training's before/after evaluation: rollout.evaluate calls the reward's extra_metrics
+    # training's before/after evaluation: rollout.sample_and_score calls the reward's extra_metrics
     training = build_reward(_cfg(method)).extra_metrics(["q"] * len(TABLE), COMPLETIONS, answer=ANSWERS)
     # `rlhf-app eval` / scripts/eval.py
     script = gsm8k_metric_scores(COMPLETIONS, ANSWERS, method)

@@ -36,7 +36,8 @@ def test_bf16_run_of_the_tiny_recipe_raises_the_reward(tmp_path, fresh_accelerat
 
 def test_log_probs_and_values_are_fp32_under_bf16_autocast(fresh_accelerator_state):
     from rlhf_app.models import policy as models
-    from rlhf_app.rl.rollout import left_pad, logprobs_values
+    from rlhf_app.engines.generation import left_pad
+    from rlhf_app.rl.rollout import logprobs_values
 
     cfg = load_config(["recipe=tiny"])
     model = models.build_models(cfg)[0].eval()

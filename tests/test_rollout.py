@@ -5,7 +5,10 @@ import torch
 
 from rlhf_app.models import policy as models
 from rlhf_app.config import load_config
-from rlhf_app.rl.rollout import PromptSampler, generate, left_pad, logprobs_values, ref_logprobs
+from rlhf_app.engines.generation import left_pad
+from rlhf_app.engines.hf import generate
+from rlhf_app.rl.rollout import logprobs_values, ref_logprobs
+from rlhf_app.rl.sampler import PromptSampler
 
 
 @pytest.fixture(scope="module")

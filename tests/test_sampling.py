@@ -10,8 +10,8 @@ from transformers.generation import WatermarkingConfig
 
 from rlhf_app.config import load_config
 from rlhf_app.models.policy import PolicyAndValue, disable_all_dropout
-from rlhf_app.rl.rollout import generation_config, logprobs_values
-from rlhf_app.engines.sampling import model_defaults_off
+from rlhf_app.engines.generation import generation_config, model_defaults_off
+from rlhf_app.rl.rollout import logprobs_values
 
 VOCAB, PAD, EOS = 40, 0, 1
 # Every logits processor a model's generation_config.json can switch on behind the trainer's back.

@@ -52,7 +52,7 @@ def _compare(cfg, accelerator, model, tokenizer, rows):
     finally:
         del engine
         gc.collect()
-    slow = HFEngine(accelerator, model, tokenizer, cfg.ppo).generate(rows, greedy=True)
+    slow = HFEngine(cfg, accelerator, model, tokenizer).generate(rows, greedy=True)
     with torch.no_grad():
         trainer, _ = logprobs_values(model, fast.query, fast.query_mask, fast.response, fast.mask, 1.0)
     return fast, slow, ((trainer * fast.mask - fast.logprobs).abs()).max().item()
@@ -93,7 +93,7 @@ def test_lora_is_merged_for_the_copy_only(accelerator):
     assert torch.equal(fast.response, slow.response) and worst <= LOGPROB_TOLERANCE, worst
     # Without the adapters the policy answers differently, so the sync really carried them.
     with model.policy.disable_adapter():
-        plain = HFEngine(accelerator, model, tokenizer, cfg.ppo).generate(rows, greedy=True)
+        plain = HFEngine(cfg, accelerator, model, tokenizer).generate(rows, greedy=True)
     assert not torch.equal(plain.response, fast.response)
     after = {n: p for n, p in model.policy.named_parameters() if "lora_" not in n}
     assert all(torch.equal(base_before[n], after[n]) for n in base_before)  # never merged in place

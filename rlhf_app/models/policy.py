@@ -18,12 +18,21 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from rlhf_app.assets import registry as assets
+from rlhf_app.models.forward import fp32_linear, last_positions, position_ids_of, response_forward, unwrap_peft
 from rlhf_app.models.loading import from_pretrained_kwargs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_MODEL_DIR = "value_model"
+
+
+def _resolve(name_or_path: str) -> str:
+    """A model name or path, with `asset:NAME` built into (or found in) the asset cache."""
+    # Imported here, not at the top: importing this module (checkpoints save and load through it) never
+    # loads the registry and its builders; only resolving a name does.
+    from rlhf_app.assets import registry as assets
+
+    return assets.resolve(name_or_path)
 
 
 class PolicyAndValue(nn.Module):
@@ -40,8 +49,7 @@ class PolicyAndValue(nn.Module):
         self.critic = critic
         self.value_head = None
         # FSDP's auto-wrap looks for this attribute on the wrapped model: shard per transformer block.
-        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-        self._no_split_modules = list(getattr(base, "_no_split_modules", None) or [])
+        self._no_split_modules = list(getattr(unwrap_peft(policy), "_no_split_modules", None) or [])
         if critic is None and value_head:
             hidden = policy.config.get_text_config().hidden_size
             self.value_head = nn.Linear(hidden, 1)
@@ -59,21 +67,21 @@ class PolicyAndValue(nn.Module):
         that predict the last R tokens (R = response_length; None: all T positions, nothing dropped)."""
         logits, hidden = response_forward(self.policy, input_ids, attention_mask, response_length, temperature)
         if self.value_head is not None:
-            values = _fp32_linear(self.value_head, hidden)
+            values = fp32_linear(self.value_head, hidden)
         elif self.critic is None:
             return logits, None
         else:
             trunk = getattr(self.critic, self.critic.base_model_prefix)
             hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_of(attention_mask),
                            use_cache=False).last_hidden_state
-            values = _fp32_linear(self.critic.score, _last(hidden, response_length))
+            values = fp32_linear(self.critic.score, last_positions(hidden, response_length))
         return logits, values.squeeze(-1)
 
     # trl's unwrap_model_for_generation switches checkpointing off while generating (KV cache).
     @property
     def is_gradient_checkpointing(self) -> bool:
-        base = self.policy.get_base_model() if hasattr(self.policy, "get_base_model") else self.policy
-        return bool(getattr(base, "is_activation_checkpointing", False))  # renamed from is_gradient_checkpointing
+        # transformers renamed is_gradient_checkpointing to is_activation_checkpointing.
+        return bool(getattr(unwrap_peft(self.policy), "is_activation_checkpointing", False))
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
         self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
@@ -91,60 +99,12 @@ class PolicyAndValue(nn.Module):
                 yield self.policy
 
 
-# Causal LMs whose logits are exactly `get_output_embeddings()(last hidden state)`: for them the head runs on
-# the response positions only. Others (logit soft-capping, logit scales) go through their own forward.
-PLAIN_HEAD_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "smollm3",
-                    "olmo2", "gemma"}
-
-
-def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Left padding: positions count from each row's first real token. (B, T) -> (B, T)"""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def _last(x: torch.Tensor, response_length: int | None) -> torch.Tensor:
-    """The positions that predict the last R tokens: (B, T, ...) -> (B, R, ...); None keeps all T."""
-    return x if response_length is None else x[:, x.shape[1] - response_length - 1:-1]
-
-
-def _fp32_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """layer(x) in fp32 whatever autocast says: log-probs and values are computed in fp32 (mixed precision
-    runs the trunk in bf16/fp16 only). No copy of the weight when it is fp32 (the master weights)."""
-    with torch.autocast(x.device.type, enabled=False):
-        return layer(x.to(layer.weight.dtype)).float()
-
-
-def response_forward(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     response_length: int | None, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A causal LM (or a PEFT model around one) on left-padded rows, keeping only what PPO reads.
-
-    input_ids, attention_mask (B, T) -> (logits (B, R, V) divided by `temperature`, last hidden state (B, R, H))
-    at the R = response_length positions that predict the last R tokens. The LM head runs on those positions
-    only and the temperature divides its output in place, so no (B, T, V) tensor and no copy of the logits
-    is ever made; only the last layer's hidden state is kept.
-    """
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    position_ids = position_ids_of(attention_mask)
-    if base.config.model_type in PLAIN_HEAD_TYPES:
-        trunk = getattr(base, base.base_model_prefix)
-        hidden = _last(trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             use_cache=False).last_hidden_state, response_length)
-        logits = _fp32_linear(base.get_output_embeddings(), hidden)
-        # In place: a linear layer's backward never reads its output, so this costs no (B, R, V) copy.
-        return logits if temperature == 1.0 else logits.div_(temperature), hidden
-    keep = 0 if response_length is None else response_length + 1
-    out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-             output_hidden_states=True, logits_to_keep=keep)
-    logits = out.logits if response_length is None else out.logits[:, :-1]
-    return logits.float() / temperature, _last(out.hidden_states[-1], response_length)
-
-
 def load_tokenizer(name_or_path: str, revision: str | None = None):
     """The policy's tokenizer, left-padded for generation, with a pad token (EOS if it has none).
 
     Masks are always carried explicitly, so a pad token equal to EOS is harmless here.
     """
-    tokenizer = AutoTokenizer.from_pretrained(assets.resolve(name_or_path), revision=revision)
+    tokenizer = AutoTokenizer.from_pretrained(_resolve(name_or_path), revision=revision)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -155,7 +115,7 @@ def load_model_config(m):
     """The policy's transformers config (cheap: no weights), for checks before the model loads."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(assets.resolve(m.name_or_path), revision=m.revision,
+    return AutoConfig.from_pretrained(_resolve(m.name_or_path), revision=m.revision,
                                       trust_remote_code=m.trust_remote_code)
 
 
@@ -163,15 +123,15 @@ def build_models(cfg) -> tuple[PolicyAndValue, nn.Module | None]:
     """(policy with critic, frozen reference or None when LoRA provides it) from `cfg.model`/`cfg.peft`."""
     from transformers import set_seed
 
-    m = cfg.model
-    path = assets.resolve(m.name_or_path)
-    critic_path = assets.resolve(m.value_model_path) if m.value_model_path else path
+    m, critic_needed = cfg.model, cfg.algorithm.uses_critic
+    path = _resolve(m.name_or_path)
+    critic_path = _resolve(m.value_model_path) if m.value_model_path else path
     # Seed after any asset build, so freshly initialised heads never depend on what was cached.
     set_seed(cfg.seed)
     kwargs = from_pretrained_kwargs(cfg)  # dtype, revision, attention, init_kwargs, 4/8-bit weights
     policy = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     critic = None
-    if m.value_model == "separate" and cfg.algorithm.uses_critic:
+    if m.value_model == "separate" and critic_needed:
         # The critic trains all its weights: never quantized, even when the policy's base is (QLoRA).
         full = {k: v for k, v in kwargs.items() if k not in ("quantization_config", "device_map")}
         critic = AutoModelForSequenceClassification.from_pretrained(critic_path, num_labels=1, **full)
@@ -191,7 +151,7 @@ def build_models(cfg) -> tuple[PolicyAndValue, nn.Module | None]:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.peft.enabled:
             policy.enable_input_require_grads()
-    model = PolicyAndValue(policy, critic, value_head=cfg.algorithm.uses_critic,
+    model = PolicyAndValue(policy, critic, value_head=critic_needed,
                            value_head_init=cfg.model.value_head_init)
     # PPO compares log-probs of the same tokens across forwards: dropout would add noise to the ratio.
     disable_all_dropout(model)
@@ -246,7 +206,7 @@ def load_policy(path: str | Path, dtype: str = "float32") -> tuple[PolicyAndValu
         from peft import PeftModel
 
         base_id = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        base = AutoModelForCausalLM.from_pretrained(assets.resolve(base_id), **kwargs)
+        base = AutoModelForCausalLM.from_pretrained(_resolve(base_id), **kwargs)
         policy = PeftModel.from_pretrained(base, path, is_trainable=True)
     else:
         policy = AutoModelForCausalLM.from_pretrained(path, **kwargs)

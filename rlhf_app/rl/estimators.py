@@ -16,6 +16,7 @@ import torch
 
 from rlhf_app.rl.core import gae, masked_whiten
 
+
 class AdvantageSettings(NamedTuple):
     gamma: float
     lam_actor: float
@@ -118,12 +119,25 @@ def _gae(rewards, values, mask, s: AdvantageSettings):
     return masked_whiten(advantages, mask, all_reduce=s.all_reduce), returns
 
 
-# algorithm.advantage_estimator -> fn(rewards (B, R), values (B, R) or None, mask (B, R), settings).
-ESTIMATORS: dict[str, Callable] = {
-    "gae": _gae,
-    "grpo": lambda r, v, m, s: (grpo_advantages(r.sum(1), m, s.num_generations, s.scale_rewards, s.all_reduce), None),
-    "rloo": lambda r, v, m, s: (rloo_advantages(r.sum(1), m, s.num_generations), None),
-    "reinforce_pp": lambda r, v, m, s: (reinforce_pp_advantages(r, m, s.gamma, s.all_reduce), None),
-    "reinforce_pp_baseline": lambda r, v, m, s: (
-        reinforce_pp_baseline_advantages(r.sum(1), m, s.num_generations, s.all_reduce), None),
+class Estimator(NamedTuple):
+    """An advantage estimator and what it needs from the run.
+
+    `estimate(rewards (B, R), values (B, R) or None, mask (B, R), settings) -> (advantages, returns or None)`;
+    `needs_critic`: it reads values, so the model carries a critic that the loss trains;
+    `needs_groups`: it compares the G responses to one prompt (num_generations >= 2)."""
+
+    estimate: Callable
+    needs_critic: bool = False
+    needs_groups: bool = False
+
+
+# algorithm.advantage_estimator -> its Estimator (config/train_config.py repeats the names, without torch).
+ESTIMATORS: dict[str, Estimator] = {
+    "gae": Estimator(_gae, needs_critic=True),
+    "grpo": Estimator(lambda r, v, m, s: (
+        grpo_advantages(r.sum(1), m, s.num_generations, s.scale_rewards, s.all_reduce), None), needs_groups=True),
+    "rloo": Estimator(lambda r, v, m, s: (rloo_advantages(r.sum(1), m, s.num_generations), None), needs_groups=True),
+    "reinforce_pp": Estimator(lambda r, v, m, s: (reinforce_pp_advantages(r, m, s.gamma, s.all_reduce), None)),
+    "reinforce_pp_baseline": Estimator(lambda r, v, m, s: (
+        reinforce_pp_baseline_advantages(r.sum(1), m, s.num_generations, s.all_reduce), None), needs_groups=True),
 }

@@ -7,22 +7,31 @@ the whole mini-batch's normaliser (see `micro.loss_normaliser`), so micro-batche
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from rlhf_app.rl.core import aggregate_loss, kl_penalty, policy_loss, value_loss
 
 
-def micro_batch_loss(ppo, alg, logprobs: torch.Tensor, values: torch.Tensor | None, entropy: torch.Tensor,
-                     old_logprobs: torch.Tensor, advantages: torch.Tensor, old_values: torch.Tensor | None,
-                     returns: torch.Tensor | None, ref_logprobs: torch.Tensor, mask: torch.Tensor,
-                     tokens: torch.Tensor, norm) -> tuple[torch.Tensor, dict]:
+class CriticTerms(NamedTuple):
+    """What the value loss reads, each (m, R): the critic's values with grad, the rollout's, the returns."""
+
+    values: torch.Tensor
+    old_values: torch.Tensor
+    returns: torch.Tensor
+
+
+def micro_batch_loss(ppo, alg, logprobs: torch.Tensor, entropy: torch.Tensor, old_logprobs: torch.Tensor,
+                     advantages: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
+                     norm, critic: CriticTerms | None = None) -> tuple[torch.Tensor, dict]:
     """-> (loss, row) for m episodes of a mini-batch of `tokens` real tokens; `norm` is its normaliser
     under `alg.loss_agg_mode` (tokens or sequences).
 
-    logprobs, entropy (m, R) from the policy with grad; values (m, R) or None (critic-free);
-    old_logprobs, advantages, ref_logprobs, mask (m, R) from the rollout; old_values, returns (m, R)
-    or None. loss is a scalar tensor; row maps each logged key to a scalar tensor, per-token means
-    weighted by this micro-batch's share of the mini-batch's tokens, so rows sum to the mini-batch's.
+    logprobs, entropy (m, R) from the policy with grad; old_logprobs, advantages, ref_logprobs, mask
+    (m, R) from the rollout; `critic` (a model with a critic: GAE) adds the clipped value loss.
+    loss is a scalar tensor; row maps each logged key to a scalar tensor, per-token means weighted by
+    this micro-batch's share of the mini-batch's tokens, so rows sum to the mini-batch's.
     """
     pg_loss, pg_clip, approx_kl = policy_loss(
         logprobs, old_logprobs, advantages, mask, ppo.cliprange,
@@ -32,8 +41,9 @@ def micro_batch_loss(ppo, alg, logprobs: torch.Tensor, values: torch.Tensor | No
     share = mask.sum() / tokens  # per-token means of this micro-batch, weighted
     row = {"loss/policy_avg": pg_loss, "policy/clipfrac_avg": pg_clip * share,
            "policy/approxkl_avg": approx_kl * share, "policy/entropy_avg": mb_entropy}
-    if alg.uses_critic:
-        vf_loss, vf_clip = value_loss(values, old_values, returns, mask, ppo.cliprange_value, tokens)
+    if critic is not None:
+        vf_loss, vf_clip = value_loss(critic.values, critic.old_values, critic.returns, mask, ppo.cliprange_value,
+                                      tokens)
         loss = loss + ppo.vf_coef * vf_loss
         row.update({"loss/value_avg": vf_loss, "val/clipfrac_avg": vf_clip * share})
     if alg.beta:  # GRPO's KL term: k3 to the reference, inside the loss

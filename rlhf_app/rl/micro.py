@@ -54,10 +54,9 @@ def trim_padding(query: torch.Tensor, query_mask: torch.Tensor, response: torch.
     return query[:, -p_keep:], query_mask[:, -p_keep:], response[:, :r_keep], mask[:, :r_keep]
 
 
-def pad_to(x: torch.Tensor | None, width: int) -> torch.Tensor | None:
-    """Right-pad per-token values of a trimmed micro-batch back to the rollout's width with 0. (m, R') -> (m, R)
-    None (the values of a critic-free model) stays None."""
-    return None if x is None else F.pad(x, (0, width - x.shape[1]))
+def pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Right-pad per-token values of a trimmed micro-batch back to the rollout's width with 0. (m, R') -> (m, R)"""
+    return F.pad(x, (0, width - x.shape[1]))
 
 
 def loss_normaliser(mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor | int:

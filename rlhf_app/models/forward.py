@@ -1,0 +1,63 @@
+"""The forward PPO reads from a causal LM: logits and last hidden state at the response positions only.
+
+Shared by the policy with its critic (policy.py) and the reference's log-probs (rl/rollout.py); it
+needs nothing but torch, so the loop's forwards never load the model-building machinery.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model under a PEFT wrapper (its config, generation_config, weights); else `model`."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+# Causal LMs whose logits are exactly `get_output_embeddings()(last hidden state)`: for them the head runs on
+# the response positions only. Others (logit soft-capping, logit scales) go through their own forward.
+PLAIN_HEAD_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "smollm3",
+                    "olmo2", "gemma"}
+
+
+def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Left padding: positions count from each row's first real token. (B, T) -> (B, T)"""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def last_positions(x: torch.Tensor, response_length: int | None) -> torch.Tensor:
+    """The positions that predict the last R tokens: (B, T, ...) -> (B, R, ...); None keeps all T."""
+    return x if response_length is None else x[:, x.shape[1] - response_length - 1:-1]
+
+
+def fp32_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) in fp32 whatever autocast says: log-probs and values are computed in fp32 (mixed precision
+    runs the trunk in bf16/fp16 only). No copy of the weight when it is fp32 (the master weights)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return layer(x.to(layer.weight.dtype)).float()
+
+
+def response_forward(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     response_length: int | None, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A causal LM (or a PEFT model around one) on left-padded rows, keeping only what PPO reads.
+
+    input_ids, attention_mask (B, T) -> (logits (B, R, V) divided by `temperature`, last hidden state (B, R, H))
+    at the R = response_length positions that predict the last R tokens. The LM head runs on those positions
+    only and the temperature divides its output in place, so no (B, T, V) tensor and no copy of the logits
+    is ever made; only the last layer's hidden state is kept.
+    """
+    base = unwrap_peft(lm)
+    position_ids = position_ids_of(attention_mask)
+    if base.config.model_type in PLAIN_HEAD_TYPES:
+        trunk = getattr(base, base.base_model_prefix)
+        hidden = last_positions(trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                      use_cache=False).last_hidden_state, response_length)
+        logits = fp32_linear(base.get_output_embeddings(), hidden)
+        # In place: a linear layer's backward never reads its output, so this costs no (B, R, V) copy.
+        return logits if temperature == 1.0 else logits.div_(temperature), hidden
+    keep = 0 if response_length is None else response_length + 1
+    out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+             output_hidden_states=True, logits_to_keep=keep)
+    logits = out.logits if response_length is None else out.logits[:, :-1]
+    return logits.float() / temperature, last_positions(out.hidden_states[-1], response_length)
