@@ -186,12 +186,12 @@ def write_results(results: dict, run: dict) -> None:
     """Merge this run's recipes into bench/learning.json, read again just before the write, so a
     partial run (--only) keeps the other recipe's figures; each recipe keeps the run facts it was
     measured under (commit, cache, date)."""
+    from rlhf_app.run_dir.atomic import write_json
+
     doc = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
     recipes = doc.get("recipes", {})
     recipes.update({name: {**r, "run": run} for name, r in results.items()})
-    tmp = OUT_JSON.with_suffix(f".json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({**run, "recipes": recipes}, indent=2))
-    os.replace(tmp, OUT_JSON)
+    write_json(OUT_JSON, {**run, "recipes": recipes})
 
 
 def main(argv: list[str]) -> None:

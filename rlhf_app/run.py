@@ -170,7 +170,7 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
     from rlhf_app.models import policy as models
     from rlhf_app.evaluation import EvalEvery
     from rlhf_app.rl import loop as trainer
-    from rlhf_app.run_dir.checkpoint import replace_dir
+    from rlhf_app.run_dir.atomic import replace_dir
     from rlhf_app.engines.hf import build_engine
 
     if cfg.num_threads:
