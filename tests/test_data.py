@@ -27,7 +27,7 @@ def tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from rlhf_app.assets.registry import offline_imdb_reviews
+    from rlhf_app.assets.imdb import offline_imdb_reviews
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

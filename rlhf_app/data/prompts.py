@@ -60,7 +60,7 @@ def imdb_reviews(source: str, split: str) -> list[dict]:
     split "train" is the training pool; "eval" is the Hub test split, or offline the held-out rows.
     """
     if source == "offline":
-        from rlhf_app.assets.registry import offline_imdb_reviews
+        from rlhf_app.assets.imdb import offline_imdb_reviews
 
         rows = offline_imdb_reviews("train" if split == "train" else "heldout")
     else:
