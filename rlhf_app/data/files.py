@@ -14,8 +14,8 @@ from pathlib import Path
 from datasets import Dataset, load_dataset
 from trl.data_utils import is_conversational
 
-# The rendered prompt text goes in `prompt` (what the policy sees); the messages stay here.
-CONVERSATION_COLUMN = "prompt_messages"
+from rlhf_app.data.columns import CONVERSATION_COLUMN
+
 LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
