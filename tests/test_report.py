@@ -14,8 +14,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import pytest
 
 from rlhf_app.config import load_config, to_yaml
-from rlhf_app.report import (cumulative_mean, distinct_word_share, eval_rows, load_jsonl,
-                             pair_samples, summarize, write_report)
+from rlhf_app.report import eval_rows, load_jsonl, pair_samples, summarize, write_report
+from rlhf_app.report_plots import cumulative_mean
+from rlhf_app.text_stats import distinct_word_share
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
