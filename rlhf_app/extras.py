@@ -9,13 +9,14 @@ from __future__ import annotations
 import importlib.util
 
 from rlhf_app.assets.paths import cache_dir
+from rlhf_app.errors import UserError
 
 # import name -> (extra, what needs it)
 EXTRAS = {"wandb": "wandb", "tensorboard": "tensorboard", "trackio": "trackio", "gguf": "assets",
           "reasoning_gym": "assets", "bitsandbytes": "qlora", "vllm": "vllm", "math_verify": "math"}
 
 
-class MissingExtra(RuntimeError):
+class MissingExtra(UserError, RuntimeError):
     """An optional package a run needs is not installed; the message names `pip install -e .[EXTRA]`."""
 
 

@@ -7,8 +7,10 @@ tokenized prompts and the machine. Whether the run folder can be written is chec
 
 from __future__ import annotations
 
+from rlhf_app.errors import UserError
 
-class PreflightError(RuntimeError):
+
+class PreflightError(UserError, RuntimeError):
     """A setting that cannot work with this model, data or machine; the message names the fix."""
 
 

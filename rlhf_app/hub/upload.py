@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from rlhf_app.config import ALIASES, ConfigError, TrainConfig, load_config, normalize_args, parse_overrides, to_yaml
+from rlhf_app.errors import UserError
 from rlhf_app.hub.card import base_license, model_card  # noqa: F401  (base_license: part of hub's API)
 from rlhf_app.run_dir.atomic import building
 from rlhf_app.run_dir.checkpoint import checkpoints
@@ -34,7 +35,7 @@ TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".jinja")
 UPLOADED_RUN_FILES = ("metrics.jsonl", "eval.json")  # beside the policy: what the card and a reader use
 
 
-class HubError(RuntimeError):
+class HubError(UserError, RuntimeError):
     """A push that cannot go ahead; the message is one line that names the fix."""
 
 

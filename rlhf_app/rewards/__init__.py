@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Callable
 
 from rlhf_app.data.columns import CONVERSATION_COLUMN
+from rlhf_app.errors import UserError
 from rlhf_app.rewards import gsm8k, sentiment, toy
 from rlhf_app.rewards.combine import combine
 from rlhf_app.rewards.sources import RewardSourceError, check_columns, resolve
@@ -28,7 +29,7 @@ BUILDERS = {"toy": toy.build, "sentiment": sentiment.build, "gsm8k": gsm8k.build
 HINT = "return a list of one float (or None) per completion"
 
 
-class RewardError(RuntimeError):
+class RewardError(UserError, RuntimeError):
     """A reward function failed or returned something unusable; the message names it and the input."""
 
 

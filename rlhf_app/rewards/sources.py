@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from rlhf_app.errors import UserError
+
 BUILTINS = ("toy", "sentiment", "gsm8k")
 # What TRL's GRPOTrainer passes to every reward function besides the dataset columns.
 CONTRACT = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
@@ -31,7 +33,7 @@ _CALL = re.compile(r"^([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.DOTALL)
 FORMAT = "reward.function=path/to/file.py:function"
 
 
-class RewardSourceError(ValueError):
+class RewardSourceError(UserError, ValueError):
     """A reward source that cannot be found, imported or called with TRL's arguments (one line)."""
 
 
