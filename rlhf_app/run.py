@@ -131,7 +131,7 @@ def _save_final(model, tokenizer, weights: dict, state: dict, out: Path) -> None
     """final/ whole or not at all, marked with the update it finished at: a later resume must not
     replace final/ with older weights."""
     from rlhf_app.models.policy import save_policy
-    from rlhf_app.run_dir.checkpoint import replace_dir
+    from rlhf_app.run_dir.atomic import replace_dir
 
     tmp = out / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(1)
 
 from rlhf_app.assets import registry as assets  # noqa: E402
+from rlhf_app.assets.imdb import offline_imdb_reviews  # noqa: E402
 
 POSITIVE = ["This movie was wonderful. Brilliant acting, a beautiful story, I loved every minute. "
             "One of the best films I have seen, a true masterpiece. Highly recommended!",
@@ -30,7 +31,7 @@ def quick_cache(tmp_path_factory):
 
 
 def test_heldout_rule_splits_imdb_rows_disjointly():
-    train, heldout = assets.offline_imdb_reviews("train"), assets.offline_imdb_reviews("heldout")
+    train, heldout = offline_imdb_reviews("train"), offline_imdb_reviews("heldout")
     # Train drops the few rows that repeat a held-out review verbatim.
     assert len(heldout) == 2500 and 22400 < len(train) < 22500
     assert {r["row"] for r in heldout} == set(range(0, 25000, 10))
@@ -40,7 +41,7 @@ def test_heldout_rule_splits_imdb_rows_disjointly():
     assert heldout[0]["text"].startswith("I rented I AM CURIOUS-YELLOW")
     assert not any("<br />" in r["text"] for r in heldout + train)
     with pytest.raises(ValueError, match="choose one of train, heldout"):
-        assets.offline_imdb_reviews("test")
+        offline_imdb_reviews("test")
 
 
 def test_sentiment_classifier_loads_through_auto_classes(quick_cache):
@@ -101,6 +102,9 @@ def test_resolve_builds_once_and_names_unknown_assets(tmp_path, monkeypatch, cap
     assert assets.resolve("gpt2") == "gpt2"
     with pytest.raises(ValueError, match="unknown asset 'nope': available are asset:tiny, asset:imdb-sentiment"):
         assets.resolve("asset:nope")
+    rebuilt = assets.rebuild("tiny")  # --force: a new copy replaces the old one whole
+    assert rebuilt == first and os.stat(os.path.join(first, "asset.json")).st_mtime_ns != stamp
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny"]
     with pytest.raises(SystemExit, match="unknown asset 'nope': available are tiny, imdb-sentiment"):
         assets.main(["build", "nope"])
     assert assets.main(["list"]) == 0
@@ -115,7 +119,7 @@ def test_smollm2_answers_a_chat_prompt_when_already_built(monkeypatch):
                     "python -m rlhf_app.assets.registry build smollm2-135m-instruct")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlhf_app.assets.builders import chat_answer
+    from rlhf_app.assets.smollm2 import chat_answer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()

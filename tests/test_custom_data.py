@@ -10,7 +10,8 @@ from datasets import Dataset
 from rlhf_app.data import prompts as data
 from rlhf_app.data import files as prompt_data
 from rlhf_app.config import load_config
-from rlhf_app.data.files import CONVERSATION_COLUMN, DataError
+from rlhf_app.data.columns import CONVERSATION_COLUMN
+from rlhf_app.data.files import DataError
 
 # Uses a template variable so that data.chat_template_kwargs visibly reaches the template.
 CHAT_TEMPLATE = ("{% if style %}[{{ style }}]{% endif %}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}"

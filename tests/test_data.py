@@ -12,7 +12,8 @@ torch.set_num_threads(1)
 
 from datasets import Dataset  # noqa: E402
 
-from rlhf_app.data import prompts as data
+from rlhf_app.data import DataError  # noqa: E402
+from rlhf_app.data import prompts as data  # noqa: E402
 from rlhf_app.assets import gsm8k as gsm8k_offline  # noqa: E402
 from rlhf_app.config import ConfigError, TrainConfig, load_config  # noqa: E402
 
@@ -27,7 +28,7 @@ def tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from rlhf_app.assets.registry import offline_imdb_reviews
+    from rlhf_app.assets.imdb import offline_imdb_reviews
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -95,8 +96,21 @@ def test_hub_imdb_uses_train_and_test_splits(tokenizer, monkeypatch):
     assert sorted(calls) == [("stanfordnlp/imdb", "test"), ("stanfordnlp/imdb", "train")]
     assert len(train) == 2 and len(evals) == 2  # the short review is dropped
     assert all("<br" not in p for p in list(train["prompt"]))
-    with pytest.raises(ValueError, match="data.num_eval .*3 asked for but only 2"):
+    with pytest.raises(DataError, match=r"^data.num_eval \(imdb\): 3 asked for but only 2 available: lower it "
+                                        r"to 2 or less$"):
         data.load_prompts(cfg_for("data.name=imdb", "data.num_eval=3"), tokenizer)
+
+
+def test_too_many_eval_prompts_end_the_run_in_one_line_before_the_model_loads(tmp_path, capsys):
+    from rlhf_app.cli import main
+
+    with pytest.raises(SystemExit) as end:
+        main(["train", "recipe=tiny", f"output_dir={tmp_path / 'run'}", "data.name=imdb", "data.source=offline",
+              "data.num_eval=100000"])
+    held_out = len(data.imdb_reviews("offline", "eval"))
+    assert end.value.code == (f"error: data.num_eval (imdb): 100000 asked for but only {held_out} available: "
+                              f"lower it to {held_out} or less")
+    assert "parameters" not in capsys.readouterr().out  # the policy was never built
 
 
 # ---------------------------------------------------------------- GSM8K
@@ -148,7 +162,7 @@ def test_hub_gsm8k_and_overlong_prompts(tokenizer, monkeypatch):
     train, evals = data.load_prompts(cfg_for("data.name=gsm8k", "data.num_eval=2"), tokenizer)
     assert calls == [("openai/gsm8k", "main")]
     assert list(train["answer"]) == list(evals["answer"]) == ["2+2=4\n#### 4"]  # the overlong prompt is dropped
-    with pytest.raises(ValueError, match="longer than data.max_prompt_length=5 tokens: raise it"):
+    with pytest.raises(DataError, match="longer than data.max_prompt_length=5 tokens: raise it"):
         data.load_prompts(cfg_for("data.name=gsm8k", "data.num_eval=2", "data.max_prompt_length=5"), tokenizer)
 
 

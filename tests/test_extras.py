@@ -73,5 +73,5 @@ def test_each_extra_is_checked_before_any_model_loads(tmp_path, monkeypatch):
     extras.check(load_config(["recipe=tiny"]))  # nothing optional needed
     # The command line's one line for it: tests/test_tracking.py (report_to=trackio, not installed here).
     with pytest.raises(extras.MissingExtra, match=r"^building asset:smollm2-135m-instruct .*\[assets\]"):
-        from rlhf_app.assets.builders import build_smollm2
+        from rlhf_app.assets.smollm2 import build_smollm2
         build_smollm2(tmp_path / "out")

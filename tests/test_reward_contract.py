@@ -17,7 +17,7 @@ from rlhf_app import run as cli
 from rlhf_app.cli.main import main
 from rlhf_app.config import load_config
 from rlhf_app.rl.rollout import RewardLog, Rollout, score
-from rlhf_app.data.files import CONVERSATION_COLUMN
+from rlhf_app.data.columns import CONVERSATION_COLUMN
 from rlhf_app.rewards import build_reward, resolve_sources
 
 REWARDS = '''

@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 from rlhf_app.assets import gsm8k as gsm8k_offline  # noqa: E402
 from rlhf_app.config import RewardConfig, TrainConfig  # noqa: E402
 from rlhf_app.rewards import BUILDERS, RewardError, build_reward, checked, gsm8k  # noqa: E402
-from rlhf_app.rewards.custom import load_function  # noqa: E402
+from rlhf_app.rewards.sources import BUILTINS, load_function  # noqa: E402
 from rlhf_app.rewards.sentiment import label_index  # noqa: E402
 
 
@@ -177,13 +177,10 @@ def test_checked_keeps_extra_metrics_and_builders_match_the_config_choices():
     r.extra_metrics = lambda prompts, completions, **columns: {"n": float(len(completions))}
     assert checked("r", r).extra_metrics(["p"], ["c"]) == {"n": 1.0}
     assert not hasattr(checked("r2", lambda p, c, **k: [0.0] * len(c)), "extra_metrics")
+    # An unknown name never reaches the rewards: the config refuses it. `python` is a file's function.
     with pytest.raises(Exception, match="is not one of toy, sentiment, gsm8k, python"):
         RewardConfig(name="sentimental")
-    assert set(BUILDERS) == {"toy", "sentiment", "gsm8k", "python"}
-    cfg = make_cfg()
-    cfg.reward.name = "nope"
-    with pytest.raises(ValueError, match="choose one of toy, sentiment, gsm8k, python"):
-        build_reward(cfg)
+    assert set(BUILDERS) == set(BUILTINS) == {"toy", "sentiment", "gsm8k"}
 
 
 # ---------------------------------------------------------------- sentiment

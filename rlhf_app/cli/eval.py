@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rlhf_app.config import ConfigError, load_config, normalize_args
 from rlhf_app.offline import set_network_env
+from rlhf_app.run_dir.checkpoint import policy_folders
 
 OPTIONS = ("run_dir", "split", "num", "checkpoint")
 USAGE = "python scripts/eval.py run_dir=PATH [split=eval|train] [num=N] [checkpoint=final|checkpoint-N]"
@@ -49,11 +50,6 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
     return opts, overrides
 
 
-def saved_policies(run_dir: Path) -> list[str]:
-    """Names of the policy folders a run holds (final, checkpoint-N)."""
-    return sorted(p.name for p in run_dir.iterdir() if p.is_dir() and re.fullmatch(r"final|checkpoint-\d+", p.name))
-
-
 def main(argv: list[str]) -> None:
     opts, overrides = parse_args(argv)
     run_dir = Path(opts["run_dir"])
@@ -63,7 +59,7 @@ def main(argv: list[str]) -> None:
     if not recorded.is_file():
         raise ConfigError(f"{recorded} does not exist: run_dir must be the output_dir of a training run")
     if not (run_dir / opts["checkpoint"]).is_dir():
-        have = ", ".join(saved_policies(run_dir)) or "none (did the run finish or save_steps > 0?)"
+        have = ", ".join(policy_folders(run_dir)) or "none (did the run finish or save_steps > 0?)"
         raise ConfigError(f"no {opts['checkpoint']} in {run_dir}: saved policies: {have}")
     cfg = load_config([f"recipe={recorded}", *overrides])
     set_network_env(cfg.offline)  # before the heavy imports

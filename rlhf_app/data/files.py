@@ -14,15 +14,10 @@ from pathlib import Path
 from datasets import Dataset, load_dataset
 from trl.data_utils import is_conversational
 
-from rlhf_app.errors import UserError
+from rlhf_app.data import DataError
+from rlhf_app.data.columns import CONVERSATION_COLUMN
 
-# The rendered prompt text goes in `prompt` (what the policy sees); the messages stay here.
-CONVERSATION_COLUMN = "prompt_messages"
 LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-
-
-class DataError(UserError, ValueError):
-    """A dataset that cannot be used as it is; the message is one line that names the fix."""
 
 
 def read_split(d, split: str) -> Dataset:

@@ -17,6 +17,8 @@ import random
 
 from datasets import Dataset, load_dataset
 
+from rlhf_app.data import DataError
+
 IMDB_HUB = "stanfordnlp/imdb"
 GSM8K_HUB = ("openai/gsm8k", "main")
 MIN_REVIEW_CHARS = 200  # the notebook keeps reviews longer than this
@@ -40,9 +42,9 @@ def _tokenize(rows: list[dict], tokenizer, max_len: int) -> Dataset:
 
 
 def sample(rows: list, n: int | None, seed: int, what: str) -> list:
-    """`n` rows in a seeded random order (all of them when n is None); too few is an error."""
+    """`n` rows in a seeded random order (all of them when n is None); too few is a DataError."""
     if n is not None and n > len(rows):
-        raise ValueError(f"{what}: {n} asked for but only {len(rows)} available: lower the number")
+        raise DataError(f"{what}: {n} asked for but only {len(rows)} available: lower it to {len(rows)} or less")
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     return [rows[i] for i in order[:n]]
@@ -60,7 +62,7 @@ def imdb_reviews(source: str, split: str) -> list[dict]:
     split "train" is the training pool; "eval" is the Hub test split, or offline the held-out rows.
     """
     if source == "offline":
-        from rlhf_app.assets.registry import offline_imdb_reviews
+        from rlhf_app.assets.imdb import offline_imdb_reviews
 
         rows = offline_imdb_reviews("train" if split == "train" else "heldout")
     else:
@@ -139,7 +141,7 @@ def gsm8k_rows(problems: list[dict], tokenizer, cfg, what: str) -> list[dict]:
     rows = [{"prompt": p, "input_ids": i, "answer": str(q["answer"])}
             for p, i, q in zip(prompts, ids, problems) if len(i) <= cfg.data.max_prompt_length]
     if problems and not rows:
-        raise ValueError(f"every {what} prompt is longer than data.max_prompt_length="
+        raise DataError(f"every {what} prompt is longer than data.max_prompt_length="
                          f"{cfg.data.max_prompt_length} tokens: raise it")
     return rows
 

@@ -15,23 +15,23 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 from rlhf_app.config import TrainConfig, to_yaml
 from rlhf_app.errors import UserError
 from rlhf_app.hub.card import base_license, model_card  # noqa: F401  (base_license: part of hub's API)
+from rlhf_app.run_dir.atomic import building
+from rlhf_app.run_dir.checkpoint import checkpoints
 
 UPLOAD_DIR = "hub_upload"
 LAST_CHECKPOINT = "last-checkpoint"  # transformers' folder name for hub_strategy="checkpoint"
-CHECKPOINT_STATE = "trainer_state.pt"  # what makes a checkpoint-N folder complete (ppo/checkpoint.py)
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
 # HF user tokens are hf_ + 34 letters/digits; W&B API keys are 40 hex digits.
 TOKEN_PATTERNS = (re.compile(r"hf_[A-Za-z0-9]{30,}"), re.compile(r"(?<![0-9A-Za-z])[0-9a-f]{40}(?![0-9A-Za-z])"))
 MODEL_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".jinja", ".tiktoken")
 NOT_UPLOADED = {"trainer_state.json", "asset.json"}  # resume bookkeeping, local build info
 TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".jinja")
-RUN_FILES = ("metrics.jsonl", "eval.json")
+UPLOADED_RUN_FILES = ("metrics.jsonl", "eval.json")  # beside the policy: what the card and a reader use
 
 
 class HubError(UserError, RuntimeError):
@@ -66,8 +66,7 @@ def _source_dir(run_dir: Path, cfg: TrainConfig) -> Path:
 
 def _last_checkpoint(run_dir: Path, src: Path) -> Path | None:
     """The checkpoint uploaded as `last-checkpoint/`: the one pushed, else the run's newest."""
-    found = sorted((p for p in run_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
-                    and (p / CHECKPOINT_STATE).is_file()), key=lambda p: int(p.name.split("-")[1]))
+    found = checkpoints(run_dir)
     return src if src in found else (found[-1] if found else None)
 
 
@@ -111,8 +110,8 @@ def prepare_upload(run_dir: str | Path, cfg: TrainConfig, target: str = UPLOAD_D
     run_dir = Path(run_dir)
     src = _source_dir(run_dir, cfg)
     allow = (cfg.model.revision,) if cfg.model.revision else ()  # a pinned commit id is 40 hex, not a key
-    tmp = Path(tempfile.mkdtemp(prefix=f".{UPLOAD_DIR}-", dir=run_dir))
-    try:
+    target = run_dir / target
+    with building(target) as tmp:
         files = model_files(src)
         for rel in files:
             _place(src / rel, tmp / rel)
@@ -121,7 +120,7 @@ def prepare_upload(run_dir: str | Path, cfg: TrainConfig, target: str = UPLOAD_D
             if path.is_file():  # a checkpoint is never rewritten (atomic, renamed into place): link it all
                 _place(path, tmp / LAST_CHECKPOINT / path.relative_to(newest), link=True)
         (tmp / "config.yaml").write_text(scrub(to_yaml(cfg), allow))
-        for name in RUN_FILES:
+        for name in UPLOADED_RUN_FILES:
             if (run_dir / name).is_file():
                 _place(run_dir / name, tmp / name)
         for png in sorted((run_dir / "plots").glob("*.png")):
@@ -133,16 +132,6 @@ def prepare_upload(run_dir: str | Path, cfg: TrainConfig, target: str = UPLOAD_D
         card = model_card(cfg, uploaded, evaluation, metrics, source=src.name)
         (tmp / "README.md").write_text(scrub(card, allow))
         check_folder(tmp, allow)
-        target = run_dir / target
-        if target.exists():  # os.replace cannot overwrite a non-empty folder: move the old one aside
-            old = Path(tempfile.mkdtemp(prefix=f".{UPLOAD_DIR}-old-", dir=run_dir))
-            os.replace(target, old / UPLOAD_DIR)
-            shutil.rmtree(old)
-        tmp.chmod(0o755)  # mkdtemp makes it private to the user
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

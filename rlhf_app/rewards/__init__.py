@@ -17,14 +17,15 @@ import numbers
 from types import SimpleNamespace
 from typing import Callable
 
+from rlhf_app.data.columns import CONVERSATION_COLUMN
 from rlhf_app.errors import UserError
-from rlhf_app.rewards import custom, gsm8k, sentiment, toy
-from rlhf_app.rewards.combine import CONVERSATION_COLUMN, combine
+from rlhf_app.rewards import gsm8k, sentiment, toy
+from rlhf_app.rewards.combine import combine
 from rlhf_app.rewards.sources import RewardSourceError, check_columns, resolve
 
 RewardFn = Callable[..., list[float]]
 
-BUILDERS = {"toy": toy.build, "sentiment": sentiment.build, "gsm8k": gsm8k.build, "python": custom.build}
+BUILDERS = {"toy": toy.build, "sentiment": sentiment.build, "gsm8k": gsm8k.build}
 HINT = "return a list of one float (or None) per completion"
 
 
@@ -53,9 +54,6 @@ def _keywords(fn):
 
 def build_reward(cfg, device=None, sources=None) -> RewardFn:
     """The checked reward callable of `cfg.reward` (reward.funcs, or reward.name alone)."""
-    name = cfg.reward.name
-    if not cfg.reward.funcs and name not in BUILDERS:
-        raise ValueError(f"unknown reward.name={name!r}: choose one of {', '.join(BUILDERS)}")
     sources = sources if sources is not None else resolve(cfg)
     fns = []
     for source in sources:

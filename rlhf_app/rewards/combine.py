@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from trl.trainer.utils import nanstd
 
-from rlhf_app.data.files import CONVERSATION_COLUMN
+from rlhf_app.data.columns import CONVERSATION_COLUMN
 
 
 def _ignore(*args, **kwargs) -> None:

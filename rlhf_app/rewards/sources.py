@@ -1,7 +1,9 @@
 """Reward sources named in `reward.funcs` (or the single `reward.name`), resolved before any model loads.
 
 - a built-in: `toy`, `sentiment`, `gsm8k` (they read their settings from the `reward` section);
-- a function in a file, `path/to/file.py:function`, or in a module, `module.path:function`;
+- a function in a file, `path/to/file.py:function` (imported from the file, no package needed;
+  the single-reward form `reward.name=python reward.function=path/to/file.py:function` too), or
+  in a module, `module.path:function`;
   `module:factory(key=value, ...)` calls a factory with literal arguments first, e.g.
   `trl.rewards:get_soft_overlong_punishment(max_completion_len=64, soft_punish_cache=16)`;
 - a sequence-classification reward model, with its own tokenizer: a Hub id, a folder or `asset:NAME`.
@@ -13,19 +15,22 @@ fails in one line before the policy loads.
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib
+import importlib.util
 import inspect
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 from rlhf_app.errors import UserError
-from rlhf_app.rewards.custom import load_function
 
 BUILTINS = ("toy", "sentiment", "gsm8k")
 # What TRL's GRPOTrainer passes to every reward function besides the dataset columns.
 CONTRACT = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
 _CALL = re.compile(r"^([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.DOTALL)
+FORMAT = "reward.function=path/to/file.py:function"
 
 
 class RewardSourceError(UserError, ValueError):
@@ -55,6 +60,35 @@ def _literal_call(text: str, spec: str) -> tuple[str, list, dict]:
     return match.group(1), args, kwargs
 
 
+def load_function(spec: str):
+    """Import `path/to/file.py:function` from the file (no package needed) and return the callable."""
+    path_text, sep, name = (spec or "").rpartition(":")
+    if not sep or not path_text or not name:
+        raise RewardSourceError(f"reward.function={spec!r} is not 'file:function': write {FORMAT}")
+    path = Path(path_text).expanduser().resolve()
+    if not path.is_file():
+        raise RewardSourceError(f"reward.function: file {path_text} does not exist (relative paths start at "
+                                f"{Path.cwd()}): write {FORMAT}")
+    # A module name unique to the file, so two reward files named alike never clash.
+    module_name = f"rlhf_app_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001 - the user's file; report where it failed
+        raise RewardSourceError(f"reward.function: importing {path_text} failed: "
+                                f"{type(err).__name__}: {err}") from err
+    fn = getattr(module, name, None)
+    if fn is None:
+        defined = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
+                         and getattr(v, "__module__", None) == module_name)
+        raise RewardSourceError(f"reward.function: {path_text} defines no {name!r}; "
+                                f"its functions are: {', '.join(defined) or 'none'}")
+    if not callable(fn):
+        raise RewardSourceError(f"reward.function: {path_text}:{name} is a {type(fn).__name__}, not a function")
+    return fn
+
+
 def _import_function(spec: str) -> Callable:
     """`path/to/file.py:function` or `module.path:function`, optionally called as a factory."""
     where, _, attr = spec.rpartition(":")
@@ -62,7 +96,7 @@ def _import_function(spec: str) -> Callable:
     if where.endswith(".py") or "/" in where:
         try:
             fn = load_function(f"{where}:{attr}")
-        except ValueError as err:
+        except RewardSourceError as err:
             raise RewardSourceError(f"reward source {spec!r}: {err}") from None
     else:
         try:
@@ -119,8 +153,7 @@ def resolve(cfg) -> list[Source]:
         legacy = spec == "python"
         if legacy:  # the single-reward form: reward.name=python reward.function=file.py:fn
             if not rc.function:
-                raise RewardSourceError("reward.name=python needs the function to call: "
-                                        "reward.function=path/to/file.py:function")
+                raise RewardSourceError(f"reward.name=python needs the function to call: {FORMAT}")
             spec = rc.function
         if spec in BUILTINS:
             if spec == "sentiment" and not rc.model:

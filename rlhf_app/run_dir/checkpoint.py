@@ -16,21 +16,25 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
-import torch
+from rlhf_app.run_dir.atomic import remove_dir, replace_dir
 
-from rlhf_app.models.policy import load_policy, save_policy
-
-STATE_FILE = "trainer_state.pt"
+# Listing checkpoints needs none of torch: it is imported where a checkpoint is written or read.
+STATE_FILE = "trainer_state.pt"  # a checkpoint-N folder without it is not listed (not a checkpoint of ours)
 STATE_JSON = "trainer_state.json"  # step, episode, num_processes: readable without torch
 
 
 def _rng_state() -> dict:
+    import numpy as np
+    import torch
+
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def _set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -45,9 +49,19 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def policy_folders(output_dir: Path) -> list[str]:
+    """Names of the saved policies a run holds: its complete checkpoints, oldest first, then `final`."""
+    final = ["final"] if (Path(output_dir) / "final").is_dir() else []
+    return [p.name for p in checkpoints(output_dir)] + final
+
+
 def save_checkpoint(accelerator, output_dir: Path, model, tokenizer, trainer_state: dict,
-                    total_limit: int, optimizer=None) -> Path:
+                    total_limit: int, optimizer) -> Path:
     """Write checkpoint-{step} atomically; keep only the newest `total_limit` (0 keeps all). Every process calls it."""
+    import torch
+
+    from rlhf_app.models.policy import save_policy
+
     step = trainer_state["step"]
     weights = accelerator.get_state_dict(model)  # collective: gathers sharded weights onto the main process
     final, tmp = output_dir / f"checkpoint-{step}", output_dir / f".checkpoint-{step}.tmp"
@@ -56,8 +70,7 @@ def save_checkpoint(accelerator, output_dir: Path, model, tokenizer, trainer_sta
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / f"optimizer_{accelerator.process_index}.pt")
+    torch.save(optimizer.state_dict(), tmp / f"optimizer_{accelerator.process_index}.pt")
     if accelerator.is_main_process:
         save_policy(accelerator.unwrap_model(model), tokenizer, tmp, state_dict=weights)
         torch.save(trainer_state, tmp / STATE_FILE)
@@ -74,25 +87,6 @@ def save_checkpoint(accelerator, output_dir: Path, model, tokenizer, trainer_sta
                 remove_dir(old)
     accelerator.wait_for_everyone()
     return final
-
-
-def remove_dir(path: Path) -> None:
-    """Rename, then delete: a kill during the delete leaves a hidden `.NAME.deleting`, never a
-    half-deleted folder under a name that resume or a user would trust."""
-    doomed = path.with_name(f".{path.name}.deleting")
-    shutil.rmtree(doomed, ignore_errors=True)
-    path.rename(doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a completely written `tmp` to `final`, replacing an older `final` only once tmp is in place."""
-    old = final.with_name(f".{final.name}.deleting")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_leftovers(output_dir: Path) -> None:
@@ -136,18 +130,20 @@ def find_resume(resume_from: str | None, output_dir: Path) -> Path | None:
 
 def load_weights(path: Path, model, dtype: str) -> None:
     """The checkpoint's policy and critic into `model` before `accelerator.prepare` (which then shards them)."""
+    from rlhf_app.models.policy import load_policy
+
     saved, _ = load_policy(path, dtype=dtype)
     model.load_state_dict(saved.state_dict())
 
 
 def load_checkpoint(path: Path, accelerator, optimizer) -> dict:
     """Restore this process's optimizer state and RNG; return the saved trainer state."""
+    import torch
+
     rng_file = path / f"rng_state_{accelerator.process_index}.pt"
     if not rng_file.is_file():
         raise FileNotFoundError(f"{path} was saved by a run with fewer processes: {rng_file.name} is missing")
     _set_rng_state(torch.load(rng_file, weights_only=False))
     saved = torch.load(path / STATE_FILE, weights_only=False)
-    own = path / f"optimizer_{accelerator.process_index}.pt"
-    # Checkpoints written before per-process optimizer files kept the main process's state in STATE_FILE.
-    optimizer.load_state_dict(torch.load(own, weights_only=False) if own.is_file() else saved["optimizer"])
+    optimizer.load_state_dict(torch.load(path / f"optimizer_{accelerator.process_index}.pt", weights_only=False))
     return saved

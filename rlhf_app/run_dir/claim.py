@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from rlhf_app.config import TrainConfig, flat_keys
 from rlhf_app.preflight import PreflightError
+from rlhf_app.run_dir.atomic import remove_dir
+from rlhf_app.run_dir.checkpoint import STATE_JSON, checkpoints, find_resume, remove_leftovers
 
 LOCK_FILE = ".lock"
 FINISHED_FILE = "trainer_state.json"  # in final/: the update the run finished at
 # What a run writes (and overwrite_output_dir=true removes); anything else in the folder is left alone.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "eval.json", "values.json", "report.html", "plots",
-             "final", "README.md", "hub_upload", "wandb", "tensorboard", "trackio")
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "samples.jsonl", "eval.json", "values.json", "report.html", "plots",
+               "final", "README.md", "hub_upload", "wandb", "tensorboard", "trackio")
 # Changes a resume may make. Any other changed key alters what is trained: the resume is refused.
 SAFE = ("output_dir", "resume_from", "overwrite_output_dir", "recipe", "save_steps", "save_total_limit",
         "report_to", "run_name", "logging_steps", "sample_every", "eval_before_after", "eval_steps", "print_config",
@@ -38,6 +40,19 @@ APPLIED = ("ppo.learning_rate", "ppo.max_grad_norm", "ppo.total_episodes")
 
 class RunDirError(PreflightError):
     """The run folder cannot be used as asked; the message names the three ways on."""
+
+
+def check_output_dir(output_dir: str) -> None:
+    """The run folder can be created and written to (before any model loads)."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise RunDirError(f"output_dir={output_dir} is not writable ({reason}): choose another output_dir") \
+            from None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -91,8 +106,6 @@ class RunLock:
 def holds_run(output_dir: Path) -> bool:
     """Whether the folder holds a run's results: a logged update, a checkpoint or final/. A config.yaml
     alone (a run that failed before its first update) is rewritten by the next start."""
-    from rlhf_app.run_dir.checkpoint import checkpoints
-
     out = Path(output_dir)
     metrics = out / "metrics.jsonl"
     return (metrics.is_file() and metrics.stat().st_size > 0) or (out / "final").exists() or bool(checkpoints(out))
@@ -101,11 +114,9 @@ def holds_run(output_dir: Path) -> bool:
 def clear_run(output_dir: Path) -> None:
     """Remove the files a run wrote (overwrite_output_dir=true); other files in the folder stay."""
     out = Path(output_dir)
-    for path in [out / name for name in RUN_FILES] + sorted(out.glob("checkpoint-*")) + sorted(out.glob(".checkpoint-*")):
+    for path in [out / name for name in RUN_OUTPUTS] + sorted(out.glob("checkpoint-*")) + sorted(out.glob(".checkpoint-*")):
         if path.is_dir():
-            doomed = path.with_name(f".{path.name.lstrip('.')}.deleting")
-            path.rename(doomed)  # a kill now leaves a hidden folder, never a half-deleted run file
-            shutil.rmtree(doomed)
+            remove_dir(path)
         elif path.exists():
             path.unlink()
 
@@ -150,8 +161,6 @@ def check_start(cfg: TrainConfig, total_updates: int, num_processes: int) -> lis
 
     Called with the lock held and before anything in the folder is written.
     """
-    from rlhf_app.run_dir.checkpoint import STATE_JSON, find_resume
-
     out = Path(cfg.output_dir)
     if not holds_run(out):
         if cfg.resume_from and cfg.resume_from != "auto":
@@ -212,9 +221,6 @@ class claim:
         self.lock = RunLock(Path(cfg.output_dir))
 
     def __enter__(self):
-        from rlhf_app.run_dir.checkpoint import remove_leftovers
-        from rlhf_app.preflight import check_output_dir
-
         message, notes = None, []
         if self.state.is_main_process:
             try:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
+
+from rlhf_app.run_dir.atomic import write_text
 
 
 def truncate_rows(path: Path, step: int) -> None:
     """Drop logged rows past `step`: a resumed run rewrites what the killed run logged after its checkpoint.
 
-    The new file is written beside the old one and renamed over it, so a kill at any moment leaves
-    either file whole. A line that is not JSON (the last one, torn by a kill during its write) is
-    dropped with a warning.
+    The new file is written atomically, so a kill at any moment leaves either file whole. A line that
+    is not JSON (the last one, torn by a kill during its write) is dropped with a warning.
     """
     path = Path(path)
     if not path.is_file():
@@ -33,9 +33,4 @@ def truncate_rows(path: Path, step: int) -> None:
             keep.append(line)
     if keep == lines:
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write("".join(line + "\n" for line in keep))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text(path, "".join(line + "\n" for line in keep))

