@@ -109,7 +109,9 @@ def child_update(spec: dict) -> dict:
 
 
 def _child(spec_path: str, result_path: str) -> None:
-    os.environ.update(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false")
+    from rlhf_app.offline import OFFLINE_ENV
+
+    os.environ.update(OFFLINE_ENV, TOKENIZERS_PARALLELISM="false")
     spec = json.loads(Path(spec_path).read_text())
     result = (child_rollout if spec["kind"] == "rollout" else child_update)(spec)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -212,8 +212,9 @@ def main(argv: list[str]) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     recipes = args.only or list(RECIPES)
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // min(args.jobs, len(recipes))))
-    env = {**os.environ, "RLHF_APP_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-           "OMP_NUM_THREADS": threads,
+    from rlhf_app.offline import OFFLINE_ENV
+
+    env = {**os.environ, **OFFLINE_ENV, "RLHF_APP_CACHE": str(cache), "OMP_NUM_THREADS": threads,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     results = {}
     # Before the first write: the bench's own outputs are tracked files, so a check after it would

@@ -45,12 +45,16 @@ def check_positions(model_config, datasets: dict, response_length: int) -> None:
                 f"or lower data.max_prompt_length")
 
 
-def check_prompts_fill_a_batch(num_prompts: int, local_batch_size: int, world_size: int) -> None:
-    """One update needs `local_batch_size` prompts on each of `world_size` processes."""
-    need = local_batch_size * world_size
+def check_prompts_fill_a_batch(num_prompts: int, local_batch_size: int, world_size: int,
+                               num_generations: int = 1) -> None:
+    """One update takes `local_batch_size / num_generations` distinct prompts on each of `world_size`
+    processes (each prompt repeated `num_generations` times in a row: `rl.sampler.PromptSampler`)."""
+    need = local_batch_size // num_generations * world_size
     if num_prompts < need:
+        episodes = f"{local_batch_size * world_size} episodes" + (
+            f" ({need} prompts x {num_generations} generations)" if num_generations > 1 else "")
         raise PreflightError(
-            f"{num_prompts} training prompts cannot fill one update of {need} episodes "
+            f"{num_prompts} training prompts cannot fill one update of {episodes} "
             f"(ppo.per_device_train_batch_size x gradient_accumulation_steps x num_mini_batches x {world_size} "
             f"processes): lower ppo.per_device_train_batch_size or ppo.num_mini_batches, or add prompts "
             f"(data.num_train)")

@@ -63,7 +63,8 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
         train_ds, eval_ds = data.load_prompts(cfg, tokenizer)
         rewards.resolve_sources(cfg, train_ds.column_names)
     preflight.check_positions(model_config, {"training": train_ds, "held-out": eval_ds}, cfg.ppo.response_length)
-    preflight.check_prompts_fill_a_batch(len(train_ds), cfg.ppo.local_batch_size, accelerator.num_processes)
+    preflight.check_prompts_fill_a_batch(len(train_ds), cfg.ppo.local_batch_size, accelerator.num_processes,
+                                         cfg.algorithm.group_size)
     # ---- models
     with hub_access("the policy", cfg.model.name_or_path, cfg), accelerator.main_process_first():
         model, ref_policy = models.build_models(cfg)

@@ -102,7 +102,7 @@ def test_hub_imdb_uses_train_and_test_splits(tokenizer, monkeypatch):
 
 
 def test_too_many_eval_prompts_end_the_run_in_one_line_before_the_model_loads(tmp_path, capsys):
-    from rlhf_app.cli import main
+    from rlhf_app.cli.main import main
 
     with pytest.raises(SystemExit) as end:
         main(["train", "recipe=tiny", f"output_dir={tmp_path / 'run'}", "data.name=imdb", "data.source=offline",

@@ -24,6 +24,10 @@ def test_fewer_prompts_than_one_update():
     check_prompts_fill_a_batch(64, 32, 2)
     with pytest.raises(PreflightError, match="63 training prompts cannot fill one update of 64 episodes"):
         check_prompts_fill_a_batch(63, 32, 2)
+    # GRPO: 32 episodes per process are 4 prompts x 8 generations, so 2 processes need 8 distinct prompts
+    check_prompts_fill_a_batch(8, 32, 2, num_generations=8)
+    with pytest.raises(PreflightError, match=r"7 training prompts cannot fill one update of 64 episodes \(8 prompts x 8"):
+        check_prompts_fill_a_batch(7, 32, 2, num_generations=8)
 
 
 @pytest.mark.parametrize("arg, start", [

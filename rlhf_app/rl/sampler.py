@@ -11,7 +11,8 @@ class PromptSampler:
     Each process takes its own slice of every global batch, so N processes together see the
     same prompts one process would see with an N times larger batch. With `num_generations` G,
     a batch of `batch_size` episodes holds batch_size / G prompts, each repeated G times in a row:
-    a group is consecutive and never straddles processes.
+    a group is consecutive and never straddles processes. The dataset must hold one global batch
+    of prompts: `preflight.check_prompts_fill_a_batch` says so before training starts.
     """
 
     def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
@@ -20,9 +21,6 @@ class PromptSampler:
             raise ValueError(f"a batch of {batch_size} episodes cannot hold whole groups of {num_generations}")
         self.prompts_per_batch = batch_size // num_generations
         global_batch = self.prompts_per_batch * world_size
-        if len(dataset) < global_batch:
-            raise ValueError(f"{len(dataset)} training prompts cannot fill a batch of {global_batch}: "
-                             "lower ppo.per_device_train_batch_size or add data")
         self.dataset, self.batch_size, self.seed, self.num_generations = dataset, batch_size, seed, num_generations
         self.rank, self.world_size, self.global_batch = rank, world_size, global_batch
         self.epoch, self.position = 0, 0
