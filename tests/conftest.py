@@ -1,7 +1,16 @@
-"""Tests run offline, single-threaded, with assets built in quick mode into a private cache."""
+"""Tests run offline, single-threaded, with assets built in quick mode into a private cache.
+
+Shared fixtures: `tiny_cfg` (the tiny recipe's config), `train_tiny` (train it in this process),
+`finished_tiny_run` (one finished tiny run for the whole session, read-only: a test that writes into
+a run folder takes `tiny_run_copy`), `reward_cfg` (a TrainConfig with only reward fields set)."""
 
 import os
+import shutil
 import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
 
 from rlhf_app.offline import set_network_env
 
@@ -13,4 +22,64 @@ os.environ.setdefault("RLHF_APP_CACHE", tempfile.mkdtemp(prefix="rlhf_app-test-c
 
 import torch  # noqa: E402
 
+from rlhf_app.config import TrainConfig, load_config  # noqa: E402
+
 torch.set_num_threads(1)
+
+# The shared run: 640 episodes / 32 per update = 20 updates, checkpoints after updates 10 and 20,
+# evaluation before and after, values.json and the report (the tiny recipe's defaults).
+FINISHED_TINY_RUN = ("ppo.total_episodes=640", "save_steps=10")
+
+
+class TinyRun(NamedTuple):
+    dir: Path
+    result: dict  # what rlhf_app.run.run returned: step, model, eval, ...
+
+
+def _tiny_cfg(*overrides: str, output_dir: str | Path | None = None) -> TrainConfig:
+    """recipe=tiny with OVERRIDES (`key=value` or TRL's `--key value`) and, when given, its run folder."""
+    where = [] if output_dir is None else [f"output_dir={output_dir}"]
+    return load_config(["recipe=tiny", *where, *overrides])
+
+
+def _train_tiny(out: str | Path, *overrides: str) -> TinyRun:
+    """Trains recipe=tiny with OVERRIDES into OUT in this process, through the composition root."""
+    from rlhf_app.run import run
+
+    return TinyRun(Path(out), run(_tiny_cfg(*overrides, output_dir=out)))
+
+
+def _reward_cfg(**reward) -> TrainConfig:
+    """The dataclass defaults with these reward fields, unvalidated (so a test can hand build_reward
+    a config that load_config would refuse)."""
+    cfg = TrainConfig()
+    for key, value in reward.items():
+        setattr(cfg.reward, key, value)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    return _tiny_cfg
+
+
+@pytest.fixture(scope="session")
+def train_tiny():
+    return _train_tiny
+
+
+@pytest.fixture(scope="session")
+def reward_cfg():
+    return _reward_cfg
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tmp_path_factory) -> TinyRun:
+    """A finished tiny run (FINISHED_TINY_RUN), trained once per session; never write into it."""
+    return _train_tiny(tmp_path_factory.mktemp("finished-tiny"), *FINISHED_TINY_RUN)
+
+
+@pytest.fixture
+def tiny_run_copy(finished_tiny_run, tmp_path) -> Path:
+    """A copy of the finished tiny run's folder, for a test that writes into it."""
+    return Path(shutil.copytree(finished_tiny_run.dir, tmp_path / "run"))

@@ -4,20 +4,13 @@ to the trackers every logging_steps updates while metrics.jsonl keeps every upda
 
 import json
 
-from rlhf_app import run as cli
-from rlhf_app.config import load_config
+LOGGED = ("ppo.total_episodes=96", "eval_before_after=false", "sample_every=2")  # 3 updates, a table at 2
 
 
-def _run(tmp_path, *extra):
-    out = tmp_path / "run"
-    cli.run(load_config(["recipe=tiny", f"output_dir={out}", "ppo.total_episodes=96", "eval_before_after=false",
-                         "sample_every=2", *extra]))
-    return out
-
-
-def test_table_every_sample_every_updates_with_the_logged_rows(tmp_path, capsys, monkeypatch):
+def test_table_every_sample_every_updates_with_the_logged_rows(tmp_path, train_tiny, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # wide enough that rich wraps no cell
-    out = _run(tmp_path, "--num_completions_to_print", "3", "--report_to", "tensorboard", "--logging_steps", "2")
+    out, _ = train_tiny(tmp_path / "run", *LOGGED, "--num_completions_to_print", "3", "--report_to", "tensorboard",
+                        "--logging_steps", "2")
     printed = capsys.readouterr().out
     # logging_steps=2: the tracker got update 2 only; metrics.jsonl has all 3
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -38,7 +31,7 @@ def test_table_every_sample_every_updates_with_the_logged_rows(tmp_path, capsys,
         assert cells == [row["prompt"].strip(), row["completion"].strip(), f"{row['score']:.2f}"]
 
 
-def test_log_completions_false_prints_no_table(tmp_path, capsys):
-    out = _run(tmp_path, "log_completions=false")
+def test_log_completions_false_prints_no_table(tmp_path, train_tiny, capsys):
+    out, _ = train_tiny(tmp_path / "run", *LOGGED, "log_completions=false")
     assert "Step 2" not in capsys.readouterr().out
     assert (out / "samples.jsonl").read_text()  # the samples are still recorded

@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 
-from rlhf_app.run import run
 from rlhf_app.config import load_config
 from rlhf_app.models.policy import load_policy
 
@@ -14,15 +13,8 @@ def _rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny")
-    cfg = load_config(["recipe=tiny", f"output_dir={out}", "ppo.total_episodes=640", "save_steps=10"])
-    return out, run(cfg)
-
-
-def test_reward_rises_on_the_tiny_model(tiny_run):
-    out, result = tiny_run
+def test_reward_rises_on_the_tiny_model(finished_tiny_run):
+    out, result = finished_tiny_run
     rows = _rows(out)
     assert len(rows) == 20  # 640 episodes / 32 per update
     first = sum(r["objective/scores"] for r in rows[:3]) / 3
@@ -38,8 +30,8 @@ def test_reward_rises_on_the_tiny_model(tiny_run):
         assert key in rows[-1]
 
 
-def test_run_folder_holds_config_checkpoint_final_and_report(tiny_run):
-    out, _ = tiny_run
+def test_run_folder_holds_config_checkpoint_final_and_report(finished_tiny_run):
+    out, _ = finished_tiny_run
     assert load_config([f"recipe={out / 'config.yaml'}"]).ppo.total_episodes == 640
     # save_steps=10 of 20 updates: update 10, and the last one (a finished run can be continued).
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
@@ -50,8 +42,8 @@ def test_run_folder_holds_config_checkpoint_final_and_report(tiny_run):
     assert set(json.loads((out / "values.json").read_text())) == {"high", "low"}
 
 
-def test_saved_policy_loads_back_with_identical_outputs(tiny_run):
-    out, result = tiny_run
+def test_saved_policy_loads_back_with_identical_outputs(finished_tiny_run):
+    out, result = finished_tiny_run
     trained = result["model"].eval()
     loaded, tokenizer = load_policy(out / "final")
     ids = torch.tensor([tokenizer("the movie was")["input_ids"]])
@@ -65,10 +57,8 @@ def test_saved_policy_loads_back_with_identical_outputs(tiny_run):
 
 @pytest.mark.parametrize("overrides", [["model.value_model=separate"], ["peft.enabled=true", "peft.r=4"]],
                          ids=["separate-critic", "lora"])
-def test_variants_train(tmp_path, overrides):
-    cfg = load_config(["recipe=tiny", f"output_dir={tmp_path}", "ppo.total_episodes=64",
-                       "eval_before_after=false", *overrides])
-    result = run(cfg)
+def test_variants_train(tmp_path, train_tiny, overrides):
+    _, result = train_tiny(tmp_path, "ppo.total_episodes=64", "eval_before_after=false", *overrides)
     assert result["step"] == 2
     loaded, _ = load_policy(tmp_path / "final")
     assert (loaded.critic is not None) == ("model.value_model=separate" in overrides)
