@@ -120,12 +120,10 @@ def test_a_stop_signal_and_ctrl_c_map_to_their_exit_codes(monkeypatch, capsys):
         assert rlhf_app(capsys, "train") == (code, "")
 
 
-def test_train_eval_report_push_on_a_tiny_run(tmp_path, capsys):
-    run = tmp_path / "run"
-    code, _ = rlhf_app(capsys, "train", "--config", "tiny", "--output_dir", str(run), "--total_episodes", "64",
-                       "--eval_before_after", "false", "--sample_every", "0")
-    assert code is None
-    assert (run / "final" / "model.safetensors").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) == 2
+def test_eval_report_push_on_a_finished_tiny_run(tiny_run_copy, capsys):
+    run = tiny_run_copy
+    (run / "report.html").unlink()  # the run wrote one: the report command must write it again
+    assert not (run / "eval-final.json").exists() and not (run / "hub_upload").exists()
     code, out = rlhf_app(capsys, "eval", "--run_dir", str(run), "--num", "4", "ppo.response_length=8")
     assert code is None
     assert "final on 4 eval prompts: mean score" in out and (run / "eval-final.json").is_file()

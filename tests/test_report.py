@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_app.cli.main import main
-from rlhf_app.config import load_config, to_yaml
+from rlhf_app.config import to_yaml
 from rlhf_app.report import eval_rows, load_jsonl, pair_samples, summarize, write_report
 from rlhf_app.report_plots import cumulative_mean
 from rlhf_app.text_stats import distinct_word_share
@@ -36,7 +36,7 @@ def _samples(completions: list[str], scores: list[float]) -> list[dict]:
 
 
 @pytest.fixture
-def run_dir(tmp_path: Path) -> Path:
+def run_dir(tmp_path: Path, tiny_cfg) -> Path:
     d = tmp_path / "run"
     d.mkdir()
     (d / "metrics.jsonl").write_text("".join(json.dumps(_metric_row(s)) + "\n" for s in range(1, 41)))
@@ -52,7 +52,7 @@ def run_dir(tmp_path: Path) -> Path:
     (d / "values.json").write_text(json.dumps({
         "high": {"tokens": tokens, "values": [0.1, 0.5, 1.0, 1.5, 2.0], "score": 2.0, "prompt": "ab"},
         "low": {"tokens": tokens[:3], "values": [0.1, -0.2, -0.4], "score": -0.5, "prompt": "b$"}}))
-    (d / "config.yaml").write_text(to_yaml(load_config(["recipe=tiny"])))
+    (d / "config.yaml").write_text(to_yaml(tiny_cfg()))
     return d
 
 
@@ -157,19 +157,10 @@ def test_evaluate_argument_errors_name_the_fix(run_dir: Path):
         assert line.startswith("error: ") and needle in line and "\n" not in line, line
 
 
-def test_evaluate_scores_a_saved_policy(tmp_path: Path, capsys):
-    import torch
-
-    from rlhf_app.models import policy as models
-
-    torch.set_num_threads(1)
-    cfg = load_config(["recipe=tiny", f"output_dir={tmp_path}"])
-    (tmp_path / "config.yaml").write_text(to_yaml(cfg))
-    model, _ = models.build_models(cfg)
-    models.save_policy(model, models.load_tokenizer(cfg.model.name_or_path), tmp_path / "final")
-    main(["eval", f"run_dir={tmp_path}", "num=4", "ppo.response_length=8"])
+def test_evaluate_scores_a_saved_policy(tiny_run_copy, capsys):
+    main(["eval", f"run_dir={tiny_run_copy}", "num=4", "ppo.response_length=8"])
     assert "final on 4 eval prompts: mean score" in capsys.readouterr().out
-    out = json.loads((tmp_path / "eval-final.json").read_text())
+    out = json.loads((tiny_run_copy / "eval-final.json").read_text())
     assert out["checkpoint"] == "final" and out["split"] == "eval" and len(out["samples"]) == 4
     for s in out["samples"]:  # the toy reward: share of "a" characters in the completion
         assert s["score"] == pytest.approx(s["completion"].count("a") / max(len(s["completion"]), 1))
