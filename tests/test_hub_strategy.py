@@ -10,7 +10,6 @@ import torch
 from huggingface_hub import HfApi
 from safetensors.torch import save_file
 
-from rlhf_app import run as cli
 from rlhf_app.hub import upload as hub
 from rlhf_app.assets.registry import build_tiny
 from rlhf_app.config import ConfigError, load_config, to_yaml
@@ -23,15 +22,14 @@ def _files(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
 
-def test_every_save_dry_run_writes_one_upload_folder_per_checkpoint(tmp_path, monkeypatch, capsys):
+def test_every_save_dry_run_writes_one_upload_folder_per_checkpoint(tmp_path, train_tiny, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", HF_FAKE)
     run = tmp_path / "run"
     # tiny: 32 episodes per update -> 3 updates; checkpoints after updates 1, 2 and 3 (the last one saves too,
     # so the run can be continued), pushes after 1 and 2, then final/ (the last checkpoint's weights)
-    cfg = load_config(["recipe=tiny", f"output_dir={run}", "ppo.total_episodes=96", "save_steps=1",
-                       "save_total_limit=1", "eval_before_after=false", "sample_every=1", "--push_to_hub",
-                       "--hub_model_id", "alice/tiny-ppo", "--hub_strategy", "every_save", "hub.dry_run=true"])
-    cli.run(cfg)
+    train_tiny(run, "ppo.total_episodes=96", "save_steps=1", "save_total_limit=1", "eval_before_after=false",
+               "sample_every=1", "--push_to_hub", "--hub_model_id", "alice/tiny-ppo", "--hub_strategy", "every_save",
+               "hub.dry_run=true")
     out = capsys.readouterr().out
     uploads = sorted(p.name for p in run.iterdir() if p.name.startswith(hub.UPLOAD_DIR))
     assert uploads == ["hub_upload", "hub_upload-checkpoint-1", "hub_upload-checkpoint-2"]

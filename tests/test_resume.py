@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_app.run import run
-from rlhf_app.config import load_config
 from rlhf_app.run_dir.checkpoint import STATE_FILE, find_resume
 from rlhf_app.run_dir.claim import RunDirError
 
@@ -51,21 +49,18 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 900) -> None:
 
 EPISODES = 32  # per update of the tiny recipe (16 x 1 x 2 mini-batches)
 COMMON = ["save_steps=3", "save_total_limit=1"]
-
-
-def _run(out: Path, *extra: str) -> dict:
-    return run(load_config(["recipe=tiny", f"output_dir={out}", "eval_before_after=false", *COMMON, *extra]))
+IN_PROCESS = ("eval_before_after=false", *COMMON)  # the runs this process trains (train_tiny)
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight(tmp_path_factory, train_tiny):
     """An uninterrupted run of `updates` updates, run once per length for the whole module."""
     runs = {}
 
     def get(updates: int) -> Path:
         if updates not in runs:
             runs[updates] = tmp_path_factory.mktemp(f"straight{updates}")
-            _run(runs[updates], f"ppo.total_episodes={EPISODES * updates}")
+            train_tiny(runs[updates], *IN_PROCESS, f"ppo.total_episodes={EPISODES * updates}")
         return runs[updates]
     return get
 
@@ -83,7 +78,7 @@ def _newest_step(out: Path) -> int:
     return int(find_resume("auto", out).name.split("-")[1])
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, straight):
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, train_tiny, straight):
     # The killed run asks for far more updates than it gets, so it is surely still running when killed;
     # the tiny recipe's learning rate is constant, so the total does not change the updates before it.
     killed = tmp_path / "killed"
@@ -91,14 +86,15 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, straight):
     _wait_for(lambda: (killed / "checkpoint-3" / STATE_FILE).is_file(), proc)
     # A second run into the live run's folder is kept out by the lock.
     with pytest.raises(RunDirError, match=rf"is in use by a live run \(pid {proc.pid} on "):
-        _run(killed, "resume_from=auto")
+        train_tiny(killed, *IN_PROCESS, "resume_from=auto")
     proc.send_signal(signal.SIGKILL)
     _finish(proc)
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "final").exists()
 
     updates = max(10, _newest_step(killed) + 3)
-    result = _run(killed, "resume_from=auto", f"ppo.total_episodes={EPISODES * updates}")  # the stale lock is ignored
+    # the stale lock is ignored
+    _, result = train_tiny(killed, *IN_PROCESS, "resume_from=auto", f"ppo.total_episodes={EPISODES * updates}")
     assert result["step"] == updates
     _assert_same_metrics(straight(updates), killed)
     # save_total_limit=1 keeps only the newest checkpoint: the one of the last update.
@@ -107,7 +103,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, straight):
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_and_sigterm_save_at_an_update_boundary_and_resume_exactly(tmp_path, straight, sig, code):
+def test_ctrl_c_and_sigterm_save_at_an_update_boundary_and_resume_exactly(tmp_path, train_tiny, straight, sig, code):
     out = tmp_path / "run"
     proc = _start(out, *COMMON, "ppo.total_episodes=100000")
     metrics = out / "metrics.jsonl"
@@ -122,7 +118,7 @@ def test_ctrl_c_and_sigterm_save_at_an_update_boundary_and_resume_exactly(tmp_pa
     assert step >= 2 and len(metrics.read_text().splitlines()) == step
 
     updates = max(10, step + 2)
-    _run(out, "resume_from=auto", f"ppo.total_episodes={EPISODES * updates}")
+    train_tiny(out, *IN_PROCESS, "resume_from=auto", f"ppo.total_episodes={EPISODES * updates}")
     _assert_same_metrics(straight(updates), out)
 
 
@@ -133,25 +129,25 @@ def _kill_during(mode: str, out: Path, *extra: str) -> None:
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
 
 
-def test_a_kill_during_the_metrics_rewrite_leaves_a_resumable_folder(tmp_path, straight):
+def test_a_kill_during_the_metrics_rewrite_leaves_a_resumable_folder(tmp_path, train_tiny, straight):
     out, total = tmp_path / "run", f"ppo.total_episodes={EPISODES * 10}"
-    _run(out, f"ppo.total_episodes={EPISODES * 5}")  # 5 updates logged, checkpoints 3 and 5
+    train_tiny(out, *IN_PROCESS, f"ppo.total_episodes={EPISODES * 5}")  # 5 updates logged, checkpoints 3 and 5
     for name in ("final", "checkpoint-5"):  # as if killed after logging update 5: rows 4-5 are past checkpoint-3
         shutil.rmtree(out / name)
     (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text() + '{"step": 6, "episo')  # a torn row
     _kill_during("truncation", out, "resume_from=auto", total)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 6  # the old file is whole: not yet replaced
-    result = _run(out, "resume_from=auto", total)
+    _, result = train_tiny(out, *IN_PROCESS, "resume_from=auto", total)
     assert result["step"] == 10 and not list(out.glob(".*.tmp"))
     _assert_same_metrics(straight(10), out)
 
 
-def test_a_kill_during_checkpoint_rotation_leaves_a_resumable_folder(tmp_path, straight):
+def test_a_kill_during_checkpoint_rotation_leaves_a_resumable_folder(tmp_path, train_tiny, straight):
     out, total = tmp_path / "run", f"ppo.total_episodes={EPISODES * 10}"
     _kill_during("rotation", out, total)  # dies deleting checkpoint-3 once checkpoint-6 is written
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-6"]
     assert (out / ".checkpoint-3.deleting").is_dir()  # half-deleted, but under a name nothing trusts
-    result = _run(out, "resume_from=auto", total)
+    _, result = train_tiny(out, *IN_PROCESS, "resume_from=auto", total)
     assert result["step"] == 10 and not list(out.glob(".*.deleting"))
     _assert_same_metrics(straight(10), out)
 
@@ -173,13 +169,13 @@ def test_resume_never_picks_a_half_written_checkpoint(tmp_path):
         raise AssertionError("a half-written checkpoint was accepted")
 
 
-def test_nan_and_out_of_memory_get_one_line_that_names_the_fix(tmp_path):
+def test_nan_and_out_of_memory_get_one_line_that_names_the_fix(tmp_path, tiny_cfg):
     import torch
 
     from rlhf_app.failures import explain
     from rlhf_app.rl.loop import NonFiniteError
 
-    cfg = load_config(["recipe=tiny", f"output_dir={tmp_path}"])
+    cfg = tiny_cfg(output_dir=tmp_path)
     (tmp_path / "checkpoint-4").mkdir()
     (tmp_path / "checkpoint-4" / STATE_FILE).write_bytes(b"x")
     nan = explain(NonFiniteError("non-finite loss, reward or KL at update 5"), cfg)
@@ -190,15 +186,16 @@ def test_nan_and_out_of_memory_get_one_line_that_names_the_fix(tmp_path):
     assert explain(RuntimeError("something else"), cfg) is None
 
 
-def test_logged_lr_is_the_rate_used_and_a_new_rate_on_resume_is_applied(tmp_path):
+def test_logged_lr_is_the_rate_used_and_a_new_rate_on_resume_is_applied(tmp_path, train_tiny):
     # Linear decay over 2 updates x 8 optimizer steps: update 1 runs at the full rate, update 2 from half of it.
     args = ["ppo.lr_scheduler_type=linear", "ppo.missing_eos_penalty=1.0", "save_steps=1"]
-    _run(tmp_path, *args, f"ppo.total_episodes={EPISODES * 2}")
+    train_tiny(tmp_path, *IN_PROCESS, *args, f"ppo.total_episodes={EPISODES * 2}")
     rows = _metrics(tmp_path)
     assert [r["lr"] for r in rows] == pytest.approx([3e-3, 1.5e-3], rel=1e-9)
     for r in rows:  # both scores are logged: as the reward gave it, and after the missing-EOS penalty
         assert r["objective/scores_adjusted"] == pytest.approx(r["objective/scores"] - (1 - r["val/eos_fraction"]),
                                                                abs=1e-6)
     # Resumed with a new rate and a longer run: the schedule (8 of 24 steps left) applies to the new rate.
-    _run(tmp_path, *args, f"ppo.total_episodes={EPISODES * 3}", "resume_from=auto", "ppo.learning_rate=1e-3")
+    train_tiny(tmp_path, *IN_PROCESS, *args, f"ppo.total_episodes={EPISODES * 3}", "resume_from=auto",
+               "ppo.learning_rate=1e-3")
     assert _metrics(tmp_path)[2]["lr"] == pytest.approx(1e-3 * 8 / 24, rel=1e-9)

@@ -10,14 +10,10 @@ import sys
 import pytest
 
 from rlhf_app.run_dir import claim as run_dir
-from rlhf_app.config import load_config, to_yaml
+from rlhf_app.config import to_yaml
 from rlhf_app.run_dir import atomic
 from rlhf_app.run_dir.checkpoint import STATE_FILE, STATE_JSON, checkpoints, policy_folders
 from rlhf_app.run_dir.claim import RunDirError, RunLock, check_output_dir, check_start, config_changes
-
-
-def _cfg(out, *args):
-    return load_config(["recipe=tiny", f"output_dir={out}", *args])
 
 
 def _fake_run(out, cfg, checkpoints=(3,), finished=None):
@@ -39,28 +35,28 @@ def _fake_run(out, cfg, checkpoints=(3,), finished=None):
 AGAIN = "continue it with resume_from=auto, replace it with overwrite_output_dir=true, or choose another output_dir"
 
 
-def test_a_new_run_into_a_folder_with_a_run_is_refused(tmp_path):
+def test_a_new_run_into_a_folder_with_a_run_is_refused(tmp_path, tiny_cfg):
     out = tmp_path / "run"
-    assert check_start(_cfg(out), 40, 1) == []  # no folder yet: fine
-    _fake_run(out, _cfg(out))
+    assert check_start(tiny_cfg(output_dir=out), 40, 1) == []  # no folder yet: fine
+    _fake_run(out, tiny_cfg(output_dir=out))
     with pytest.raises(RunDirError) as err:
-        check_start(_cfg(out), 40, 1)
+        check_start(tiny_cfg(output_dir=out), 40, 1)
     assert str(err.value) == f"output_dir={out} holds another run: {AGAIN}"
     assert (out / "metrics.jsonl").read_text().count("\n") == 3  # untouched
 
 
-def test_overwrite_output_dir_removes_only_what_a_run_wrote(tmp_path):
+def test_overwrite_output_dir_removes_only_what_a_run_wrote(tmp_path, tiny_cfg):
     out = tmp_path / "run"
-    _fake_run(out, _cfg(out), finished=10)
+    _fake_run(out, tiny_cfg(output_dir=out), finished=10)
     (out / "my-notes.txt").write_text("mine")
-    notes = check_start(_cfg(out, "overwrite_output_dir=true"), 40, 1)
+    notes = check_start(tiny_cfg("overwrite_output_dir=true", output_dir=out), 40, 1)
     assert notes == [f"note: overwrite_output_dir=true: removed the earlier run in {out}"]
     assert sorted(p.name for p in out.iterdir()) == ["my-notes.txt"]
 
 
-def test_resuming_a_finished_run_says_so_and_never_replaces_final_with_older_weights(tmp_path):
+def test_resuming_a_finished_run_says_so_and_never_replaces_final_with_older_weights(tmp_path, tiny_cfg):
     out = tmp_path / "run"
-    cfg = _cfg(out, "resume_from=auto")
+    cfg = tiny_cfg("resume_from=auto", output_dir=out)
     _fake_run(out, cfg, checkpoints=(9, 10), finished=10)
     with pytest.raises(RunDirError, match=r"has finished at update 10 \(final/ holds it\); nothing to resume: "
                                           "raise ppo.total_episodes"):
@@ -69,51 +65,51 @@ def test_resuming_a_finished_run_says_so_and_never_replaces_final_with_older_wei
         check_start(cfg, 6, 1)  # a smaller total_episodes: still nothing to do, final/ stays
     assert check_start(cfg, 20, 1) == []  # a larger one continues from the checkpoint of update 10
     older = tmp_path / "older"
-    _fake_run(older, _cfg(older), checkpoints=(6,), finished=10)  # no checkpoint at the end
+    _fake_run(older, tiny_cfg(output_dir=older), checkpoints=(6,), finished=10)  # no checkpoint at the end
     with pytest.raises(RunDirError, match="newest checkpoint is update 6: continuing from it would replace final/"):
-        check_start(_cfg(older, "resume_from=auto"), 20, 1)
+        check_start(tiny_cfg("resume_from=auto", output_dir=older), 20, 1)
 
 
 @pytest.mark.parametrize("change", ["model.name_or_path=asset:demo-policy", "model.value_model=separate",
                                     "peft.enabled=true", "ppo.per_device_train_batch_size=8",
                                     "ppo.num_mini_batches=4", "seed=1", "data.name=imdb", "reward.target=b",
                                     "ppo.cliprange=0.3"])
-def test_resume_with_a_change_to_what_is_trained_is_refused_before_anything_is_written(tmp_path, change):
+def test_resume_with_a_change_to_what_is_trained_is_refused_before_anything_is_written(tmp_path, change, tiny_cfg):
     out = tmp_path / "run"
-    _fake_run(out, _cfg(out))
+    _fake_run(out, tiny_cfg(output_dir=out))
     before = (out / "config.yaml").read_text()
     with pytest.raises(RunDirError) as err:
-        check_start(_cfg(out, "resume_from=auto", change), 40, 1)
+        check_start(tiny_cfg("resume_from=auto", change, output_dir=out), 40, 1)
     key = change.split("=")[0]
     assert str(err.value).startswith("resume_from=auto with settings that change what is trained (" + key + ": ")
     assert "\n" not in str(err.value)
     assert (out / "config.yaml").read_text() == before
 
 
-def test_resume_with_safe_and_applied_changes_prints_notes(tmp_path):
+def test_resume_with_safe_and_applied_changes_prints_notes(tmp_path, tiny_cfg):
     out = tmp_path / "run"
-    _fake_run(out, _cfg(out))
-    notes = check_start(_cfg(out, "resume_from=auto", "ppo.total_episodes=2560", "save_steps=5",
-                             "sample_every=2", "ppo.learning_rate=1e-3"), 80, 1)
+    _fake_run(out, tiny_cfg(output_dir=out))
+    notes = check_start(tiny_cfg("resume_from=auto", "ppo.total_episodes=2560", "save_steps=5",
+                             "sample_every=2", "ppo.learning_rate=1e-3", output_dir=out), 80, 1)
     assert "note: resuming with ppo.learning_rate: 0.003 -> 0.001 (applied from update 4)" in notes
     assert "note: resuming with ppo.total_episodes: 1280 -> 2560 (applied from update 4)" in notes
     assert "note: resuming with save_steps: 0 -> 5" in notes and "note: resuming with sample_every: 10 -> 2" in notes
 
 
-def test_resume_past_the_new_total_or_with_other_processes_is_refused(tmp_path):
+def test_resume_past_the_new_total_or_with_other_processes_is_refused(tmp_path, tiny_cfg):
     out = tmp_path / "run"
-    _fake_run(out, _cfg(out), checkpoints=(3,))
+    _fake_run(out, tiny_cfg(output_dir=out), checkpoints=(3,))
     with pytest.raises(RunDirError, match="is at update 3, past the 2 updates ppo.total_episodes now asks for"):
-        check_start(_cfg(out, "resume_from=auto"), 2, 1)
+        check_start(tiny_cfg("resume_from=auto", output_dir=out), 2, 1)
     with pytest.raises(RunDirError, match="was saved by 1 processes, this run has 2"):
-        check_start(_cfg(out, "resume_from=auto"), 40, 2)
+        check_start(tiny_cfg("resume_from=auto", output_dir=out), 40, 2)
 
 
-def test_config_changes_count_a_field_the_old_file_lacks_as_its_default(tmp_path):
+def test_config_changes_count_a_field_the_old_file_lacks_as_its_default(tmp_path, tiny_cfg):
     out = tmp_path / "run"
     old = tmp_path / "old.yaml"
-    old.write_text(to_yaml(_cfg(out)).replace("  cliprange: 0.2\n", ""))
-    assert config_changes(old, _cfg(out)) == ([], [], [])
+    old.write_text(to_yaml(tiny_cfg(output_dir=out)).replace("  cliprange: 0.2\n", ""))
+    assert config_changes(old, tiny_cfg(output_dir=out)) == ([], [], [])
 
 
 def test_the_lock_keeps_a_second_live_run_out_and_a_dead_ones_lock_is_stale(tmp_path):
@@ -136,11 +132,11 @@ def test_the_lock_keeps_a_second_live_run_out_and_a_dead_ones_lock_is_stale(tmp_
         RunLock(tmp_path).acquire()
 
 
-def test_a_folder_with_only_the_config_of_a_failed_start_is_no_run(tmp_path):
+def test_a_folder_with_only_the_config_of_a_failed_start_is_no_run(tmp_path, tiny_cfg):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "config.yaml").write_text(to_yaml(_cfg(out)))  # e.g. the Hub was unreachable before update 1
-    assert check_start(_cfg(out), 40, 1) == []
+    (out / "config.yaml").write_text(to_yaml(tiny_cfg(output_dir=out)))  # e.g. the Hub was unreachable before update 1
+    assert check_start(tiny_cfg(output_dir=out), 40, 1) == []
 
 
 def test_output_dir_that_cannot_be_written(tmp_path):
@@ -153,8 +149,8 @@ def test_output_dir_that_cannot_be_written(tmp_path):
     assert list((tmp_path / "new" / "run").iterdir()) == []
 
 
-def test_checkpoints_are_the_complete_ones_in_update_order_and_policies_add_final(tmp_path):
-    _fake_run(tmp_path, _cfg(tmp_path), checkpoints=(10, 2), finished=10)
+def test_checkpoints_are_the_complete_ones_in_update_order_and_policies_add_final(tmp_path, tiny_cfg):
+    _fake_run(tmp_path, tiny_cfg(output_dir=tmp_path), checkpoints=(10, 2), finished=10)
     (tmp_path / "checkpoint-5").mkdir()  # no trainer state: not a checkpoint of ours
     (tmp_path / ".checkpoint-12.tmp").mkdir()  # being written
     assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-10"]
