@@ -51,13 +51,9 @@ def write_jsonl(path, rows):
     return path
 
 
-def cfg(*args):
-    return load_config(list(args))
-
-
 def test_local_jsonl_text_prompts_keep_columns_drop_overlong_and_split_seeded(tmp_path, tokenizer, capsys):
     path = write_jsonl(tmp_path / "p.jsonl", text_rows())
-    c = cfg(f"data.name={path}", "data.max_prompt_length=4", "data.eval_fraction=0.25")
+    c = load_config([f"data.name={path}", "data.max_prompt_length=4", "data.eval_fraction=0.25"])
     train, evals = data.load_prompts(c, tokenizer)
     assert set(train.column_names) == {"prompt", "input_ids", "answer", "weight"}
     out = capsys.readouterr().out
@@ -70,15 +66,15 @@ def test_local_jsonl_text_prompts_keep_columns_drop_overlong_and_split_seeded(tm
     assert set(train["answer"]).isdisjoint(list(evals["answer"]))  # the held-out rows never train
     again = data.load_prompts(c, tokenizer)[1]
     assert list(again["answer"]) == list(evals["answer"])  # seeded
-    other = data.load_prompts(cfg(f"data.name={path}", "data.max_prompt_length=4", "data.eval_fraction=0.25",
-                                  "seed=3"), tokenizer)[1]
+    other = data.load_prompts(load_config([f"data.name={path}", "data.max_prompt_length=4",
+                                           "data.eval_fraction=0.25", "seed=3"]), tokenizer)[1]
     assert list(other["answer"]) != list(evals["answer"])
 
 
 def test_local_parquet_conversational_prompts_use_the_chat_template(tmp_path, chat_tokenizer):
     path = tmp_path / "chat.parquet"
     Dataset.from_list(chat_rows()).to_parquet(str(path))
-    c = cfg(f"data.name={path}", "data.eval_fraction=0.2", "data.chat_template_kwargs={style: terse}")
+    c = load_config([f"data.name={path}", "data.eval_fraction=0.2", "data.chat_template_kwargs={style: terse}"])
     train, evals = data.load_prompts(c, chat_tokenizer)
     assert (len(train), len(evals)) == (8, 2)
     assert set(train.column_names) == {"prompt", "input_ids", "solution", CONVERSATION_COLUMN}
@@ -94,7 +90,8 @@ def test_folder_with_train_and_test_files_and_eval_split(tmp_path, tokenizer):
     folder.mkdir()
     write_jsonl(folder / "train.jsonl", [{"prompt": "a b", "answer": "1"}] * 6)
     write_jsonl(folder / "test.jsonl", [{"prompt": "c d e", "answer": "2"}] * 3)
-    train, evals = data.load_prompts(cfg(f"data.name={folder}", "data.eval_split=test", "data.num_eval=2"), tokenizer)
+    c = load_config([f"data.name={folder}", "data.eval_split=test", "data.num_eval=2"])
+    train, evals = data.load_prompts(c, tokenizer)
     assert (len(train), len(evals)) == (6, 2)
     assert set(train["answer"]) == {"1"} and set(evals["answer"]) == {"2"}
 
@@ -107,7 +104,8 @@ def test_hub_dataset_id_goes_through_load_dataset(monkeypatch, chat_tokenizer):
         return Dataset.from_list(chat_rows(4 if split == "validation" else 12))
 
     monkeypatch.setattr(prompt_data, "load_dataset", fake_load_dataset)
-    c = cfg("data.name=someone/math-prompts", "data.config=main", "data.eval_split=validation", "data.num_train=10")
+    c = load_config(["data.name=someone/math-prompts", "data.config=main", "data.eval_split=validation",
+                     "data.num_train=10"])
     train, evals = data.load_prompts(c, chat_tokenizer)
     assert calls == [("someone/math-prompts", "main", "train"), ("someone/math-prompts", "main", "validation")]
     assert (len(train), len(evals)) == (10, 4)
@@ -118,18 +116,18 @@ def test_missing_prompt_column_lists_the_columns(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "q.jsonl", [{"question": "a b", "answer": "1"}] * 4)
     with pytest.raises(DataError, match=r"^data.prompt_column='prompt' is not a column of .*q.jsonl: its columns "
                                         r"are question, answer$"):
-        data.load_prompts(cfg(f"data.name={path}"), tokenizer)
-    train, _ = data.load_prompts(cfg(f"data.name={path}", "data.prompt_column=question"), tokenizer)
+        data.load_prompts(load_config([f"data.name={path}"]), tokenizer)
+    train, _ = data.load_prompts(load_config([f"data.name={path}", "data.prompt_column=question"]), tokenizer)
     assert list(train["prompt"])[0] == "a b" and "question" not in train.column_names
 
 
 def test_conversations_need_a_chat_template(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "chat.jsonl", chat_rows())
     with pytest.raises(DataError, match="holds conversations but the policy tokenizer has no chat template"):
-        data.load_prompts(cfg(f"data.name={path}"), tokenizer)
+        data.load_prompts(load_config([f"data.name={path}"]), tokenizer)
 
 
 def test_the_shipped_example_prompts_load(chat_tokenizer):
-    train, evals = data.load_prompts(cfg("recipe=custom"), chat_tokenizer)
+    train, evals = data.load_prompts(load_config(["recipe=custom"]), chat_tokenizer)
     assert (len(train), len(evals)) == (32, 8)
     assert "keyword" in train.column_names and train[0]["prompt"].startswith("<system>")

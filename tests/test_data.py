@@ -15,7 +15,7 @@ from datasets import Dataset  # noqa: E402
 from rlhf_app.data import DataError  # noqa: E402
 from rlhf_app.data import prompts as data  # noqa: E402
 from rlhf_app.assets import gsm8k as gsm8k_offline  # noqa: E402
-from rlhf_app.config import ConfigError, TrainConfig, load_config  # noqa: E402
+from rlhf_app.config import ConfigError, load_config  # noqa: E402
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -46,14 +46,10 @@ def chat_tokenizer(tokenizer):
     return chat
 
 
-def cfg_for(*args: str) -> TrainConfig:
-    return load_config(list(args))
-
-
 # ---------------------------------------------------------------- IMDB
 
 def test_offline_imdb_prompts(tokenizer):
-    cfg = cfg_for("data.name=imdb", "data.source=offline", "data.num_train=300", "data.num_eval=40")
+    cfg = load_config(["data.name=imdb", "data.source=offline", "data.num_train=300", "data.num_eval=40"])
     train, evals = data.load_prompts(cfg, tokenizer)
     assert (len(train), len(evals)) == (300, 40)
     assert train.column_names == evals.column_names == ["prompt", "input_ids"]
@@ -64,8 +60,8 @@ def test_offline_imdb_prompts(tokenizer):
         assert tokenizer.decode(row["input_ids"]) == row["prompt"]
     again, _ = data.load_prompts(cfg, tokenizer)
     assert list(again["input_ids"]) == list(train["input_ids"])  # deterministic in the seed
-    other, _ = data.load_prompts(cfg_for("data.name=imdb", "data.source=offline", "data.num_train=300",
-                                         "seed=1"), tokenizer)
+    other, _ = data.load_prompts(load_config(["data.name=imdb", "data.source=offline", "data.num_train=300",
+                                              "seed=1"]), tokenizer)
     assert list(other["prompt"]) != list(train["prompt"])
 
 
@@ -92,13 +88,13 @@ def test_hub_imdb_uses_train_and_test_splits(tokenizer, monkeypatch):
         return Dataset.from_dict({"text": texts, "label": list(range(len(texts)))})
 
     monkeypatch.setattr(data, "load_dataset", fake_load_dataset)
-    train, evals = data.load_prompts(cfg_for("data.name=imdb", "data.num_eval=2"), tokenizer)
+    train, evals = data.load_prompts(load_config(["data.name=imdb", "data.num_eval=2"]), tokenizer)
     assert sorted(calls) == [("stanfordnlp/imdb", "test"), ("stanfordnlp/imdb", "train")]
     assert len(train) == 2 and len(evals) == 2  # the short review is dropped
     assert all("<br" not in p for p in list(train["prompt"]))
     with pytest.raises(DataError, match=r"^data.num_eval \(imdb\): 3 asked for but only 2 available: lower it "
                                         r"to 2 or less$"):
-        data.load_prompts(cfg_for("data.name=imdb", "data.num_eval=3"), tokenizer)
+        data.load_prompts(load_config(["data.name=imdb", "data.num_eval=3"]), tokenizer)
 
 
 def test_too_many_eval_prompts_end_the_run_in_one_line_before_the_model_loads(tmp_path, capsys):
@@ -116,8 +112,8 @@ def test_too_many_eval_prompts_end_the_run_in_one_line_before_the_model_loads(tm
 # ---------------------------------------------------------------- GSM8K
 
 def test_offline_gsm8k_prompts(tokenizer, chat_tokenizer):
-    cfg = cfg_for("data.name=gsm8k", "data.source=offline", "data.num_train=40", "data.num_eval=10",
-                  "data.max_prompt_length=2048")  # this 600-token BPE spells long questions out
+    cfg = load_config(["data.name=gsm8k", "data.source=offline", "data.num_train=40", "data.num_eval=10",
+                       "data.max_prompt_length=2048"])  # this 600-token BPE spells long questions out
     train, evals = data.load_prompts(cfg, chat_tokenizer)
     assert (len(train), len(evals)) == (40, 10)
     assert train.column_names == evals.column_names == ["prompt", "input_ids", "answer"]
@@ -132,8 +128,8 @@ def test_offline_gsm8k_prompts(tokenizer, chat_tokenizer):
     assert not any(q in p for q in real for p in list(train["prompt"]))
     plain, _ = data.load_prompts(cfg, tokenizer)  # no chat template: plain Question/Answer text
     assert all(p.startswith("Question: ") and p.endswith("\nAnswer:") for p in list(plain["prompt"]))
-    no_chat, _ = data.load_prompts(cfg_for("data.name=gsm8k", "data.source=offline", "data.num_train=4",
-                                           "data.num_eval=2", "data.use_chat_template=false"), chat_tokenizer)
+    no_chat, _ = data.load_prompts(load_config(["data.name=gsm8k", "data.source=offline", "data.num_train=4",
+                                                "data.num_eval=2", "data.use_chat_template=false"]), chat_tokenizer)
     assert list(no_chat["prompt"])[0].startswith("Question: ")
 
 
@@ -146,8 +142,8 @@ def test_offline_gsm8k_templates_of_eval_problems_never_train():
     problems = gsm8k_offline.train_problems(30, seed=3)
     assert problems == gsm8k_offline.train_problems(30, seed=3) != gsm8k_offline.train_problems(30, seed=4)
     with pytest.raises(ValueError, match=r"data.num_eval .*only \d+ available"):
-        data.load_prompts(cfg_for("data.name=gsm8k", "data.source=offline", "data.num_train=2",
-                                  "data.num_eval=100"), None)
+        data.load_prompts(load_config(["data.name=gsm8k", "data.source=offline", "data.num_train=2",
+                                       "data.num_eval=100"]), None)
 
 
 def test_hub_gsm8k_and_overlong_prompts(tokenizer, monkeypatch):
@@ -159,11 +155,11 @@ def test_hub_gsm8k_and_overlong_prompts(tokenizer, monkeypatch):
         return {"train": Dataset.from_dict(rows), "test": Dataset.from_dict(rows)}
 
     monkeypatch.setattr(data, "load_dataset", fake_load_dataset)
-    train, evals = data.load_prompts(cfg_for("data.name=gsm8k", "data.num_eval=2"), tokenizer)
+    train, evals = data.load_prompts(load_config(["data.name=gsm8k", "data.num_eval=2"]), tokenizer)
     assert calls == [("openai/gsm8k", "main")]
     assert list(train["answer"]) == list(evals["answer"]) == ["2+2=4\n#### 4"]  # the overlong prompt is dropped
     with pytest.raises(DataError, match="longer than data.max_prompt_length=5 tokens: raise it"):
-        data.load_prompts(cfg_for("data.name=gsm8k", "data.num_eval=2", "data.max_prompt_length=5"), tokenizer)
+        data.load_prompts(load_config(["data.name=gsm8k", "data.num_eval=2", "data.max_prompt_length=5"]), tokenizer)
 
 
 # ---------------------------------------------------------------- names and the toy set
@@ -171,15 +167,15 @@ def test_hub_gsm8k_and_overlong_prompts(tokenizer, monkeypatch):
 def test_unknown_dataset_names_list_the_choices(tokenizer):
     with pytest.raises(ConfigError, match="data.name='imbd' is not one of toy, imdb, gsm8k, a local file or "
                                           "folder, or a Hub dataset id .*did you mean imdb"):
-        cfg_for("data.name=imbd")
+        load_config(["data.name=imbd"])
     with pytest.raises(ConfigError, match="data.name='nope/prompts.jsonl': no such file"):
-        cfg_for("data.name=nope/prompts.jsonl")
-    assert cfg_for("data.name=someone/prompts").data.name == "someone/prompts"  # a Hub id
+        load_config(["data.name=nope/prompts.jsonl"])
+    assert load_config(["data.name=someone/prompts"]).data.name == "someone/prompts"  # a Hub id
     with pytest.raises(ConfigError, match="1 <= min <= max"):
-        cfg_for("data.prompt_min_tokens=9", "data.prompt_max_tokens=4")
+        load_config(["data.prompt_min_tokens=9", "data.prompt_max_tokens=4"])
 
 
 def test_toy_prompts_unchanged(tokenizer):
-    train, evals = data.load_prompts(cfg_for("data.num_train=20", "data.num_eval=5"), tokenizer)
+    train, evals = data.load_prompts(load_config(["data.num_train=20", "data.num_eval=5"]), tokenizer)
     assert list(train["prompt"]) == data.toy_prompts(20, 0) and list(evals["prompt"]) == data.toy_prompts(5, 10_000)
     assert train.column_names == ["prompt", "input_ids"]

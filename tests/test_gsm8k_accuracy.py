@@ -33,17 +33,15 @@ ANSWERS = [row[1] for row in TABLE]
 EXPECTED = {"accuracy_strict": 3 / 7, "accuracy_flexible": 4 / 7, "format_share": 4 / 7, "format_end_share": 2 / 7}
 
 
-def _cfg(method: str) -> TrainConfig:
-    cfg = TrainConfig()
-    cfg.reward.name, cfg.reward.method, cfg.reward.format_score = "gsm8k", method, 0.1
-    return cfg
+GSM8K = {"name": "gsm8k", "format_score": 0.1}
 
 
 @pytest.mark.parametrize("method", ["strict", "flexible"])
-def test_every_report_grades_the_same_completions_alike(method):
+def test_every_report_grades_the_same_completions_alike(method, reward_cfg):
     expected = {**EXPECTED, "accuracy": EXPECTED[f"accuracy_{method}"]}
     # training's before/after evaluation: rollout.sample_and_score calls the reward's extra_metrics
-    training = build_reward(_cfg(method)).extra_metrics(["q"] * len(TABLE), COMPLETIONS, answer=ANSWERS)
+    training = build_reward(reward_cfg(**GSM8K, method=method)).extra_metrics(["q"] * len(TABLE), COMPLETIONS,
+                                                                             answer=ANSWERS)
     # `rlhf-app eval` / scripts/eval.py
     script = gsm8k_metric_scores(COMPLETIONS, ANSWERS, method)
     # the project's `evaluate` metric module, loaded as a user would
@@ -56,9 +54,9 @@ def test_every_report_grades_the_same_completions_alike(method):
         assert got == pytest.approx(expected), name
 
 
-def test_a_rewarded_completion_counts_as_accurate():
+def test_a_rewarded_completion_counts_as_accurate(reward_cfg):
     # The reward pays 1.0 exactly where the accuracy counts a hit (0.1 for a wrong well-formed answer).
-    scores = build_reward(_cfg("strict"))(["q"] * len(TABLE), COMPLETIONS, answer=ANSWERS)
+    scores = build_reward(reward_cfg(**GSM8K, method="strict"))(["q"] * len(TABLE), COMPLETIONS, answer=ANSWERS)
     assert scores == [1.0 if row[2] else (0.1 if row[4] else 0.0) for row in TABLE]
 
 
@@ -69,8 +67,8 @@ LISTED_ANSWERS = ["4", "4", "7"]
 
 @pytest.mark.parametrize("multiple, strict, formatted, ending", [("last", 3 / 3, 3 / 3, 2 / 3),
                                                                  ("none", 1 / 3, 1 / 3, 0 / 3)])
-def test_several_answers_count_as_none_when_asked_on_every_path(multiple, strict, formatted, ending):
-    cfg = _cfg("strict")
+def test_several_answers_count_as_none_when_asked_on_every_path(multiple, strict, formatted, ending, reward_cfg):
+    cfg = reward_cfg(**GSM8K, method="strict")
     cfg.reward.multiple_answers = multiple
     expected = {"accuracy": strict, "accuracy_strict": strict, "accuracy_flexible": 1.0, "format_share": formatted,
                 "format_end_share": ending}
@@ -90,8 +88,8 @@ TRAILING = ["#### 24", "so 20 + 4 = 24.\n#### 24.\n", "#### 24\nThe answer is: 2
 
 
 @pytest.mark.parametrize("at_end, strict", [(False, 4 / 4), (True, 3 / 4)])
-def test_an_answer_must_end_the_completion_when_asked_on_every_path(at_end, strict):
-    cfg = _cfg("strict")
+def test_an_answer_must_end_the_completion_when_asked_on_every_path(at_end, strict, reward_cfg):
+    cfg = reward_cfg(**GSM8K, method="strict")
     cfg.reward.answer_at_end = at_end
     answers = ["24"] * 4
     # format_end_share counts the three that end with their answer under either setting
@@ -107,8 +105,8 @@ def test_an_answer_must_end_the_completion_when_asked_on_every_path(at_end, stri
     assert reward(["q"] * 4, TRAILING, answer=answers) == [1.0, 1.0, 0.0 if at_end else 1.0, 1.0]
 
 
-def test_a_trailing_answer_earns_its_partial_credit_and_needs_answer_at_end():
-    cfg = _cfg("strict")
+def test_a_trailing_answer_earns_its_partial_credit_and_needs_answer_at_end(reward_cfg):
+    cfg = reward_cfg(**GSM8K, method="strict")
     cfg.reward.answer_at_end, cfg.reward.trailing_answer_score = True, 0.05
     answers = ["24", "24", "24", "24", "5"]
     # ends with its right answer, ends with it after a full stop, goes on after it, none, wrong at the end

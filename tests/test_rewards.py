@@ -13,17 +13,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(1)
 
 from rlhf_app.assets import gsm8k as gsm8k_offline  # noqa: E402
-from rlhf_app.config import RewardConfig, TrainConfig  # noqa: E402
+from rlhf_app.config import RewardConfig  # noqa: E402
 from rlhf_app.rewards import BUILDERS, RewardError, build_reward, checked, gsm8k  # noqa: E402
 from rlhf_app.rewards.sources import BUILTINS, load_function  # noqa: E402
 from rlhf_app.rewards.sentiment import label_index  # noqa: E402
-
-
-def make_cfg(**reward) -> TrainConfig:
-    cfg = TrainConfig()
-    for key, value in reward.items():
-        setattr(cfg.reward, key, value)
-    return cfg
 
 
 # ---------------------------------------------------------------- GSM8K checker
@@ -89,8 +82,8 @@ def test_real_gsm8k_test_solutions_score_one_and_perturbed_ones_format_score():
             assert gsm8k.compute_score(_perturb(p["answer"]), p["answer"], method, 0.1, 1.0) == 0.1, p["index"]
 
 
-def test_gsm8k_reward_reads_the_answer_column_and_reports_accuracy():
-    fn = build_reward(make_cfg(name="gsm8k", format_score=0.1))
+def test_gsm8k_reward_reads_the_answer_column_and_reports_accuracy(reward_cfg):
+    fn = build_reward(reward_cfg(name="gsm8k", format_score=0.1))
     completions = ["#### 4", "#### 5", "I think 4"]
     assert fn(["q"] * 3, completions, answer=["2+2 <<2+2=4>>4\n#### 4"] * 3) == [1.0, 0.1, 0.0]
     assert fn.extra_metrics(["q"] * 3, completions, answer=["4"] * 3)["accuracy"] == pytest.approx(1 / 3)
@@ -107,12 +100,12 @@ def test_gsm8k_metric_module_loads_offline():
 
 # ---------------------------------------------------------------- python-file rewards
 
-def test_python_reward_from_a_file(tmp_path):
+def test_python_reward_from_a_file(tmp_path, reward_cfg):
     path = tmp_path / "my_reward.py"
     path.write_text("def length(completions, answer=None, **kwargs):\n"
                     "    return [len(c) + (answer[i] if answer else 0) for i, c in enumerate(completions)]\n"
                     "def helper():\n    pass\n")
-    fn = build_reward(make_cfg(name="python", function=f"{path}:length"))
+    fn = build_reward(reward_cfg(name="python", function=f"{path}:length"))
     assert fn(["p", "p"], ["ab", "abcd"], answer=[10, 20]) == [12.0, 24.0]
     with pytest.raises(ValueError, match=r"defines no 'lenght'; its functions are: helper, length"):
         load_function(f"{path}:lenght")
@@ -121,7 +114,7 @@ def test_python_reward_from_a_file(tmp_path):
     with pytest.raises(ValueError, match="path/to/file.py:function"):
         load_function(str(path))
     with pytest.raises(ValueError, match="reward.function=path/to/file.py:function"):
-        build_reward(make_cfg(name="python", function=None))
+        build_reward(reward_cfg(name="python", function=None))
     broken = tmp_path / "broken.py"
     broken.write_text("import not_a_module_anywhere\n")
     with pytest.raises(ValueError, match="importing .*broken.py failed: ModuleNotFoundError"):
@@ -212,21 +205,21 @@ def _direct_logits(tokenizer, model, texts):
         return model(**batch).logits
 
 
-def test_sentiment_reward_plumbing(tiny_classifier):
+def test_sentiment_reward_plumbing(tiny_classifier, reward_cfg):
     folder, tokenizer, model = tiny_classifier
     prompts = ["the movie", "a film", "the plot", "the acting", "a movie"]
     completions = ["was great", "was awful", "is boring", "loved " * 40, "hated it"]  # one over 32 tokens
     logits = _direct_logits(tokenizer, model, completions)
 
-    fn = build_reward(make_cfg(name="sentiment", model=str(folder), label="positive", batch_size=2))
+    fn = build_reward(reward_cfg(name="sentiment", model=str(folder), label="positive", batch_size=2))
     assert fn(prompts, completions) == pytest.approx(logits[:, 1].tolist(), abs=1e-5)
-    one_by_one = build_reward(make_cfg(name="sentiment", model=str(folder), batch_size=1))
+    one_by_one = build_reward(reward_cfg(name="sentiment", model=str(folder), batch_size=1))
     assert one_by_one(prompts, completions) == pytest.approx(fn(prompts, completions), abs=1e-5)
 
-    prob = build_reward(make_cfg(name="sentiment", model=str(folder), label="NEGATIVE", kind="prob"))
+    prob = build_reward(reward_cfg(name="sentiment", model=str(folder), label="NEGATIVE", kind="prob"))
     assert prob(prompts, completions) == pytest.approx(logits.softmax(-1)[:, 0].tolist(), abs=1e-5)
 
-    with_prompt = build_reward(make_cfg(name="sentiment", model=str(folder), score_prompt=True))
+    with_prompt = build_reward(reward_cfg(name="sentiment", model=str(folder), score_prompt=True))
     joined = _direct_logits(tokenizer, model, [p + c for p, c in zip(prompts, completions)])
     assert with_prompt(prompts, completions) == pytest.approx(joined[:, 1].tolist(), abs=1e-5)
     assert with_prompt(prompts, completions) != pytest.approx(fn(prompts, completions), abs=1e-5)
@@ -235,12 +228,12 @@ def test_sentiment_reward_plumbing(tiny_classifier):
     assert fn.extra_metrics(prompts, completions) == {"positive_share": pytest.approx(share)}
 
 
-def test_sentiment_label_errors(tiny_classifier):
+def test_sentiment_label_errors(tiny_classifier, reward_cfg):
     folder = tiny_classifier[0]
     with pytest.raises(ValueError, match="reward.label='joy' .*choose one of NEGATIVE, POSITIVE"):
-        build_reward(make_cfg(name="sentiment", model=str(folder), label="joy"))
+        build_reward(reward_cfg(name="sentiment", model=str(folder), label="joy"))
     with pytest.raises(ValueError, match="needs reward.model"):
-        build_reward(make_cfg(name="sentiment"))
+        build_reward(reward_cfg(name="sentiment"))
     assert label_index("1", {0: "LABEL_0", 1: "LABEL_1"}) == 1
 
 
@@ -252,15 +245,15 @@ NEGATIVE = ["This is one of the worst films I have ever seen. The acting is terr
             "Awful, dull and stupid. A dreadful cast and a lazy script: avoid it at all costs."]
 
 
-def test_offline_imdb_classifier_ranks_clear_reviews(monkeypatch):
+def test_offline_imdb_classifier_ranks_clear_reviews(monkeypatch, reward_cfg):
     monkeypatch.setenv("RLHF_APP_ASSET_QUICK", "1")  # conftest's private cache keeps the user's untouched
-    fn = build_reward(make_cfg(name="sentiment", model="asset:imdb-sentiment"))
+    fn = build_reward(reward_cfg(name="sentiment", model="asset:imdb-sentiment"))
     scores = fn([""] * 4, POSITIVE + NEGATIVE)
     assert min(scores[:2]) > max(scores[2:]), scores
     assert fn.extra_metrics([""] * 4, POSITIVE + NEGATIVE)["positive_share"] == 0.5
 
 
-def test_reward_models_in_reward_funcs_score_prompt_and_completion(tiny_classifier, tmp_path):
+def test_reward_models_in_reward_funcs_score_prompt_and_completion(tiny_classifier, tmp_path, reward_cfg):
     """A classifier folder in reward.funcs (its own tokenizer, reward.label) and a one-logit reward
     model (TRL's kind: its logit is the score), summed with the toy built-in under weights."""
     from transformers import BertForSequenceClassification
@@ -275,7 +268,7 @@ def test_reward_models_in_reward_funcs_score_prompt_and_completion(tiny_classifi
     tokenizer.save_pretrained(one_folder)
     prompts, completions = ["the movie", "a film"], ["was great a", "was awful"]
     texts = [p + c for p, c in zip(prompts, completions)]
-    cfg = make_cfg(funcs=[str(folder), str(one_folder), "toy"], weights=[1.0, 0.5, 2.0])
+    cfg = reward_cfg(funcs=[str(folder), str(one_folder), "toy"], weights=[1.0, 0.5, 2.0])
     fn = build_reward(cfg)
     positive = _direct_logits(tokenizer, model, texts)[:, 1]
     single = _direct_logits(tokenizer, one.eval(), texts)[:, 0]

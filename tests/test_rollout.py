@@ -12,8 +12,8 @@ from rlhf_app.rl.sampler import PromptSampler
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    cfg = load_config(["recipe=tiny", "ppo.response_length=10"])
+def tiny(tiny_cfg):
+    cfg = tiny_cfg("ppo.response_length=10")
     tokenizer = models.load_tokenizer(cfg.model.name_or_path)
     model, ref = models.build_models(cfg)
     return cfg, tokenizer, model.eval(), ref
