@@ -15,7 +15,7 @@ STAMP := $(VENV)/.setup-done
 # HF_HUB_OFFLINE=1 below), every Hub call (rlhf_app/offline.py).
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test demo train bench bench-engines bench-learning clean
+.PHONY: setup test test-fast demo train bench bench-engines bench-learning clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ endif
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+# The inner loop (< 3 min on 2 cores): every test but those marked slow (pyproject.toml's markers).
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" tests
 
 # `make demo` trains the small offline demo (<= 15 min on 2 cores); `make demo RECIPE=imdb-offline`
 # the real-LLM one (SmolLM2-135M, ~30 min), with the same report.

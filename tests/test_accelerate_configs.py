@@ -147,6 +147,7 @@ torch.distributed.destroy_process_group()
 """
 
 
+@pytest.mark.slow  # two processes
 def test_multi_cpu_config_runs_two_gloo_processes(tmp_path):
     (tmp_path / "probe.py").write_text(PROBE)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}

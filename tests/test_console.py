@@ -10,6 +10,8 @@ from importlib import import_module
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
+
 from rlhf_app.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +41,7 @@ def test_console_script_points_at_the_dispatcher():
     assert set(import_module(module).COMMANDS) == {"train", "eval", "push", "report", "env"}
 
 
+@pytest.mark.slow  # a fresh interpreter that imports every package
 def test_env_prints_versions_devices_and_accelerate_config_offline(tmp_path):
     (tmp_path / "sitecustomize.py").write_text(NO_NETWORK)
     (tmp_path / "hf" / "accelerate").mkdir(parents=True)

@@ -3,8 +3,12 @@
 import html
 import json
 
+import pytest
+
 from rlhf_app.run import run
 from rlhf_app.config import load_config
+
+pytestmark = pytest.mark.slow  # the demo model and its assets, a real (short) training run
 
 
 def test_demo_recipe_runs_end_to_end_and_reports(tmp_path):

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # every test launches two processes
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = str(ROOT / "tests" / "dist_worker.py")
 # Same tokens per process (no early stop) and deterministic rollouts, so 1 and 2 processes do the same work.

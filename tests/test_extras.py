@@ -7,6 +7,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from rlhf_app.extras import EXTRAS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +47,7 @@ def test_core_dependencies_hold_no_extra():
     assert {"assets", "dev"} <= set(setup) <= set(extras)  # make demo builds assets, make test runs pytest
 
 
+@pytest.mark.slow  # a training subprocess
 def test_tiny_recipe_trains_without_any_extra(tmp_path):
     hidden = without_extras(tmp_path, "-c", "import importlib.util as u; import sys; "
                             f"sys.exit(any(u.find_spec(m) for m in {HIDDEN!r}))")
@@ -58,8 +61,6 @@ def test_tiny_recipe_trains_without_any_extra(tmp_path):
 
 
 def test_each_extra_is_checked_before_any_model_loads(tmp_path, monkeypatch):
-    import pytest
-
     from rlhf_app import extras
     from rlhf_app.config import load_config
 

@@ -1,17 +1,11 @@
 """Model init options: from_pretrained kwargs for policy, critic and reference; 4/8-bit weights refused cleanly."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from rlhf_app.cli.main import main
 from rlhf_app.models import policy as models
 from rlhf_app.config import ConfigError, load_config
 from rlhf_app.models.loading import from_pretrained_kwargs, quantization_config, quantization_problem
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def _attn(module) -> str:
     base = module.get_base_model() if hasattr(module, "get_base_model") else module
@@ -57,14 +51,13 @@ def test_bad_init_options_are_one_line(argv, message):
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without a GPU")
-def test_4bit_on_cpu_is_refused_before_any_model_loads(tmp_path):
+def test_4bit_on_cpu_is_refused_before_any_model_loads(tmp_path, capsys):
     cfg = load_config(["recipe=tiny", "model.load_in_4bit=true", "peft.enabled=true"])
     assert "a CUDA GPU" in quantization_problem(cfg)
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--config", "tiny", "--load_in_4bit",
-                           "--use_peft", "--output_dir", str(tmp_path / "run")], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().startswith("error: model.load_in_4bit=true needs ")
-    assert "a CUDA GPU" in proc.stderr and "drop model.load_in_4bit and keep peft.enabled=true" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "policy" not in proc.stdout
+    with pytest.raises(SystemExit) as end:
+        main(["train", "--config", "tiny", "--load_in_4bit", "--use_peft", "--output_dir", str(tmp_path / "run")])
+    line = str(end.value.code)
+    assert line.startswith("error: model.load_in_4bit=true needs ") and "\n" not in line, line
+    assert "a CUDA GPU" in line and "drop model.load_in_4bit and keep peft.enabled=true" in line
+    assert "policy" not in capsys.readouterr().out
     assert not (tmp_path / "run").exists()  # nothing written, nothing loaded

@@ -78,6 +78,7 @@ def _newest_step(out: Path) -> int:
     return int(find_resume("auto", out).name.split("-")[1])
 
 
+@pytest.mark.slow  # a killed subprocess
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, train_tiny, straight):
     # The killed run asks for far more updates than it gets, so it is surely still running when killed;
     # the tiny recipe's learning rate is constant, so the total does not change the updates before it.
@@ -102,6 +103,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, train_tiny, 
     assert not (killed / ".lock").exists()
 
 
+@pytest.mark.slow  # a signalled subprocess
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_and_sigterm_save_at_an_update_boundary_and_resume_exactly(tmp_path, train_tiny, straight, sig, code):
     out = tmp_path / "run"
@@ -129,6 +131,7 @@ def _kill_during(mode: str, out: Path, *extra: str) -> None:
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
 
 
+@pytest.mark.slow  # a killed subprocess
 def test_a_kill_during_the_metrics_rewrite_leaves_a_resumable_folder(tmp_path, train_tiny, straight):
     out, total = tmp_path / "run", f"ppo.total_episodes={EPISODES * 10}"
     train_tiny(out, *IN_PROCESS, f"ppo.total_episodes={EPISODES * 5}")  # 5 updates logged, checkpoints 3 and 5
@@ -142,6 +145,7 @@ def test_a_kill_during_the_metrics_rewrite_leaves_a_resumable_folder(tmp_path, t
     _assert_same_metrics(straight(10), out)
 
 
+@pytest.mark.slow  # a killed subprocess
 def test_a_kill_during_checkpoint_rotation_leaves_a_resumable_folder(tmp_path, train_tiny, straight):
     out, total = tmp_path / "run", f"ppo.total_episodes={EPISODES * 10}"
     _kill_during("rotation", out, total)  # dies deleting checkpoint-3 once checkpoint-6 is written

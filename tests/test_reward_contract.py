@@ -232,6 +232,7 @@ def test_bad_reward_outputs_fail_in_one_line(monkeypatch, tmp_path, name, expect
     assert f"reward '{name}' {expected}" in message
 
 
+@pytest.mark.slow  # a fresh interpreter: what the user sees on stderr
 def test_a_bad_reward_source_prints_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "scripts/train.py", "recipe=tiny", f"output_dir={tmp_path}",
                              "reward.funcs=[no_such_module_xyz:f]"], capture_output=True, text=True,
