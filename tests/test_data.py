@@ -1,13 +1,10 @@
 """Prompt datasets: offline IMDB and GSM8K load with the right columns and lengths, eval never
 overlaps training, and the Hub code paths call `load_dataset` as documented (faked here)."""
 
-import os
 
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(1)
 
 from datasets import Dataset  # noqa: E402

@@ -2,14 +2,11 @@
 on a tiny classifier built here (plus the offline IMDB classifier when it can be built)."""
 
 import math
-import os
 import re
 
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(1)
 
 from rlhf_app.assets import gsm8k as gsm8k_offline  # noqa: E402
