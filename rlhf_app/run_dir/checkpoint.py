@@ -11,12 +11,14 @@ process's RNG states.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 import shutil
 from pathlib import Path
 
 from rlhf_app.run_dir.atomic import remove_dir, replace_dir
+from rlhf_app.run_dir.integrity import CheckpointError, damage, first_line, mismatch_error
 
 # Listing checkpoints needs none of torch: it is imported where a checkpoint is written or read.
 STATE_FILE = "trainer_state.pt"  # a checkpoint-N folder without it is not listed (not a checkpoint of ours)
@@ -82,8 +84,9 @@ def save_checkpoint(accelerator, output_dir: Path, model, tokenizer, trainer_sta
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         replace_dir(tmp, final)
-        if total_limit > 0:
-            for old in checkpoints(output_dir)[:-total_limit]:
+        if total_limit > 0:  # checkpoints past this one (a resume from an older one) are replaced as reached
+            kept = [c for c in checkpoints(output_dir) if int(c.name.split("-")[1]) <= step]
+            for old in kept[:-total_limit]:
                 remove_dir(old)
     accelerator.wait_for_everyone()
     return final
@@ -128,22 +131,65 @@ def find_resume(resume_from: str | None, output_dir: Path) -> Path | None:
     return path
 
 
+def check_whole(path: Path) -> None:
+    """Before any model loads: every file of checkpoint `path` is there and whole, else one line that
+    names the file and offers the newest whole checkpoint before it (`resume_from=...`)."""
+    path = Path(path)
+    found = damage(path, STATE_JSON, (STATE_FILE,))
+    if found is None:
+        return
+    file, reason = found
+
+    def number(p: Path) -> float:
+        return int(p.name.split("-")[1]) if re.fullmatch(r"checkpoint-\d+", p.name) else float("inf")
+
+    earlier = [c for c in checkpoints(path.parent) if number(c) < number(path)
+               and damage(c, STATE_JSON, (STATE_FILE,)) is None]
+    offer = (f"resume from the previous checkpoint with resume_from={earlier[-1]}" if earlier else
+             "no earlier checkpoint is whole: start again in another output_dir")
+    raise CheckpointError(f"the checkpoint file {file} is damaged ({reason}): {offer}, or restore the file")
+
+
 def load_weights(path: Path, model, dtype: str) -> None:
-    """The checkpoint's policy and critic into `model` before `accelerator.prepare` (which then shards them)."""
+    """The checkpoint's policy and critic into `model` before `accelerator.prepare` (which then shards them).
+    Weights of another setup (a hand-edited config.yaml got past the resume checks) are one line."""
+    from safetensors import SafetensorError
+
     from rlhf_app.models.policy import load_policy
 
-    saved, _ = load_policy(path, dtype=dtype)
-    model.load_state_dict(saved.state_dict())
+    try:
+        saved, _ = load_policy(path, dtype=dtype)
+    except (OSError, ValueError, RuntimeError, EOFError, KeyError, SafetensorError) as err:
+        raise CheckpointError(f"{path} cannot be loaded ({first_line(err)}): resume from another checkpoint, "
+                              "or with the settings it was saved with (its config.yaml)") from err
+    weights = saved.state_dict()
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise mismatch_error(path, {k: v.shape for k, v in weights.items()},
+                             {k: v.shape for k, v in model.state_dict().items()}) from err
+
+
+def _load(file: Path):
+    import torch
+
+    try:
+        return torch.load(file, weights_only=False)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:  # torch.load: truncated or not a torch file
+        raise CheckpointError(f"the checkpoint file {file} cannot be read ({first_line(err)}): resume from "
+                              "an earlier checkpoint, or restore the file") from err
 
 
 def load_checkpoint(path: Path, accelerator, optimizer) -> dict:
     """Restore this process's optimizer state and RNG; return the saved trainer state."""
-    import torch
-
     rng_file = path / f"rng_state_{accelerator.process_index}.pt"
     if not rng_file.is_file():
         raise FileNotFoundError(f"{path} was saved by a run with fewer processes: {rng_file.name} is missing")
-    _set_rng_state(torch.load(rng_file, weights_only=False))
-    saved = torch.load(path / STATE_FILE, weights_only=False)
-    optimizer.load_state_dict(torch.load(path / f"optimizer_{accelerator.process_index}.pt", weights_only=False))
+    _set_rng_state(_load(rng_file))
+    saved = _load(path / STATE_FILE)
+    try:
+        optimizer.load_state_dict(_load(path / f"optimizer_{accelerator.process_index}.pt"))
+    except ValueError as err:  # parameter groups of another size: another model, LoRA or critic
+        raise CheckpointError(f"{path} holds the optimizer state of another setup ({first_line(err)}): resume "
+                              "with the settings it was saved with (its config.yaml)") from err
     return saved
