@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from rlhf_app.run_dir import claim as run_dir
 from rlhf_app.config import to_yaml
@@ -24,7 +26,10 @@ def _fake_run(out, cfg, checkpoints=(3,), finished=None):
     for step in checkpoints:
         ckpt = out / f"checkpoint-{step}"
         ckpt.mkdir()
-        (ckpt / STATE_FILE).write_bytes(b"x")
+        for name in (STATE_FILE, "optimizer_0.pt", "rng_state_0.pt"):  # whole files: resume checks read them
+            torch.save({}, ckpt / name)
+        save_file({"w": torch.zeros(1)}, str(ckpt / "model.safetensors"))
+        (ckpt / "config.json").write_text("{}")
         (ckpt / STATE_JSON).write_text(json.dumps({"step": step, "episode": 32 * step, "num_processes": 1}))
         (ckpt / "config.yaml").write_text(to_yaml(cfg))
     if finished is not None:

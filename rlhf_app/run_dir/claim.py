@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 from rlhf_app.config import TrainConfig, flat_keys
 from rlhf_app.preflight import PreflightError
 from rlhf_app.run_dir.atomic import remove_dir
-from rlhf_app.run_dir.checkpoint import STATE_JSON, checkpoints, find_resume, remove_leftovers
+from rlhf_app.run_dir.checkpoint import STATE_JSON, check_whole, checkpoints, find_resume, remove_leftovers
+from rlhf_app.run_dir.integrity import CheckpointError
 
 LOCK_FILE = ".lock"
 FINISHED_FILE = "trainer_state.json"  # in final/: the update the run finished at
@@ -36,6 +37,9 @@ SAFE = ("output_dir", "resume_from", "overwrite_output_dir", "recipe", "save_ste
         "rollout.vllm_enable_sleep_mode", "rollout.vllm_enforce_eager")
 # Changes a resume applies from the next update on, with a note.
 APPLIED = ("ppo.learning_rate", "ppo.max_grad_norm", "ppo.total_episodes")
+# A refused resume names these first: the setup of the weights (model, critic, adapters, estimator).
+SETUP = ("model.name_or_path", "model.value_model", "peft.enabled", "algorithm.advantage_estimator")
+MAX_SHOWN = 6
 
 
 class RunDirError(PreflightError):
@@ -159,19 +163,19 @@ def config_changes(old_yaml: Path, cfg: TrainConfig) -> tuple[list[str], list[st
 def check_start(cfg: TrainConfig, total_updates: int, num_processes: int) -> list[str]:
     """May this run start in cfg.output_dir as asked? Returns notes to print; raises RunDirError.
 
-    Called with the lock held and before anything in the folder is written.
+    Called with the lock held and before anything in the folder is written. Every resume is checked the
+    same way, `auto` and a named checkpoint alike, into this run's folder or a new one.
     """
     out = Path(cfg.output_dir)
-    if not holds_run(out):
-        if cfg.resume_from and cfg.resume_from != "auto":
-            find_resume(cfg.resume_from, out)  # a named checkpoint must exist
-        return []
     again = "continue it with resume_from=auto, replace it with overwrite_output_dir=true, or choose another output_dir"
-    if cfg.overwrite_output_dir:
-        clear_run(out)
-        return [f"note: overwrite_output_dir=true: removed the earlier run in {out}"]
-    if not cfg.resume_from:
-        raise RunDirError(f"output_dir={out} holds another run: {again}")
+    if holds_run(out):
+        if cfg.overwrite_output_dir:
+            clear_run(out)
+            return [f"note: overwrite_output_dir=true: removed the earlier run in {out}"]
+        if not cfg.resume_from:
+            raise RunDirError(f"output_dir={out} holds another run: {again}")
+    elif cfg.resume_from in (None, "", "auto"):
+        return []
     resume = find_resume(cfg.resume_from, out)
     finished = finished_at(out)
     if resume is None:
@@ -179,8 +183,16 @@ def check_start(cfg: TrainConfig, total_updates: int, num_processes: int) -> lis
             raise RunDirError(f"the run in {out} has finished (final/ holds it) and left no checkpoint to continue "
                               f"from: choose another output_dir, or overwrite_output_dir=true to replace it")
         return [f"note: {out} holds a run that saved no checkpoint: starting it again from update 0"]
+    check_whole(resume)  # every file there and whole, before any model loads
+    run = resume.resolve().parent
+    elsewhere = run != out.resolve()
+    if elsewhere and holds_run(out) and run not in _continued_from(out):
+        raise RunDirError(f"resume_from={cfg.resume_from} is a checkpoint of the run in {run}, but output_dir={out} "
+                          "holds another run: resume it into a new output_dir, or use resume_from=auto to "
+                          f"continue the run in {out}")
     saved = json.loads((resume / STATE_JSON).read_text())
-    step = int(saved["step"])
+    step, saved_processes = saved["step"], saved.get("num_processes", num_processes)
+    notes = _compare_configs(cfg, resume, step)
     if finished == -1:
         raise RunDirError(f"the run in {out} has finished (final/ holds it) at an update it did not record: "
                           "choose another output_dir to train further")
@@ -195,16 +207,40 @@ def check_start(cfg: TrainConfig, total_updates: int, num_processes: int) -> lis
     if total_updates < step:
         raise RunDirError(f"{resume} is at update {step}, past the {total_updates} updates ppo.total_episodes now "
                           "asks for: raise ppo.total_episodes, or choose another output_dir")
-    if saved.get("num_processes", num_processes) != num_processes:
-        raise RunDirError(f"{resume} was saved by {saved['num_processes']} processes, this run has {num_processes}: "
+    if saved_processes != num_processes:
+        raise RunDirError(f"{resume} was saved by {saved_processes} processes, this run has {num_processes}: "
                           "the batch and data order would change; launch with the same number of processes")
-    old_yaml = resume / "config.yaml" if (resume / "config.yaml").is_file() else out / "config.yaml"
+    if elsewhere:
+        notes.append(f"note: continuing the run in {run} from its update {step} in output_dir={out}: "
+                     f"its logs of updates 1-{step} stay in {run}")
+    return notes
+
+
+def _continued_from(out: Path) -> set[Path]:
+    """The run folders whose checkpoints the run in `out` was resumed from (its config.yaml's resume_from)."""
+    try:
+        named = OmegaConf.load(out / "config.yaml").get("resume_from")
+    except Exception:  # noqa: BLE001 -- no config, or one a user broke: no such run
+        return set()
+    return {Path(named).resolve().parent} if named and named != "auto" else set()
+
+
+def _compare_configs(cfg: TrainConfig, resume: Path, step: int) -> list[str]:
+    """The resume's notes; refuses changes to what is trained. Compared with the config the checkpoint
+    was saved with, else with its run folder's (a checkpoint of an older version holds none)."""
+    old_yaml = resume / "config.yaml" if (resume / "config.yaml").is_file() else resume.parent / "config.yaml"
     if not old_yaml.is_file():
         return [f"note: {resume} holds no config.yaml: the resumed settings could not be compared"]
-    refused, applied, safe = config_changes(old_yaml, cfg)
+    try:
+        refused, applied, safe = config_changes(old_yaml, cfg)
+    except Exception as err:  # noqa: BLE001 -- YAML errors have no common base with OmegaConf's
+        raise RunDirError(f"{old_yaml} cannot be read ({str(err).strip().splitlines()[0][:200]}): restore it, "
+                          f"or resume from another checkpoint") from None
     if refused:
+        shown = sorted(refused, key=lambda line: not line.startswith(SETUP))[:MAX_SHOWN]
+        more = f"; and {len(refused) - len(shown)} more" if len(refused) > len(shown) else ""
         raise RunDirError(f"resume_from={cfg.resume_from} with settings that change what is trained ("
-                          f"{'; '.join(refused)}): restore them, or start a new run in another output_dir")
+                          f"{'; '.join(shown)}{more}): restore them, or start a new run in another output_dir")
     return [f"note: resuming with {line} (applied from update {step + 1})" for line in applied] + \
            [f"note: resuming with {line}" for line in safe]
 
@@ -228,7 +264,7 @@ class claim:
                 self.lock.acquire()
                 remove_leftovers(Path(self.cfg.output_dir))
                 notes = check_start(self.cfg, self.total_updates, self.state.num_processes)
-            except (PreflightError, FileNotFoundError) as err:
+            except (PreflightError, CheckpointError, FileNotFoundError) as err:
                 self.lock.release()
                 message = str(err)
         if self.state.num_processes > 1:
