@@ -45,6 +45,15 @@ def check_positions(model_config, datasets: dict, response_length: int) -> None:
                 f"or lower data.max_prompt_length")
 
 
+def check_engine(cfg, model_config) -> None:
+    """rollout.engine=vllm: vLLM can load the policy's architecture, read from its config before the
+    weights load (EngineError names the fix)."""
+    if cfg.rollout.engine == "vllm":
+        from rlhf_app.engines.vllm_engine import check_architecture
+
+        check_architecture(model_config)
+
+
 def check_prompts_fill_a_batch(num_prompts: int, local_batch_size: int, world_size: int,
                                num_generations: int = 1) -> None:
     """One update takes `local_batch_size / num_generations` distinct prompts on each of `world_size`

@@ -180,6 +180,11 @@ def _request_seed(seed: int, rank: int, call: int, row: int) -> int:
     return hash((seed, rank, call, row)) & 0x7FFFFFFF
 
 
+def check_architecture(config) -> None:
+    """The policy's architecture (from its config: no weights needed) is one this vLLM loads; else one line."""
+    _check_architecture(import_vllm(), config)
+
+
 def _check_architecture(vllm, config) -> None:
     supported = set(vllm.ModelRegistry.get_supported_archs())
     archs = list(getattr(config, "architectures", None) or [])
