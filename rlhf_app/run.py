@@ -2,8 +2,9 @@
 
 config (the argument) → network env → settings checks → claim the run folder → accelerator and
 trackers → tokenizer, data and their checks → models → reward → engine → evaluation before →
-train → evaluation after → save → report → push. Heavy libraries are imported inside `run`, after
-the offline switches are in the environment (huggingface_hub reads them once, at import).
+train (its last update always checkpointed) → evaluation after → report → final/ (written last) →
+push. Heavy libraries are imported inside `run`, after the offline switches are in the environment
+(huggingface_hub reads them once, at import).
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ def run(cfg: TrainConfig) -> dict:
     reward_sources, hub_token = preflight.check_settings(cfg)
     # ---- claim the run folder. As the Accelerator would start: ACCELERATE_USE_CPU=1 makes a launch MULTI_CPU (gloo).
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    with claim.claim(cfg, state, num_updates(cfg.ppo, state.num_processes)):
+    total_updates = num_updates(cfg.ppo, state.num_processes)
+    with claim.claim(cfg, state, total_updates):
+        per_update = cfg.ppo.local_batch_size * state.num_processes
+        if cfg.ppo.total_episodes % per_update and state.is_main_process:  # TRL rounds up too: a note is enough
+            print(f"note: one update takes {per_update} episodes, so ppo.total_episodes={cfg.ppo.total_episodes} "
+                  f"is rounded up to {total_updates} update{'s' * (total_updates > 1)} "
+                  f"({total_updates * per_update} episodes), as TRL does")
         return _run(cfg, reward_sources, hub_token)
 
 
@@ -47,6 +54,8 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
     from rlhf_app.hub import pusher as hub_sync
     from rlhf_app.models import policy as models
     from rlhf_app.rl import loop as trainer
+    from rlhf_app.run_dir.atomic import remove_dir, write_json
+    from rlhf_app.run_dir.signals import EndPhase
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -79,11 +88,14 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
     set_seed(cfg.seed + accelerator.process_index)  # each process samples its own responses
     engine = build_engine(cfg, accelerator, model, tokenizer)
     eval_engine = engine.evaluation_engine()  # None: evaluations use the policy's own generate
-    # ---- evaluation before training
+    # ---- evaluation before training, kept in eval.json at once: a resume from this folder reuses it
     evals = {}
     if cfg.eval_before_after and accelerator.is_main_process:
-        evals["before"] = evaluation.evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, accelerator.device,
-                                                     engine=eval_engine)
+        evals = _earlier_evaluation(cfg, out, len(eval_ds))
+        if "before" not in evals:
+            evals["before"] = evaluation.evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn,
+                                                         accelerator.device, engine=eval_engine)
+            write_json(out / "eval.json", evals)
         accelerator.print(evaluation.eval_line("before", evals["before"]))
     # ---- train (hub.strategy=every_save|checkpoint: each checkpoint pushed in the background as it is saved)
     pusher = hub_sync.pusher(cfg, out, hub_token) if accelerator.is_main_process else None
@@ -91,41 +103,50 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
         state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, out, engine,
                               on_save=pusher, on_update=evaluation.EvalEvery(cfg, accelerator, tokenizer, eval_ds,
                                                                               reward_fn, eval_engine))
-    prepared = state.pop("model")
-    # Collective: under ZeRO-3 / FSDP each process holds a shard; the main process gets the full weights.
-    weights = accelerator.get_state_dict(prepared)
-    model = accelerator.unwrap_model(prepared)
-    # ---- evaluation after training, and the critic's values along two completions
-    if cfg.eval_before_after:
-        # Every process evaluates the same prompts with the same seed (ZeRO-3 gathers the weights
-        # collectively; FSDP needs every process in each forward); the main process writes the results.
-        with unwrap_model_for_generation(prepared, accelerator) as unwrapped:
-            evals["after"] = evaluation.evaluate_policy(cfg, unwrapped, tokenizer, eval_ds, reward_fn,
-                                                        accelerator.device, engine=eval_engine)
-            values = evaluation.values_along(unwrapped, tokenizer, evals["after"]["samples"], accelerator.device) \
-                if cfg.algorithm.uses_critic else None  # critic-free estimators have no values to show
-    # ---- save, report
-    if accelerator.is_main_process:
+    prepared, checkpoint = state.pop("model"), state.pop("checkpoint")
+    # ---- after the last update, whose checkpoint is saved: a signal stops at once with one line (the
+    # evaluation, the report and final/ are redone by resume_from=auto), but lets final/ complete.
+    push_hint = f"push it with rlhf-app push run_dir={out}" if cfg.hub.push else None
+    with EndPhase(checkpoint, out / "final", accelerator.is_main_process, push_hint) as end:
+        # Collective: under ZeRO-3 / FSDP each process holds a shard; the main process gets the full weights.
+        weights = accelerator.get_state_dict(prepared)
+        model = accelerator.unwrap_model(prepared)
+        # ---- evaluation after training, and the critic's values along two completions
         if cfg.eval_before_after:
-            accelerator.print(evaluation.eval_line("after", evals["after"]))
-            (out / "eval.json").write_text(json.dumps(evals, indent=2))
-            if values is not None:
-                (out / "values.json").write_text(json.dumps(values, indent=2))
-        _save_final(model, tokenizer, weights, state, out)
-        _report(out)
-        accelerator.print(f"saved {out / 'final'}")
-    # The DDP wrapper and its reducer (see launch.end), and the vLLM engine, whose shutdown tears
-    # down its own process groups: both must be collected while the default group still exists.
-    engine.close()
-    del prepared, engine, eval_engine
-    launch.end(accelerator)
-    # ---- push
-    if cfg.hub.push and accelerator.is_main_process:
-        from rlhf_app.hub import upload as hub
+            # Every process evaluates the same prompts with the same seed (ZeRO-3 gathers the weights
+            # collectively; FSDP needs every process in each forward); the main process writes the results.
+            with unwrap_model_for_generation(prepared, accelerator) as unwrapped:
+                evals["after"] = evaluation.evaluate_policy(cfg, unwrapped, tokenizer, eval_ds, reward_fn,
+                                                            accelerator.device, engine=eval_engine)
+                values = evaluation.values_along(unwrapped, tokenizer, evals["after"]["samples"],
+                                                 accelerator.device) \
+                    if cfg.algorithm.uses_critic else None  # critic-free estimators have no values to show
+        # ---- report, then final/: the last thing written, so a folder with final/ holds a finished run
+        if accelerator.is_main_process:
+            if cfg.eval_before_after:
+                accelerator.print(evaluation.eval_line("after", evals["after"]))
+                write_json(out / "eval.json", evals)
+                if values is not None:
+                    write_json(out / "values.json", values)
+            _report(out)
+        with end.finishing():
+            if accelerator.is_main_process:
+                _save_final(model, tokenizer, weights, state, out)
+                if not cfg.save_steps:  # kept only for the end phase: save_steps=0 asks for no checkpoints
+                    remove_dir(checkpoint)
+                accelerator.print(f"saved {out / 'final'}")
+        # The DDP wrapper and its reducer (see launch.end), and the vLLM engine, whose shutdown tears
+        # down its own process groups: both must be collected while the default group still exists.
+        engine.close()
+        del prepared, engine, eval_engine
+        launch.end(accelerator)
+        # ---- push
+        if cfg.hub.push and accelerator.is_main_process:
+            from rlhf_app.hub import upload as hub
 
-        if pusher is not None:
-            pusher.finish()  # the checkpoint upload in flight first: the final push replaces it
-        hub.push(out, cfg)
+            if pusher is not None:
+                pusher.finish()  # the checkpoint upload in flight first: the final push replaces it
+            hub.push(out, cfg)
     return {**state, "model": model, "eval": evals}
 
 
@@ -140,6 +161,21 @@ def _save_final(model, tokenizer, weights: dict, state: dict, out: Path) -> None
     save_policy(model, tokenizer, tmp, state_dict=weights)
     (tmp / "trainer_state.json").write_text(json.dumps({"step": state["step"], "episode": state["episode"]}))
     replace_dir(tmp, out / "final")
+
+
+def _earlier_evaluation(cfg: TrainConfig, out: Path, num_eval: int) -> dict:
+    """{"before": ...} of eval.json when this run resumes from a checkpoint in `out` (its settings were
+    checked against the checkpoint's) and the evaluation has as many prompts; else {}."""
+    from rlhf_app.run_dir.checkpoint import find_resume
+
+    try:
+        resume = find_resume(cfg.resume_from, out)
+        before = json.loads((out / "eval.json").read_text())["before"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if resume is None or resume.resolve().parent != out.resolve() or len(before.get("samples", ())) != num_eval:
+        return {}
+    return {"before": before}
 
 
 def _report(out: Path) -> None:

@@ -29,7 +29,7 @@ def test_every_save_dry_run_writes_one_upload_folder_per_checkpoint(tmp_path, tr
     # so the run can be continued), pushes after 1 and 2, then final/ (the last checkpoint's weights)
     train_tiny(run, "ppo.total_episodes=96", "save_steps=1", "save_total_limit=1", "eval_before_after=false",
                "sample_every=1", "--push_to_hub", "--hub_model_id", "alice/tiny-ppo", "--hub_strategy", "every_save",
-               "hub.dry_run=true")
+               "hub.dry_run=true", "--report_to", "tensorboard")
     out = capsys.readouterr().out
     uploads = sorted(p.name for p in run.iterdir() if p.name.startswith(hub.UPLOAD_DIR))
     assert uploads == ["hub_upload", "hub_upload-checkpoint-1", "hub_upload-checkpoint-2"]
@@ -49,6 +49,13 @@ def test_every_save_dry_run_writes_one_upload_folder_per_checkpoint(tmp_path, tr
     for path in run.rglob("*"):
         if path.is_file():
             assert HF_FAKE.encode() not in path.read_bytes(), path
+    # Overwritten by a shorter run without pushes: the old run's upload folders and tracker files go,
+    # the user's README.md stays (a run never writes one there).
+    (run / "README.md").write_text("my notes")
+    train_tiny(run, "ppo.total_episodes=32", "eval_before_after=false", "overwrite_output_dir=true")
+    assert sorted(p.name for p in run.iterdir()) == ["README.md", "config.yaml", "final", "metrics.jsonl", "plots",
+                                                     "report.html"]
+    assert (run / "README.md").read_text() == "my notes"
 
 
 @pytest.fixture

@@ -88,7 +88,7 @@ def test_a_reward_gets_trls_arguments_and_conversational_completions(tmp_path):
     # toy (a built-in) reads text: share of "a" = [1, 0, 1/3]; record scores 0; weights 1, 1.
     assert scores.tolist() == pytest.approx([1.0, 0.0, 1 / 3])
     means = log.means()
-    assert means["my/metric"] == 2.0 and means["rewards/toy/mean"] == pytest.approx(4 / 9)
+    assert means["rewards/my/metric"] == 2.0 and means["rewards/toy/mean"] == pytest.approx(4 / 9)
     assert log.extra["my_column"] == ["x"] * 3 and log.extra["rewards/record"] == [0.0] * 3
     text = score(fn, rollout({"answer": ["1", "2", "3"]}), "cpu")  # text prompts stay text
     assert sources[0].fn.__globals__["CALLS"][-1]["prompts"] == ["p0 ", "p1 ", "p2 "]
@@ -168,7 +168,7 @@ def test_trl_rewards_train_with_eval_steps(chat_policy, tmp_path):
         cosine = [-0.5 - 0.25 * (1 + math.cos(min(n / 16, 1.0) * math.pi)) for n in parsed]
         assert 0 < len(parsed) < 32
         assert row["rewards/cosine_scaled_reward/mean"] == pytest.approx(sum(cosine) / len(cosine))
-        assert row["my/metric"] == 2.0
+        assert row["rewards/my/metric"] == 2.0
         assert call["completions"][0][0]["role"] == "assistant" and call["prompts"][0][0]["role"] == "user"
         assert len(call["columns"]["solution"]) == 32
         assert {"eval/mean_score", "eval/rewards/soft_overlong_punishment_reward/mean"} <= set(row)

@@ -50,13 +50,37 @@ def test_a_new_run_into_a_folder_with_a_run_is_refused(tmp_path, tiny_cfg):
     assert (out / "metrics.jsonl").read_text().count("\n") == 3  # untouched
 
 
-def test_overwrite_output_dir_removes_only_what_a_run_wrote(tmp_path, tiny_cfg):
+# What runs write beside config.yaml, metrics.jsonl, checkpoint-N and final/ (_fake_run): the end of
+# train, rlhf-app eval, Hub dry runs (hub_upload/, hub_upload-checkpoint-N/ of every_save), report
+# plots, wandb (dir=output_dir) and tensorboard (accelerate's project_dir/rlhf_app).
+RUN_WROTE = ("samples.jsonl", "eval.json", "values.json", "report.html", "eval-final.json",
+             "eval-checkpoint-3-train.json", "hub_upload/README.md", "hub_upload-checkpoint-12/model.safetensors",
+             "hub_upload-checkpoint-48/README.md", "plots/diagnostics.png", "plots/values.png",
+             "wandb/run-20240101_000000-abc/files/output.log", "wandb/debug.log", "wandb/debug-internal.log",
+             "rlhf_app/events.out.tfevents.1712.host.1.0", "rlhf_app/1712345678.123/hparams.yml")
+# A user's files, some named like ours but not ours.
+USER_FILES = ("README.md", "my-notes.txt", "notes/README.md", "plots/mine.png", "wandb/my-sweep.yaml",
+              "rlhf_app/__init__.py", "tensorboard/events.txt", "trackio/x.db", "checkpoint-best/w.bin",
+              "final-notes.txt", "hub_upload-old/x", "eval-notes.json", "report.html.bak")
+
+
+def test_overwrite_output_dir_removes_exactly_what_runs_write(tmp_path, tiny_cfg):
     out = tmp_path / "run"
     _fake_run(out, tiny_cfg(output_dir=out), finished=10)
-    (out / "my-notes.txt").write_text("mine")
+    for name in RUN_WROTE + USER_FILES:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(name)
     notes = check_start(tiny_cfg("overwrite_output_dir=true", output_dir=out), 40, 1)
     assert notes == [f"note: overwrite_output_dir=true: removed the earlier run in {out}"]
-    assert sorted(p.name for p in out.iterdir()) == ["my-notes.txt"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(USER_FILES)
+    assert all((out / name).read_text() == name for name in USER_FILES)
+    # Folders that held only the run's files are gone too.
+    _fake_run(out, tiny_cfg(output_dir=out))
+    (out / "wandb" / "debug.log").write_text("x")
+    for name in ("my-sweep.yaml",):
+        (out / "wandb" / name).unlink()
+    run_dir.clear_run(out)
+    assert not (out / "wandb").exists() and (out / "plots" / "mine.png").is_file()
 
 
 def test_resuming_a_finished_run_says_so_and_never_replaces_final_with_older_weights(tmp_path, tiny_cfg):

@@ -35,3 +35,41 @@ def test_log_completions_false_prints_no_table(tmp_path, train_tiny, capsys):
     out, _ = train_tiny(tmp_path / "run", *LOGGED, "log_completions=false")
     assert "Step 2" not in capsys.readouterr().out
     assert (out / "samples.jsonl").read_text()  # the samples are still recorded
+
+
+SPOILER = '''
+import os, signal
+
+def spoiler(completions, trainer_state, log_metric, log_extra, **kwargs):
+    for name, value in (("step", 999), ("episode", -1), ("objective/kl", 5.0), ("lr", 7.0)):
+        log_metric(name, value)
+    log_extra("step", [999] * len(completions))
+    if trainer_state.global_step == 1 and not os.path.exists("{marker}"):  # Ctrl-C once, during update 2
+        open("{marker}", "w").close()
+        os.kill(os.getpid(), signal.SIGINT)
+    return [0.0] * len(completions)
+'''
+
+
+def test_what_a_reward_logs_never_overwrites_the_runs_columns_nor_loses_rows_on_resume(tmp_path, train_tiny):
+    import pytest
+
+    from rlhf_app.cli.main import main
+
+    rewards, out = tmp_path / "spoiler.py", tmp_path / "run"
+    rewards.write_text(SPOILER.replace("{marker}", str(tmp_path / "interrupted")))
+    args = ["ppo.total_episodes=96", "eval_before_after=false", "sample_every=1", f"reward.funcs=[{rewards}:spoiler,toy]"]
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "recipe=tiny", f"output_dir={out}", *args])
+    assert stopped.value.code == 130
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    train_tiny(out, *args, "resume_from=auto")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and [r["episode"] for r in rows] == [32, 64, 96]
+    for row in rows:  # the loop's own values stay; the reward's go under rewards/
+        assert row["objective/kl"] != 5.0 and row["lr"] == 3e-3
+        assert (row["rewards/step"], row["rewards/episode"], row["rewards/objective/kl"], row["rewards/lr"]) \
+            == (999, -1, 5.0, 7.0)
+        assert "rewards/spoiler/mean" in row and "rewards/toy/mean" in row  # TRL's names, unchanged
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert sorted({s["step"] for s in samples}) == [1, 2, 3] and {s["rewards/step"] for s in samples} == {999}

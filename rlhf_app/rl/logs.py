@@ -19,7 +19,9 @@ def log_update(cfg, accelerator, output_dir: Path, step: int, episode: int, metr
         accelerator.log(metrics, step=step)
     if accelerator.is_main_process:
         with open(output_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, "episode": episode, **metrics}) + "\n")
+            # The loop's step and episode win over any same-named metric: resume truncates on them.
+            f.write(json.dumps({"step": step, "episode": episode,
+                                **{k: v for k, v in metrics.items() if k not in ("step", "episode")}}) + "\n")
         if cfg.sample_every and step % cfg.sample_every == 0:
             _log_samples(accelerator, output_dir / "samples.jsonl", step, rollout, scores, reward_log.extra,
                          console=cfg.log_completions and cfg.num_completions_to_print, reward=cfg.reward.name)
@@ -30,7 +32,9 @@ def _log_samples(accelerator, path: Path, step: int, rollout, scores, extra: dic
     """A table of (prompt, completion, score, what the reward logged per completion, e.g. each
     function's score) into samples.jsonl, every tracker that shows tables and, with `console` > 0,
     its first `console` rows printed as a rich table (TRL's log_completions)."""
-    extra = {k: v for k, v in (extra or {}).items() if len(v) == len(rollout.completions)}
+    # A reward's column named like one of ours goes under rewards/: the table's own step, prompt, ... stay.
+    extra = {(f"rewards/{k}" if k in SAMPLE_COLUMNS else k): v for k, v in (extra or {}).items()
+             if len(v) == len(rollout.completions)}
     columns = list(SAMPLE_COLUMNS) + list(extra)
     rows = [[step, p, c, s, *(v[i] for v in extra.values())]
             for i, (p, c, s) in enumerate(zip(rollout.prompts, rollout.completions, scores.tolist()))][:limit]

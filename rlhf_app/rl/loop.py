@@ -55,7 +55,8 @@ def _no_callback(step: int, total_updates: int, model) -> dict:
 
 def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, output_dir: Path, engine,
           on_save=None, on_update=_no_callback) -> dict:
-    """Train `model` (a PolicyAndValue) with PPO. Returns {"step", "episode", "model"} at the end.
+    """Train `model` (a PolicyAndValue) with PPO. Returns {"step", "episode", "model", "checkpoint"} at
+    the end; `checkpoint` (in output_dir) holds the last update, always saved, even with save_steps=0.
 
     `engine` samples the rollouts (engines.build_engine; any `engines.Engine`).
     `on_save(path)` runs on the main process after each periodic checkpoint (e.g. a Hub push);
@@ -77,6 +78,7 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                             alg.group_size)
     kl_ctl = KLController(ppo.kl_coef, ppo.adaptive_kl, ppo.kl_target, ppo.kl_horizon)
     state = RunState()
+    saved_at = None  # the update of the newest checkpoint in output_dir, when this call knows it
     # Whitening statistics over the global batch, so N processes match one process exactly.
     all_reduce = (lambda t: accelerator.reduce(t, reduction="sum")) if world > 1 else None
     estimator, adv_settings = ESTIMATORS[alg.advantage_estimator], settings_from(cfg, all_reduce)
@@ -89,6 +91,8 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
         sampler.load_state_dict(saved["sampler"])
         ckpt.apply_learning_rate(optimizer, scheduler, ppo.learning_rate)  # a changed rate is used, not ignored
         state = RunState.from_checkpoint(saved)
+        if resume.resolve() == (output_dir / f"checkpoint-{state.step}").resolve():
+            saved_at = state.step
         accelerator.print(f"resumed from {resume} at update {state.step}")
     # Each update syncs the weights first, the resumed ones included; the sampling seeds go on from state.step.
     engine.start_at(state.step)
@@ -156,22 +160,27 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             log_update(cfg, accelerator, output_dir, state.step, state.episode, metrics, rollout, scores, reward_log)
             progress.update(1)
             progress.set_postfix(score=f"{metrics['objective/scores']:.3f}", kl=f"{metrics['objective/kl']:.3f}")
-            # ---- 7. checkpoint. The last update saves too, so a finished run can be continued with a larger
-            # total_episodes. A signal (Ctrl-C, SIGTERM) saves here, at the update boundary, and ends the run.
+            # ---- 7. checkpoint. The last update always saves (below), so nothing after it (evaluation, final
+            # save, report) can lose the run. A signal (Ctrl-C, SIGTERM) saves here, at the update boundary, and ends it.
             signum = stop.requested(accelerator)
-            stopping = signum is not None and state.step < total_updates
-            if stopping or (cfg.save_steps and (state.step % cfg.save_steps == 0 or state.step == total_updates)):
+            if signum is not None or (cfg.save_steps and state.step % cfg.save_steps == 0) \
+                    or state.step == total_updates:
                 saved = ckpt.save_checkpoint(accelerator, output_dir, model, tokenizer, trainer_state(),
                                              cfg.save_total_limit, optimizer)
+                saved_at = state.step
                 # The last update's checkpoint is not pushed: the final push follows with the same weights.
-                if on_save is not None and accelerator.is_main_process and not stopping and state.step < total_updates:
+                if on_save is not None and accelerator.is_main_process and signum is None \
+                        and state.step < total_updates:
                     on_save(saved)
-            if stopping:
+            if signum is not None:
                 progress.close()
                 accelerator.print(f"\ninterrupted: saved {saved}; continue with resume_from=auto")
                 raise Stopped(signum, saved)
     progress.close()
-    return {**state.to_checkpoint(), "model": model}
+    if saved_at != state.step:  # resumed at the end from a checkpoint outside output_dir: keep one here too
+        ckpt.save_checkpoint(accelerator, output_dir, model, tokenizer, trainer_state(), cfg.save_total_limit,
+                             optimizer)
+    return {**state.to_checkpoint(), "model": model, "checkpoint": output_dir / f"checkpoint-{state.step}"}
 
 
 def reuses_update_logprobs(ppo, estimator, kl_ctl, engine) -> bool:

@@ -60,15 +60,24 @@ def ref_logprobs(ref_policy, query, query_mask, response, mask, temperature: flo
     return selective_log_softmax(logits, response)
 
 
+REWARD_PREFIX = "rewards/"  # every metric a reward logs is under it; the loop logs nothing there
+
+
 class RewardLog:
     """TRL's logging hooks for reward functions: `log_metric(name, value)` (averaged over the
-    batch's calls) and `log_extra(column, values)` (one value per completion, a samples column)."""
+    batch's calls) and `log_extra(column, values)` (one value per completion, a samples column).
+
+    A metric name outside `rewards/` is logged as `rewards/<name>`, so a reward can never overwrite
+    the run's own columns (`step`, `episode`, `objective/kl`, ...); TRL's `rewards/<func>/mean|std` stay as they are."""
 
     def __init__(self):
         self.metrics: dict[str, list[float]] = {}
         self.extra: dict[str, list] = {}
 
     def log_metric(self, name: str, value: float) -> None:
+        name = str(name)
+        if not name.startswith(REWARD_PREFIX):
+            name = REWARD_PREFIX + name
         self.metrics.setdefault(name, []).append(float(value))
 
     def log_extra(self, column: str, values: list) -> None:

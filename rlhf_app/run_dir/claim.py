@@ -19,15 +19,12 @@ from omegaconf import OmegaConf
 
 from rlhf_app.config import TrainConfig, flat_keys
 from rlhf_app.preflight import PreflightError
-from rlhf_app.run_dir.atomic import remove_dir
 from rlhf_app.run_dir.checkpoint import STATE_JSON, check_whole, checkpoints, find_resume, remove_leftovers
 from rlhf_app.run_dir.integrity import CheckpointError
+from rlhf_app.run_dir.outputs import clear_run
 
 LOCK_FILE = ".lock"
 FINISHED_FILE = "trainer_state.json"  # in final/: the update the run finished at
-# What a run writes (and overwrite_output_dir=true removes); anything else in the folder is left alone.
-RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "samples.jsonl", "eval.json", "values.json", "report.html", "plots",
-               "final", "README.md", "hub_upload", "wandb", "tensorboard", "trackio")
 # Changes a resume may make. Any other changed key alters what is trained: the resume is refused.
 SAFE = ("output_dir", "resume_from", "overwrite_output_dir", "recipe", "save_steps", "save_total_limit",
         "report_to", "run_name", "logging_steps", "sample_every", "eval_before_after", "eval_steps", "print_config",
@@ -113,16 +110,6 @@ def holds_run(output_dir: Path) -> bool:
     out = Path(output_dir)
     metrics = out / "metrics.jsonl"
     return (metrics.is_file() and metrics.stat().st_size > 0) or (out / "final").exists() or bool(checkpoints(out))
-
-
-def clear_run(output_dir: Path) -> None:
-    """Remove the files a run wrote (overwrite_output_dir=true); other files in the folder stay."""
-    out = Path(output_dir)
-    for path in [out / name for name in RUN_OUTPUTS] + sorted(out.glob("checkpoint-*")) + sorted(out.glob(".checkpoint-*")):
-        if path.is_dir():
-            remove_dir(path)
-        elif path.exists():
-            path.unlink()
 
 
 def finished_at(output_dir: Path) -> int | None:

@@ -29,7 +29,12 @@ def truncate_rows(path: Path, step: int) -> None:
             print(f"warning: {path} line {number} is incomplete (a run was killed while writing it): dropped",
                   file=sys.stderr)
             continue
-        if row["step"] <= step:
+        logged = row.get("step") if isinstance(row, dict) else None
+        if not isinstance(logged, int) or isinstance(logged, bool):  # the loop writes an int step on every row
+            print(f"warning: {path} line {number} has no update number (not a row the trainer wrote): dropped",
+                  file=sys.stderr)
+            continue
+        if logged <= step:
             keep.append(line)
     if keep == lines:
         return
