@@ -85,7 +85,8 @@ BAD_FILES = {
     "broken.jsonl": (_jsonl(TEXT[:6]) + '{"prompt": "the movie"\n' + _jsonl(TEXT[:6]), "broken.jsonl, line 7: not valid JSON"),
     "not-object.jsonl": (_jsonl(TEXT[:3]) + "[1, 2]\n" + _jsonl(TEXT[:6]), "not-object.jsonl, line 4: holds [1, 2], not an object"),
     "no-prompt.csv": ("text,answer\nthe movie,1\n" * 20, "data.prompt_column='prompt' is not a column of"),
-    "fake.parquet": ("this is not parquet\n", "cannot read"),
+    "fake.parquet": ("this is not parquet\n", "fake.parquet as .parquet (ArrowInvalid: Parquet magic bytes"),
+    "ragged.csv": ("prompt,answer\nthe movie,1\nthe film,2,3\n" * 10, "ragged.csv as .csv (ParserError: "),
     "broken.json": ('[{"prompt": "the movie"},\n{"prompt": }]\n', "broken.json, line 2: not valid JSON"),
     "null-prompt.jsonl": (_jsonl(TEXT[:4] + [{"answer": "1"}] + TEXT[:10]), "null-prompt.jsonl, line 5: "
                           "data.prompt_column='prompt' holds no prompt (null)"),
@@ -108,6 +109,13 @@ def test_a_malformed_data_file_is_one_line_naming_it_before_models_load(monkeypa
     message = _one_line_error(monkeypatch, ["recipe=tiny", f"data.name={path}", f"output_dir={tmp_path}/run"])
     assert expected in message and str(path) in message, message
     assert "holds a list" not in message  # the old, misleading answer to a mixed column
+
+
+def test_a_bad_file_in_a_data_folder_is_named_with_its_line(monkeypatch, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text(_jsonl(TEXT) + '{"prompt": \n')
+    message = _one_line_error(monkeypatch, ["recipe=tiny", f"data.name={tmp_path / 'data'}", f"output_dir={tmp_path}/run"])
+    assert f"{tmp_path / 'data' / 'train.jsonl'}, line 41: not valid JSON" in message
 
 
 def test_an_eval_split_a_local_file_lacks_is_one_line(monkeypatch, tmp_path):

@@ -44,8 +44,8 @@ def _json_lines(path: Path) -> DataError | None:
     return None
 
 
-def unreadable(path: Path, kind: str, err: BaseException) -> DataError:
-    """Why `datasets` could not read a local file: its first bad line where the format has lines."""
+def _bad_file(path: Path) -> DataError | None:
+    """What is wrong with one data file that its format can say: empty, or the first bad JSON line."""
     try:
         if not path.read_bytes().strip():
             return DataError(f"{path} is empty: give it one row per prompt (e.g. a .jsonl line "
@@ -59,15 +59,27 @@ def unreadable(path: Path, kind: str, err: BaseException) -> DataError:
                     return DataError(f"{path}, line {bad.lineno}: not valid JSON ({bad.msg}, column {bad.colno}): "
                                      "fix the file")
             else:
-                found = _json_lines(path)
-                if found is not None:
-                    return found
+                return _json_lines(path)
     except UnicodeDecodeError as bad:
         return DataError(f"{path} is not UTF-8 text (byte {bad.start}): save it as UTF-8")
+    return None
+
+
+def unreadable(path: Path, suffixes, err: BaseException) -> DataError:
+    """Why `datasets` could not read a local file or folder: a file's first bad line where the format has
+    lines, else the reader's own reason."""
+    files = sorted(f for f in path.rglob("*") if f.suffix in suffixes) if path.is_dir() else [path]
+    for file in files:
+        found = _bad_file(file)
+        if found is not None:
+            return found
     root = _root(err)
     detail = (str(root).strip().splitlines() or [type(root).__name__])[0][:200]
-    return DataError(f"cannot read {path} as a {kind} file ({type(root).__name__}: {detail}): check that it is "
-                     f"a {path.suffix} file, written whole")
+    if path.is_dir():
+        return DataError(f"cannot read the data files in {path} ({type(root).__name__}: {detail}): check that "
+                         "each is whole and in the format its extension names")
+    return DataError(f"cannot read {path} as {path.suffix} ({type(root).__name__}: {detail}): check that it is a "
+                     f"whole {path.suffix} file")
 
 
 def unknown_split(err: ValueError, key: str, name: str, split: str) -> DataError | None:

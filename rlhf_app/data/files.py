@@ -37,9 +37,9 @@ def read_split(d, split: str, key: str = "data.split") -> Dataset:
         known = unknown_split(err, key, d.name, split) if isinstance(err, ValueError) else None
         if known is not None:
             raise known from None
-        if not local:
-            raise
-        raise unreadable(path, LOADERS[path.suffix], err) from None
+        if not (local or path.is_dir()):
+            raise  # a Hub dataset: hub_access names what failed
+        raise unreadable(path, LOADERS, err) from None
     return ds.add_column(ROW, list(range(len(ds))))
 
 
