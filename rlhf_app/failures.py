@@ -42,11 +42,14 @@ def non_finite_source(cfg: TrainConfig, largest: dict) -> str | None:
     effective = top * cfg.ppo.reward_scale
     if cfg.ppo.reward_clip is not None:
         effective = min(effective, cfg.ppo.reward_clip)
-    if not math.isfinite(effective) or effective > SQUARE_SAFE:
-        return (f"reward {name!r} scored up to {top:.3g} (times its weight) in this update: the update squares "
-                f"scores in float32, which overflows beyond {SQUARE_SAFE:.2g}; make {name!r} return scores of a "
-                "sensible size, or set ppo.reward_scale / ppo.reward_clip")
-    return None
+    if not effective > SQUARE_SAFE:  # (NaN included: not a score's doing)
+        return None
+    overflow = f"the update squares scores in float32, which overflows beyond {SQUARE_SAFE:.2g}"
+    if top <= SQUARE_SAFE:
+        return (f"ppo.reward_scale={cfg.ppo.reward_scale:g} takes the scores of reward {name!r} (up to {top:.3g}) to "
+                f"{effective:.3g}: {overflow}; lower ppo.reward_scale or set ppo.reward_clip")
+    return (f"reward {name!r} scored up to {top:.3g} (times its weight) in this update: {overflow}; make {name!r} "
+            "return scores of a sensible size, or set ppo.reward_scale / ppo.reward_clip")
 
 
 def explain(err: BaseException, cfg: TrainConfig, largest: dict | None = None) -> str | None:

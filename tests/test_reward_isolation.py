@@ -122,6 +122,9 @@ def test_a_non_finite_update_names_the_reward_whose_scores_overflow(reward_cfg, 
     fn(["p0", "p1"], ["c0", "c1"], completion_ids=[[1], [2]], trainer_state=TrainerState(), key=["p0", "p1"])
     message = explain(NonFiniteError("non-finite loss/value_avg at update 3"), tiny_cfg(), fn.largest)
     assert "reward 'record' scored up to 2e+25 (times its weight)" in message and "overflows" in message
+    scaled = tiny_cfg("ppo.reward_scale=1e25")
+    message = explain(NonFiniteError("non-finite loss/value_avg at update 3"), scaled, {"toy": 2.0})
+    assert "ppo.reward_scale=1e+25 takes the scores of reward 'toy' (up to 2) to 2e+25" in message
     small = build_reward(reward_cfg(funcs=["toy"]))
     small(["p0"], ["aaa"])
     message = explain(NonFiniteError("non-finite loss/value_avg at update 3"), tiny_cfg(), small.largest)
