@@ -99,7 +99,7 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
         accelerator.print(evaluation.eval_line("before", evals["before"]))
     # ---- train (hub.strategy=every_save|checkpoint: each checkpoint pushed in the background as it is saved)
     pusher = hub_sync.pusher(cfg, out, hub_token) if accelerator.is_main_process else None
-    with explained(cfg):
+    with explained(cfg, reward_fn):
         state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, out, engine,
                               on_save=pusher, on_update=evaluation.EvalEvery(cfg, accelerator, tokenizer, eval_ds,
                                                                               reward_fn, eval_engine))

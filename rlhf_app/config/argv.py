@@ -22,7 +22,7 @@ def normalize_argv(argv: list[str], kind: Callable[[str], str]) -> tuple[list[st
     (`--lora_target_modules q_proj v_proj`), as transformers' HfArgumentParser reads them.
     `kind(key)` says which: 'bool', 'list' or 'value'.
     """
-    out, flags, i = [], set(), 0
+    out, flags, recipes, i = [], set(), [], 0
     while i < len(argv):
         arg = argv[i]
         i += 1
@@ -30,7 +30,9 @@ def normalize_argv(argv: list[str], kind: Callable[[str], str]) -> tuple[list[st
             if "=" not in arg:
                 raise ArgvError(f"argument {arg!r} has no '=': write key=value or --key value (e.g. recipe=tiny)")
             out.append(arg)
+            _one_recipe(recipes, arg, arg)
             continue
+        start = i - 1
         if not arg.startswith("--") or len(arg) == 2:
             raise ArgvError(f"{arg.split('=', 1)[0]} is not an option: write --key value or key=value "
                               "(e.g. --learning_rate 1e-5 or ppo.learning_rate=1e-5)")
@@ -53,4 +55,14 @@ def normalize_argv(argv: list[str], kind: Callable[[str], str]) -> tuple[list[st
             value = f"[{','.join(values)}]" if how == "list" and len(values) > 1 else values[0]
         out.append(f"{key}={value}")
         flags.add(key)
+        _one_recipe(recipes, out[-1], " ".join(argv[start:i]))
     return out, flags
+
+
+def _one_recipe(recipes: list[str], arg: str, typed: str) -> None:
+    """A run reads one recipe: a second one (`recipe=`, `--config`) would silently replace the first."""
+    if arg.split("=", 1)[0].strip() == "recipe":
+        recipes.append(typed)
+        if len(recipes) > 1:
+            raise ArgvError(f"two recipes on one command line ({recipes[0]} and {recipes[1]}): pass one recipe "
+                            "and set what should differ as key=value")

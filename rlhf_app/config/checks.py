@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rlhf_app.errors import UserError
@@ -23,11 +24,21 @@ _GE0, _GT0, _GE1, _UNIT, _PROB = (0, None, True, False), (0, None, False, False)
     (0, 1, True, True), (0, 1, False, True)
 
 
+def finite(key: str, value: Any) -> None:
+    """A float (or each float of a list) must be a finite number: NaN compares false with every bound
+    and inf passes an open one, so a range alone lets both through."""
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(v, float) and not math.isfinite(v):
+            what = f"holds {v}: each entry must be" if isinstance(value, (list, tuple)) else "is not"
+            raise ConfigError(f"{key}={value} {what} a finite number: set a finite value")
+
+
 def _ranges(section: str, obj, spec: dict) -> None:
     for name, (low, high, low_in, high_in) in spec.items():
         value = getattr(obj, name)
         if value is None:
             continue
+        finite(f"{section}.{name}" if section else name, value)
         ok = (low is None or (value >= low if low_in else value > low)) and \
              (high is None or (value <= high if high_in else value < high))
         if not ok:

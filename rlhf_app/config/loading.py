@@ -13,7 +13,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlhf_app.config.argv import ArgvError, normalize_argv
-from rlhf_app.config.checks import TRACKERS, ConfigError
+from rlhf_app.config.checks import TRACKERS, ConfigError, finite
 from rlhf_app.config.train_config import TrainConfig, num_updates
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
@@ -207,17 +207,33 @@ def _sample_every(cfg: "TrainConfig", generations: int) -> int:
 
 
 def _load_yaml(path: Path):
-    """A YAML file as OmegaConf; a syntax error becomes one line with the file and line."""
+    """A recipe file as OmegaConf; a syntax error becomes one line with the file and line, and a file
+    that is not a mapping of keys (a list, a scalar, nothing) one line naming the file."""
     import yaml
 
     try:
-        return OmegaConf.load(path)
+        top = yaml.safe_load(path.read_text())  # only its shape: OmegaConf's loader reads the values
+        if isinstance(top, dict):
+            return OmegaConf.load(path)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"YAML syntax error in {where}: {problem}; fix the file (indent with spaces, "
                           "'key: value' per line)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read recipe {path}: {err.__class__.__name__}: {err}") from None
+    shape = "is empty" if top is None else "holds a list" if isinstance(top, list) else f"holds only {top!r}"
+    raise ConfigError(f"recipe {path} {shape}: a recipe is a mapping of keys, one 'key: value' per line "
+                      "(e.g. ppo.learning_rate: 1.0e-5)")
+
+
+def _check_finite(merged) -> None:
+    """Every float of the merged config (not the free-form kwargs) a finite number, before the sections'
+    own checks: `ppo.learning_rate=inf` passes `> 0`, and a NaN fails every comparison silently."""
+    for key, value in flat_keys(merged).items():
+        if not key.startswith(OPEN_DICTS) and value is not MISSING:
+            finite(key, list(value) if OmegaConf.is_list(value) else value)
 
 
 def load_config(argv: list[str]) -> TrainConfig:
@@ -240,6 +256,7 @@ def load_config(argv: list[str]) -> TrainConfig:
         generations = cli_generations  # the last layer that sets either wins
     try:
         merged = OmegaConf.merge(*layers)
+        _check_finite(merged)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from rlhf_app.config.checks import _GE0, _GE1, _GT0, _PROB, _UNIT, SCHEDULERS, ConfigError, _choice, _ranges
+from rlhf_app.config.checks import _GE0, _GE1, _GT0, _PROB, _UNIT, SCHEDULERS, ConfigError, _choice, _ranges, finite
 
 
 # from_pretrained kwargs that model.* fields own, and where to set them instead.
@@ -145,6 +145,8 @@ class RewardConfig:
         if self.trailing_answer_score and not self.answer_at_end:
             raise ConfigError("reward.trailing_answer_score is the score of an answer that does not end its "
                               "completion: it needs reward.answer_at_end=true (or leave it at 0)")
+        if self.weights is not None:
+            finite("reward.weights", list(self.weights))  # a NaN weight would silently drop its function
         if self.weights is not None and len(self.weights) != len(self.funcs or [self.name]):
             raise ConfigError(f"reward.weights has {len(self.weights)} entries for {len(self.funcs or [self.name])} "
                               "reward functions (reward.funcs): give one weight per function")

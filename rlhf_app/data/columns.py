@@ -3,3 +3,7 @@
 # The rendered prompt text goes in `prompt` (what the policy sees); a conversational prompt's
 # messages stay here, so the rewards get them as TRL passes them.
 CONVERSATION_COLUMN = "prompt_messages"
+
+# What TRL's GRPOTrainer passes to every reward function besides the dataset columns: a dataset
+# column may not carry one of these names.
+REWARD_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")

@@ -11,9 +11,12 @@ dict maps the built-in names to builders `build(cfg, device) -> callable`. A cal
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import numbers
+import signal
+import threading
 from types import SimpleNamespace
 from typing import Callable
 
@@ -27,6 +30,7 @@ RewardFn = Callable[..., list[float]]
 
 BUILDERS = {"toy": toy.build, "sentiment": sentiment.build, "gsm8k": gsm8k.build}
 HINT = "return a list of one float (or None) per completion"
+FLOAT32_MAX = 3.4028234663852886e38  # the scores train as float32 tensors (rl/rollout.score)
 
 
 class RewardError(UserError, RuntimeError):
@@ -78,12 +82,22 @@ def _row(columns: dict, i: int, n: int) -> dict:
     return {k: [v[i]] if isinstance(v, (list, tuple)) and len(v) == n else v for k, v in columns.items()}
 
 
+def _own(value):
+    """A reward's own copy of an argument (lists, conversations, trainer_state), so that what it changes
+    reaches neither the next reward nor the logs; the logging hooks stay the caller's."""
+    return value if callable(value) else copy.deepcopy(value)
+
+
+def _call(fn: RewardFn, prompts, completions, columns: dict):
+    return fn(_own(prompts), _own(completions), **{k: _own(v) for k, v in columns.items()})
+
+
 def _culprit(name: str, fn: RewardFn, prompts, completions, columns, err: Exception) -> RewardError:
     """Re-score one completion at a time to name the one that makes `fn` fail."""
     n = len(completions)
     for i in range(n):
         try:
-            fn(prompts[i:i + 1], completions[i:i + 1], **_row(columns, i, n))
+            _call(fn, prompts[i:i + 1], completions[i:i + 1], _row(columns, i, n))
         except Exception as single:  # noqa: BLE001 - any failure is reported with its input
             return RewardError(f"reward {name!r} failed on completion {i} {_short(completions[i])}: "
                                f"{type(single).__name__}: {single}")
@@ -116,24 +130,60 @@ def as_scores(name: str, out, completions) -> list:
                               f"{i}: {HINT}")
         if not math.isfinite(float(s)):
             raise RewardError(f"reward {name!r} returned {s} for completion {i} {_short(completions[i])}")
+        if abs(float(s)) > FLOAT32_MAX:  # inf once it is a training tensor
+            raise RewardError(f"reward {name!r} returned {s} for completion {i} {_short(completions[i])}, beyond "
+                              f"float32's range (±{FLOAT32_MAX:.3g}), in which the update trains: return smaller scores")
     return [None if s is None else float(s) for s in scores]
 
 
+class _SigintSeen:
+    """Around a reward call: whether a real SIGINT (the user's Ctrl-C) arrived, so that a
+    KeyboardInterrupt the reward raises itself is not taken for one. The handler in place still runs."""
+
+    def __enter__(self):
+        self.seen, self._old = False, None
+        old = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+        if callable(old):  # else SIGINT raises nothing here: a KeyboardInterrupt is the code's own
+
+            def note(signum, frame):
+                self.seen = True
+                old(signum, frame)
+
+            self._old = old
+            signal.signal(signal.SIGINT, note)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
 def checked(name: str, fn: RewardFn) -> RewardFn:
-    """Wrap a reward so that an exception, a wrong length or type, NaN or inf fails with a message
-    naming the reward and the completion (None stays: "does not apply"); `extra_metrics` stays
-    reachable on the wrapper."""
+    """Wrap a reward so that an exception (sys.exit and a KeyboardInterrupt of its own too), a wrong length
+    or type, NaN or inf fails with a message naming the reward and the completion (None stays: "does not
+    apply"); it gets its own copies of its arguments; `extra_metrics` stays reachable on the wrapper."""
 
     def reward_fn(prompts: list[str], completions: list[str], **columns) -> list:
-        try:
-            out = fn(prompts, completions, **columns)
-        except Exception as err:  # noqa: BLE001 - re-raised with the offending completion
-            raise _culprit(name, fn, prompts, completions, columns, err) from err
+        with _SigintSeen() as sigint:
+            try:
+                out = _call(fn, prompts, completions, columns)
+            except KeyboardInterrupt:
+                if sigint.seen:
+                    raise  # the user's Ctrl-C
+                raise RewardError(f"reward {name!r} raised KeyboardInterrupt itself (no Ctrl-C was pressed): {HINT}, "
+                                  "or raise an ordinary exception to stop the run") from None
+            except SystemExit as err:
+                raise RewardError(f"reward {name!r} called sys.exit({err.code!r}): {HINT}, or raise an ordinary "
+                                  "exception to stop the run") from None
+            except Exception as err:  # noqa: BLE001 - re-raised with the offending completion
+                raise _culprit(name, fn, prompts, completions, columns, err) from err
         return as_scores(name, out, completions)
 
     reward_fn.__wrapped__ = fn
     if callable(getattr(fn, "extra_metrics", None)):
-        reward_fn.extra_metrics = fn.extra_metrics
+        reward_fn.extra_metrics = lambda prompts, completions, **columns: _call(
+            fn.extra_metrics, prompts, completions, columns)
     return reward_fn
 
 

@@ -64,6 +64,8 @@ def combine(names: list[str], fns: list, text_only: list[bool], weights: list[fl
             hooks["log_metric"](key, value)
         for i, name in enumerate(names):
             hooks["log_extra"](f"rewards/{name}", stats[:, i].tolist())
+        # Each function's largest |weight · score| of this batch: what a non-finite update is traced back to.
+        reward_fn.largest = dict(zip(names, (stats * w).abs().nan_to_num(0.0).amax(dim=0).tolist()))
         return weighted_nansum(stats, w).tolist()
 
     extras = [(name, getattr(fn, "extra_metrics", None)) for name, fn in zip(names, fns)]
@@ -80,4 +82,5 @@ def combine(names: list[str], fns: list, text_only: list[bool], weights: list[fl
 
         reward_fn.extra_metrics = extra_metrics
     reward_fn.reward_names = list(names)
+    reward_fn.largest = {}
     return reward_fn

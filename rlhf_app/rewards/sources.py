@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from rlhf_app.data.columns import REWARD_ARGUMENTS
 from rlhf_app.errors import UserError
 
 BUILTINS = ("toy", "sentiment", "gsm8k")
-# What TRL's GRPOTrainer passes to every reward function besides the dataset columns.
-CONTRACT = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
+CONTRACT = REWARD_ARGUMENTS  # what every reward function receives besides the dataset columns
 _CALL = re.compile(r"^([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.DOTALL)
 FORMAT = "reward.function=path/to/file.py:function"
 

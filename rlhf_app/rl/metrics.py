@@ -40,9 +40,11 @@ def reduced_metrics(accelerator, stats: list, stat_keys: list, objective: dict, 
     Raises NonFiniteError when any of them is not finite."""
     local = torch.cat([torch.stack(stats).mean(0), torch.stack(list(objective.values()))])
     reduced = accelerator.reduce(local, reduction="mean").tolist()
-    if not all(math.isfinite(v) for v in reduced):
-        raise NonFiniteError(f"non-finite loss, reward or KL at update {step}")
-    return dict(zip([*stat_keys, *objective], reduced))
+    metrics = dict(zip([*stat_keys, *objective], reduced))
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:  # named, so that the message can point at what went first (scores, KL, a loss)
+        raise NonFiniteError(f"non-finite {', '.join(bad[:4])}{' …' if len(bad) > 4 else ''} at update {step}")
+    return metrics
 
 
 def timings(episodes: int, tokens: float, t0, t_sync, t_gen, t_reward, t_fwd, t_train) -> dict:
