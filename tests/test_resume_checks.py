@@ -17,10 +17,12 @@ EPISODES = 32  # per update of the tiny recipe
 
 
 def _fails(capsys, *args: str) -> str:
-    """`rlhf-app train recipe=tiny ARGS` in this process: the one line it ends with (without `error: `)."""
+    """`rlhf-app train recipe=tiny ARGS` (ARGS may name another recipe instead) in this process: the one
+    line it ends with (without `error: `)."""
     capsys.readouterr()
+    recipe = [] if any(a.startswith("recipe=") for a in args) else ["recipe=tiny"]
     with pytest.raises(SystemExit) as exit_:
-        main(["train", "recipe=tiny", *args])
+        main(["train", *recipe, *args])
     message = str(exit_.value.code)
     assert message.startswith("error: ") and "\n" not in message, message
     assert "Traceback" not in capsys.readouterr().err
