@@ -93,6 +93,7 @@ def flat_keys(tree, prefix: str = "") -> dict[str, Any]:
 
 
 OPEN_DICTS = ("model.init_kwargs.", "data.chat_template_kwargs.")  # free-form keys (passed on to a library)
+PER_STAGE = "per_stage"  # a pipeline's per-stage keys: each stage's layer is checked on its own (_stage_layers)
 
 
 def _check_keys(cfg, known: set[str], sections: set[str], where: str, flags: set[str] = frozenset()) -> None:
@@ -100,7 +101,7 @@ def _check_keys(cfg, known: set[str], sections: set[str], where: str, flags: set
         return f"--{key}" if key in flags else key
 
     for key in flat_keys(cfg):
-        if key in known or key.startswith(OPEN_DICTS):
+        if key in known or key.startswith(OPEN_DICTS) or key.startswith(f"{PER_STAGE}."):
             continue
         if key in sections:
             raise ConfigError(f"{where}: {key} is a section; set its fields, e.g. {key}.<field>=...")
@@ -232,8 +233,36 @@ def _check_finite(merged) -> None:
     """Every float of the merged config (not the free-form kwargs) a finite number, before the sections'
     own checks: `ppo.learning_rate=inf` passes `> 0`, and a NaN fails every comparison silently."""
     for key, value in flat_keys(merged).items():
-        if not key.startswith(OPEN_DICTS) and value is not MISSING:
+        if not key.startswith((*OPEN_DICTS, f"{PER_STAGE}.")) and value is not MISSING:
             finite(key, list(value) if OmegaConf.is_list(value) else value)
+
+
+def _stage_layers(layer, where: str, known: set[str], sections: set[str]):
+    """`layer` with each per_stage.NAME made a layer of its own: its keys dotted (`model.name_or_path: x`)
+    or nested alike, TRL's names resolved, unknown keys and non-finite numbers refused as at the top."""
+    tree = OmegaConf.to_container(layer)
+    stages = tree.get(PER_STAGE)
+    if stages is None:
+        return layer
+    shape = "per_stage maps stage names to their keys, e.g. per_stage.ppo.model.name_or_path=stage:sft"
+    if not isinstance(stages, dict) or not all(isinstance(v, (dict, type(None))) for v in stages.values()):
+        raise ConfigError(f"{where}: {shape}")
+    for name, keys in stages.items():
+        here, nested = f"{where}, per_stage.{name}", {}
+        for key, value in flat_keys(keys or {}).items():
+            *parents, leaf = key.split(".")
+            node = nested
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        stage, generations = resolve_aliases(OmegaConf.create(nested), here)
+        if generations is not None:
+            raise ConfigError(f"{here}: set sample_every (updates between samples) rather than "
+                              f"{NUM_SAMPLE_GENERATIONS} for one stage")
+        _check_keys(stage, known, sections, here)
+        _check_finite(stage)
+        stages[name] = OmegaConf.to_container(stage)
+    return OmegaConf.create(tree)
 
 
 def load_config(argv: list[str]) -> TrainConfig:
@@ -249,9 +278,9 @@ def load_config(argv: list[str]) -> TrainConfig:
         path = recipe_path(str(recipe))
         recipe_cfg, generations = resolve_aliases(_load_yaml(path), f"recipe {path.name}")
         _check_keys(recipe_cfg, known, sections, f"recipe {path.name}")
-        layers.append(recipe_cfg)
+        layers.append(_stage_layers(recipe_cfg, f"recipe {path.name}", known, sections))
     _check_keys(cli, known, sections, "command line", flags)
-    layers.append(cli)
+    layers.append(_stage_layers(cli, "command line", known, sections))
     if cli_generations is not None or "sample_every" in cli:
         generations = cli_generations  # the last layer that sets either wins
     try:
