@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import importlib.util
 import os
 import typing
@@ -14,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlhf_app.config.argv import ArgvError, normalize_argv
 from rlhf_app.config.checks import TRACKERS, ConfigError, finite
+from rlhf_app.config.stages import RMSection, SFTSection
 from rlhf_app.config.train_config import TrainConfig, num_updates
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
@@ -55,6 +58,21 @@ ALIASES = {
 }
 # TRL's count of sample tables over the run; converted to sample_every (updates between them) after merging.
 NUM_SAMPLE_GENERATIONS = "num_sample_generations"
+# The stage sections, which `rlhf-app sft|rm` fill with their defaults (None in a PPO run's config).
+STAGE_SECTIONS = {"sft": SFTSection, "rm": RMSection}
+
+
+def _full_default():
+    """Every section filled, the stages too: the keys a recipe or the command line may set."""
+    return OmegaConf.structured(TrainConfig(**{name: cls() for name, cls in STAGE_SECTIONS.items()}))
+
+
+def stage_field(key: str, stage: str | None) -> str:
+    """On a stage's command line TRL's flat names are that stage's fields: `learning_rate` -> `sft.learning_rate`,
+    `save_steps` -> `rm.save_steps` (in a recipe, write the section: it may hold several stages)."""
+    if stage and "." not in key and key in {f.name for f in dataclasses.fields(STAGE_SECTIONS[stage])}:
+        return f"{stage}.{key}"
+    return key
 
 
 def available_recipes() -> list[str]:
@@ -119,6 +137,8 @@ def _hint(key: str) -> Any:
     """The declared type of a dotted key (None if unknown)."""
     cls = TrainConfig
     for part in key.split("."):
+        if type(None) in typing.get_args(cls):  # Optional[Section]: the section
+            cls = next(a for a in typing.get_args(cls) if a is not type(None))
         cls = typing.get_type_hints(cls).get(part) if hasattr(cls, "__dataclass_fields__") else None
         if cls is None:
             return None
@@ -133,9 +153,10 @@ def _field_type(dotted: str) -> str:
     return getattr(cls, "__name__", None) if isinstance(cls, type) else str(cls).replace("typing.", "")
 
 
-def _kind(key: str) -> str:
+def _kind(key: str, stage: str | None = None) -> str:
     """'bool', 'list' or 'value': how `--key` consumes the arguments after it."""
-    hint = _hint(ALIASES.get(key, key))
+    named = stage_field(key, stage)
+    hint = _hint(named if named != key else ALIASES.get(key, key))
     args = typing.get_args(hint)
     if hint is bool or (bool in args and type(None) in args):
         return "bool"
@@ -144,12 +165,17 @@ def _kind(key: str) -> str:
     return "value"
 
 
-def _normalize(argv: list[str]) -> tuple[list[str], set[str]]:
-    """(`key=value` arguments, keys typed as `--key`); ConfigError on a malformed argument."""
+def _normalize(argv: list[str], stage: str | None = None) -> tuple[list[str], set[str]]:
+    """(`key=value` arguments, keys typed as `--key`); ConfigError on a malformed argument. On a stage's
+    command line the stage's flat field names become its section's keys (`stage_field`)."""
     try:
-        return normalize_argv(argv, _kind)
+        args, flags = normalize_argv(argv, functools.partial(_kind, stage=stage))
     except ArgvError as err:
         raise ConfigError(str(err)) from None
+    if not stage:
+        return args, flags
+    moved = [stage_field(a.split("=", 1)[0], stage) + "=" + a.split("=", 1)[1] for a in args]
+    return moved, flags | {stage_field(k, stage) for k in flags}
 
 
 def normalize_args(argv: list[str]) -> list[str]:
@@ -265,13 +291,16 @@ def _stage_layers(layer, where: str, known: set[str], sections: set[str]):
     return OmegaConf.create(tree)
 
 
-def load_config(argv: list[str]) -> TrainConfig:
-    """Defaults ⊕ recipe ⊕ CLI, validated. Raises ConfigError with a one-line message."""
-    args, flags = _normalize(argv)
+def load_config(argv: list[str], stage: str | None = None) -> TrainConfig:
+    """Defaults ⊕ recipe ⊕ CLI, validated. Raises ConfigError with a one-line message.
+
+    `stage` (sft | rm): the config of that stage's command, its section filled with its defaults."""
+    args, flags = _normalize(argv, stage)
     cli, cli_generations = resolve_aliases(OmegaConf.from_dotlist(args), "command line")
-    default = OmegaConf.structured(TrainConfig)
-    known = set(flat_keys(default))
-    sections = {k for k in TrainConfig.__dataclass_fields__ if OmegaConf.is_dict(default[k])}
+    full = _full_default()
+    known = set(flat_keys(full))
+    sections = {k for k in TrainConfig.__dataclass_fields__ if OmegaConf.is_dict(full[k])}
+    default = OmegaConf.structured(TrainConfig(**({stage: STAGE_SECTIONS[stage]()} if stage else {})))
     layers, generations = [default], None
     recipe = cli.get("recipe")
     if recipe:
@@ -293,11 +322,18 @@ def load_config(argv: list[str]) -> TrainConfig:
                           f"got {str(err).split(chr(39))[1] if chr(39) in str(err) else str(err)!r}") from None
     if generations is not None:
         cfg.sample_every = _sample_every(cfg, generations)
-    if cfg.recipe and not Path(str(cfg.recipe)).suffix and "output_dir" not in cli and \
-            (not recipe or "output_dir" not in _load_yaml(recipe_path(str(recipe)))):
+    named = "output_dir" in cli or (recipe and "output_dir" in _load_yaml(recipe_path(str(recipe))))
+    if cfg.recipe and not Path(str(cfg.recipe)).suffix and not named:
         cfg.output_dir = f"runs/{cfg.recipe}"
+    if stage and "output_dir" not in cli:  # the recipe's folder holds each stage in a sub-folder: runs/tiny/sft
+        cfg.output_dir = str(Path(cfg.output_dir) / stage)
     return cfg
 
 
 def to_yaml(cfg: TrainConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The resolved config as YAML; an unset stage section (None) is left out, so a PPO run's file is unchanged."""
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg))
+    for name in STAGE_SECTIONS:
+        if tree.get(name) is None:
+            tree.pop(name, None)
+    return OmegaConf.to_yaml(OmegaConf.create(tree))
