@@ -8,7 +8,7 @@ from pathlib import Path
 from rlhf_app.report import CSS, _table, load_jsonl, load_optional
 
 # The last logged value of these, where a stage logs them (SFT / reward model: TRL's names; PPO: ours).
-HEADLINE = ("loss", "train_loss", "eval_loss", "mean_token_accuracy", "eval_accuracy", "accuracy",
+HEADLINE = ("loss", "eval_loss", "mean_token_accuracy", "eval_accuracy", "accuracy",
             "objective/scores", "objective/kl")
 
 
@@ -25,13 +25,13 @@ def _figures(folder: Path) -> str:
     if "step" in last:
         parts.append(f"step {last['step']}")
     parts += [f"{key} {last[key]:.4g}" for key in HEADLINE if isinstance(last.get(key), (int, float))][:3]
-    try:
-        evaluation = load_optional(folder / "eval.json") or {}
-    except ValueError:
-        evaluation = {}
+    evaluation = load_optional(folder / "eval.json") or {}
     scores = [evaluation[k]["mean_score"] for k in ("before", "after") if "mean_score" in evaluation.get(k, {})]
     if scores:
         parts.append("held-out score " + " -> ".join(f"{s:.4g}" for s in scores))
+    pairs = load_optional(folder / "rm_eval.json") or {}  # the reward-model stage's held-out pairs
+    if isinstance(pairs.get("accuracy"), (int, float)):
+        parts.append(f"held-out pairwise accuracy {pairs['accuracy']:.3f} ({pairs.get('pairs')} pairs)")
     return "; ".join(parts)
 
 

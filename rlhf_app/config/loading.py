@@ -331,9 +331,13 @@ def load_config(argv: list[str], stage: str | None = None) -> TrainConfig:
 
 
 def to_yaml(cfg: TrainConfig) -> str:
-    """The resolved config as YAML; an unset stage section (None) is left out, so a PPO run's file is unchanged."""
+    """The resolved config as YAML; an unset stage section (None) and empty pipeline keys are left out, so a
+    PPO run's file is unchanged."""
     tree = OmegaConf.to_container(OmegaConf.structured(cfg))
     for name in STAGE_SECTIONS:
         if tree.get(name) is None:
+            tree.pop(name, None)
+    for name in ("stages", PER_STAGE):  # a pipeline's keys: not in one run's file
+        if not tree.get(name):
             tree.pop(name, None)
     return OmegaConf.to_yaml(OmegaConf.create(tree))

@@ -19,9 +19,9 @@ REFERENCE = "stage:"
 # Keys of the pipeline as a whole: a stage gets them from the pipeline (its folder is output_dir/<stage>).
 PIPELINE_KEYS = ("stages", "per_stage", "output_dir", "recipe", "resume_from", "overwrite_output_dir",
                  "print_config")
-# Sections a kind never reads: a `stage:` reference there is checked only for the stages that read it
-# (a pipeline's reward.funcs=[stage:rm] is PPO's; the SFT stage before rm does not use it).
-UNREAD = {"sft": ("reward.",), "rm": ("reward.",)}
+# The keys each kind reads (None: all): a `stage:` reference elsewhere is not its concern (a pipeline's
+# reward.funcs=[stage:rm] is PPO's, not the SFT stage's before rm), nor is a change there once it finished.
+READS = {"sft": ("seed", "model.", "peft.", "sft."), "rm": ("seed", "model.", "peft.", "rm."), "ppo": None}
 _NAME = re.compile(r"([a-z]+)(-[A-Za-z0-9_.]+)?")
 
 
@@ -94,7 +94,8 @@ def check_stages(stages: list[str], per_stage: dict, tree: dict) -> None:
                           f"stage, e.g. per_stage.{stages[-1]}.hub.push=true")
     for index, name in enumerate(stages):
         for key, target in references(stage_leaves(tree, per_stage, name)):
-            if target in stages[:index] or key.startswith(UNREAD.get(stage_kind(name), ())):
+            reads = READS[stage_kind(name)]
+            if target in stages[:index] or (reads is not None and not key.startswith(reads)):
                 continue
             if target == name:
                 why = f"names {name} itself: a stage starts from stages before it; give {name} its own " \

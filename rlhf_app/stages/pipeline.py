@@ -19,7 +19,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlhf_app.config import ConfigError, TrainConfig, to_yaml
-from rlhf_app.config.pipeline import REFERENCE, stage_kind
+from rlhf_app.config.loading import STAGE_SECTIONS
+from rlhf_app.config.pipeline import READS, REFERENCE, stage_kind
 from rlhf_app.errors import UserError
 from rlhf_app.run_dir.signals import Stopped
 
@@ -49,15 +50,22 @@ def _resolve(value, out: Path):
 
 def stage_config(cfg: TrainConfig, name: str) -> TrainConfig:
     """Stage `name`'s config: the pipeline's, its per_stage keys on top, `stage:` references resolved, in
-    output_dir/<name> with resume_from=auto (a new folder starts, a started run continues)."""
+    output_dir/<name> with resume_from=auto (a new folder starts, a started run continues). The section of
+    its kind (sft, rm) is filled with its defaults where the recipe has none; the other stages' are left out."""
+    kind, out = stage_kind(name), Path(cfg.output_dir)
     tree = OmegaConf.to_container(OmegaConf.structured(cfg))
     overrides = tree.pop("per_stage").get(name) or {}
-    out = Path(cfg.output_dir)
+    for other in STAGE_SECTIONS:
+        if other != kind:
+            tree[other] = None
+        elif tree.get(kind) is None:  # the recipe sets nothing of it: its defaults
+            del tree[kind]
+    base = TrainConfig(**{kind: STAGE_SECTIONS[kind]()}) if kind in STAGE_SECTIONS else TrainConfig
     try:
         tree = _resolve(OmegaConf.to_container(OmegaConf.merge(tree, overrides)), out)
         tree.update(stages=[], per_stage={}, output_dir=str(out / name), resume_from="auto",
                     overwrite_output_dir=False, print_config=False, run_name=f"{cfg.run_name or out.name}-{name}")
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), tree))
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(base), tree))
     except OmegaConfBaseException as err:
         raise ConfigError(f"stage {name}: bad value for {getattr(err, 'full_key', None) or '?'}: "
                           f"{str(err).splitlines()[0]}") from None
@@ -93,14 +101,14 @@ def _check_folder(cfg: TrainConfig, stages: list[Stage]) -> None:
     elif before is not None and before != names:
         raise PipelineError(f"output_dir={out} holds the pipeline [{', '.join(before)}], not [{', '.join(names)}]: "
                             "choose another output_dir, or overwrite_output_dir=true to replace it")
-    for stage in stages:
+    for stage in stages:  # a finished stage is skipped: it must be the one asked for (a started one: its own claim)
         saved = Path(stage.cfg.output_dir) / "config.yaml"
-        if stage.status == "new" or not saved.is_file():
+        if stage.status != "finished" or not saved.is_file():
             continue
-        refused, applied, _ = config_changes(saved, stage.cfg)
-        changed = refused + (applied if stage.status == "finished" else [])
+        refused, applied, _ = config_changes(saved, stage.cfg, only=READS[stage_kind(stage.name)] or ())
+        changed = refused + applied
         if changed:
-            raise PipelineError(f"stage {stage.name} in {out} {stage.status} with other settings "
+            raise PipelineError(f"stage {stage.name} in {out} finished with other settings "
                                 f"({'; '.join(changed[:4])}): restore them, choose another output_dir, or "
                                 "overwrite_output_dir=true to run the pipeline again")
     write_text(record, to_yaml(cfg))
