@@ -16,11 +16,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlhf_app.config.argv import ArgvError, normalize_argv
 from rlhf_app.config.checks import TRACKERS, ConfigError, finite
+from rlhf_app.config.recipes import RECIPES_DIR, available_recipes, load_yaml, recipe_path  # noqa: F401 (re-exported)
 from rlhf_app.config.stages import RMSection, SFTSection
 from rlhf_app.config.train_config import TrainConfig, num_updates
-
-RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
-
 
 # ---- TRL's flat field names (ModelConfig, PPOConfig, TrainingArguments) -> the nested keys here.
 # The one table: an alias works in recipes and on the command line; print_config shows the nested key.
@@ -73,25 +71,6 @@ def stage_field(key: str, stage: str | None) -> str:
     if stage and "." not in key and key in {f.name for f in dataclasses.fields(STAGE_SECTIONS[stage])}:
         return f"{stage}.{key}"
     return key
-
-
-def available_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-
-
-def recipe_path(name: str) -> Path:
-    """`name` is a recipe under recipes/ or a path to a YAML file."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") or "/" in name:
-        if not path.is_file():
-            raise ConfigError(f"recipe file {name} does not exist")
-        return path
-    path = RECIPES_DIR / f"{name}.yaml"
-    if not path.is_file():
-        close = difflib.get_close_matches(name, available_recipes(), n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        raise ConfigError(f"unknown recipe {name!r}: {hint}available: {', '.join(available_recipes())}")
-    return path
 
 
 def flat_keys(tree, prefix: str = "") -> dict[str, Any]:
@@ -233,28 +212,6 @@ def _sample_every(cfg: "TrainConfig", generations: int) -> int:
     return max(1, num_updates(cfg.ppo, world) // generations)
 
 
-def _load_yaml(path: Path):
-    """A recipe file as OmegaConf; a syntax error becomes one line with the file and line, and a file
-    that is not a mapping of keys (a list, a scalar, nothing) one line naming the file."""
-    import yaml
-
-    try:
-        top = yaml.safe_load(path.read_text())  # only its shape: OmegaConf's loader reads the values
-        if isinstance(top, dict):
-            return OmegaConf.load(path)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"YAML syntax error in {where}: {problem}; fix the file (indent with spaces, "
-                          "'key: value' per line)") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read recipe {path}: {err.__class__.__name__}: {err}") from None
-    shape = "is empty" if top is None else "holds a list" if isinstance(top, list) else f"holds only {top!r}"
-    raise ConfigError(f"recipe {path} {shape}: a recipe is a mapping of keys, one 'key: value' per line "
-                      "(e.g. ppo.learning_rate: 1.0e-5)")
-
-
 def _check_finite(merged) -> None:
     """Every float of the merged config (not the free-form kwargs) a finite number, before the sections'
     own checks: `ppo.learning_rate=inf` passes `> 0`, and a NaN fails every comparison silently."""
@@ -305,7 +262,7 @@ def load_config(argv: list[str], stage: str | None = None) -> TrainConfig:
     recipe = cli.get("recipe")
     if recipe:
         path = recipe_path(str(recipe))
-        recipe_cfg, generations = resolve_aliases(_load_yaml(path), f"recipe {path.name}")
+        recipe_cfg, generations = resolve_aliases(load_yaml(path), f"recipe {path.name}")
         _check_keys(recipe_cfg, known, sections, f"recipe {path.name}")
         layers.append(_stage_layers(recipe_cfg, f"recipe {path.name}", known, sections))
     _check_keys(cli, known, sections, "command line", flags)
@@ -322,7 +279,7 @@ def load_config(argv: list[str], stage: str | None = None) -> TrainConfig:
                           f"got {str(err).split(chr(39))[1] if chr(39) in str(err) else str(err)!r}") from None
     if generations is not None:
         cfg.sample_every = _sample_every(cfg, generations)
-    named = "output_dir" in cli or (recipe and "output_dir" in _load_yaml(recipe_path(str(recipe))))
+    named = "output_dir" in cli or (recipe and "output_dir" in load_yaml(recipe_path(str(recipe))))
     if cfg.recipe and not Path(str(cfg.recipe)).suffix and not named:
         cfg.output_dir = f"runs/{cfg.recipe}"
     if stage and "output_dir" not in cli:  # the recipe's folder holds each stage in a sub-folder: runs/tiny/sft
