@@ -60,7 +60,8 @@ def test_sft_loss_falls_and_ppo_starts_from_its_final(tmp_path, train_tiny):
     final = _sft(out, _jsonl(tmp_path / "sft.jsonl", sft_rows()))
     losses = _losses(out)
     assert len(losses) == 8 and losses[-1] < 0.8 * losses[0]
-    assert (out / "config.yaml").is_file() and (out / "report.html").is_file()
+    assert (out / "config.yaml").is_file() and (out / "plots" / "stage.png").is_file()
+    assert "SFTTrainer" in (out / "report.html").read_text()
     assert json.loads((final / "trainer_state.json").read_text())["step"] == 8
     AutoModelForCausalLM.from_pretrained(final)
     run = train_tiny(tmp_path / "ppo", f"model.name_or_path={final}", "ppo.total_episodes=64",
@@ -80,6 +81,7 @@ def test_reward_model_ranks_held_out_pairs_and_loads_through_reward_funcs(tmp_pa
     result = json.loads((out / "rm_eval.json").read_text())
     assert result["pairs"] == 16 and result["accuracy"] >= 0.9 and len(result["margins"]) == 16
     assert json.loads((final / "config.json").read_text())["reward_append_eos"] is True
+    assert "pairwise accuracy" in (out / "report.html").read_text() and (out / "plots" / "margins.png").is_file()
     assert not (final / "adapter_config.json").exists()  # LoRA merged: a plain classifier folder
     cfg = load_config(["recipe=tiny", f"reward.funcs=[{final}]"])
     score = build_reward(cfg)
