@@ -89,6 +89,13 @@ def test_reward_model_ranks_held_out_pairs_and_loads_through_reward_funcs(tmp_pa
     chosen = score(["the "] * 40, [r["chosen"] for r in held])
     rejected = score(["the "] * 40, [r["rejected"] for r in held])
     assert sum(c > r for c, r in zip(chosen, rejected)) >= 36
+    # scored exactly as RewardTrainer trained it: prompt + completion + EOS
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model, tok = AutoModelForSequenceClassification.from_pretrained(final), AutoTokenizer.from_pretrained(final)
+    with torch.inference_mode():
+        direct = model(**tok(["the " + held[0]["chosen"] + tok.eos_token], return_tensors="pt")).logits[0, 0].item()
+    assert score(["the "], [held[0]["chosen"]])[0] == pytest.approx(direct, abs=1e-5)  # one text: no padding
 
 
 class _SignalAt:
