@@ -26,7 +26,7 @@ RUN_DIR_PATTERNS = (r"checkpoint-\d+", r"final", r"hub_upload", r"hub_upload-che
 # wandb (init dir=output_dir) writes wandb/; tensorboard (accelerate's project_dir/<project>) writes
 # rlhf_app/: event files, and per start a <time.time()>/ folder with the hparams events and hparams.yml.
 SHARED_DIRS = {
-    "plots": (r"diagnostics\.png", r"values\.png"),
+    "plots": (r"diagnostics\.png", r"values\.png", r"stage\.png", r"margins\.png"),  # PPO's; a stage's
     "wandb": (r"(offline-)?run-.+", r"latest-run", r"debug(-internal|-cli\..*)?\.log"),
     "rlhf_app": (r"events\.out\.tfevents\..+", r"\d+(\.\d+)?"),
 }
