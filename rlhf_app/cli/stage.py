@@ -7,6 +7,7 @@ import dataclasses
 
 from rlhf_app.config import available_recipes, load_config, to_yaml
 from rlhf_app.config.loading import STAGE_SECTIONS
+from rlhf_app.config.pipeline import refuse_pipeline
 
 TRAINERS = {"sft": "SFTTrainer", "rm": "RewardTrainer"}
 
@@ -26,6 +27,7 @@ def main(argv: list[str], stage: str) -> None:
         print(usage(stage))
         return
     cfg = load_config(argv, stage=stage)
+    refuse_pipeline(cfg, stage)
     if cfg.print_config:
         print(to_yaml(cfg), end="")
         return
