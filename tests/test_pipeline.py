@@ -191,3 +191,37 @@ def test_sigterm_in_a_stage_saves_and_exits_143_naming_the_command_that_continue
     assert (out / "ppo" / "checkpoint-5").is_dir()  # the update in flight finished and was saved
     cli(_pipeline(out))
     _assert_same_run(straight, out)
+
+
+def test_overwrite_output_dir_clears_the_pipeline_folder_and_its_stages(tmp_path):
+    from rlhf_app.stages.pipeline import Stage, _check_folder
+
+    out = tmp_path / "p"
+    for folder in (out, out / "rm", out / "sft"):
+        folder.mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text('{"step": 1}\n')
+    (out / "sft" / "final").mkdir()
+    (out / "notes.txt").write_text("mine")  # a user's file stays
+    (out / "pipeline.yaml").write_text("stages: [rm, ppo]\n")
+    cfg = load_config(_pipeline(out, "overwrite_output_dir=true")[1:])
+    stages = [Stage(n, stage_config(cfg, n), "finished") for n in cfg.stages]
+    _check_folder(cfg, stages)
+    assert [s.status for s in stages] == ["new", "new"]
+    assert not any(out.rglob("metrics.jsonl")) and not (out / "sft" / "final").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    assert load_config([f"recipe={out / 'pipeline.yaml'}"]).stages == ["sft", "ppo"]
+
+
+@pytest.mark.slow
+def test_sft_rm_ppo_the_reward_model_stage_is_ppos_reward(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"  # separable: chosen ends in "aaaa", rejected holds no "a"
+    pairs.write_text("".join(json.dumps({"prompt": "the ", "chosen": "b" * (i % 5 + 1) + "aaaa",
+                                         "rejected": "c" * (i % 5 + 5)}) + "\n" for i in range(48)))
+    out = tmp_path / "pipe"
+    cli(_pipeline(out, "stages=[sft,rm,ppo]", f"rm.dataset={pairs}", "rm.learning_rate=3e-3",
+                  "reward.funcs=[stage:rm]", "ppo.total_episodes=64", "eval_before_after=false"))
+    ppo = load_config([f"recipe={out / 'ppo' / 'config.yaml'}"])
+    assert ppo.reward.funcs == [str(out / "rm" / "final")] and ppo.model.name_or_path == str(out / "sft" / "final")
+    assert "rewards/rm/mean" in _rows(out / "ppo" / "metrics.jsonl")[-1]
+    assert json.loads((out / "rm" / "rm_eval.json").read_text())["accuracy"] > 0.5
+    assert "held-out pairwise accuracy" in (out / "report.html").read_text()
