@@ -125,6 +125,10 @@ def test_the_folder_must_hold_this_pipeline_or_nothing(tmp_path, capsys):
     (live / ".lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
     assert "is in use by a live run" in _one_line_error(_pipeline(live), capsys)
     assert not (live / "sft").exists() and not (other / "sft").exists()
+    stale = tmp_path / "stale"  # ppo finished, then its sft folder was removed
+    (stale / "ppo" / "final").mkdir(parents=True)
+    (stale / "pipeline.yaml").write_text("stages: [sft, ppo]\n")
+    assert "has finished but stage sft before it has not" in _one_line_error(_pipeline(stale), capsys)
 
 
 # ---- running it

@@ -101,6 +101,11 @@ def _check_folder(cfg: TrainConfig, stages: list[Stage]) -> None:
     elif before is not None and before != names:
         raise PipelineError(f"output_dir={out} holds the pipeline [{', '.join(before)}], not [{', '.join(names)}]: "
                             "choose another output_dir, or overwrite_output_dir=true to replace it")
+    for earlier, later in zip(stages, stages[1:]):  # a finished stage was fed by the stages before it as they are
+        if later.status == "finished" and earlier.status != "finished":
+            raise PipelineError(f"stage {later.name} in {out} has finished but stage {earlier.name} before it has not: "
+                                f"{later.name} was made from another {earlier.name}; choose another output_dir, or "
+                                "overwrite_output_dir=true to run the pipeline again")
     for stage in stages:  # a finished stage is skipped: it must be the one asked for (a started one: its own claim)
         saved = Path(stage.cfg.output_dir) / "config.yaml"
         if stage.status != "finished" or not saved.is_file():
