@@ -18,6 +18,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from rlhf_app.report_plots import plot_diagnostics, plot_values, reward_panels, series
+from rlhf_app.stage_report import is_stage_run, stage_of, stage_parts, stage_settings
 from rlhf_app.text_stats import distinct_word_share
 
 KEY_SETTINGS = [
@@ -165,14 +166,12 @@ def write_report(run_dir) -> Path:
     samples, evaluation, values, config = (load_optional(run_dir / name) for name in (
         "samples.jsonl", "eval.json", "values.json", "config.yaml"))
     summary, plots = summarize(metrics), run_dir / "plots"
+    if is_stage_run(metrics):  # an SFT / reward-model stage: its own sections (stage_report.py)
+        rm_eval = load_optional(run_dir / "rm_eval.json")
+        keys = stage_settings(stage_of(metrics, rm_eval))
+        return _page(run_dir, _recipe(config, keys) + stage_parts(run_dir, metrics, rm_eval, _table, _img_or_missing))
 
-    parts = [f"<h1>Run report: {html.escape(run_dir.resolve().name)}</h1>", "<h2>Recipe</h2>"]
-    if config:
-        parts.append(_table(["setting", "value"], [[k, OmegaConf.select(config, k)] for k in KEY_SETTINGS]))
-        parts.append("<details><summary>Full resolved config</summary><pre>"
-                     f"{html.escape(OmegaConf.to_yaml(config))}</pre></details>")
-    else:
-        parts.append(_missing("No config recorded (config.yaml is missing)."))
+    parts = _recipe(config)
     parts.append("<h2>Summary</h2>")
     parts.append(_table(["updates", "episodes", "wall time (s)", "final reward", "mean reward",
                          "final score", "final KL"],
@@ -197,9 +196,25 @@ def write_report(run_dir) -> Path:
     else:
         parts.append(_missing("No training samples recorded (samples.jsonl is missing or empty)."))
 
+    return _page(run_dir, parts)
+
+
+def _recipe(config, keys: list[str] = KEY_SETTINGS) -> list[str]:
+    parts = ["<h2>Recipe</h2>"]
+    if config:
+        parts.append(_table(["setting", "value"], [[k, OmegaConf.select(config, k)] for k in keys]))
+        parts.append("<details><summary>Full resolved config</summary><pre>"
+                     f"{html.escape(OmegaConf.to_yaml(config))}</pre></details>")
+    else:
+        parts.append(_missing("No config recorded (config.yaml is missing)."))
+    return parts
+
+
+def _page(run_dir: Path, parts: list[str]) -> Path:
+    name = html.escape(run_dir.resolve().name)
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f"<title>Run report: {html.escape(run_dir.resolve().name)}</title><style>{CSS}</style>"
-            f"</head><body>{''.join(parts)}</body></html>")
+            f"<title>Run report: {name}</title><style>{CSS}</style>"
+            f"</head><body><h1>Run report: {name}</h1>{''.join(parts)}</body></html>")
     out = run_dir / "report.html"
     out.write_text(page, encoding="utf-8")
     return out

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from rlhf_app.config import ALIASES, available_recipes, load_config, to_yaml
+from rlhf_app.config.pipeline import refuse_pipeline
 
 
 def usage() -> str:
@@ -20,6 +21,7 @@ def main(argv: list[str]) -> None:
         print(usage())
         return
     cfg = load_config(argv)
+    refuse_pipeline(cfg, "train")
     if cfg.print_config:
         print(to_yaml(cfg), end="")
         return

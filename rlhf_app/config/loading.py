@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import importlib.util
 import os
 import typing
@@ -14,10 +16,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlhf_app.config.argv import ArgvError, normalize_argv
 from rlhf_app.config.checks import TRACKERS, ConfigError, finite
+from rlhf_app.config.recipes import RECIPES_DIR, available_recipes, load_yaml, recipe_path  # noqa: F401 (re-exported)
+from rlhf_app.config.stages import RMSection, SFTSection
 from rlhf_app.config.train_config import TrainConfig, num_updates
-
-RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
-
 
 # ---- TRL's flat field names (ModelConfig, PPOConfig, TrainingArguments) -> the nested keys here.
 # The one table: an alias works in recipes and on the command line; print_config shows the nested key.
@@ -55,25 +56,21 @@ ALIASES = {
 }
 # TRL's count of sample tables over the run; converted to sample_every (updates between them) after merging.
 NUM_SAMPLE_GENERATIONS = "num_sample_generations"
+# The stage sections, which `rlhf-app sft|rm` fill with their defaults (None in a PPO run's config).
+STAGE_SECTIONS = {"sft": SFTSection, "rm": RMSection}
 
 
-def available_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+def _full_default():
+    """Every section filled, the stages too: the keys a recipe or the command line may set."""
+    return OmegaConf.structured(TrainConfig(**{name: cls() for name, cls in STAGE_SECTIONS.items()}))
 
 
-def recipe_path(name: str) -> Path:
-    """`name` is a recipe under recipes/ or a path to a YAML file."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") or "/" in name:
-        if not path.is_file():
-            raise ConfigError(f"recipe file {name} does not exist")
-        return path
-    path = RECIPES_DIR / f"{name}.yaml"
-    if not path.is_file():
-        close = difflib.get_close_matches(name, available_recipes(), n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        raise ConfigError(f"unknown recipe {name!r}: {hint}available: {', '.join(available_recipes())}")
-    return path
+def stage_field(key: str, stage: str | None) -> str:
+    """On a stage's command line TRL's flat names are that stage's fields: `learning_rate` -> `sft.learning_rate`,
+    `save_steps` -> `rm.save_steps` (in a recipe, write the section: it may hold several stages)."""
+    if stage and "." not in key and key in {f.name for f in dataclasses.fields(STAGE_SECTIONS[stage])}:
+        return f"{stage}.{key}"
+    return key
 
 
 def flat_keys(tree, prefix: str = "") -> dict[str, Any]:
@@ -93,6 +90,7 @@ def flat_keys(tree, prefix: str = "") -> dict[str, Any]:
 
 
 OPEN_DICTS = ("model.init_kwargs.", "data.chat_template_kwargs.")  # free-form keys (passed on to a library)
+PER_STAGE = "per_stage"  # a pipeline's per-stage keys: each stage's layer is checked on its own (_stage_layers)
 
 
 def _check_keys(cfg, known: set[str], sections: set[str], where: str, flags: set[str] = frozenset()) -> None:
@@ -100,7 +98,7 @@ def _check_keys(cfg, known: set[str], sections: set[str], where: str, flags: set
         return f"--{key}" if key in flags else key
 
     for key in flat_keys(cfg):
-        if key in known or key.startswith(OPEN_DICTS):
+        if key in known or key.startswith(OPEN_DICTS) or key.startswith(f"{PER_STAGE}."):
             continue
         if key in sections:
             raise ConfigError(f"{where}: {key} is a section; set its fields, e.g. {key}.<field>=...")
@@ -118,6 +116,8 @@ def _hint(key: str) -> Any:
     """The declared type of a dotted key (None if unknown)."""
     cls = TrainConfig
     for part in key.split("."):
+        if type(None) in typing.get_args(cls):  # Optional[Section]: the section
+            cls = next(a for a in typing.get_args(cls) if a is not type(None))
         cls = typing.get_type_hints(cls).get(part) if hasattr(cls, "__dataclass_fields__") else None
         if cls is None:
             return None
@@ -132,9 +132,10 @@ def _field_type(dotted: str) -> str:
     return getattr(cls, "__name__", None) if isinstance(cls, type) else str(cls).replace("typing.", "")
 
 
-def _kind(key: str) -> str:
+def _kind(key: str, stage: str | None = None) -> str:
     """'bool', 'list' or 'value': how `--key` consumes the arguments after it."""
-    hint = _hint(ALIASES.get(key, key))
+    named = stage_field(key, stage)
+    hint = _hint(named if named != key else ALIASES.get(key, key))
     args = typing.get_args(hint)
     if hint is bool or (bool in args and type(None) in args):
         return "bool"
@@ -143,12 +144,17 @@ def _kind(key: str) -> str:
     return "value"
 
 
-def _normalize(argv: list[str]) -> tuple[list[str], set[str]]:
-    """(`key=value` arguments, keys typed as `--key`); ConfigError on a malformed argument."""
+def _normalize(argv: list[str], stage: str | None = None) -> tuple[list[str], set[str]]:
+    """(`key=value` arguments, keys typed as `--key`); ConfigError on a malformed argument. On a stage's
+    command line the stage's flat field names become its section's keys (`stage_field`)."""
     try:
-        return normalize_argv(argv, _kind)
+        args, flags = normalize_argv(argv, functools.partial(_kind, stage=stage))
     except ArgvError as err:
         raise ConfigError(str(err)) from None
+    if not stage:
+        return args, flags
+    moved = [stage_field(a.split("=", 1)[0], stage) + "=" + a.split("=", 1)[1] for a in args]
+    return moved, flags | {stage_field(k, stage) for k in flags}
 
 
 def normalize_args(argv: list[str]) -> list[str]:
@@ -206,52 +212,61 @@ def _sample_every(cfg: "TrainConfig", generations: int) -> int:
     return max(1, num_updates(cfg.ppo, world) // generations)
 
 
-def _load_yaml(path: Path):
-    """A recipe file as OmegaConf; a syntax error becomes one line with the file and line, and a file
-    that is not a mapping of keys (a list, a scalar, nothing) one line naming the file."""
-    import yaml
-
-    try:
-        top = yaml.safe_load(path.read_text())  # only its shape: OmegaConf's loader reads the values
-        if isinstance(top, dict):
-            return OmegaConf.load(path)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"YAML syntax error in {where}: {problem}; fix the file (indent with spaces, "
-                          "'key: value' per line)") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read recipe {path}: {err.__class__.__name__}: {err}") from None
-    shape = "is empty" if top is None else "holds a list" if isinstance(top, list) else f"holds only {top!r}"
-    raise ConfigError(f"recipe {path} {shape}: a recipe is a mapping of keys, one 'key: value' per line "
-                      "(e.g. ppo.learning_rate: 1.0e-5)")
-
-
 def _check_finite(merged) -> None:
     """Every float of the merged config (not the free-form kwargs) a finite number, before the sections'
     own checks: `ppo.learning_rate=inf` passes `> 0`, and a NaN fails every comparison silently."""
     for key, value in flat_keys(merged).items():
-        if not key.startswith(OPEN_DICTS) and value is not MISSING:
+        if not key.startswith((*OPEN_DICTS, f"{PER_STAGE}.")) and value is not MISSING:
             finite(key, list(value) if OmegaConf.is_list(value) else value)
 
 
-def load_config(argv: list[str]) -> TrainConfig:
-    """Defaults ⊕ recipe ⊕ CLI, validated. Raises ConfigError with a one-line message."""
-    args, flags = _normalize(argv)
+def _stage_layers(layer, where: str, known: set[str], sections: set[str]):
+    """`layer` with each per_stage.NAME made a layer of its own: its keys dotted (`model.name_or_path: x`)
+    or nested alike, TRL's names resolved, unknown keys and non-finite numbers refused as at the top."""
+    tree = OmegaConf.to_container(layer)
+    stages = tree.get(PER_STAGE)
+    if stages is None:
+        return layer
+    shape = "per_stage maps stage names to their keys, e.g. per_stage.ppo.model.name_or_path=stage:sft"
+    if not isinstance(stages, dict) or not all(isinstance(v, (dict, type(None))) for v in stages.values()):
+        raise ConfigError(f"{where}: {shape}")
+    for name, keys in stages.items():
+        here, nested = f"{where}, per_stage.{name}", {}
+        for key, value in flat_keys(keys or {}).items():
+            *parents, leaf = key.split(".")
+            node = nested
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        stage, generations = resolve_aliases(OmegaConf.create(nested), here)
+        if generations is not None:
+            raise ConfigError(f"{here}: set sample_every (updates between samples) rather than "
+                              f"{NUM_SAMPLE_GENERATIONS} for one stage")
+        _check_keys(stage, known, sections, here)
+        _check_finite(stage)
+        stages[name] = OmegaConf.to_container(stage)
+    return OmegaConf.create(tree)
+
+
+def load_config(argv: list[str], stage: str | None = None) -> TrainConfig:
+    """Defaults ⊕ recipe ⊕ CLI, validated. Raises ConfigError with a one-line message.
+
+    `stage` (sft | rm): the config of that stage's command, its section filled with its defaults."""
+    args, flags = _normalize(argv, stage)
     cli, cli_generations = resolve_aliases(OmegaConf.from_dotlist(args), "command line")
-    default = OmegaConf.structured(TrainConfig)
-    known = set(flat_keys(default))
-    sections = {k for k in TrainConfig.__dataclass_fields__ if OmegaConf.is_dict(default[k])}
+    full = _full_default()
+    known = set(flat_keys(full))
+    sections = {k for k in TrainConfig.__dataclass_fields__ if OmegaConf.is_dict(full[k])}
+    default = OmegaConf.structured(TrainConfig(**({stage: STAGE_SECTIONS[stage]()} if stage else {})))
     layers, generations = [default], None
     recipe = cli.get("recipe")
     if recipe:
         path = recipe_path(str(recipe))
-        recipe_cfg, generations = resolve_aliases(_load_yaml(path), f"recipe {path.name}")
+        recipe_cfg, generations = resolve_aliases(load_yaml(path), f"recipe {path.name}")
         _check_keys(recipe_cfg, known, sections, f"recipe {path.name}")
-        layers.append(recipe_cfg)
+        layers.append(_stage_layers(recipe_cfg, f"recipe {path.name}", known, sections))
     _check_keys(cli, known, sections, "command line", flags)
-    layers.append(cli)
+    layers.append(_stage_layers(cli, "command line", known, sections))
     if cli_generations is not None or "sample_every" in cli:
         generations = cli_generations  # the last layer that sets either wins
     try:
@@ -264,11 +279,22 @@ def load_config(argv: list[str]) -> TrainConfig:
                           f"got {str(err).split(chr(39))[1] if chr(39) in str(err) else str(err)!r}") from None
     if generations is not None:
         cfg.sample_every = _sample_every(cfg, generations)
-    if cfg.recipe and not Path(str(cfg.recipe)).suffix and "output_dir" not in cli and \
-            (not recipe or "output_dir" not in _load_yaml(recipe_path(str(recipe)))):
+    named = "output_dir" in cli or (recipe and "output_dir" in load_yaml(recipe_path(str(recipe))))
+    if cfg.recipe and not Path(str(cfg.recipe)).suffix and not named:
         cfg.output_dir = f"runs/{cfg.recipe}"
+    if stage and "output_dir" not in cli:  # the recipe's folder holds each stage in a sub-folder: runs/tiny/sft
+        cfg.output_dir = str(Path(cfg.output_dir) / stage)
     return cfg
 
 
 def to_yaml(cfg: TrainConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The resolved config as YAML; an unset stage section (None) and empty pipeline keys are left out, so a
+    PPO run's file is unchanged."""
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg))
+    for name in STAGE_SECTIONS:
+        if tree.get(name) is None:
+            tree.pop(name, None)
+    for name in ("stages", PER_STAGE):  # a pipeline's keys: not in one run's file
+        if not tree.get(name):
+            tree.pop(name, None)
+    return OmegaConf.to_yaml(OmegaConf.create(tree))

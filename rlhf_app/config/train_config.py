@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
 
 from rlhf_app.config.checks import _GE0, TRACKERS, ConfigError, _choice, _ranges
+from rlhf_app.config.pipeline import check_stages
 from rlhf_app.config.sections import DataConfig, ModelConfig, PeftConfig, PPOConfig, RewardConfig
+from rlhf_app.config.stages import RMSection, SFTSection
 
 
 ENGINES = ("hf", "vllm")
@@ -170,6 +172,9 @@ class TrainConfig:
     eval_before_after: bool = True
     eval_steps: int = 0  # score the held-out split every N updates and at the end (eval/... metrics); 0: never
     print_config: bool = False
+    # A pipeline (rlhf-app pipeline): its stages in order, each in output_dir/<stage>; empty: one run.
+    stages: list[str] = field(default_factory=list)  # e.g. [sft, rm, ppo] (config/pipeline.py)
+    per_stage: dict[str, Any] = field(default_factory=dict)  # keys of one stage: per_stage.ppo.model.name_or_path=stage:sft
     model: ModelConfig = field(default_factory=ModelConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -178,6 +183,9 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    # The stages before PPO (`rlhf-app sft`, `rlhf-app rm`); None: not set (left out of config.yaml).
+    sft: Optional[SFTSection] = None
+    rm: Optional[RMSection] = None
 
     def __post_init__(self):
         for tracker in self.report_to:
@@ -201,3 +209,5 @@ class TrainConfig:
         self.algorithm.check_batch(self.ppo)
         if self.eval_steps < 0:
             raise ConfigError(f"eval_steps must be >= 0 (0: never), got {self.eval_steps}")
+        tree = {k: v for k, v in asdict(self).items() if k != "per_stage"}
+        check_stages(list(self.stages), dict(self.per_stage), tree)

@@ -56,10 +56,14 @@ def build(cfg, device=None):
     target = torch.device(rc.device or device or "cpu")
     model.to(target).eval()
     max_length = _max_length(tokenizer, model)
+    # A reward model trained by `rlhf-app rm` on text pairs saw each text end in EOS (TRL's RewardTrainer
+    # appends it; stages/rm.py records that in its config): score exactly as it trained, or it reads noise.
+    eos = tokenizer.eos_token if getattr(model.config, "reward_append_eos", False) and tokenizer.eos_token else ""
 
     def logits(prompts: list[str], completions: list[str]) -> torch.Tensor:
         """Classifier logits of every text, batch by batch. -> (N, num_labels) on the CPU."""
         texts = [p + c for p, c in zip(prompts, completions)] if rc.score_prompt else list(completions)
+        texts = [t if t.endswith(eos) else t + eos for t in texts]
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), rc.batch_size):

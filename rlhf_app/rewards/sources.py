@@ -167,7 +167,9 @@ def resolve(cfg) -> list[Source]:
                 raise RewardSourceError(f"reward source {spec!r}: {err}") from None
             source = Source(spec, "python" if legacy else _name_of(fn), "function", fn)
         else:
-            source = Source(spec, spec.rstrip("/").split("/")[-1].removeprefix("asset:"), "model")
+            parts = spec.rstrip("/").split("/")  # a run's final/ or checkpoint-N/ goes by its run's name (rm/final: rm)
+            run = len(parts) > 1 and re.fullmatch(r"final|checkpoint-\d+", parts[-1])
+            source = Source(spec, (parts[-2] if run else parts[-1]).removeprefix("asset:"), "model")
         count = seen[source.name] = seen.get(source.name, 0) + 1
         if count > 1:  # two sources named alike keep apart in the metrics
             source.name = f"{source.name}_{count}"

@@ -123,16 +123,21 @@ def finished_at(output_dir: Path) -> int | None:
         return -1
 
 
-def config_changes(old_yaml: Path, cfg: TrainConfig) -> tuple[list[str], list[str], list[str]]:
+def config_changes(old_yaml: Path, cfg: TrainConfig, only: tuple[str, ...] = (),
+                   safe_keys: tuple[str, ...] = SAFE) -> tuple[list[str], list[str], list[str]]:
     """(refused, applied, safe) changes between a saved config.yaml and `cfg`, as `key: old -> new`.
 
-    A key the old file lacks (added to rlhf_app since) counts as its default value.
+    A key the old file lacks (added to rlhf_app since) counts as its default value. `only`: compare just
+    the keys under these prefixes (a stage trains from model, peft, seed and its own section);
+    `safe_keys`: the changes that alter nothing trained.
     """
     old = flat_keys(OmegaConf.to_container(OmegaConf.load(old_yaml)))
     new = flat_keys(OmegaConf.to_container(OmegaConf.structured(cfg)))
     default = flat_keys(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))
     refused, applied, safe = [], [], []
     for key, value in new.items():
+        if only and not key.startswith(only):
+            continue
         before = old.get(key, default.get(key))
         if before == value or (isinstance(before, (int, float)) and isinstance(value, (int, float))
                                and float(before) == float(value)):
@@ -140,7 +145,7 @@ def config_changes(old_yaml: Path, cfg: TrainConfig) -> tuple[list[str], list[st
         line = f"{key}: {before!r} -> {value!r}"
         if key in APPLIED:
             applied.append(line)
-        elif any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE):
+        elif any(key == s or (s.endswith(".") and key.startswith(s)) for s in safe_keys):
             safe.append(line)
         else:
             refused.append(line)

@@ -16,7 +16,8 @@ from rlhf_app.run_dir.atomic import remove_dir
 # Files at the top of the run folder: launch (config.yaml), the loop's logs, the end of `train`
 # (eval.json, values.json, report.html) and `rlhf-app eval` (eval-final.json, eval-checkpoint-N-train.json).
 # Not .lock: the run that clears the folder holds it.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "eval.json", "values.json", "report.html")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "eval.json", "values.json", "report.html",
+             "rm_eval.json")  # rm_eval.json: the reward-model stage's held-out pairs (stages/rm.py)
 RUN_FILE_PATTERNS = (r"eval-(final|checkpoint-\d+)(-train)?\.json",)
 # Folders that are wholly ours: checkpoints, final/, the Hub upload folders (hub_upload/ of the final
 # push, hub_upload-checkpoint-N/ of each hub.strategy=every_save push, kept by hub.dry_run=true).
@@ -25,7 +26,7 @@ RUN_DIR_PATTERNS = (r"checkpoint-\d+", r"final", r"hub_upload", r"hub_upload-che
 # wandb (init dir=output_dir) writes wandb/; tensorboard (accelerate's project_dir/<project>) writes
 # rlhf_app/: event files, and per start a <time.time()>/ folder with the hparams events and hparams.yml.
 SHARED_DIRS = {
-    "plots": (r"diagnostics\.png", r"values\.png"),
+    "plots": (r"diagnostics\.png", r"values\.png", r"stage\.png", r"margins\.png"),  # PPO's; a stage's
     "wandb": (r"(offline-)?run-.+", r"latest-run", r"debug(-internal|-cli\..*)?\.log"),
     "rlhf_app": (r"events\.out\.tfevents\..+", r"\d+(\.\d+)?"),
 }

@@ -1,0 +1,96 @@
+"""`rlhf-app rm`: a reward model on TRL's RewardTrainer (Bradley–Terry over chosen / rejected pairs).
+
+config → network env → tokenizer → pairs and their checks (before any model loads) → claim the run folder →
+RewardTrainer (LoRA with the score head trainable) → train, resumable → held-out pairs scored (rm_eval.json:
+pairwise accuracy, the margins) → report → final/: a sequence-classification folder that `reward.funcs`
+takes. RewardTrainer appends EOS to every text pair; final/config.json records it (`reward_append_eos`),
+and the reward path appends it too, so PPO scores exactly as the model was trained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhf_app.config import TrainConfig
+from rlhf_app.offline import set_network_env
+
+APPEND_EOS = "reward_append_eos"  # in final/config.json: score text + EOS (rewards/sentiment.py reads it)
+
+
+def score_pairs(model, dataset, pad_token_id: int, batch_size: int) -> list[float]:
+    """score(chosen) - score(rejected) of each tokenized pair (chosen_ids / rejected_ids), in order."""
+    import torch
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    collate = DataCollatorForPreference(pad_token_id=pad_token_id)
+    device = next(model.parameters()).device
+    margins = []
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = collate([{"chosen_ids": r["chosen_ids"], "rejected_ids": r["rejected_ids"]} for r in rows])
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits.float().squeeze(-1)
+            chosen, rejected = logits.chunk(2)
+            margins += (chosen - rejected).tolist()
+    model.train(was_training)
+    return margins
+
+
+def summary(margins: list[float]) -> dict:
+    """rm_eval.json: pairwise accuracy (ties count half) and the margins of the held-out pairs."""
+    n = len(margins)
+    wins = sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins)
+    return {"pairs": n, "accuracy": wins / n if n else None, "mean_margin": sum(margins) / n if n else None,
+            "margins": margins}
+
+
+def run(cfg: TrainConfig, callbacks=()) -> Path:
+    """Train as `cfg.rm` says; returns the final/ folder. `callbacks`: more TrainerCallbacks (tests)."""
+    set_network_env(cfg.offline)
+    import torch
+    from accelerate import PartialState
+    from trl import RewardConfig, RewardTrainer
+
+    from rlhf_app.run_dir.atomic import write_json
+    from rlhf_app.run_dir.signals import EndPhase, StopFlag
+    from rlhf_app.stages import common, data
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    s, out = cfg.rm, Path(cfg.output_dir)
+    # ---- tokenizer and pairs, checked before any model loads
+    path, tokenizer = common.load_tokenizer(cfg)
+    train_ds, eval_ds, conversational = data.load(cfg, "rm", tokenizer)
+    steps = common.total_steps(s, len(train_ds), PartialState().num_processes)
+    # ---- the run folder, then the trainer
+    with common.claim(cfg, "rm", steps) as resume, StopFlag() as flag:
+        args = common.trainer_args(cfg, "rm", RewardConfig, center_rewards_coefficient=s.center_rewards_coefficient,
+                                   disable_dropout=s.disable_dropout)
+        stop = common.StopOnSignal(flag)
+        trainer = RewardTrainer(model=path, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                processing_class=tokenizer,
+                                peft_config=common.lora(cfg, "SEQ_CLS", modules_to_save=["score"]),
+                                callbacks=[common.MetricsLog(out / "metrics.jsonl"), stop, *callbacks])
+        print(f"rm: {path}, {sum(p.numel() for p in trainer.model.parameters()):,} parameters; "
+              f"{len(train_ds)} training pairs, {len(eval_ds)} held out; {steps} steps")
+        step = common.train(trainer, cfg, resume, stop)
+        # ---- after the last step (checkpointed): a signal stops at once, but lets final/ complete
+        main = trainer.is_world_process_zero()
+        with EndPhase(out / f"checkpoint-{step}", out / "final", main) as end:
+            if main:
+                result = summary(score_pairs(trainer.model, trainer.eval_dataset, tokenizer.pad_token_id,
+                                             s.per_device_eval_batch_size))
+                write_json(out / "rm_eval.json", result)
+                print(f"held-out pairs: {result['pairs']}, pairwise accuracy {result['accuracy']:.3f}, "
+                      f"mean margin {result['mean_margin']:.3f}")
+                common.report(out)
+            with end.finishing():
+                model = common.merged(trainer.model)
+                setattr(model.config, APPEND_EOS, not conversational)  # as RewardTrainer trained it
+                if main:
+                    final = common.save_final(model, tokenizer, out, step)
+                    print(f"saved {final}")
+    return out / "final"

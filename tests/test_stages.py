@@ -1,0 +1,178 @@
+"""The SFT and reward-model stages (`rlhf-app sft`, `rlhf-app rm`) on the tiny model: the loss falls, final/
+loads where the next stage needs it (PPO's model.name_or_path, reward.funcs), a stop resumes exactly from the
+Trainer's own checkpoint, and bad inputs are one line before any model loads."""
+
+import json
+import os
+import random
+import signal
+
+import pytest
+import torch
+
+from rlhf_app.cli.main import main as cli
+from rlhf_app.config import load_config
+from rlhf_app.run_dir.signals import Stopped
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def sft_rows(n=64):
+    rng = random.Random(0)
+    return [{"prompt": "say a: ", "completion": "a" * rng.randint(4, 12) + "."} for _ in range(n)]
+
+
+def pair_rows(n=160):
+    """Separable pairs: chosen ends in 'aaaa', rejected holds no 'a'."""
+    rng = random.Random(0)
+    letters = "bcdefghijklmnop"
+    rows = []
+    for _ in range(n):
+        k = rng.randint(3, 8)
+        rows.append({"prompt": "the ", "chosen": "".join(rng.choice(letters) for _ in range(k)) + "aaaa",
+                     "rejected": "".join(rng.choice(letters) for _ in range(k + 4))})
+    return rows
+
+
+def _cfg(stage, out, data, *overrides):
+    return load_config(["recipe=tiny", f"output_dir={out}", f"{stage}.dataset={data}", *overrides], stage=stage)
+
+
+def _sft(out, data, *overrides, callbacks=()):
+    from rlhf_app.stages import sft
+
+    return sft.run(_cfg("sft", out, data, "--max_steps", "8", "--learning_rate", "3e-3", *overrides),
+                   callbacks=callbacks)
+
+
+def _losses(out):
+    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.mark.slow
+def test_sft_loss_falls_and_ppo_starts_from_its_final(tmp_path, train_tiny):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "sft"
+    final = _sft(out, _jsonl(tmp_path / "sft.jsonl", sft_rows()))
+    losses = _losses(out)
+    assert len(losses) == 8 and losses[-1] < 0.8 * losses[0]
+    assert (out / "config.yaml").is_file() and (out / "plots" / "stage.png").is_file()
+    assert "SFTTrainer" in (out / "report.html").read_text()
+    assert json.loads((final / "trainer_state.json").read_text())["step"] == 8
+    AutoModelForCausalLM.from_pretrained(final)
+    run = train_tiny(tmp_path / "ppo", f"model.name_or_path={final}", "ppo.total_episodes=64",
+                     "eval_before_after=false")
+    assert run.result["step"] == 2 and (run.dir / "final").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True])
+def test_reward_model_ranks_held_out_pairs_and_loads_through_reward_funcs(tmp_path, lora):
+    from rlhf_app.rewards import build_reward
+    from rlhf_app.stages import rm
+
+    out, data = tmp_path / "rm", _jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    peft = ["peft.enabled=true", "peft.r=8"] if lora else []
+    final = rm.run(_cfg("rm", out, data, "--num_train_epochs", "2", "--learning_rate", "3e-3", *peft))
+    result = json.loads((out / "rm_eval.json").read_text())
+    assert result["pairs"] == 16 and result["accuracy"] >= 0.9 and len(result["margins"]) == 16
+    assert json.loads((final / "config.json").read_text())["reward_append_eos"] is True
+    assert "pairwise accuracy" in (out / "report.html").read_text() and (out / "plots" / "margins.png").is_file()
+    assert not (final / "adapter_config.json").exists()  # LoRA merged: a plain classifier folder
+    cfg = load_config(["recipe=tiny", f"reward.funcs=[{final}]"])
+    score = build_reward(cfg)
+    held = pair_rows(200)[160:]  # pairs never trained on
+    chosen = score(["the "] * 40, [r["chosen"] for r in held])
+    rejected = score(["the "] * 40, [r["rejected"] for r in held])
+    assert sum(c > r for c, r in zip(chosen, rejected)) >= 36
+    # scored exactly as RewardTrainer trained it: prompt + completion + EOS
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model, tok = AutoModelForSequenceClassification.from_pretrained(final), AutoTokenizer.from_pretrained(final)
+    with torch.inference_mode():
+        direct = model(**tok(["the " + held[0]["chosen"] + tok.eos_token], return_tensors="pt")).logits[0, 0].item()
+    assert score(["the "], [held[0]["chosen"]])[0] == pytest.approx(direct, abs=1e-5)  # one text: no padding
+
+
+class _SignalAt:
+    """A TrainerCallback that sends this process SIGTERM during step `step` (a `kill` mid-run)."""
+
+    def __new__(cls, step):
+        from transformers import TrainerCallback
+
+        class Send(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                if state.global_step == step - 1:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        return Send()
+
+
+@pytest.mark.slow
+def test_a_stopped_stage_resumes_exactly_from_the_trainers_checkpoint(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    data = _jsonl(tmp_path / "sft.jsonl", sft_rows())
+    whole = _sft(tmp_path / "whole", data)
+    out = tmp_path / "stopped"
+    with pytest.raises(Stopped) as stop:
+        _sft(out, data, callbacks=[_SignalAt(3)])
+    assert stop.value.signum == signal.SIGTERM and (out / "checkpoint-3").is_dir() and not (out / "final").exists()
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("stopped at step 3")]
+    assert len(said) == 1 and "resume_from=auto" in said[0]
+    assert len(_losses(out)) == 3
+    resumed = _sft(out, data, "resume_from=auto")
+    assert _losses(out) == pytest.approx(_losses(tmp_path / "whole"), rel=1e-5)
+    a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def _one_line_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli(argv)
+    message = str(exit_.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+BAD = {
+    "no rejected": ("rm", [{"chosen": "aaa", "other": "b"}], "no 'rejected' column"),
+    "margin strings": ("rm", [{"chosen": "aaa", "rejected": "b", "margin": "big"}] * 4, "not a number"),
+    "rm conversations": ("rm", [{"chosen": [{"role": "user", "content": "a"}],
+                                 "rejected": [{"role": "user", "content": "b"}]}] * 4, "no chat template"),
+    "sft conversations": ("sft", [{"messages": [{"role": "user", "content": "a"}]}] * 4, "no chat template"),
+    "sft no text": ("sft", [{"question": "a", "answer": "b"}] * 4, "has no text column"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_stage_data_is_one_line_before_any_model_loads(tmp_path, capsys, case):
+    stage, rows, expected = BAD[case]
+    out = tmp_path / "run"
+    message = _one_line_error([stage, "recipe=tiny", f"output_dir={out}",
+                               f"{stage}.dataset={_jsonl(tmp_path / 'd.jsonl', rows)}"], capsys)
+    assert expected in message
+    assert not out.exists()  # refused before the run folder (and so any model) was touched
+
+
+@pytest.mark.slow
+def test_a_rerun_into_a_finished_stage_folder_is_refused(tmp_path, capsys):
+    data = _jsonl(tmp_path / "sft.jsonl", sft_rows())
+    _sft(tmp_path / "run", data, "--max_steps", "2")
+    argv = ["sft", "recipe=tiny", f"output_dir={tmp_path / 'run'}", f"sft.dataset={data}", "--max_steps", "2"]
+    assert "holds another run" in _one_line_error(argv, capsys)
+    assert "has finished" in _one_line_error([*argv, "resume_from=auto"], capsys)
+
+
+def test_stage_config_takes_trl_flags_into_its_section_and_leaves_ppo_unchanged():
+    cfg = load_config(["recipe=tiny", "sft.dataset=x/y", "--learning_rate", "1e-3", "--completion_only_loss",
+                       "--save_steps", "5"], stage="sft")
+    assert (cfg.sft.learning_rate, cfg.sft.completion_only_loss, cfg.sft.save_steps) == (1e-3, True, 5)
+    assert cfg.ppo.learning_rate == load_config(["recipe=tiny"]).ppo.learning_rate and cfg.save_steps == 0
+    assert cfg.output_dir == "runs/tiny/sft" and cfg.rm is None
+    ppo = load_config(["recipe=tiny", "rm.center_rewards_coefficient=0.01"])  # a recipe may hold every stage
+    assert ppo.rm.center_rewards_coefficient == 0.01 and ppo.sft is None
