@@ -51,7 +51,7 @@ def _mean(values: list[float]) -> float | None:
 
 def run_figures(run_dir: Path) -> dict:
     """Before/after, KL and time figures of a finished run folder."""
-    from rlhf_app.report import load_jsonl
+    from rlhf_app.report.page import load_jsonl
     from rlhf_app.text_stats import distinct_word_share
 
     evals = json.loads((run_dir / "eval.json").read_text())

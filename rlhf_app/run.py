@@ -180,7 +180,7 @@ def _earlier_evaluation(cfg: TrainConfig, out: Path, num_eval: int) -> dict:
 
 def _report(out: Path) -> None:
     try:
-        from rlhf_app.report import write_report
+        from rlhf_app.report.page import write_report
     except ImportError:
         return
     print(f"report: {write_report(out)}")

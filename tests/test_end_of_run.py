@@ -45,7 +45,7 @@ def _steps(out) -> list[int]:
 PHASES = {
     "last update": ("rlhf_app.evaluation", "EvalEvery", "__call__", lambda args: args[1] == 3),  # (self, step, ...)
     "evaluation after": ("rlhf_app.evaluation", None, "values_along", lambda args: True),
-    "report": ("rlhf_app.report", None, "write_report", lambda args: True),
+    "report": ("rlhf_app.report.page", None, "write_report", lambda args: True),
     "final save": ("rlhf_app.run", None, "_save_final", lambda args: True),
 }
 

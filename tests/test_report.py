@@ -9,8 +9,8 @@ import pytest
 
 from rlhf_app.cli.main import main
 from rlhf_app.config import to_yaml
-from rlhf_app.report import eval_rows, load_jsonl, pair_samples, summarize, write_report
-from rlhf_app.report_plots import cumulative_mean
+from rlhf_app.report.page import eval_rows, load_jsonl, pair_samples, summarize, write_report
+from rlhf_app.report.plots import cumulative_mean
 from rlhf_app.text_stats import distinct_word_share
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

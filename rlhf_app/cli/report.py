@@ -17,7 +17,7 @@ def main(argv: list[str]) -> None:
     run_dir = Path(pairs["run_dir"])
     if not run_dir.is_dir():
         raise ConfigError(f"run_dir {run_dir} does not exist: pass the output_dir of a training run")
-    from rlhf_app.report import write_report
+    from rlhf_app.report.page import write_report
 
     try:
         out = write_report(run_dir)

@@ -2,7 +2,7 @@
 
 `write_report(run_dir)` reads the files the trainer writes (metrics.jsonl, and optionally
 samples.jsonl, eval.json, values.json, config.yaml) and writes plots/diagnostics.png,
-plots/values.png (drawn by `rlhf_app.report_plots`) and report.html (PNGs inlined as data URIs,
+plots/values.png (drawn by `rlhf_app.report.plots`) and report.html (PNGs inlined as data URIs,
 so the page can be mailed around).
 """
 
@@ -17,8 +17,8 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from rlhf_app.report_plots import plot_diagnostics, plot_values, reward_panels, series
-from rlhf_app.stage_report import is_stage_run, stage_of, stage_parts, stage_settings
+from rlhf_app.report.plots import plot_diagnostics, plot_values, reward_panels, series
+from rlhf_app.report.stage import is_stage_run, stage_of, stage_parts, stage_settings
 from rlhf_app.text_stats import distinct_word_share
 
 KEY_SETTINGS = [
@@ -166,7 +166,7 @@ def write_report(run_dir) -> Path:
     samples, evaluation, values, config = (load_optional(run_dir / name) for name in (
         "samples.jsonl", "eval.json", "values.json", "config.yaml"))
     summary, plots = summarize(metrics), run_dir / "plots"
-    if is_stage_run(metrics):  # an SFT / reward-model stage: its own sections (stage_report.py)
+    if is_stage_run(metrics):  # an SFT / reward-model stage: its own sections (report/stage.py)
         rm_eval = load_optional(run_dir / "rm_eval.json")
         keys = stage_settings(stage_of(metrics, rm_eval))
         return _page(run_dir, _recipe(config, keys) + stage_parts(run_dir, metrics, rm_eval, _table, _img_or_missing))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from rlhf_app.report import CSS, _table, load_jsonl, load_optional
+from rlhf_app.report.page import CSS, _table, load_jsonl, load_optional
 
 # The last logged value of these, where a stage logs them (SFT / reward model: TRL's names; PPO: ours).
 HEADLINE = ("loss", "eval_loss", "mean_token_accuracy", "eval_accuracy", "accuracy",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from rlhf_app.report_plots import series
+from rlhf_app.report.plots import series
 
 STAGE_PANELS = {  # (title, [(metric key, label)]) drawn when logged
     "sft": [("Loss", [("loss", "train"), ("eval_loss", "held-out")]),

@@ -258,6 +258,6 @@ def save_final(model, tokenizer, out: Path, step: int) -> Path:
 
 
 def report(out: Path) -> None:
-    from rlhf_app.report import write_report
+    from rlhf_app.report.page import write_report
 
     print(f"report: {write_report(out)}")

@@ -140,7 +140,7 @@ def run_pipeline(cfg: TrainConfig, argv: list[str]) -> Path:
     from accelerate.utils import broadcast_object_list, parse_flag_from_env
 
     from rlhf_app.offline import set_network_env
-    from rlhf_app.report_pipeline import write_pipeline_report
+    from rlhf_app.report.pipeline import write_pipeline_report
     from rlhf_app.run_dir.claim import RunLock, check_output_dir
 
     if cfg.resume_from not in (None, "", "auto"):
