@@ -51,7 +51,7 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
     from rlhf_app import evaluation, rewards
     from rlhf_app.data import prompts as data
     from rlhf_app.engines import build_engine
-    from rlhf_app.hub import pusher as hub_sync
+    from rlhf_app.hub import pusher as hub_pusher
     from rlhf_app.models import policy as models
     from rlhf_app.rl import loop as trainer
     from rlhf_app.run_dir.atomic import remove_dir, write_json
@@ -98,7 +98,7 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
             write_json(out / "eval.json", evals)
         accelerator.print(evaluation.eval_line("before", evals["before"]))
     # ---- train (hub.strategy=every_save|checkpoint: each checkpoint pushed in the background as it is saved)
-    pusher = hub_sync.pusher(cfg, out, hub_token) if accelerator.is_main_process else None
+    pusher = hub_pusher.pusher(cfg, out, hub_token) if accelerator.is_main_process else None
     with explained(cfg, reward_fn):
         state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, out, engine,
                               on_save=pusher, on_update=evaluation.EvalEvery(cfg, accelerator, tokenizer, eval_ds,

@@ -86,7 +86,7 @@ def _accuracy(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
 
 
 def build_imdb_sentiment(out: Path) -> dict:
-    """Bag-of-embeddings IMDB classifier (see `sentiment_model`) saved as a Hugging Face
+    """Bag-of-embeddings IMDB classifier (see `rlhf_app.models.sentiment`) saved as a Hugging Face
     sequence-classification folder with id2label {0: NEGATIVE, 1: POSITIVE}."""
     from rlhf_app.models.sentiment import BagOfEmbeddingsConfig, BagOfEmbeddingsForSequenceClassification
 

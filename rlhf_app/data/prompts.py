@@ -162,7 +162,7 @@ def load_prompts(cfg, tokenizer) -> tuple[Dataset, Dataset]:
         train = gsm8k_rows(train_problems, tokenizer, cfg, "training")
         evals = gsm8k_rows(eval_problems, tokenizer, cfg, "eval")
     else:
-        from rlhf_app.data import files as prompt_data
+        from rlhf_app.data import files
 
-        return prompt_data.load(cfg, tokenizer)
+        return files.load(cfg, tokenizer)
     return Dataset.from_list(train), Dataset.from_list(evals)
