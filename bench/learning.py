@@ -1,6 +1,11 @@
-"""`make bench-learning`: the two real-LLM offline recipes trained end to end, figures in bench/learning.json.
+"""`make bench-learning`: the real-LLM offline recipes trained end to end, figures in bench/learning.json.
 
-    .venv/bin/python bench/learning.py [--only imdb-offline|gsm8k-offline] [--keep-cache] [--jobs 1|2] [key=value ...]
+    .venv/bin/python bench/learning.py [--only imdb-offline|gsm8k-offline|gsm8k-pipeline-offline] [--keep-cache]
+        [--jobs 1|2] [key=value ...]
+
+gsm8k-pipeline-offline is a pipeline (scripts/pipeline.py: SFT, then PPO); after it, bench/phases.py
+scores the base model, the SFT model and the PPO model on the same 300 generated problems and the 55
+real items (greedy, the vLLM engine), timed apart from the pipeline.
 
 The assets both recipes use are first built into a clean cache (bench/work/learning/cache, reused
 with --keep-cache), each build timed apart. Then each recipe runs in its own process
@@ -30,8 +35,9 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 WORK = BENCH / "work" / "learning"
 OUT_JSON, OUT_REPORTS = BENCH / "learning.json", BENCH / "learning"
-RECIPES = ("imdb-offline", "gsm8k-offline")
-ASSETS = ("smollm2-135m-instruct", "imdb-sentiment")  # what the two recipes load
+RECIPES = ("imdb-offline", "gsm8k-offline", "gsm8k-pipeline-offline")
+PIPELINES = ("gsm8k-pipeline-offline",)  # run with scripts/pipeline.py; their PPO stage is in ppo/
+ASSETS = ("smollm2-135m-instruct", "imdb-sentiment", "gsm8k-sft")  # what the recipes load
 PHASES = ("update_s", "generate_s", "reward_s", "forward_s", "train_s", "weight_sync_s")
 GENERATED_EVAL = 32  # generated GSM problems (training templates, unseen seed) scored before and after
 sys.path.insert(0, str(ROOT))
@@ -144,7 +150,8 @@ def build_assets(env: dict) -> dict:
 def start_recipe(recipe: str, env: dict, overrides: list[str]):
     run_dir = WORK / recipe
     shutil.rmtree(run_dir, ignore_errors=True)  # the bench's own folder: runs refuse to overwrite one
-    cmd = [sys.executable, "scripts/train.py", f"recipe={recipe}", f"output_dir={run_dir}", *overrides]
+    script = "scripts/pipeline.py" if recipe in PIPELINES else "scripts/train.py"
+    cmd = [sys.executable, script, f"recipe={recipe}", f"output_dir={run_dir}", *overrides]
     print(f"[bench-learning] OMP_NUM_THREADS={env['OMP_NUM_THREADS']} {' '.join(cmd[1:])}", flush=True)
     log = WORK / f"{recipe}.log"
     proc, start = _start(cmd, env, log)
@@ -156,6 +163,8 @@ def finish_recipe(recipe: str, result: dict, proc, start: float, log: Path, run_
     if result["rc"] != 0:
         print(f"[bench-learning] {recipe} failed (rc {result['rc']}): see {result['log']}", flush=True)
         return result
+    if recipe in PIPELINES:
+        return finish_pipeline(recipe, result, run_dir, env)
     result.update(run_figures(run_dir))
     if recipe.startswith("gsm8k"):
         start = time.time()
@@ -171,10 +180,46 @@ def finish_recipe(recipe: str, result: dict, proc, start: float, log: Path, run_
     return result
 
 
+def sft_figures(sft_dir: Path) -> dict:
+    """The supervised stage: steps, losses (first logged, last, held-out) and its training time."""
+    from rlhf_app.report.page import load_jsonl
+
+    rows = load_jsonl(sft_dir / "metrics.jsonl")
+    losses = [r["loss"] for r in rows if "loss" in r]
+    summary = next((r for r in rows if "train_runtime" in r), {})
+    held = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    return {"steps": rows[-1]["step"] if rows else 0, "loss_first": losses[0] if losses else None,
+            "loss_last5_mean": _mean(losses[-5:]), "eval_loss": held[-1] if held else None,
+            "train_runtime_s": summary.get("train_runtime")}
+
+
+def finish_pipeline(recipe: str, result: dict, run_dir: Path, env: dict) -> dict:
+    """A pipeline's figures: the SFT stage's, the PPO stage's (its own before/after = after SFT / after
+    PPO on the real items), then every phase on the same problems (bench/phases.py), the eval's time apart."""
+    result["sft"] = sft_figures(run_dir / "sft")
+    result.update(run_figures(run_dir / "ppo"))
+    start = time.time()
+    done = subprocess.run([sys.executable, str(BENCH / "phases.py"), str(run_dir)], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    result["phases"] = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else \
+        {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    result["phases_eval_s"] = round(time.time() - start, 1)
+    OUT_REPORTS.mkdir(exist_ok=True)
+    for stage in ("sft", "ppo"):
+        if (run_dir / stage / "report.html").is_file():
+            shutil.copy(run_dir / stage / "report.html", OUT_REPORTS / f"{recipe}-{stage}-report.html")
+    return result
+
+
 def headline(recipe: str, r: dict) -> str:
     if r.get("rc"):
         return f"{recipe}: failed, see {r['log']}"
     b, a = r["before"], r["after"]
+    if "phases" in r and "phases" in r["phases"]:
+        ph = r["phases"]["phases"]
+        return f"{recipe}: {r['wall_s'] / 60:.1f} min + {r['phases_eval_s'] / 60:.1f} min of phase evals; " + "; ".join(
+            f"{name} strict " + " -> ".join(f"{ph[p][name]['accuracy_strict']:.3f}" for p in ("base", "sft", "ppo"))
+            for name in ("generated", "real"))
     parts = [f"{r['wall_s'] / 60:.1f} min, {r['updates']} updates, {r['s_per_update']['update_s']:.1f} s/update, "
              f"peak {r['peak_rss_mib']:.0f} MiB, KL {r['kl_final']:.2f}"]
     for key in ("positive_share", "format_share", "format_end_share", "accuracy_strict", "accuracy_flexible",

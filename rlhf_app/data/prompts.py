@@ -17,13 +17,13 @@ import random
 
 from datasets import Dataset, load_dataset
 
+from rlhf_app.assets.gsm8k import GSM8K_INSTRUCTION, gsm8k_user_turn
 from rlhf_app.data import DataError
 
 IMDB_HUB = "stanfordnlp/imdb"
 GSM8K_HUB = ("openai/gsm8k", "main")
 MIN_REVIEW_CHARS = 200  # the notebook keeps reviews longer than this
 # verl's GSM8K prompt asks for the answer after "####", which the strict checker reads.
-GSM8K_INSTRUCTION = 'Let\'s think step by step and end your answer with "#### <number>".'
 
 TOY_WORDS = ("the movie was a story about an actor who said that this film is not bad and it "
              "had some good parts but i think you will like what they did with the ending").split()
@@ -112,7 +112,7 @@ def imdb_rows(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
 def gsm8k_prompt(question: str, tokenizer, use_chat_template: bool = True) -> str:
     """A user turn in the tokenizer's chat template when it has one, else "Question: ...\\nAnswer:"."""
     if use_chat_template and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": f"{question}\n{GSM8K_INSTRUCTION}"}],
+        return tokenizer.apply_chat_template([gsm8k_user_turn(question)],
                                              tokenize=False, add_generation_prompt=True)
     return f"Question: {question} {GSM8K_INSTRUCTION}\nAnswer:"
 

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from rlhf_app.config import TrainConfig, to_yaml
-from rlhf_app.preflight import PreflightError
+from rlhf_app.preflight import PreflightError, mixed_precision
 from rlhf_app.run_dir.claim import SAFE, RunDirError, RunLock, check_output_dir, config_changes, finished_at
 from rlhf_app.run_dir.checkpoint import remove_leftovers
 from rlhf_app.run_dir.outputs import clear_run
@@ -36,7 +36,11 @@ def trainer_args(cfg: TrainConfig, stage: str, args_cls, **extra):
     if m.attn_implementation:
         init["attn_implementation"] = m.attn_implementation
     report = [r for r in cfg.report_to if r != "none"]
-    return args_cls(
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mixed_precision(s, cuda)  # fp16 without a GPU: one line (bf16 runs on CPUs, with use_cpu)
+    return args_cls(use_cpu=not cuda,
         output_dir=cfg.output_dir, seed=cfg.seed, run_name=cfg.run_name or Path(cfg.output_dir).name,
         report_to=report or "none", learning_rate=s.learning_rate, num_train_epochs=s.num_train_epochs,
         max_steps=s.max_steps, per_device_train_batch_size=s.per_device_train_batch_size,

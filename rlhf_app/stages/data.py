@@ -19,7 +19,9 @@ PAIR_COLUMNS = ("chosen", "rejected")
 
 
 def _split(section, stage: str, split: str, key: str):
-    source = SimpleNamespace(name=section.dataset, config=section.dataset_config)
+    from rlhf_app.assets import registry as assets  # `asset:NAME` datasets: built on first use, like models
+
+    source = SimpleNamespace(name=assets.resolve(section.dataset), config=section.dataset_config)
     ds = read_split(source, split, f"{stage}.{key}")
     if len(ds) == 0:
         raise DataError(f"{stage}.dataset={section.dataset}: the split {split} holds no rows")
