@@ -3,7 +3,8 @@ tests/test_label.py to load a page, wait for what it shows, click and press keys
 
 Every wait is on an event: a line the process prints, a protocol event, or a condition checked in the
 page at each animation frame (a promise the browser resolves), each with a deadline. The browser is
-Debian's `chromium` (the Makefile's `browser` target installs it), or the one CHROMIUM names.
+Debian's `chromium` (the Makefile's `browser` target installs it), or the one CHROMIUM names; it resolves no
+name but 127.0.0.1, so a page that needs the network fails here as it would offline.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Browser:
     def __init__(self, user_dir, timeout: float = 60):
         flags = ["--headless=new", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
                  "--disable-extensions", "--remote-debugging-port=0", f"--user-data-dir={user_dir}",
-                 "--window-size=1200,900"]
+                 "--window-size=1200,900", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             flags.append("--no-sandbox")  # Chromium refuses to run its sandbox as root
         self.proc = subprocess.Popen([chromium_path(), *flags, "about:blank"], stdout=subprocess.PIPE,

@@ -86,7 +86,7 @@ def test_entry_points_start_the_dispatcher():
 
 def test_unknown_command_and_help(capsys):
     assert rlhf_app(capsys, "trian") == ("error: unknown command 'trian': did you mean train? "
-                                         "commands: train, sft, rm, pipeline, eval, push, report, env (rlhf-app --help)", "")
+                                         "commands: train, sft, rm, pipeline, eval, push, report, label, env (rlhf-app --help)", "")
     assert "rlhf-app train" in rlhf_app(capsys, "--help")[1]
     code, train_help = rlhf_app(capsys, "train", "--help")
     assert code is None and "--config NAME_OR_FILE" in train_help

@@ -38,7 +38,7 @@ def test_both_input_formats_are_read_and_bad_rows_are_one_line(tmp_path):
     chat = [{"role": "user", "content": "hi"}]
     rows = [{"prompt": "p", "completions": ["x", "y"], "scores": [1, 2]},
             {"prompt": "q", "chosen": "good", "rejected": "bad", "margin": 0.5},
-            {"chosen": "no prompt", "rejected": "at all"},
+            {"chosen": "no prompt", "rejected": "at all", "completions": ["of", "three", "kept"]},
             {"prompt": chat, "completions": [[{"role": "assistant", "content": "a"}], [{"role": "assistant",
                                                                                         "content": "b"}]]}]
     pairs = read_pairs(_jsonl(tmp_path / "in.jsonl", rows))
@@ -137,6 +137,14 @@ def test_bad_inputs_outputs_and_ports_are_one_line_before_serving(tmp_path, caps
         port = held.getsockname()[1]
         assert f"cannot listen on 127.0.0.1:{port}" in _error([good, tmp_path / "out.jsonl", "--port", port], capsys)
     assert not (tmp_path / "out.jsonl").exists()  # nothing written before every check passed
+
+
+def test_without_gradio_the_page_names_its_extra(tmp_path, capsys, monkeypatch):
+    from rlhf_app import extras
+
+    monkeypatch.setattr(extras, "installed", lambda module: module != "gradio")
+    message = _error([_jsonl(tmp_path / "in.jsonl", _pairs(2)), tmp_path / "out.jsonl"], capsys)
+    assert "needs the gradio package: pip install -e .[label]" in message
 
 
 def _free_port():

@@ -4,7 +4,8 @@
   {"prompt": P, "chosen": A, "rejected": B}     TRL's preference format (a pair to label again)
 
 `prompt` may be left out (TRL's implicit-prompt format); P, A and B are text, or conversations
-(lists of {role, content} messages). Other columns (`margin`, scores) are read past. A pair is
+(lists of {role, content} messages). A row with both holds its pair in chosen/rejected. Other columns
+(`margin`, scores) are read past, so `rlhf-app pairs`' output is labelled as it is. A pair is
 known by a hash of its text (`key`), so choices stay with their pair if the file is reordered.
 """
 
@@ -37,13 +38,13 @@ def _is_text_or_conversation(value) -> bool:
 def _pair(row, where: str, index: int) -> Pair:
     if not isinstance(row, dict):
         raise LabelError(f"{where}: a row must be a JSON object, {FORMATS}; got {type(row).__name__}")
-    if "completions" in row:
+    if "chosen" in row and "rejected" in row:
+        completions = [row["chosen"], row["rejected"]]
+    elif "completions" in row:
         completions = row["completions"]
         if not isinstance(completions, list) or len(completions) != 2:
             n = len(completions) if isinstance(completions, list) else type(completions).__name__
             raise LabelError(f"{where}: 'completions' must hold exactly two completions to compare, got {n}")
-    elif "chosen" in row and "rejected" in row:
-        completions = [row["chosen"], row["rejected"]]
     else:
         raise LabelError(f"{where}: no 'completions' or 'chosen'/'rejected' (its keys: {', '.join(row) or 'none'}); "
                          f"give {FORMATS}")
