@@ -69,6 +69,8 @@ def test_every_choice_is_kept_and_a_new_start_continues_at_the_first_unlabelled_
     pairs = read_pairs(_jsonl(tmp_path / "in.jsonl", _pairs(5)))
     out = tmp_path / "prefs.jsonl"
     store = Store(out, pairs, seed=3)
+    assert not out.exists() and not choices_path(out).exists()  # checked, nothing written yet
+    store.start()
     assert store.next_pair() == pairs[0] and _rows(out) == [] and choices_path(out) == tmp_path / "prefs.choices.jsonl"
     for pair, choice in zip(pairs, ("A", "B", "tie", "A")):
         store.record(pair.key, choice)
@@ -104,6 +106,7 @@ def test_the_preference_file_is_what_rlhf_app_rm_reads(tmp_path):
 
     pairs = read_pairs(_jsonl(tmp_path / "in.jsonl", _pairs(6)))
     store = Store(tmp_path / "prefs.jsonl", pairs, seed=0)
+    store.start()
     for pair, choice in zip(pairs, "ABABAB"):
         store.record(pair.key, choice)
     cfg = load_config(["recipe=tiny", f"rm.dataset={tmp_path / 'prefs.jsonl'}", "rm.eval_fraction=0.5"], stage="rm")
@@ -143,8 +146,9 @@ def test_without_gradio_the_page_names_its_extra(tmp_path, capsys, monkeypatch):
     from rlhf_app import extras
 
     monkeypatch.setattr(extras, "installed", lambda module: module != "gradio")
-    message = _error([_jsonl(tmp_path / "in.jsonl", _pairs(2)), tmp_path / "out.jsonl"], capsys)
+    message = _error([_jsonl(tmp_path / "in.jsonl", _pairs(2)), tmp_path / "out.jsonl", "--port", _free_port()], capsys)
     assert "needs the gradio package: pip install -e .[label]" in message
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def _free_port():

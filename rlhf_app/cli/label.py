@@ -41,9 +41,9 @@ def main(argv: list[str]) -> None:
     from rlhf_app.label.pairs import read_pairs
     from rlhf_app.label.store import Store
 
-    from rlhf_app.label.page import check_port, serve
+    from rlhf_app.label.page import check_port, serve  # Gradio itself is imported only to serve
 
-    pairs = read_pairs(args.input)
-    require("gradio", "rlhf-app label")
+    store = Store(args.output, read_pairs(args.input), args.seed)
     check_port(args.host, args.port)
-    serve(Store(args.output, pairs, args.seed), args.host, args.port)
+    require("gradio", "rlhf-app label")
+    serve(store, args.host, args.port)

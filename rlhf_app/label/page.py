@@ -81,6 +81,7 @@ def build(store: Store):
 def serve(store: Store, host: str, port: int) -> None:
     """Serve the page until Ctrl-C; prints its address once it answers."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    store.start()
     demo = build(store)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, inbrowser=False,
                 ssr_mode=False, footer_links=[], head=KEYS_JS)

@@ -46,7 +46,8 @@ def _check_writable(path: Path, what: str) -> None:
 
 
 class Store:
-    """The choices made so far (`made`: pair key -> its last choice) and the files they live in."""
+    """The choices made so far (`made`: pair key -> its last choice) and the files they live in; made,
+    it has only checked and read them (`start()` writes)."""
 
     def __init__(self, output: Path, pairs: list[Pair], seed: int):
         self.output, self.path = Path(output), choices_path(output)
@@ -60,11 +61,14 @@ class Store:
             raise LabelError(f"output {self.output} exists and has no {self.path.name} beside it, so rlhf-app label "
                              "did not write it: choose another output (nothing is overwritten)")
         self._load()
+
+    def start(self) -> None:
+        """Both files in place (an empty choices file, OUTPUT from the choices) before the page serves."""
+        self.path.touch()
         self.write_preferences()
 
     def _load(self) -> None:
         if not self.path.exists():
-            self.path.touch()
             return
         text = self.path.read_text(encoding="utf-8")
         lines = text.splitlines()
