@@ -44,7 +44,7 @@ endif
 CHROMIUM ?=
 APT_CHROMIUM = apt-get install -y -qq --no-install-recommends chromium
 browser:
-	@if [ -n "$(CHROMIUM)" ] || command -v chromium || command -v chromium-browser; then :; \
+	@if [ -n "$(CHROMIUM)" ] || command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ]; then $(APT_CHROMIUM) || (apt-get update -qq && $(APT_CHROMIUM)); \
 	elif command -v sudo >/dev/null; then sudo $(APT_CHROMIUM) || (sudo apt-get update -qq && sudo $(APT_CHROMIUM)); \
 	else echo "make test needs chromium for the labelling page's test: ask an administrator to run" \
