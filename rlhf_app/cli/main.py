@@ -1,4 +1,4 @@
-"""The `rlhf-app` command, `rlhf-app train|sft|rm|pipeline|eval|push|report|env ...`, and the one place where an error a
+"""The `rlhf-app` command, `rlhf-app train|sft|rm|pipeline|eval|push|report|label|env ...`, and the one place where an error a
 user can fix (`rlhf_app.errors.UserError`) ends the program: `error: <message>` on stderr, exit status 1.
 
 Each command is a module of this package with `main(argv)`; it takes the arguments of its script in
@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import sys
 
-from rlhf_app.cli import env, pipeline, push, report, stage, train
+from rlhf_app.cli import env, label, pipeline, push, report, stage, train
 from rlhf_app.cli import eval as evaluate
 from rlhf_app.errors import UserError
 from rlhf_app.run_dir.signals import Stopped
@@ -25,12 +25,14 @@ USAGE = """usage: rlhf-app COMMAND [ARGS]
   eval    score a saved policy:  rlhf-app eval run_dir=runs/tiny [split=eval|train] [num=N] [checkpoint=final|checkpoint-N]
   push    push a run to the Hub: rlhf-app push run_dir=runs/tiny hub.repo_id=user/name [hub.dry_run=true]
   report  rebuild the report:    rlhf-app report run_dir=runs/tiny
+  label   a person labels pairs: rlhf-app label pairs.jsonl preferences.jsonl [--port 7860]  (a local page)
   env     versions and devices for a bug report
 
 Several processes: accelerate launch -m rlhf_app train recipe=NAME (or accelerate launch scripts/train.py ...)."""
 
 COMMANDS = {"train": train.main, "sft": stage.sft, "rm": stage.rm, "pipeline": pipeline.main, "eval": evaluate.main,
-            "push": push.main, "report": report.main, "env": env.main}
+            "push": push.main, "report": report.main, "label": label.main,
+            "env": env.main}
 
 
 class UnknownCommand(UserError):
