@@ -18,6 +18,9 @@ import common
 
 spec = common.setup_process()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rlhf_app import footprint  # noqa: E402
+
+footprint.keep_out_triton("hf")  # as `rlhf-app train` does on a machine without CUDA (rlhf_app/footprint.py)
 
 import torch  # noqa: E402 - after the offline switches and thread count
 from accelerate import Accelerator  # noqa: E402
