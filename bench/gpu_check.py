@@ -48,8 +48,10 @@ STEPS = {
     "zero3-resume": dict(config="deepspeed_zero3.yaml", args=RESUME, resume=True, limit_s=150),
     "fsdp2-resume": dict(config="fsdp.yaml", args=RESUME, resume=True, limit_s=150),
     "qlora": dict(config=None, args=[*SMOL, "ppo.total_episodes=96", "model.load_in_4bit=true", "peft.enabled=true",
-                                     "ppo.bf16=true"], resume=False, limit_s=150),
-    "async": dict(config=None, args=[*TINY, *BF16_VLLM, "rollout.async=true"], resume=False, limit_s=120),
+                                     "ppo.bf16=true", "rollout.engine=hf"], resume=False, limit_s=150),
+    # Overlap and sleep mode exclude each other (the engine samples while the update trains).
+    "async": dict(config=None, args=[*TINY, *[a for a in BF16_VLLM if "sleep" not in a], "rollout.async=true"],
+                  resume=False, limit_s=120),
 }
 BUDGET_S = 480
 
