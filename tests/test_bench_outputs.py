@@ -76,3 +76,15 @@ def test_a_quick_grpo_bench_writes_its_own_file():
     assert result["kind"] == "quick" and len(result["runs"]) == 2  # one pair: ours and TRL
     assert {r["side"] for r in result["runs"]} == {"ours", "trl"}
     assert _digest(committed) == before
+
+
+def test_fewer_pairs_or_steps_is_partial_more_is_a_full_run():
+    import grpo
+
+    committed = json.loads((BENCH / "grpo_results.json").read_text())["command"].split()[1:]
+    assert grpo.parse_args(committed).kind is None  # the committed file came from a fuller run: it may replace it
+    assert grpo.parse_args([]).kind is None
+    assert grpo.parse_args(["--pairs", "1"]).kind == "partial"
+    assert grpo.parse_args(["--steps", "5"]).kind == "partial"
+    assert grpo.parse_args(["--model", "smollm2", "--pairs", "9"]).kind == "partial"  # not the committed model
+    assert grpo.parse_args(["--quick", "--pairs", "9"]).kind == "quick"

@@ -71,6 +71,7 @@ def test_arguments():
                             check=True).stdout.splitlines()
     assert [line.split(":")[0] for line in listed] == list(gpu_check.STEPS)
     assert "deepspeed_zero3.yaml" in listed[3] and "--num_processes 1" in listed[3]
+    assert listed[3].endswith(" ".join(gpu_check.STEPS["zero3-resume"]["args"]))
 
 
 @pytest.mark.parametrize("step", list(gpu_check.STEPS))
@@ -96,3 +97,20 @@ def test_the_script_parses_and_refuses_without_a_cuda_device_in_one_line():
         assert proc.returncode == 1 and proc.stdout == ""  # nothing installed, nothing run
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: no CUDA device"), proc.stderr
+
+
+@pytest.mark.slow
+def test_the_resume_check_stops_a_run_resumes_it_and_finds_it_exact_on_cpu(tmp_path, monkeypatch):
+    """run_step's stop / resume / compare machinery, end to end on the tiny recipe without a launcher
+    config (CPU): the numbers a GPU run prints come out of this same path."""
+    monkeypatch.setattr(gpu_check, "WORK", tmp_path)
+    monkeypatch.setitem(gpu_check.STEPS, "cpu-resume", dict(
+        config=None, args=["recipe=tiny", "ppo.total_episodes=128", "save_steps=1", "eval_before_after=false"],
+        resume=True, limit_s=400))
+    row = gpu_check.run_step("cpu-resume", peak=None, limit_s=400)
+    assert row["rc"] == 0 and row["stopped"]["signal"] == 15 and row["resumed_rc"] == 0, row
+    assert row["resume"]["exact"] and row["ok"], row["resume"]
+    assert row["updates"] == 4 and row["s_per_update"] > 0 and row["mfu"] is None  # no peak: no MFU
+    assert row["n_params"] > 0 and row["epochs"] == 4
+    stopped_at = len(gpu_figures.read_metrics(tmp_path / "cpu-resume" / "resumed"))
+    assert stopped_at == 4  # the resumed run continued to the end
