@@ -15,7 +15,7 @@ STAMP := $(VENV)/.setup-done
 # HF_HUB_OFFLINE=1 below), every Hub call (rlhf_app/offline.py).
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser test test-fast demo train bench bench-engines bench-learning clean
+.PHONY: setup browser test test-fast demo train bench bench-engines bench-learning gpu-check clean
 
 setup: $(STAMP)
 
@@ -84,10 +84,13 @@ $(PEER_STAMP): bench/requirements-peer.txt
 	$(PEER_VENV)/bin/pip install -qq -r bench/requirements-peer.txt
 	touch $@
 
+# `make bench ARGS=--quick`: every part quick, each writing bench/work/*-quick.json (bench/outputs.py);
+# only a full run replaces the committed bench/*.json.
+BENCH_QUICK = $(filter --quick,$(ARGS))
 bench: setup $(PEER_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/run.py $(ARGS)
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/grpo.py
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/engines.py $(ENGINE_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/grpo.py $(BENCH_QUICK)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/engines.py $(BENCH_QUICK) $(ENGINE_ARGS)
 
 # Rollout engines hf vs vllm (bench/engines.json), alone: make bench-engines ENGINE_ARGS="--pairs 1"
 bench-engines: setup
@@ -97,6 +100,11 @@ bench-engines: setup
 # bench/learning.json and bench/learning/*-report.html (README "Results").
 bench-learning: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/learning.py $(ARGS)
+
+# On a CUDA machine: install the GPU extras, then <= 8 min of checks (vLLM colocated in sleep mode,
+# ZeRO-2/3 and FSDP2 with exact resume, QLoRA), figures in bench/work/gpu_check.json. Refuses without CUDA.
+gpu-check:
+	bash bench/gpu_check.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(PEER_VENV) runs .pytest_cache

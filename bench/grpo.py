@@ -1,7 +1,7 @@
 """`make bench` (GRPO part): rlhf_app's GRPO against TRL 1.16's GRPOTrainer, same model, prompts,
 reward function and group size, both from `.venv`.
 
-    .venv/bin/python bench/grpo.py [--model tiny|smollm2] [--pairs N] [--steps N] [--out PATH]
+    .venv/bin/python bench/grpo.py [--quick] [--model tiny|smollm2] [--pairs N] [--steps N] [--out PATH]
 
 Each run is its own process with one torch thread, in alternating pairs (ours then TRL, then TRL
 then ours, ...), so slow spells of a shared machine fall on both sides. Per run: seconds per
@@ -28,6 +28,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402
+import outputs  # noqa: E402
 
 MODELS = {"tiny": dict(path="asset:tiny", prompts=8, generations=4, response_length=16, lr=3e-3, steps=20),
           "smollm2": dict(path="asset:smollm2-135m-instruct", prompts=2, generations=4, response_length=24,
@@ -135,13 +136,27 @@ def child(side: str, spec_path: str, result_path: str) -> None:
     common.finish({"side": side, "step_s": out["step_s"], "score": out["score"], "eval_after": after})
 
 
-def main(argv: list[str]) -> None:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default: per model)")
-    parser.add_argument("--out", default=str(BENCH / "grpo_results.json"))
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 pair, 3 steps")
+    parser.add_argument("--out", help="result file (default: bench/grpo_results.json for a full run, "
+                                      "bench/work/grpo_results-quick.json or -partial.json otherwise)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.pairs, args.steps = 1, args.steps or 3
+    # Partial: the other model, or fewer pairs or steps than the defaults (more is a fuller run).
+    args.kind = outputs.kind(args.quick, args.model != "tiny" or args.pairs < 2
+                             or (args.steps is not None and args.steps < MODELS[args.model]["steps"]))
+    return args
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    run_kind = args.kind
+    out_path = outputs.result_path("grpo_results", run_kind, args.out)
     setting = dict(MODELS[args.model], steps=args.steps or MODELS[args.model]["steps"])
     if args.pairs < 1 or setting["steps"] < 2:
         sys.exit("error: --pairs must be >= 1 and --steps >= 2 (the first step is the untimed warm-up)")
@@ -170,13 +185,13 @@ def main(argv: list[str]) -> None:
             runs.append(r)
             print(f"{r['step_s_mean']:.3f} s/step, {r['peak_rss_mib']:.0f} MiB, held-out reward "
                   f"{r['eval_after']['mean']:.3f}", flush=True)
-    result = {"command": " ".join(["bench/grpo.py", *argv]), "setting": {**setting, **SHARED},
+    result = {"command": " ".join(["bench/grpo.py", *argv]), "kind": run_kind or "full", "setting": {**setting, **SHARED},
               "machine": {"nproc": os.cpu_count(), "load_avg_end": os.getloadavg()},
               "wall_s": round(time.time() - started), "runs": runs, "summary": summarise(runs),
               "target": "time ours/TRL per step <= 0.7 at equal held-out reward"}
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    outputs.write_result(result, out_path)
     print(json.dumps(result["summary"], indent=1))
-    print(f"wrote {args.out}")
+    print(f"wrote {out_path}")
 
 
 def summarise(runs: list[dict]) -> dict:

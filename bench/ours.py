@@ -18,6 +18,10 @@ import common
 
 spec = common.setup_process()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rlhf_app import footprint  # noqa: E402
+
+ENGINE = spec.get("engine", "hf")  # rollout.engine: hf, or vllm (the `vllm` variant of run.py)
+footprint.keep_out_triton(ENGINE)  # as `rlhf-app train` does on a machine without CUDA (rlhf_app/footprint.py)
 
 import torch  # noqa: E402 - after the offline switches and thread count
 from accelerate import Accelerator  # noqa: E402
@@ -27,7 +31,7 @@ from datasets import Dataset  # noqa: E402
 from rlhf_app import preflight, rewards
 from rlhf_app.models import policy as models  # noqa: E402
 from rlhf_app.config import load_config  # noqa: E402
-from rlhf_app.engines import build_engine, hf as engines  # noqa: E402
+from rlhf_app.engines import build_engine  # noqa: E402
 from rlhf_app.rl import loop as trainer  # noqa: E402
 
 TRAINED_TOKENS: list[tuple] = []  # (padded prompt + response, response) tokens of each rollout
@@ -46,16 +50,17 @@ def overrides(spec: dict) -> list[str]:
             f"ppo.learning_rate={spec['lr']}", "ppo.lr_scheduler_type=constant", f"ppo.kl_coef={spec['kl_coef']}",
             f"ppo.vf_coef={spec['vf_coef']}", f"ppo.temperature={spec['temperature']}", "ppo.max_grad_norm=0",
             "ppo.stop_token=null", "ppo.local_rollout_forward_batch_size=64",
+            f"rollout.engine={spec.get('engine', 'hf')}",
             *(["ppo.bf16=true"] if spec.get("precision") == "bf16" else []),
             *([f"ppo.max_tokens_per_micro_batch={spec['max_tokens']}"] if spec.get("max_tokens") else [])]
 
 
 def count_trained_tokens(generate):
-    """Wrap the hf engine's `generate` to note each rollout's padded width (the update phase's tokens)."""
+    """Wrap an engine's `generate` to note each rollout's padded width (the update phase's tokens)."""
 
-    def wrapper(policy, tokenizer, rows, ppo, device, greedy=False):
+    def wrapper(rows, **kwargs):
         CPU_MARKS.append(time.process_time())
-        rollout = generate(policy, tokenizer, rows, ppo, device, greedy=greedy)
+        rollout = generate(rows, **kwargs)
         b, p, r = rollout.query.shape[0], rollout.query.shape[1], rollout.response.shape[1]
         TRAINED_TOKENS.append((b * (p + r), b * r))
         return rollout
@@ -77,13 +82,13 @@ def main() -> None:
     rm = common.seq_classifier(spec["policy_path"], common.REWARD_SEED, tokenizer.pad_token_id)
     reward_fn = rewards.checked("reward_model", common.RewardModelScore(rm, tokenizer))
     set_seed(cfg.seed)
-    engines.generate = count_trained_tokens(engines.generate)
+    engine = build_engine(cfg, accelerator, model, tokenizer)
+    engine.generate = count_trained_tokens(engine.generate)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # The FLOPs the update really does: the LM head runs on response positions only, embeddings do no matmul.
     embed, head = model.policy.get_input_embeddings().weight, model.policy.get_output_embeddings().weight
     matmul_params = trained - embed.numel() - (0 if head is embed else head.numel())
-    state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train, reward_fn, out,
-                          build_engine(cfg, accelerator, model, tokenizer))
+    state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train, reward_fn, out, engine)
     CPU_MARKS.append(time.process_time())
     policy = accelerator.unwrap_model(state["model"]).policy
     eval_rows = json.loads(Path(spec["eval_prompts_path"]).read_text())

@@ -4,7 +4,8 @@
 
 Every setting runs as alternating A/B pairs (ours then peer, then peer then ours, ...), each run
 in its own process with one torch thread, so memory peaks and thread pools never mix and slow
-spells of a shared machine fall on both sides. Writes bench/results.json and prints the tables.
+spells of a shared machine fall on both sides. Writes bench/results.json (a quick or partial run:
+bench/work/results-quick.json / -partial.json, see outputs.py) and prints the tables.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
+import outputs  # noqa: E402
 import summary  # noqa: E402
 
 MODELS = {"tiny": "asset:tiny", "smollm2": "asset:smollm2-135m-instruct"}
@@ -36,14 +38,15 @@ TINY = dict(model="tiny", mini_batches=2, epochs=4, lr=3e-3, kl_coef=0.01, vf_co
 SMOL = dict(model="smollm2", mini_batches=1, epochs=4, lr=1e-5, kl_coef=0.05, vf_coef=0.1, temperature=1.0)
 # Besides rlhf_app fp32 and the peer, each pair runs these rlhf_app variants: `bf16` (ppo.bf16=true,
 # autocast) and `tokens` (ppo.max_tokens_per_micro_batch=max_tokens, fp32); their rows sit beside fp32.
-VARIANTS = {"bf16": dict(precision="bf16"), "tokens": dict(precision="fp32")}
+# `vllm`: rlhf_app fp32 with rollout.engine=vllm (the colocated vLLM engine, weights synced every update).
+VARIANTS = {"bf16": dict(precision="bf16"), "tokens": dict(precision="fp32"), "vllm": dict(precision="fp32", engine="vllm")}
 SETTINGS = [
-    dict(TINY, batch=16, response_length=16, updates=20, pairs=2),
-    dict(TINY, batch=64, response_length=32, updates=5, pairs=2, variants=("bf16", "tokens"), max_tokens=512),
-    dict(SMOL, batch=4, response_length=16, updates=3, pairs=2, variants=("bf16",)),
-    dict(SMOL, batch=8, response_length=24, updates=2, pairs=2, variants=("bf16", "tokens"), max_tokens=160),
+    dict(TINY, batch=16, response_length=16, updates=20, pairs=2, variants=("vllm",)),
+    dict(TINY, batch=64, response_length=32, updates=5, pairs=2, variants=("bf16", "tokens", "vllm"), max_tokens=512),
+    dict(SMOL, batch=4, response_length=16, updates=3, pairs=2, variants=("bf16", "vllm")),
+    dict(SMOL, batch=8, response_length=24, updates=2, pairs=2, variants=("bf16", "tokens", "vllm"), max_tokens=160),
     # GSM8K-like: 32 episodes x 128 response tokens, 1 PPO epoch (one optimizer step per update).
-    dict(SMOL, batch=32, response_length=128, epochs=1, updates=2, pairs=1, variants=("bf16", "tokens"),
+    dict(SMOL, batch=32, response_length=128, epochs=1, updates=2, pairs=1, variants=("bf16", "tokens", "vllm"),
          max_tokens=1152),
 ]
 RUN_TIMEOUT_S = 900
@@ -132,8 +135,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--updates", type=int, help="PPO updates per run, the first one untimed (default: per setting)")
     parser.add_argument("--policy", action="append", default=[], metavar="MODEL=PATH",
                         help="use another folder for a model, e.g. smollm2=/path/to/SmolLM2-135M-Instruct")
-    parser.add_argument("--out", default=str(BENCH / "results.json"))
+    parser.add_argument("--out", help="result file (default: bench/results.json for a full run, "
+                                      "bench/work/results-quick.json or -partial.json otherwise)")
     args = parser.parse_args(argv)
+    # Partial: fewer settings, pairs or updates than the full run (more of them is a fuller run), or other models.
+    run_kind = outputs.kind(args.quick, bool(args.only or args.match or args.policy)
+                            or any(args.pairs is not None and args.pairs < s["pairs"] for s in SETTINGS)
+                            or any(args.updates is not None and args.updates < s["updates"] for s in SETTINGS))
+    out_path = outputs.result_path("results", run_kind, args.out)
     host = machine()
     for item in args.policy:
         model, sep, path = item.partition("=")
@@ -183,12 +192,12 @@ def main(argv: list[str]) -> None:
                 sys.exit("error: the engines built different reward models; check bench/common.py seq_classifier")
             pairs.append(figures)
         summaries.append(summary.setting_summary(setting, pairs, before))
-    result = {"command": " ".join(["make bench", *argv]), "machine": {**host, "load_avg_end": os.getloadavg()},
+    result = {"command": " ".join(["make bench", *argv]), "kind": run_kind or "full", "machine": {**host, "load_avg_end": os.getloadavg()},
               "versions": {"ours": versions(sys.executable), "peer": versions(str(PEER_PYTHON))},
               "wall_s": round(time.time() - started), "targets": summary.TARGETS, "settings": summaries}
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    outputs.write_result(result, out_path)
     print("\n" + summary.markdown_tables(summaries))
-    print(f"\nwrote {args.out} ({result['wall_s']} s)")
+    print(f"\nwrote {out_path} ({result['wall_s']} s)")
 
 
 if __name__ == "__main__":

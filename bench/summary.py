@@ -91,7 +91,8 @@ def label(setting: dict) -> str:
 
 
 def variant_name(setting: dict, variant: str) -> str:
-    return {"ours": "rlhf_app fp32", "peer": "TRL 1.12 PPO", "bf16": "rlhf_app bf16"}.get(
+    return {"ours": "rlhf_app fp32", "peer": "TRL 1.12 PPO", "bf16": "rlhf_app bf16",
+            "vllm": "rlhf_app fp32, vLLM rollouts"}.get(
         variant, f"rlhf_app fp32 ≤{setting.get('max_tokens')} tok/micro")
 
 

@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from rlhf_app import launch, preflight
+from rlhf_app import footprint, launch, preflight
 from rlhf_app.config import TrainConfig
 from rlhf_app.failures import explained, hub_access
 from rlhf_app.offline import set_network_env
@@ -21,8 +21,13 @@ from rlhf_app.offline import set_network_env
 
 def run(cfg: TrainConfig) -> dict:
     """Train as `cfg` says, holding the run folder (checks, lock) from the first write to the last."""
-    # ---- network env
+    # ---- network env; triton kept out of a process that cannot use it (footprint.py)
     set_network_env(cfg.offline)
+    with footprint.without_triton(cfg.rollout.engine):
+        return _claimed(cfg)
+
+
+def _claimed(cfg: TrainConfig) -> dict:
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 

@@ -1,0 +1,42 @@
+"""Where a bench writes its JSON: only a full run replaces the committed `bench/NAME.json`.
+
+A quick run (`--quick`) writes `bench/work/NAME-quick.json`, a partial one (fewer pairs, updates,
+settings or engines than the full run) `bench/work/NAME-partial.json`; bench/work/ is not tracked.
+`--out PATH` chooses the file, except that a quick or partial run is refused a committed file.
+Plain Python, so every bench (and the peer's environment) can import it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+
+
+def kind(quick: bool, partial: bool) -> str | None:
+    """None for a full run, else "quick" or "partial" (a quick run is also partial: quick wins)."""
+    return "quick" if quick else "partial" if partial else None
+
+
+def result_path(name: str, run_kind: str | None, out: str | Path | None = None, bench: Path = BENCH) -> Path:
+    """The file a run of bench NAME writes. Raises SystemExit (one line) when a quick or partial run
+    names a committed result file (a .json directly in `bench`) as --out."""
+    if out is not None:
+        path = Path(out)
+        if run_kind is not None and path.suffix == ".json" and path.resolve().parent == bench.resolve():
+            raise SystemExit(f"error: --out {out}: a {run_kind} run never replaces the committed results in "
+                             f"{bench.name}/; leave --out out (it writes {bench.name}/work/{name}-{run_kind}.json) "
+                             f"or name a file elsewhere")
+        return path
+    return bench / f"{name}.json" if run_kind is None else bench / "work" / f"{name}-{run_kind}.json"
+
+
+def write_result(result: dict, path: Path) -> Path:
+    """`result` as indented JSON at `path` (folders made), written to a temporary name and renamed,
+    so an interrupted bench never leaves half a file. -> path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    return path
