@@ -32,6 +32,11 @@ def _figures(folder: Path) -> str:
     pairs = load_optional(folder / "rm_eval.json") or {}  # the reward-model stage's held-out pairs
     if isinstance(pairs.get("accuracy"), (int, float)):
         parts.append(f"held-out pairwise accuracy {pairs['accuracy']:.3f} ({pairs.get('pairs')} pairs)")
+    made = load_optional(folder / "pairs_summary.json") or {}  # the pairs stage's counts
+    if isinstance(made.get("pairs"), int):
+        margin = made.get("mean_margin")
+        parts.append(f"{made['pairs']} pairs of {made.get('prompts')} prompts ({made.get('ties')} ties), mean margin "
+                     + (f"{margin:.4g}" if isinstance(margin, (int, float)) else "-"))
     return "; ".join(parts)
 
 
