@@ -118,5 +118,7 @@ def test_a_proxy_that_diverges_from_its_gold_is_logged_marked_and_warned_once(tm
     page = (run.dir / "report.html").read_text()
     assert "Proxy against gold" in page and (run.dir / "plots" / "gold.png").is_file()
     assert f"<td class=\"num\">{peak['step']}</td>" in page and "gold-best/" in page  # the peak, named
+    cli(["eval", f"run_dir={run.dir}", "checkpoint=gold-best", "num=4"])  # the kept policy, scored again
+    assert json.loads((run.dir / "eval-gold-best.json").read_text())["checkpoint"] == "gold-best"
     before = json.loads((run.dir / "eval.json").read_text())["before"]
     assert "gold_score" in before and all("gold" in s for s in before["samples"])

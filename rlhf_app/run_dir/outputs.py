@@ -20,7 +20,7 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "eval.json", "valu
              "rm_eval.json",  # the reward-model stage's held-out pairs (stages/rm.py)
              "pairs_summary.json",  # the pairs stage's counts (stages/pairs.py)
              "gold.json")  # a run with reward.gold: its evaluations and the gold-best update (evaluation.py)
-RUN_FILE_PATTERNS = (r"eval-(final|checkpoint-\d+)(-train)?\.json",)
+RUN_FILE_PATTERNS = (r"eval-(final|checkpoint-\d+|gold-best)(-train)?\.json",)
 # Folders that are wholly ours: checkpoints, final/, the Hub upload folders (hub_upload/ of the final
 # push, hub_upload-checkpoint-N/ of each hub.strategy=every_save push, kept by hub.dry_run=true).
 RUN_DIR_PATTERNS = (r"checkpoint-\d+", r"final", r"hub_upload", r"hub_upload-checkpoint-\d+", r"gold-best")
