@@ -175,3 +175,25 @@ def test_pairs_rm_ppo_pipeline_and_a_rerun_is_refused_or_replaces(tmp_path, caps
     assert "nothing to continue" in _one_line_error([*stage, "resume_from=auto"], capsys)
     cli([*stage, "overwrite_output_dir=true"])
     assert json.loads((out / "pairs" / "pairs_summary.json").read_text())["prompts"] == 8
+
+
+@pytest.mark.slow
+def test_pairs_sampled_by_the_vllm_engine(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("vllm")
+    labeller = _labeller(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "pairs"
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "pairs.py"), "recipe=tiny", f"output_dir={out}",
+                           "rollout.engine=vllm", f"reward.funcs=[{labeller}:count_a]", "data.num_train=16",
+                           "pairs.num_generations=3"], cwd=root, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    labelled, pairs = _read(tmp_path / "labelled.jsonl"), _read(out / "final" / "pairs.jsonl")
+    groups = [labelled[i:i + 3] for i in range(0, len(labelled), 3)]
+    assert len(groups) == 16 and any(len({r["completion"] for r in g}) > 1 for g in groups)  # k samples, not copies
+    expected = [(max(r["score"] for r in g), min(r["score"] for r in g)) for g in groups]
+    expected = [(b, w) for b, w in expected if b > w]
+    assert [(p["chosen"].count("a"), p["rejected"].count("a"), p["margin"]) for p in pairs] == \
+        [(b, w, b - w) for b, w in expected]
