@@ -86,10 +86,10 @@ class GoldWatch:
         if self.warned_at is None and falls >= self.patience and proxy > start["proxy"]:
             self.warned_at = step
             tqdm.write(f"warning: the gold reward fell {falls} evaluations in a row ({start['gold']:.4g} at update "
-                  f"{start['step']} -> {gold:.4g} at update {step}) while the proxy rose ({start['proxy']:.4g} -> "
-                  f"{proxy:.4g}): the policy is over-optimising the proxy reward. Gold peaked at update "
-                  f"{self.best['step']} ({self.best['gold']:.4g}), kept in {self.out / 'gold-best'} (rlhf-app eval "
-                  f"run_dir={self.out} checkpoint=gold-best)")
+                       f"{start['step']} -> {gold:.4g} at update {step}) while the proxy rose ({start['proxy']:.4g} "
+                       f"-> {proxy:.4g}): the policy is over-optimising the proxy reward. Gold peaked at update "
+                       f"{self.best['step']} ({self.best['gold']:.4g}), kept in {self.out / 'gold-best'} (rlhf-app "
+                       f"eval run_dir={self.out} checkpoint=gold-best)")
         write_json(self.out / "gold.json", {"best": self.best, "warned_at": self.warned_at,
                                             "patience": self.patience, "evaluations": self.history})
 

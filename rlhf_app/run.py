@@ -43,6 +43,9 @@ def run(cfg: TrainConfig) -> dict:
             print(f"note: one update takes {per_update} episodes, so ppo.total_episodes={cfg.ppo.total_episodes} "
                   f"is rounded up to {total_updates} update{'s' * (total_updates > 1)} "
                   f"({total_updates * per_update} episodes), as TRL does")
+        if gold_sources and not cfg.eval_steps and state.is_main_process:
+            print("note: reward.gold is scored at each evaluation; set eval_steps=N to follow it (and keep the "
+                  "gold-best policy) during training: now only before and after")
         return _run(cfg, reward_sources, hub_token, gold_sources)
 
 
