@@ -22,9 +22,11 @@ PIPELINE_KEYS = ("stages", "per_stage", "output_dir", "recipe", "resume_from", "
 # The keys each kind reads (None: all): a `stage:` reference elsewhere is not its concern (a pipeline's
 # reward.funcs=[stage:rm] is PPO's, not the SFT stage's before rm), nor is a change there once it finished.
 READS = {"sft": ("seed", "model.", "peft.", "sft."), "rm": ("seed", "model.", "peft.", "rm."), "ppo": None,
-         # pairs: the policy, its prompts, how it samples, and the labeller (reward.*)
-         "pairs": ("seed", "model.", "data.", "reward.", "rollout.engine", "pairs.", "ppo.response_length",
-                   "ppo.temperature", "ppo.do_sample", "ppo.stop_token")}
+         # pairs: the policy, its prompts, how it samples, and the labeller (the reward keys but PPO's reward.gold*)
+         "pairs": ("seed", "model.", "data.", "rollout.engine", "pairs.", "ppo.response_length", "ppo.temperature",
+                   "ppo.do_sample", "ppo.stop_token", *(f"reward.{key}" for key in (
+                       "name", "funcs", "weights", "model", "label", "kind", "score", "function", "method",
+                       "format_score", "multiple_answers", "answer_at_end", "trailing_answer_score", "target")))}
 _NAME = re.compile(r"([a-z]+)(-[A-Za-z0-9_.]+)?")
 
 
