@@ -5,19 +5,25 @@ untouched; with rollout.engine=vllm on one process the engine samples (its reque
 cfg.seed, its rollout counter untouched). `eval_steps=N`: the trainer calls `EvalEvery` after each
 update (its `on_update` hook); the returned `eval/...` metrics join that update's row of
 metrics.jsonl and go to the trackers. `evaluate_run` scores a saved policy (`rlhf-app eval`).
+
+`reward.gold`: a second reward (`gold_fn`, built in run.py) scores the same held-out completions at every
+evaluation; `GoldWatch` keeps the evaluations in gold.json, the policy of the best gold one in gold-best/, and
+warns once when gold fell `reward.gold_patience` evaluations in a row while the proxy (the trained reward) rose.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rlhf_app.failures import hub_access
 
 
-def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, trainer_state=None, engine=None) -> dict:
+def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, trainer_state=None, engine=None,
+                    gold_fn=None) -> dict:
     """Held-out evaluation with a fixed seed, leaving training's RNG untouched. `engine` (this
     process's vLLM engine, or None: the policy's own generate) samples once `model`'s weights are
-    synced into it, with requests seeded from cfg.seed alone."""
+    synced into it, with requests seeded from cfg.seed alone. `gold_fn`: the gold reward, also scored."""
     import torch
 
     from rlhf_app.engines.hf import generate
@@ -29,7 +35,7 @@ def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, trainer_s
         sample = lambda rows: engine.generate(rows, seed=cfg.seed)  # noqa: E731
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return sample_and_score(sample, eval_ds, reward_fn, device, trainer_state=trainer_state)
+        return sample_and_score(sample, eval_ds, reward_fn, device, trainer_state=trainer_state, gold_fn=gold_fn)
 
 
 def eval_metrics(result: dict) -> dict[str, float]:
@@ -38,16 +44,63 @@ def eval_metrics(result: dict) -> dict[str, float]:
     from rlhf_app.text_stats import distinct_word_share
 
     share = distinct_word_share([s["completion"] for s in result["samples"]])
+    gold = {"eval/proxy": result["mean_score"], "eval/gold": result["gold_score"]} if "gold_score" in result else {}
     return {"eval/mean_score": result["mean_score"], **{f"eval/{k}": v for k, v in result["extra"].items()},
-            **({"eval/distinct_word_share": share} if share is not None else {})}
+            **({"eval/distinct_word_share": share} if share is not None else {}), **gold}
+
+
+class GoldWatch:
+    """Proxy against gold over a run's evaluations, on the main process: gold.json (every evaluation, the best,
+    the warning), gold-best/ (the policy of the best gold evaluation, written whole: `rlhf-app eval
+    checkpoint=gold-best`), and one warning when gold fell `patience` evaluations in a row (each below the one
+    before) while the proxy rose over them: the proxy is being over-optimised (Gao et al. 2022). A resumed run
+    keeps gold.json's evaluations before the update it resumes at."""
+
+    def __init__(self, cfg, tokenizer):
+        self.out, self.patience, self.tokenizer = Path(cfg.output_dir), cfg.reward.gold_patience, tokenizer
+        saved = json.loads((self.out / "gold.json").read_text()) if (self.out / "gold.json").is_file() else {}
+        self.history, self.best = saved.get("evaluations", []), saved.get("best")
+        self.warned_at = saved.get("warned_at")
+
+    def update(self, step: int, proxy: float, gold: float, model) -> None:
+        from tqdm.auto import tqdm  # the line above the loop's progress bar
+
+        from rlhf_app.models.policy import save_policy
+        from rlhf_app.run_dir.atomic import building, write_json
+
+        self.history = [e for e in self.history if e["step"] < step]  # a resume redoes the later updates
+        if self.best is not None and self.best["step"] >= step:
+            self.best = None
+        if self.warned_at is not None and self.warned_at >= step:
+            self.warned_at = None
+        self.history.append({"step": step, "proxy": proxy, "gold": gold})
+        if self.best is None or gold > self.best["gold"]:
+            with building(self.out / "gold-best") as tmp:
+                save_policy(model, self.tokenizer, tmp)
+                (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+            self.best = {"step": step, "proxy": proxy, "gold": gold, "checkpoint": "gold-best"}
+        falls, seq = 0, self.history
+        while falls + 1 < len(seq) and seq[-1 - falls]["gold"] < seq[-2 - falls]["gold"]:
+            falls += 1
+        start = seq[-1 - falls]
+        if self.warned_at is None and falls >= self.patience and proxy > start["proxy"]:
+            self.warned_at = step
+            tqdm.write(f"warning: the gold reward fell {falls} evaluations in a row ({start['gold']:.4g} at update "
+                       f"{start['step']} -> {gold:.4g} at update {step}) while the proxy rose ({start['proxy']:.4g} "
+                       f"-> {proxy:.4g}): the policy is over-optimising the proxy reward. Gold peaked at update "
+                       f"{self.best['step']} ({self.best['gold']:.4g}), kept in {self.out / 'gold-best'} (rlhf-app "
+                       f"eval run_dir={self.out} checkpoint=gold-best)")
+        write_json(self.out / "gold.json", {"best": self.best, "warned_at": self.warned_at,
+                                            "patience": self.patience, "evaluations": self.history})
 
 
 class EvalEvery:
     """The trainer's `on_update` hook for `eval_steps`: {} on other updates and other processes."""
 
-    def __init__(self, cfg, accelerator, tokenizer, eval_ds, reward_fn, engine=None):
+    def __init__(self, cfg, accelerator, tokenizer, eval_ds, reward_fn, engine=None, gold_fn=None):
         self.cfg, self.accelerator, self.tokenizer = cfg, accelerator, tokenizer
-        self.eval_ds, self.reward_fn, self.engine = eval_ds, reward_fn, engine
+        self.eval_ds, self.reward_fn, self.engine, self.gold_fn = eval_ds, reward_fn, engine, gold_fn
+        self.gold = GoldWatch(cfg, tokenizer) if gold_fn is not None and accelerator.is_main_process else None
 
     def __call__(self, step: int, total_updates: int, model) -> dict:
         every = self.cfg.eval_steps
@@ -58,13 +111,16 @@ class EvalEvery:
         unwrapped = self.accelerator.unwrap_model(model)
         result = evaluate_policy(self.cfg, unwrapped, self.tokenizer, self.eval_ds, self.reward_fn,
                                  self.accelerator.device, TrainerState(global_step=step, max_steps=total_updates),
-                                 self.engine)
+                                 self.engine, self.gold_fn)
+        if self.gold is not None:
+            self.gold.update(step, result["mean_score"], result["gold_score"], unwrapped)
         return eval_metrics(result)
 
 
 def eval_line(when: str, result: dict) -> str:
     """'before training: mean score 0.031 on 16 held-out prompts, accuracy 0.250'."""
     extra = "".join(f", {k} {v:.3f}" for k, v in result["extra"].items())
+    extra += f", gold {result['gold_score']:.3f}" if "gold_score" in result else ""
     return f"{when} training: mean score {result['mean_score']:.3f} on {len(result['samples'])} held-out prompts{extra}"
 
 

@@ -36,6 +36,9 @@ def _claimed(cfg: TrainConfig) -> dict:
 
     # ---- settings checks: the mistakes that need neither the run folder nor a model, before anything is written
     reward_sources, hub_token = preflight.check_settings(cfg)
+    from rlhf_app.rewards import resolve_gold
+
+    gold_sources = resolve_gold(cfg)  # reward.gold: scored beside the reward at each evaluation
     # ---- claim the run folder. As the Accelerator would start: ACCELERATE_USE_CPU=1 makes a launch MULTI_CPU (gloo).
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     total_updates = num_updates(cfg.ppo, state.num_processes)
@@ -45,10 +48,13 @@ def _claimed(cfg: TrainConfig) -> dict:
             print(f"note: one update takes {per_update} episodes, so ppo.total_episodes={cfg.ppo.total_episodes} "
                   f"is rounded up to {total_updates} update{'s' * (total_updates > 1)} "
                   f"({total_updates * per_update} episodes), as TRL does")
-        return _run(cfg, reward_sources, hub_token)
+        if gold_sources and not cfg.eval_steps and state.is_main_process:
+            print("note: reward.gold is scored at each evaluation; set eval_steps=N to follow it (and keep the "
+                  "gold-best policy) during training: now only before and after")
+        return _run(cfg, reward_sources, hub_token, gold_sources)
 
 
-def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
+def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None, gold_sources: list | None = None) -> dict:
     import torch
     from accelerate.utils import set_seed
     from trl.models.utils import unwrap_model_for_generation
@@ -77,6 +83,7 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
     with hub_access("the dataset", hub_data, cfg), accelerator.main_process_first():
         train_ds, eval_ds = data.load_prompts(cfg, tokenizer)
         rewards.resolve_sources(cfg, train_ds.column_names)
+        rewards.resolve_gold(cfg, train_ds.column_names)
     preflight.check_positions(model_config, {"training": train_ds, "held-out": eval_ds}, cfg.ppo.response_length)
     preflight.check_prompts_fill_a_batch(len(train_ds), cfg.ppo.local_batch_size, accelerator.num_processes,
                                          cfg.algorithm.group_size)
@@ -86,9 +93,12 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
     # ---- reward
     with hub_access("the reward model", cfg.reward.model, cfg), accelerator.main_process_first():
         reward_fn = rewards.build_reward(cfg, accelerator.device, reward_sources)
+        gold_fn = rewards.build_reward(rewards.gold_config(cfg), accelerator.device, gold_sources) \
+            if gold_sources else None
     accelerator.print(f"policy {cfg.model.name_or_path}: {sum(p.numel() for p in model.parameters()):,} "
                       f"parameters; {len(train_ds)} training prompts, {len(eval_ds)} held out; "
-                      f"reward {' + '.join(s.name for s in reward_sources)}")
+                      f"reward {' + '.join(s.name for s in reward_sources)}"
+                      + (f"; gold {' + '.join(s.name for s in gold_sources)}" if gold_sources else ""))
     # ---- engine
     set_seed(cfg.seed + accelerator.process_index)  # each process samples its own responses
     engine = build_engine(cfg, accelerator, model, tokenizer)
@@ -99,15 +109,15 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
         evals = _earlier_evaluation(cfg, out, len(eval_ds))
         if "before" not in evals:
             evals["before"] = evaluation.evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn,
-                                                         accelerator.device, engine=eval_engine)
+                                                         accelerator.device, engine=eval_engine, gold_fn=gold_fn)
             write_json(out / "eval.json", evals)
         accelerator.print(evaluation.eval_line("before", evals["before"]))
     # ---- train (hub.strategy=every_save|checkpoint: each checkpoint pushed in the background as it is saved)
     pusher = hub_pusher.pusher(cfg, out, hub_token) if accelerator.is_main_process else None
+    every = evaluation.EvalEvery(cfg, accelerator, tokenizer, eval_ds, reward_fn, eval_engine, gold_fn)
     with explained(cfg, reward_fn):
         state = trainer.train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, out, engine,
-                              on_save=pusher, on_update=evaluation.EvalEvery(cfg, accelerator, tokenizer, eval_ds,
-                                                                              reward_fn, eval_engine))
+                              on_save=pusher, on_update=every)
     prepared, checkpoint = state.pop("model"), state.pop("checkpoint")
     # ---- after the last update, whose checkpoint is saved: a signal stops at once with one line (the
     # evaluation, the report and final/ are redone by resume_from=auto), but lets final/ complete.
@@ -122,12 +132,16 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None) -> dict:
             # collectively; FSDP needs every process in each forward); the main process writes the results.
             with unwrap_model_for_generation(prepared, accelerator) as unwrapped:
                 evals["after"] = evaluation.evaluate_policy(cfg, unwrapped, tokenizer, eval_ds, reward_fn,
-                                                            accelerator.device, engine=eval_engine)
+                                                            accelerator.device, engine=eval_engine, gold_fn=gold_fn)
                 values = evaluation.values_along(unwrapped, tokenizer, evals["after"]["samples"],
                                                  accelerator.device) \
                     if cfg.algorithm.uses_critic else None  # critic-free estimators have no values to show
         # ---- report, then final/: the last thing written, so a folder with final/ holds a finished run
         if accelerator.is_main_process:
+            if every.gold is not None and every.gold.best is not None:  # the update to keep, named
+                best = evals["gold_best"] = every.gold.best
+                accelerator.print(f"gold peaked at update {best['step']} (gold {best['gold']:.4g}, proxy "
+                                  f"{best['proxy']:.4g}): that policy is in {out / 'gold-best'}")
             if cfg.eval_before_after:
                 accelerator.print(evaluation.eval_line("after", evals["after"]))
                 write_json(out / "eval.json", evals)

@@ -38,7 +38,8 @@ def test_console_script_points_at_the_dispatcher():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, func = scripts["rlhf-app"].split(":")
     assert getattr(import_module(module), func) is main
-    assert set(import_module(module).COMMANDS) == {"train", "sft", "rm", "pipeline", "eval", "push", "report", "label", "env"}
+    assert set(import_module(module).COMMANDS) == {"train", "sft", "rm", "pairs", "pipeline", "eval", "push", "report",
+                                                   "label", "env"}
 
 
 @pytest.mark.slow  # a fresh interpreter that imports every package
@@ -86,7 +87,7 @@ def test_entry_points_start_the_dispatcher():
 
 def test_unknown_command_and_help(capsys):
     assert rlhf_app(capsys, "trian") == ("error: unknown command 'trian': did you mean train? "
-                                         "commands: train, sft, rm, pipeline, eval, push, report, label, env (rlhf-app --help)", "")
+                                         "commands: train, sft, rm, pairs, pipeline, eval, push, report, label, env (rlhf-app --help)", "")
     assert "rlhf-app train" in rlhf_app(capsys, "--help")[1]
     code, train_help = rlhf_app(capsys, "train", "--help")
     assert code is None and "--config NAME_OR_FILE" in train_help

@@ -1,6 +1,6 @@
 """Score a saved policy on its recipe's held-out prompts:
 
-    rlhf-app eval run_dir=runs/tiny [split=eval|train] [num=N] [checkpoint=final|checkpoint-N]
+    rlhf-app eval run_dir=runs/tiny [split=eval|train] [num=N] [checkpoint=final|checkpoint-N|gold-best]
     (or python scripts/eval.py ...; --run_dir runs/tiny --num 8 works too)
 
 Reads the run's recorded config, scores with `rlhf_app.evaluation.evaluate_run` (the trainer's own
@@ -19,7 +19,7 @@ from rlhf_app.offline import set_network_env
 from rlhf_app.run_dir.checkpoint import policy_folders
 
 OPTIONS = ("run_dir", "split", "num", "checkpoint")
-USAGE = "python scripts/eval.py run_dir=PATH [split=eval|train] [num=N] [checkpoint=final|checkpoint-N]"
+USAGE = "python scripts/eval.py run_dir=PATH [split=eval|train] [num=N] [checkpoint=final|checkpoint-N|gold-best]"
 
 
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
@@ -45,8 +45,8 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
         if not opts["num"].isdigit() or int(opts["num"]) < 1:
             raise ConfigError(f"num={opts['num']} must be a positive integer (prompts to score)")
         opts["num"] = int(opts["num"])
-    if not re.fullmatch(r"final|checkpoint-\d+", opts["checkpoint"]):
-        raise ConfigError(f"checkpoint={opts['checkpoint']} must be final or checkpoint-N")
+    if not re.fullmatch(r"final|checkpoint-\d+|gold-best", opts["checkpoint"]):
+        raise ConfigError(f"checkpoint={opts['checkpoint']} must be final, checkpoint-N or gold-best (reward.gold)")
     return opts, overrides
 
 

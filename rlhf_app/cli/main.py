@@ -1,4 +1,4 @@
-"""The `rlhf-app` command, `rlhf-app train|sft|rm|pipeline|eval|push|report|label|env ...`, and the one place where an error a
+"""The `rlhf-app` command, `rlhf-app train|sft|rm|pairs|pipeline|eval|push|report|label|env ...`, and the one place where an error a
 user can fix (`rlhf_app.errors.UserError`) ends the program: `error: <message>` on stderr, exit status 1.
 
 Each command is a module of this package with `main(argv)`; it takes the arguments of its script in
@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import sys
 
-from rlhf_app.cli import env, label, pipeline, push, report, stage, train
+from rlhf_app.cli import env, label, pairs, pipeline, push, report, stage, train
 from rlhf_app.cli import eval as evaluate
 from rlhf_app.errors import UserError
 from rlhf_app.run_dir.signals import Stopped
@@ -21,6 +21,7 @@ USAGE = """usage: rlhf-app COMMAND [ARGS]
   train   PPO training:          rlhf-app train recipe=tiny ppo.learning_rate=1e-5  (or --config tiny --learning_rate 1e-5)
   sft     supervised stage:      rlhf-app sft recipe=tiny sft.dataset=data.jsonl --max_steps 100  (TRL's SFTTrainer)
   rm      reward-model stage:    rlhf-app rm recipe=tiny rm.dataset=pairs.jsonl  (TRL's RewardTrainer)
+  pairs   preference pairs:      rlhf-app pairs recipe=tiny pairs.num_generations=4  (a policy's completions, labelled by a reward)
   pipeline stages in order:      rlhf-app pipeline recipe=tiny-pipeline  (the same command continues it)
   eval    score a saved policy:  rlhf-app eval run_dir=runs/tiny [split=eval|train] [num=N] [checkpoint=final|checkpoint-N]
   push    push a run to the Hub: rlhf-app push run_dir=runs/tiny hub.repo_id=user/name [hub.dry_run=true]
@@ -30,9 +31,8 @@ USAGE = """usage: rlhf-app COMMAND [ARGS]
 
 Several processes: accelerate launch -m rlhf_app train recipe=NAME (or accelerate launch scripts/train.py ...)."""
 
-COMMANDS = {"train": train.main, "sft": stage.sft, "rm": stage.rm, "pipeline": pipeline.main, "eval": evaluate.main,
-            "push": push.main, "report": report.main, "label": label.main,
-            "env": env.main}
+COMMANDS = {"train": train.main, "sft": stage.sft, "rm": stage.rm, "pairs": pairs.main, "pipeline": pipeline.main,
+            "eval": evaluate.main, "push": push.main, "report": report.main, "label": label.main, "env": env.main}
 
 
 class UnknownCommand(UserError):

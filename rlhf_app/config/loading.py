@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rlhf_app.config.argv import ArgvError, normalize_argv
 from rlhf_app.config.checks import TRACKERS, ConfigError, finite
 from rlhf_app.config.recipes import RECIPES_DIR, available_recipes, load_yaml, recipe_path  # noqa: F401 (re-exported)
-from rlhf_app.config.stages import RMSection, SFTSection
+from rlhf_app.config.stages import PairsSection, RMSection, SFTSection
 from rlhf_app.config.train_config import TrainConfig, num_updates
 
 # ---- TRL's flat field names (ModelConfig, PPOConfig, TrainingArguments) -> the nested keys here.
@@ -56,8 +56,8 @@ ALIASES = {
 }
 # TRL's count of sample tables over the run; converted to sample_every (updates between them) after merging.
 NUM_SAMPLE_GENERATIONS = "num_sample_generations"
-# The stage sections, which `rlhf-app sft|rm` fill with their defaults (None in a PPO run's config).
-STAGE_SECTIONS = {"sft": SFTSection, "rm": RMSection}
+# The stage sections, which `rlhf-app sft|rm|pairs` fill with their defaults (None in a PPO run's config).
+STAGE_SECTIONS = {"sft": SFTSection, "rm": RMSection, "pairs": PairsSection}
 
 
 def _full_default():

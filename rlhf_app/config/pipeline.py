@@ -1,7 +1,7 @@
 """A pipeline's names and references, checked with the rest of the config (plain data, no torch).
 
 `stages: [sft, rm, ppo]` runs the stages in order, each in `output_dir/<stage>/`; a stage is named by
-its kind (sft, rm, ppo) or `KIND-label` (`ppo-long`) when a kind runs twice. `per_stage.NAME.<key>`
+its kind (sft, rm, pairs, ppo) or `KIND-label` (`ppo-long`) when a kind runs twice. `per_stage.NAME.<key>`
 sets a key for that stage alone; a value `stage:NAME` anywhere in a stage's config (a model path, an
 entry of reward.funcs) means that earlier stage's final/ folder. Every mistake here is one line before
 anything runs; the stage configs themselves are built by rlhf_app/stages/pipeline.py.
@@ -14,14 +14,19 @@ import re
 
 from rlhf_app.config.checks import ConfigError
 
-STAGE_KINDS = ("sft", "rm", "ppo")
+STAGE_KINDS = ("sft", "rm", "pairs", "ppo")
 REFERENCE = "stage:"
 # Keys of the pipeline as a whole: a stage gets them from the pipeline (its folder is output_dir/<stage>).
 PIPELINE_KEYS = ("stages", "per_stage", "output_dir", "recipe", "resume_from", "overwrite_output_dir",
                  "print_config")
 # The keys each kind reads (None: all): a `stage:` reference elsewhere is not its concern (a pipeline's
 # reward.funcs=[stage:rm] is PPO's, not the SFT stage's before rm), nor is a change there once it finished.
-READS = {"sft": ("seed", "model.", "peft.", "sft."), "rm": ("seed", "model.", "peft.", "rm."), "ppo": None}
+READS = {"sft": ("seed", "model.", "peft.", "sft."), "rm": ("seed", "model.", "peft.", "rm."), "ppo": None,
+         # pairs: the policy, its prompts, how it samples, and the labeller (the reward keys but PPO's reward.gold*)
+         "pairs": ("seed", "model.", "data.", "rollout.engine", "pairs.", "ppo.response_length", "ppo.temperature",
+                   "ppo.do_sample", "ppo.stop_token", *(f"reward.{key}" for key in (
+                       "name", "funcs", "weights", "model", "label", "kind", "score", "function", "method",
+                       "format_score", "multiple_answers", "answer_at_end", "trailing_answer_score", "target")))}
 _NAME = re.compile(r"([a-z]+)(-[A-Za-z0-9_.]+)?")
 
 

@@ -134,12 +134,19 @@ class RewardConfig:
     answer_at_end: bool = False  # gsm8k strict: the "#### N" must end the completion (text after it: no answer)
     trailing_answer_score: float = 0.0  # gsm8k with answer_at_end: partial credit for a "#### N" with text after it
     target: str = "a"  # toy: the string whose frequency in the completion is the reward
+    # The gold reward: a second source (reward.funcs syntax: a built-in, file.py:fn, module:fn, a model), scored
+    # beside the reward at every evaluation (eval/gold against eval/proxy); None: none. The run keeps the policy
+    # of its best gold evaluation in gold-best/ and warns once when gold fell gold_patience evaluations in a row.
+    gold: Optional[str] = None
+    gold_patience: int = 3
 
     def __post_init__(self):
         _choice("reward", "name", self.name, ("toy", "sentiment", "gsm8k", "python"))
         _choice("reward", "kind", self.kind, ("logit", "prob"))
         if self.batch_size < 1:
             raise ConfigError(f"reward.batch_size must be >= 1, got {self.batch_size}")
+        if self.gold_patience < 1:
+            raise ConfigError(f"reward.gold_patience must be >= 1, got {self.gold_patience}")
         _choice("reward", "method", self.method, ("strict", "flexible"))
         _choice("reward", "multiple_answers", self.multiple_answers, ("last", "none"))
         if self.trailing_answer_score and not self.answer_at_end:

@@ -1,5 +1,6 @@
-"""The `sft` and `rm` sections: a supervised stage (TRL's SFTTrainer) and a reward-model stage (TRL's
-RewardTrainer), under their SFTConfig / RewardConfig / TrainingArguments field names, with their own data keys.
+"""The `sft`, `rm` and `pairs` sections: a supervised stage (TRL's SFTTrainer), a reward-model stage (TRL's
+RewardTrainer), under their SFTConfig / RewardConfig / TrainingArguments field names, with their own data keys;
+and the preference pairs sampled from a policy and labelled by a reward source (stages/pairs.py).
 
 Both default to None in TrainConfig, so a PPO recipe and its config.yaml stay as they were; `rlhf-app sft` and
 `rlhf-app rm` fill their section with these defaults (stages/common.py).
@@ -12,8 +13,7 @@ from typing import Optional
 
 from rlhf_app.config.checks import _GE0, _GE1, _GT0, SCHEDULERS, ConfigError, _choice, _ranges
 
-STAGES = ("sft", "rm")
-
+STAGES = ("sft", "rm", "pairs")
 
 
 @dataclass
@@ -84,3 +84,20 @@ class RMSection(StageConfig):
     def __post_init__(self):
         self.check("rm")
         _ranges("rm", self, {"center_rewards_coefficient": _GE0})
+
+
+@dataclass
+class PairsSection:
+    """`rlhf-app pairs`: num_generations completions of each training prompt (data.*, sampled as ppo.* and
+    rollout.engine say), scored by the labeller (reward.funcs / reward.name); the best against the worst."""
+
+    num_generations: int = 2  # completions per prompt (TRL's name); the best and the worst make the pair
+    tie_threshold: float = 0.0  # |score(best) - score(worst)| <= this: a tie
+    keep_ties: bool = False  # false: ties are dropped; true: kept, chosen = the higher score (first sampled if equal)
+    batch_size: int = 16  # prompts per generation call (each with its num_generations completions)
+
+    def __post_init__(self):
+        if self.num_generations < 2:
+            raise ConfigError(f"pairs.num_generations must be >= 2 (the best and the worst of the completions of a "
+                              f"prompt make its pair), got {self.num_generations}")
+        _ranges("pairs", self, {"tie_threshold": _GE0, "batch_size": _GE1})

@@ -9,7 +9,7 @@ from typing import Any, Optional
 from rlhf_app.config.checks import _GE0, TRACKERS, ConfigError, _choice, _ranges
 from rlhf_app.config.pipeline import check_stages
 from rlhf_app.config.sections import DataConfig, ModelConfig, PeftConfig, PPOConfig, RewardConfig
-from rlhf_app.config.stages import RMSection, SFTSection
+from rlhf_app.config.stages import PairsSection, RMSection, SFTSection
 
 
 ENGINES = ("hf", "vllm")
@@ -183,9 +183,10 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     hub: HubConfig = field(default_factory=HubConfig)
-    # The stages before PPO (`rlhf-app sft`, `rlhf-app rm`); None: not set (left out of config.yaml).
+    # The stages before PPO (`rlhf-app sft`, `rlhf-app rm`, `rlhf-app pairs`); None: not set (left out of config.yaml).
     sft: Optional[SFTSection] = None
     rm: Optional[RMSection] = None
+    pairs: Optional[PairsSection] = None  # `rlhf-app pairs`: preference pairs from a policy (stages/pairs.py)
 
     def __post_init__(self):
         for tracker in self.report_to:

@@ -17,13 +17,13 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from rlhf_app.report.plots import plot_diagnostics, plot_values, reward_panels, series
+from rlhf_app.report.plots import gold_points, plot_diagnostics, plot_gold, plot_values, reward_panels, series
 from rlhf_app.report.stage import is_stage_run, stage_of, stage_parts, stage_settings
 from rlhf_app.text_stats import distinct_word_share
 
 KEY_SETTINGS = [
     "recipe", "seed", "model.name_or_path", "model.value_model", "model.dtype", "peft.enabled",
-    "data.name", "data.source", "reward.name", "reward.model", "ppo.learning_rate",
+    "data.name", "data.source", "reward.name", "reward.model", "reward.gold", "ppo.learning_rate",
     "ppo.lr_scheduler_type", "ppo.kl_coef", "ppo.kl_estimator", "ppo.adaptive_kl",
     "ppo.total_episodes", "ppo.per_device_train_batch_size", "ppo.gradient_accumulation_steps",
     "ppo.num_mini_batches", "ppo.num_ppo_epochs", "ppo.response_length", "ppo.temperature",
@@ -178,6 +178,7 @@ def write_report(run_dir) -> Path:
                         [[summary[k] for k in ("updates", "episodes", "wall_time_s", "final_reward",
                                                "mean_reward", "final_score", "final_kl")]]))
     parts.append("<h2>Evaluation on held-out prompts</h2>" + _evaluation_html(evaluation, summary))
+    parts += _gold_html(run_dir, metrics, plots)
     reward_rows = [[k, *(_first_last(metrics, k))] for _, keys, _ in reward_panels(metrics) for k, _ in keys]
     if reward_rows:
         parts.append("<h2>Rewards per function and held-out scores</h2>" + _table(
@@ -197,6 +198,35 @@ def write_report(run_dir) -> Path:
         parts.append(_missing("No training samples recorded (samples.jsonl is missing or empty)."))
 
     return _page(run_dir, parts)
+
+
+def _gold_html(run_dir: Path, metrics: list[dict], plots: Path) -> list[str]:
+    """Proxy against gold (reward.gold): the figure, the update where gold peaked and the folder that keeps it."""
+    points = gold_points(metrics)
+    if not points:
+        return []
+    record = load_optional(run_dir / "gold.json") or {}
+    best = record.get("best") or {}
+    best = best if best.get("step") in [p[0] for p in points] else {}
+    if not best:  # no gold.json: the best logged evaluation
+        step, _, proxy, gold = max(points, key=lambda p: p[3])
+        best = {"step": step, "proxy": proxy, "gold": gold}
+    kl = next(p[1] for p in points if p[0] == best["step"])
+    kept = (run_dir / "gold-best").is_dir()
+    where = f"{run_dir.name}/gold-best/ (rlhf-app eval run_dir={run_dir} checkpoint=gold-best)" if kept else \
+        "not kept (no gold-best/ in the run folder)"
+    out = ["<h2>Proxy against gold</h2><p>The trained reward (proxy) and the gold reward (reward.gold) on the "
+           "held-out prompts at each evaluation, against the KL to the reference: a gold that peaks and falls "
+           "while the proxy rises is the proxy being over-optimised.</p>",
+           _table(["gold peaked at update", "gold", "proxy", "KL", "that policy"],
+                  [[best["step"], best["gold"], best["proxy"], kl, where]])]
+    if record.get("warned_at") is not None:
+        out.append(f'<p class="warn">From update {record["warned_at"]} the gold reward fell '
+                   f'{record.get("patience")} evaluations in a row while the proxy rose: keep the gold-best policy, '
+                   "or train with a larger ppo.kl_coef or fewer updates.</p>")
+    out.append(_img_or_missing(plot_gold(metrics, best["step"], plots / "gold.png"), plots / "gold.png",
+                               "proxy and gold against the KL", "No gold evaluations."))
+    return out
 
 
 def _recipe(config, keys: list[str] = KEY_SETTINGS) -> list[str]:

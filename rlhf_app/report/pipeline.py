@@ -29,9 +29,17 @@ def _figures(folder: Path) -> str:
     scores = [evaluation[k]["mean_score"] for k in ("before", "after") if "mean_score" in evaluation.get(k, {})]
     if scores:
         parts.append("held-out score " + " -> ".join(f"{s:.4g}" for s in scores))
+    if isinstance(evaluation.get("gold_best"), dict):  # a PPO stage with reward.gold
+        best = evaluation["gold_best"]
+        parts.append(f"gold peaked at update {best['step']} ({best['gold']:.4g}; kept in gold-best/)")
     pairs = load_optional(folder / "rm_eval.json") or {}  # the reward-model stage's held-out pairs
     if isinstance(pairs.get("accuracy"), (int, float)):
         parts.append(f"held-out pairwise accuracy {pairs['accuracy']:.3f} ({pairs.get('pairs')} pairs)")
+    made = load_optional(folder / "pairs_summary.json") or {}  # the pairs stage's counts
+    if isinstance(made.get("pairs"), int):
+        margin = made.get("mean_margin")
+        parts.append(f"{made['pairs']} pairs of {made.get('prompts')} prompts ({made.get('ties')} ties), mean margin "
+                     + (f"{margin:.4g}" if isinstance(margin, (int, float)) else "-"))
     return "; ".join(parts)
 
 

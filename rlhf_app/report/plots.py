@@ -88,6 +88,43 @@ def plot_diagnostics(metrics: list[dict], path: Path) -> bool:
     return True
 
 
+def gold_points(metrics: list[dict]) -> list[tuple[int, float, float, float]]:
+    """(update, KL, proxy, gold) of every evaluation with a gold score (reward.gold); the KL is that update's
+    objective/kl (the rollout's KL to the reference, summed over tokens)."""
+    return [(r.get("step", i + 1), float(r.get("objective/kl", math.nan)), float(r["eval/proxy"]), float(r["eval/gold"]))
+            for i, r in enumerate(metrics) if r.get("eval/gold") is not None and r.get("eval/proxy") is not None]
+
+
+def plot_gold(metrics: list[dict], best_step: int | None, path: Path) -> bool:
+    """Proxy and gold against the KL and against the update (twin axes: their scales differ), the update
+    where gold peaked starred; False when no evaluation has a gold score."""
+    points = gold_points(metrics)
+    if not points:
+        return False
+    fig = Figure(figsize=(12.6, 4.2), layout="constrained")
+    for i, label in enumerate(("KL to reference (nats / sequence)", "update")):
+        steps, kls, proxy, gold = zip(*sorted(points, key=lambda p: (p[1 - i], p[0])))  # a line along x
+        x = kls if i == 0 else steps
+        ax = fig.add_subplot(1, 2, i + 1)
+        ax.plot(x, proxy, marker="o", ms=3, color="tab:blue", label="proxy (trained reward)")
+        ax.set(xlabel=label, ylabel="proxy")
+        twin = ax.twinx()
+        twin.plot(x, gold, marker="s", ms=3, color="tab:orange", label="gold")
+        twin.set_ylabel("gold")
+        if best_step in steps:
+            j = steps.index(best_step)
+            twin.plot([x[j]], [gold[j]], marker="*", ms=16, color="tab:red", ls="none",
+                      label=f"gold peak: update {best_step} (gold-best/)")
+        lines = ax.get_lines() + twin.get_lines()
+        ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                  ncol=3)
+        ax.set_title(f"Proxy and gold against the {'KL' if i == 0 else 'update'}", fontsize=10)
+        ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return True
+
+
 def plot_values(values: dict, path: Path) -> bool:
     """Critic value estimates along the high- and low-reward completion, one row each."""
     cases = [(name, values[name]) for name in ("high", "low") if values.get(name, {}).get("tokens")]

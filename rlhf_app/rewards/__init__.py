@@ -46,6 +46,22 @@ def resolve_sources(cfg, columns: list[str] | None = None):
     return sources
 
 
+def gold_config(cfg):
+    """The config the gold scorer is built from: reward.funcs = [reward.gold] alone, unweighted; every other
+    reward setting (a built-in's reward.model, reward.target, ...) as the run has it."""
+    return SimpleNamespace(reward=dataclasses.replace(cfg.reward, funcs=[cfg.reward.gold], weights=None, gold=None))
+
+
+def resolve_gold(cfg, columns: list[str] | None = None):
+    """The sources of `reward.gold` (None when it is not set), checked as resolve_sources checks reward.funcs."""
+    if not cfg.reward.gold:
+        return None
+    try:
+        return resolve_sources(gold_config(cfg), columns)
+    except RewardSourceError as err:
+        raise RewardSourceError(f"reward.gold: {err}") from None
+
+
 def _keywords(fn):
     """A user function called as TRL calls it: every argument by keyword."""
     def call(prompts, completions, **kwargs):
@@ -187,4 +203,5 @@ def checked(name: str, fn: RewardFn) -> RewardFn:
     return reward_fn
 
 
-__all__ = ["BUILDERS", "RewardError", "RewardSourceError", "build_reward", "checked", "resolve_sources"]
+__all__ = ["BUILDERS", "RewardError", "RewardSourceError", "build_reward", "checked", "gold_config", "resolve_gold",
+           "resolve_sources"]

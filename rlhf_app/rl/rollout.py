@@ -110,14 +110,18 @@ def score(reward_fn, rollout: Rollout, device, trainer_state=None, log: RewardLo
     return torch.tensor([math.nan if s is None else s for s in scores], dtype=torch.float, device=device)
 
 
-def sample_and_score(sample, dataset, reward_fn, device, batch_size: int = 32, trainer_state=None) -> dict:
+def sample_and_score(sample, dataset, reward_fn, device, batch_size: int = 32, trainer_state=None,
+                     gold_fn=None) -> dict:
     """`sample(rows) -> Rollout` for every row of `dataset`, in batches, and score it:
     {"mean_score", "extra", "samples"}; `extra` holds the reward's extra metrics and what it logged
-    (e.g. rewards/<name>/mean)."""
-    prompts, completions, scores, columns, log = [], [], [], {}, RewardLog()
+    (e.g. rewards/<name>/mean). `gold_fn`: a second reward scoring the same completions (what it logs is
+    dropped): "gold_score" (its mean) and each sample's "gold" join the result."""
+    prompts, completions, scores, gold, columns, log = [], [], [], [], {}, RewardLog()
     for start in range(0, len(dataset), batch_size):
         rollout = sample([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         scores += score(reward_fn, rollout, device, trainer_state, log).tolist()
+        if gold_fn is not None:
+            gold += score(gold_fn, rollout, device, trainer_state).tolist()
         prompts += rollout.prompts
         completions += rollout.completions
         for k, v in rollout.columns.items():
@@ -126,6 +130,11 @@ def sample_and_score(sample, dataset, reward_fn, device, batch_size: int = 32, t
     extra = dict(extra_fn(prompts, completions, **columns)) if extra_fn else {}
     # Each function's mean (a batch-averaged std would mislead, so it stays out).
     extra.update({k: v for k, v in log.means().items() if math.isfinite(v) and not k.endswith("/std")})
-    return {"mean_score": sum(scores) / max(len(scores), 1), "extra": extra,
-            "samples": [{"prompt": p, "completion": c, "score": s}
-                        for p, c, s in zip(prompts, completions, scores)]}
+    result = {"mean_score": sum(scores) / max(len(scores), 1), "extra": extra,
+              "samples": [{"prompt": p, "completion": c, "score": s}
+                          for p, c, s in zip(prompts, completions, scores)]}
+    if gold_fn is not None:
+        result["gold_score"] = sum(gold) / max(len(gold), 1)
+        for sample_row, g in zip(result["samples"], gold):
+            sample_row["gold"] = g
+    return result

@@ -52,9 +52,10 @@ def checkpoints(output_dir: Path) -> list[Path]:
 
 
 def policy_folders(output_dir: Path) -> list[str]:
-    """Names of the saved policies a run holds: its complete checkpoints, oldest first, then `final`."""
-    final = ["final"] if (Path(output_dir) / "final").is_dir() else []
-    return [p.name for p in checkpoints(output_dir)] + final
+    """Names of the saved policies a run holds: its complete checkpoints, oldest first, then `final`, and
+    `gold-best` (reward.gold's best evaluation)."""
+    ends = [name for name in ("final", "gold-best") if (Path(output_dir) / name).is_dir()]
+    return [p.name for p in checkpoints(output_dir)] + ends
 
 
 def save_checkpoint(accelerator, output_dir: Path, model, tokenizer, trainer_state: dict,

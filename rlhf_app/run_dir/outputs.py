@@ -17,16 +17,18 @@ from rlhf_app.run_dir.atomic import remove_dir
 # (eval.json, values.json, report.html) and `rlhf-app eval` (eval-final.json, eval-checkpoint-N-train.json).
 # Not .lock: the run that clears the folder holds it.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "eval.json", "values.json", "report.html",
-             "rm_eval.json")  # rm_eval.json: the reward-model stage's held-out pairs (stages/rm.py)
-RUN_FILE_PATTERNS = (r"eval-(final|checkpoint-\d+)(-train)?\.json",)
+             "rm_eval.json",  # the reward-model stage's held-out pairs (stages/rm.py)
+             "pairs_summary.json",  # the pairs stage's counts (stages/pairs.py)
+             "gold.json")  # a run with reward.gold: its evaluations and the gold-best update (evaluation.py)
+RUN_FILE_PATTERNS = (r"eval-(final|checkpoint-\d+|gold-best)(-train)?\.json",)
 # Folders that are wholly ours: checkpoints, final/, the Hub upload folders (hub_upload/ of the final
 # push, hub_upload-checkpoint-N/ of each hub.strategy=every_save push, kept by hub.dry_run=true).
-RUN_DIR_PATTERNS = (r"checkpoint-\d+", r"final", r"hub_upload", r"hub_upload-checkpoint-\d+")
+RUN_DIR_PATTERNS = (r"checkpoint-\d+", r"final", r"hub_upload", r"hub_upload-checkpoint-\d+", r"gold-best")
 # Folders whose files we write beside whatever else is there: {folder: name patterns of our files}.
 # wandb (init dir=output_dir) writes wandb/; tensorboard (accelerate's project_dir/<project>) writes
 # rlhf_app/: event files, and per start a <time.time()>/ folder with the hparams events and hparams.yml.
 SHARED_DIRS = {
-    "plots": (r"diagnostics\.png", r"values\.png", r"stage\.png", r"margins\.png"),  # PPO's; a stage's
+    "plots": (r"diagnostics\.png", r"values\.png", r"stage\.png", r"margins\.png", r"gold\.png"),  # PPO's; a stage's
     "wandb": (r"(offline-)?run-.+", r"latest-run", r"debug(-internal|-cli\..*)?\.log"),
     "rlhf_app": (r"events\.out\.tfevents\..+", r"\d+(\.\d+)?"),
 }

@@ -124,6 +124,8 @@ def _runner(kind: str):
         from rlhf_app.run import run
     elif kind == "sft":
         from rlhf_app.stages.sft import run
+    elif kind == "pairs":
+        from rlhf_app.stages.pairs import run
     else:
         from rlhf_app.stages.rm import run
     return run
