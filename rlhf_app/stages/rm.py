@@ -3,8 +3,9 @@
 config → network env → tokenizer → pairs and their checks (before any model loads) → claim the run folder →
 RewardTrainer (LoRA with the score head trainable) → train, resumable → held-out pairs scored (rm_eval.json:
 pairwise accuracy, the margins) → report → final/: a sequence-classification folder that `reward.funcs`
-takes. RewardTrainer appends EOS to every text pair; final/config.json records it (`reward_append_eos`),
-and the reward path appends it too, so PPO scores exactly as the model was trained.
+takes. RewardTrainer appends EOS to every text pair and renders conversations through the chat template;
+final/config.json records which (`reward_append_eos`, `reward_conversational`), and the reward path does the
+same, so PPO scores exactly as the model was trained.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from rlhf_app.config import TrainConfig
 from rlhf_app.offline import set_network_env
 
 APPEND_EOS = "reward_append_eos"  # in final/config.json: score text + EOS (rewards/sentiment.py reads it)
+CONVERSATIONAL = "reward_conversational"  # in final/config.json: score [prompt..., completion] via the chat template
 
 
 def score_pairs(model, dataset, pad_token_id: int, batch_size: int) -> list[float]:
@@ -90,6 +92,7 @@ def run(cfg: TrainConfig, callbacks=()) -> Path:
             with end.finishing():
                 model = common.merged(trainer.model)
                 setattr(model.config, APPEND_EOS, not conversational)  # as RewardTrainer trained it
+                setattr(model.config, CONVERSATIONAL, conversational)
                 if main:
                     final = common.save_final(model, tokenizer, out, step)
                     print(f"saved {final}")
