@@ -53,7 +53,7 @@ def stage_runs(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("stages")
     sft.run(_cfg("sft", root / "sft", _jsonl(root / "sft.jsonl", sft_rows()), "--max_steps", "4",
-                 "--learning_rate", "3e-3"))
+                 "--learning_rate", "3e-3", "hub.push=true", "hub.dry_run=true"))  # pushed as it ends
     rm.run(_cfg("rm", root / "rm", _jsonl(root / "pairs.jsonl", pair_rows()), "--max_steps", "6",
                 "--learning_rate", "3e-3", "peft.enabled=true", "peft.r=4"))
     return {"sft": root / "sft", "rm": root / "rm"}
@@ -67,6 +67,15 @@ def copy(stage_runs, tmp_path):
 def _push(run_dir: Path, *overrides: str) -> Path:
     main(["push", f"run_dir={run_dir}", *overrides])
     return run_dir / "hub_upload"
+
+
+def test_a_stage_with_hub_push_pushes_at_its_end_or_refuses_before_any_model_loads(stage_runs, tmp_path):
+    assert (stage_runs["sft"] / "hub_upload" / "README.md").is_file()  # hub.push=true hub.dry_run=true
+    assert not (stage_runs["rm"] / "hub_upload").exists()
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"^error: hub\.repo_id is not set: pass hub\.repo_id=user/name"):
+        main(["sft", "recipe=tiny", f"output_dir={out}", "sft.dataset=never/read", "hub.push=true"])
+    assert not out.exists()
 
 
 def test_sft_stage_folder_and_card(copy, capsys):

@@ -61,7 +61,12 @@ def test_sft_loss_falls_and_ppo_starts_from_its_final(tmp_path, train_tiny):
     losses = _losses(out)
     assert len(losses) == 8 and losses[-1] < 0.8 * losses[0]
     assert (out / "config.yaml").is_file() and (out / "plots" / "stage.png").is_file()
-    assert "SFTTrainer" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "SFTTrainer" in report  # and the settings: the section's every key, model.*, peft.*
+    for key, value in (("sft.max_steps", "num\">8"), ("sft.completion_only_loss", "num\">—"),
+                       ("model.dtype", "\">float32"), ("peft.enabled", "\">False")):
+        assert f'<td class="">{key}</td><td class="{value}</td>' in report
+    assert "peft.lora_alpha" not in report
     assert json.loads((final / "trainer_state.json").read_text())["step"] == 8
     AutoModelForCausalLM.from_pretrained(final)
     run = train_tiny(tmp_path / "ppo", f"model.name_or_path={final}", "ppo.total_episodes=64",
@@ -82,7 +87,9 @@ def test_reward_model_ranks_held_out_pairs_and_loads_through_reward_funcs(tmp_pa
     assert result["pairs"] == 16 and result["accuracy"] >= 0.9 and len(result["margins"]) == 16
     saved = json.loads((final / "config.json").read_text())
     assert saved["reward_append_eos"] is True and saved["reward_conversational"] is False
-    assert "pairwise accuracy" in (out / "report.html").read_text() and (out / "plots" / "margins.png").is_file()
+    report = (out / "report.html").read_text()
+    assert "pairwise accuracy" in report and (out / "plots" / "margins.png").is_file()
+    assert "rm.center_rewards_coefficient" in report and ("peft.lora_alpha" in report) == lora
     assert not (final / "adapter_config.json").exists()  # LoRA merged: a plain classifier folder
     cfg = load_config(["recipe=tiny", f"reward.funcs=[{final}]"])
     score = build_reward(cfg)
