@@ -5,6 +5,7 @@ Trainer's own checkpoint, and bad inputs are one line before any model loads."""
 import json
 import os
 import random
+import re
 import signal
 
 import pytest
@@ -157,6 +158,19 @@ def test_a_conversational_reward_model_scores_ppo_episodes_through_its_chat_temp
         plain = model(**rm_tok(rollout.prompts[0] + completions[0], return_tensors="pt")).logits[0, 0].item()
     assert used == pytest.approx(direct, abs=1e-5)  # padded in one batch, as scored one by one
     assert abs(plain - direct[0]) > 1e-3  # the plain-text rendering the reward used before scores otherwise
+    # its model card says so, and the card's snippet scores a conversation as PPO's reward does
+    from rlhf_app.cli.push import load_run_config
+    from rlhf_app.hub.upload import prepare_upload
+
+    folder = prepare_upload(tmp_path / "rm", load_run_config(tmp_path / "rm", ["hub.dry_run=true"]))
+    text = (folder / "README.md").read_text()
+    assert "pairs as conversations (chat template)" in text
+    (code,) = re.findall(r"```python\n(.*?)```", text, re.S)
+    scope = {}
+    with torch.inference_mode():
+        exec(code.replace("user/name", str(folder)), scope)
+    said = [turn("user", "Say something kind.")], ["You did well today."]
+    assert reward(["x"], said[1], **{CONVERSATION_COLUMN: said[0]})[0] == pytest.approx(scope["score"], abs=1e-5)
 
 
 class _SignalAt:

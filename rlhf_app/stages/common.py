@@ -28,7 +28,6 @@ from rlhf_app.run_dir.outputs import clear_run
 TRAINER_STATE = "trainer_state.json"  # the Trainer's checkpoint-N: global_step (its complete mark); final/: step
 
 
-
 def trainer_args(cfg: TrainConfig, stage: str, args_cls, **extra):
     """TRL's config object (SFTConfig / RewardConfig) from the stage's section and the run's top-level keys."""
     s = getattr(cfg, stage)
@@ -236,7 +235,7 @@ def run_stage(cfg: TrainConfig, stage: str, make_trainer, held_out, mark=None, c
     set_network_env(cfg.offline)
     import torch
     from accelerate import PartialState
-    from accelerate.utils import is_peft_model
+    from accelerate.utils import is_peft_model, parse_flag_from_env
 
     from rlhf_app.hub.upload import check_push, push
     from rlhf_app.report.page import write_report
@@ -245,13 +244,16 @@ def run_stage(cfg: TrainConfig, stage: str, make_trainer, held_out, mark=None, c
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    # The shared state first, as `accelerate launch` set it (--cpu: ACCELERATE_USE_CPU): else a CPU launch starts
+    # every process as its own main process, and all but one find the run folder locked.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     out = Path(cfg.output_dir)
     if cfg.hub.push:
         check_push(cfg)  # no repo id, offline, no token: said now, not after training
     # ---- tokenizer and data, checked before any model loads
     path, tokenizer = load_tokenizer(cfg)
     train_ds, eval_ds, conversational = data.load(cfg, stage, tokenizer)
-    steps = total_steps(getattr(cfg, stage), len(train_ds), PartialState().num_processes)
+    steps = total_steps(getattr(cfg, stage), len(train_ds), state.num_processes)
     # ---- the run folder, then the trainer
     with claim(cfg, stage, steps) as resume, StopFlag() as flag:
         stop = StopOnSignal(flag)
@@ -272,6 +274,6 @@ def run_stage(cfg: TrainConfig, stage: str, make_trainer, held_out, mark=None, c
                     mark(model, conversational)
                 if main:
                     print(f"saved {save_final(model, tokenizer, out, step)}")
-    if cfg.hub.push and PartialState().is_main_process:
+    if cfg.hub.push and state.is_main_process:
         push(out, cfg)
     return out / "final"
