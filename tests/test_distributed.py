@@ -111,3 +111,36 @@ def test_two_processes_save_their_own_optimizer_state_and_resume_exactly(tmp_pat
         for key in COMPARED:
             assert abs(a[key] - b[key]) <= 1e-6 * max(1.0, abs(a[key])), (a["step"], key)
     assert _ranks(resumed, 2) == _ranks(straight, 2)  # the same final weights on both processes
+
+
+def test_sft_stage_in_two_processes_writes_a_whole_run_folder_and_its_loss_falls(tmp_path):
+    """`accelerate launch` of `rlhf-app sft` (scripts/sft.py) in two CPU processes: one config.yaml, one
+    metrics.jsonl written by the main process, the Trainer's checkpoint, final/ and the report; the loss falls."""
+    rows = [{"prompt": "say a: ", "completion": "a" * (4 + i % 9) + "."} for i in range(64)]
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "sft"
+    from rlhf_app.assets.registry import resolve
+
+    resolve("asset:tiny")  # built once here, in the test cache both processes read
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(port), str(ROOT / "scripts" / "sft.py"), "recipe=tiny", f"output_dir={out}", f"sft.dataset={data}",
+           "--max_steps", "8", "--learning_rate", "3e-3", "--per_device_train_batch_size", "4"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("sft: ") == 2 and proc.stdout.count("saved ") == 1  # each process; final/ once
+    rows = _metrics(out)
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 8 and losses[-1] < 0.8 * losses[0]  # one row per step: the main process alone writes
+    # 57 training rows, 2 processes x 4 rows a step: 8 steps are one epoch (one process would be at 8/15)
+    assert rows[-1]["epoch"] == pytest.approx(1.0)
+    assert json.loads((out / "final" / "trainer_state.json").read_text()) == {"step": 8}
+    state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8 and state["train_batch_size"] == 4
+    assert (out / "config.yaml").is_file() and (out / "report.html").is_file() and not (out / ".lock").exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temporary folder left

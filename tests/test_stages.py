@@ -5,6 +5,7 @@ Trainer's own checkpoint, and bad inputs are one line before any model loads."""
 import json
 import os
 import random
+import re
 import signal
 
 import pytest
@@ -61,7 +62,12 @@ def test_sft_loss_falls_and_ppo_starts_from_its_final(tmp_path, train_tiny):
     losses = _losses(out)
     assert len(losses) == 8 and losses[-1] < 0.8 * losses[0]
     assert (out / "config.yaml").is_file() and (out / "plots" / "stage.png").is_file()
-    assert "SFTTrainer" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "SFTTrainer" in report  # and the settings: the section's every key, model.*, peft.*
+    for key, value in (("sft.max_steps", "num\">8"), ("sft.completion_only_loss", "num\">—"),
+                       ("model.dtype", "\">float32"), ("peft.enabled", "\">False")):
+        assert f'<td class="">{key}</td><td class="{value}</td>' in report
+    assert "peft.lora_alpha" not in report
     assert json.loads((final / "trainer_state.json").read_text())["step"] == 8
     AutoModelForCausalLM.from_pretrained(final)
     run = train_tiny(tmp_path / "ppo", f"model.name_or_path={final}", "ppo.total_episodes=64",
@@ -80,8 +86,11 @@ def test_reward_model_ranks_held_out_pairs_and_loads_through_reward_funcs(tmp_pa
     final = rm.run(_cfg("rm", out, data, "--num_train_epochs", "2", "--learning_rate", "3e-3", *peft))
     result = json.loads((out / "rm_eval.json").read_text())
     assert result["pairs"] == 16 and result["accuracy"] >= 0.9 and len(result["margins"]) == 16
-    assert json.loads((final / "config.json").read_text())["reward_append_eos"] is True
-    assert "pairwise accuracy" in (out / "report.html").read_text() and (out / "plots" / "margins.png").is_file()
+    saved = json.loads((final / "config.json").read_text())
+    assert saved["reward_append_eos"] is True and saved["reward_conversational"] is False
+    report = (out / "report.html").read_text()
+    assert "pairwise accuracy" in report and (out / "plots" / "margins.png").is_file()
+    assert "rm.center_rewards_coefficient" in report and ("peft.lora_alpha" in report) == lora
     assert not (final / "adapter_config.json").exists()  # LoRA merged: a plain classifier folder
     cfg = load_config(["recipe=tiny", f"reward.funcs=[{final}]"])
     score = build_reward(cfg)
@@ -93,9 +102,75 @@ def test_reward_model_ranks_held_out_pairs_and_loads_through_reward_funcs(tmp_pa
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model, tok = AutoModelForSequenceClassification.from_pretrained(final), AutoTokenizer.from_pretrained(final)
+    texts = [held[0]["chosen"], held[0]["rejected"] + "bcd"]  # of different lengths: one is padded
     with torch.inference_mode():
-        direct = model(**tok(["the " + held[0]["chosen"] + tok.eos_token], return_tensors="pt")).logits[0, 0].item()
-    assert score(["the "], [held[0]["chosen"]])[0] == pytest.approx(direct, abs=1e-5)  # one text: no padding
+        direct = [model(**tok(["the " + t + tok.eos_token], return_tensors="pt")).logits[0, 0].item() for t in texts]
+    assert score(["the "] * 2, texts) == pytest.approx(direct, abs=1e-5)
+
+
+CHAT = ("{% for m in messages %}{{ m['role'] }} {{ m['content'] }}{{ eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}assistant {% endif %}")
+
+
+@pytest.mark.slow
+def test_a_conversational_reward_model_scores_ppo_episodes_through_its_chat_template(tmp_path):
+    """Trained on conversations, the reward model scores PPO's episodes as [prompt messages..., assistant
+    completion] rendered by its own chat template, as RewardTrainer tokenized its pairs: not as plain text."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf_app.assets.registry import build_tiny
+    from rlhf_app.data.columns import CONVERSATION_COLUMN
+    from rlhf_app.rewards import build_reward
+    from rlhf_app.rl.rollout import score
+    from rlhf_app.stages import rm
+
+    base = tmp_path / "chat-tiny"
+    build_tiny(base)
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.chat_template = CHAT
+    tok.save_pretrained(base)
+
+    def turn(role, text):
+        return [{"role": role, "content": text}]
+
+    rows = [{"prompt": turn("user", "the"), "chosen": turn("assistant", r["chosen"]),
+             "rejected": turn("assistant", r["rejected"])} for r in pair_rows(64)]
+    final = rm.run(_cfg("rm", tmp_path / "rm", _jsonl(tmp_path / "pairs.jsonl", rows), f"model.name_or_path={base}",
+                        "--max_steps", "4", "--learning_rate", "3e-3"))
+    saved = json.loads((final / "config.json").read_text())
+    assert saved["reward_conversational"] is True and saved["reward_append_eos"] is False
+    # PPO's scoring call (rl/rollout.score), a conversational prompt set: the text prompt the policy saw and
+    # the conversation in its column
+    reward = build_reward(load_config(["recipe=tiny", f"reward.funcs=[{final}]"]))
+    convs, completions = [turn("user", "the"), turn("user", "a story")], ["bcdaaaa", "qq"]
+    rollout = SimpleNamespace(prompts=[tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                                       for c in convs], completions=completions,
+                              columns={CONVERSATION_COLUMN: convs},
+                              response=torch.zeros(2, 1, dtype=torch.long), mask=torch.ones(2, 1))
+    used = score(reward, rollout, "cpu").tolist()
+    model, rm_tok = AutoModelForSequenceClassification.from_pretrained(final), AutoTokenizer.from_pretrained(final)
+    with torch.inference_mode():
+        direct = [model(**rm_tok.apply_chat_template(c + turn("assistant", x), return_dict=True,
+                                                     return_tensors="pt")).logits[0, 0].item()
+                  for c, x in zip(convs, completions)]
+        plain = model(**rm_tok(rollout.prompts[0] + completions[0], return_tensors="pt")).logits[0, 0].item()
+    assert used == pytest.approx(direct, abs=1e-5)  # padded in one batch, as scored one by one
+    assert abs(plain - direct[0]) > 1e-3  # the plain-text rendering the reward used before scores otherwise
+    # its model card says so, and the card's snippet scores a conversation as PPO's reward does
+    from rlhf_app.cli.push import load_run_config
+    from rlhf_app.hub.upload import prepare_upload
+
+    folder = prepare_upload(tmp_path / "rm", load_run_config(tmp_path / "rm", ["hub.dry_run=true"]))
+    text = (folder / "README.md").read_text()
+    assert "pairs as conversations (chat template)" in text
+    (code,) = re.findall(r"```python\n(.*?)```", text, re.S)
+    scope = {}
+    with torch.inference_mode():
+        exec(code.replace("user/name", str(folder)), scope)
+    said = [turn("user", "Say something kind.")], ["You did well today."]
+    assert reward(["x"], said[1], **{CONVERSATION_COLUMN: said[0]})[0] == pytest.approx(scope["score"], abs=1e-5)
 
 
 class _SignalAt:

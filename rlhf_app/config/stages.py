@@ -8,12 +8,15 @@ Both default to None in TrainConfig, so a PPO recipe and its config.yaml stay as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional
 
 from rlhf_app.config.checks import _GE0, _GE1, _GT0, SCHEDULERS, ConfigError, _choice, _ranges
 
 STAGES = ("sft", "rm", "pairs")
+MODEL_KEYS = ("model.name_or_path", "model.revision", "model.dtype", "model.attn_implementation",
+              "model.gradient_checkpointing")
+LORA_KEYS = ("peft.r", "peft.lora_alpha", "peft.lora_dropout", "peft.target_modules")
 
 
 @dataclass
@@ -101,3 +104,11 @@ class PairsSection:
             raise ConfigError(f"pairs.num_generations must be >= 2 (the best and the worst of the completions of a "
                               f"prompt make its pair), got {self.num_generations}")
         _ranges("pairs", self, {"tie_threshold": _GE0, "batch_size": _GE1})
+
+
+def stage_settings(stage: str, lora: bool = True) -> list[str]:
+    """The keys a stage trains with, for its report's and model card's settings tables: the seed, model.*, peft.*
+    (the LoRA keys when `lora`), then every field of its section."""
+    section = {"sft": SFTSection, "rm": RMSection}[stage]
+    return ["seed", *MODEL_KEYS, "peft.enabled", *(LORA_KEYS if lora else ())] + \
+        [f"{stage}.{f.name}" for f in fields(section)]

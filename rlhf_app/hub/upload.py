@@ -1,4 +1,6 @@
-"""Push a finished run to the Hugging Face Hub: policy, critic, recipe, metrics, plots and a model card.
+"""Push a finished run to the Hugging Face Hub: policy, critic, recipe, metrics, plots and a model card; or
+a finished SFT / reward-model stage: its final/, recipe, metrics, rm_eval.json, plots and its own card
+(hub/stage_card.py).
 
 `prepare_upload(run_dir, cfg)` builds `run_dir/hub_upload/`, exactly the folder that would be
 uploaded, in a temporary folder renamed into place. `push(run_dir, cfg)` uploads it, or with
@@ -20,6 +22,7 @@ from pathlib import Path
 from rlhf_app.config import TrainConfig, to_yaml
 from rlhf_app.errors import UserError
 from rlhf_app.hub.card import base_license, model_card  # noqa: F401  (base_license: part of hub's API)
+from rlhf_app.hub.stage_card import read_json, run_stage, stage_card
 from rlhf_app.run_dir.atomic import building
 from rlhf_app.run_dir.checkpoint import checkpoints
 
@@ -31,7 +34,7 @@ TOKEN_PATTERNS = (re.compile(r"hf_[A-Za-z0-9]{30,}"), re.compile(r"(?<![0-9A-Za-
 MODEL_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".jinja", ".tiktoken")
 NOT_UPLOADED = {"trainer_state.json", "asset.json"}  # resume bookkeeping, local build info
 TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".jinja")
-UPLOADED_RUN_FILES = ("metrics.jsonl", "eval.json")  # beside the policy: what the card and a reader use
+UPLOADED_RUN_FILES = ("metrics.jsonl", "eval.json", "rm_eval.json")  # beside the model: what the card and a reader use
 
 
 class HubError(UserError, RuntimeError):
@@ -103,7 +106,8 @@ def prepare_upload(run_dir: str | Path, cfg: TrainConfig, target: str = UPLOAD_D
     """Build `run_dir/<target>/` (default `hub_upload/`): exactly the folder `push` uploads. Returns its path.
 
     Holds the policy + tokenizer and critic (from `final/` or `hub.checkpoint`), the resolved
-    recipe (`config.yaml`, scrubbed), `metrics.jsonl`, `eval.json`, `plots/*.png` and `README.md`;
+    recipe (`config.yaml`, scrubbed), `metrics.jsonl`, `eval.json` (a stage: `rm_eval.json`), `plots/*.png` and
+    `README.md`;
     with `hub.strategy=checkpoint` also `last-checkpoint/`, the newest checkpoint whole (resume state too).
     Written into a temporary folder and renamed, so a half-written folder never remains.
     """
@@ -125,23 +129,29 @@ def prepare_upload(run_dir: str | Path, cfg: TrainConfig, target: str = UPLOAD_D
                 _place(run_dir / name, tmp / name)
         for png in sorted((run_dir / "plots").glob("*.png")):
             _place(png, tmp / "plots" / png.name)
-        evaluation = json.loads((tmp / "eval.json").read_text()) if (tmp / "eval.json").is_file() else None
         metrics = [json.loads(line) for line in (tmp / "metrics.jsonl").read_text().splitlines()
                    if line.strip()] if (tmp / "metrics.jsonl").is_file() else []
         uploaded = sorted(p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file())
-        card = model_card(cfg, uploaded, evaluation, metrics, source=src.name)
+        stage = run_stage(run_dir, cfg, metrics)
+        if stage:  # an SFT / reward-model stage: its final/ is a plain transformers folder
+            card = stage_card(cfg, stage, uploaded, metrics, read_json(tmp / "rm_eval.json"),
+                              read_json(tmp / "config.json") or {}, source=src.name)
+        else:
+            card = model_card(cfg, uploaded, read_json(tmp / "eval.json"), metrics, source=src.name)
         (tmp / "README.md").write_text(scrub(card, allow))
         check_folder(tmp, allow)
     return target
 
 
-def _offline_message(cfg: TrainConfig) -> str:
+def _offline_message(cfg: TrainConfig, run_dir: Path | None = None) -> str:
+    """The line for a Hub out of reach; it names the folder being pushed (a run may have moved since training)."""
     return ("the Hugging Face Hub cannot be reached (offline, or HF_HUB_OFFLINE=1): set hub.dry_run=true to "
-            f"prepare the upload folder now, and push later with python scripts/push.py run_dir={cfg.output_dir} "
+            "prepare the upload folder now, and push later with python scripts/push.py "
+            f"run_dir={run_dir or cfg.output_dir} "
             f"hub.repo_id={cfg.hub.repo_id or 'user/name'}")
 
 
-def check_push(cfg: TrainConfig) -> str | None:
+def check_push(cfg: TrainConfig, run_dir: Path | None = None) -> str | None:
     """Fail fast (HubError) if a real push cannot work: no repo id, offline, no token. Returns the token.
 
     With `hub.dry_run=true` nothing is needed and None is returned. Cheap and local (no network
@@ -165,7 +175,7 @@ def check_push(cfg: TrainConfig) -> str | None:
 
     # The env var as it is now, and as huggingface_hub read it at import (it obeys the latter).
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or constants.HF_HUB_OFFLINE:
-        raise HubError(_offline_message(cfg))
+        raise HubError(_offline_message(cfg, run_dir))
     token = get_token() or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     if not token:
         raise HubError("no Hugging Face token: run `hf auth login` (formerly `huggingface-cli login`) "
@@ -209,7 +219,7 @@ def upload(folder: Path, cfg: TrainConfig, token: str, commit_message: str | Non
         fix = "check the token's write access (`hf auth login`)" if status in (401, 403) else "see the Hub's reply"
         raise HubError(f"the Hub refused the push to {repo_id} (HTTP {status}): {fix}") from err
     except _network_errors() as err:
-        raise HubError(_offline_message(cfg)) from err
+        raise HubError(_offline_message(cfg, folder.parent)) from err
     return getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo_id}"
 
 
@@ -218,7 +228,7 @@ def push(run_dir: str | Path, cfg: TrainConfig) -> str:
 
     `hub.dry_run=true`: only prepare, print the folder and its files, and return the folder path.
     """
-    token = check_push(cfg)
+    token = check_push(cfg, run_dir)
     folder = prepare_upload(run_dir, cfg)
     if cfg.hub.dry_run:
         print_listing(folder, cfg)

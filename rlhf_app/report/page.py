@@ -18,7 +18,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from rlhf_app.report.plots import gold_points, plot_diagnostics, plot_gold, plot_values, reward_panels, series
-from rlhf_app.report.stage import is_stage_run, stage_of, stage_parts, stage_settings
+from rlhf_app.report.stage import is_stage_run, settings_keys, stage_of, stage_parts
 from rlhf_app.text_stats import distinct_word_share
 
 KEY_SETTINGS = [
@@ -168,7 +168,7 @@ def write_report(run_dir) -> Path:
     summary, plots = summarize(metrics), run_dir / "plots"
     if is_stage_run(metrics):  # an SFT / reward-model stage: its own sections (report/stage.py)
         rm_eval = load_optional(run_dir / "rm_eval.json")
-        keys = stage_settings(stage_of(metrics, rm_eval))
+        keys = settings_keys(stage_of(metrics, rm_eval), config)
         return _page(run_dir, _recipe(config, keys) + stage_parts(run_dir, metrics, rm_eval, _table, _img_or_missing))
 
     parts = _recipe(config)

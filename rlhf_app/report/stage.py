@@ -8,7 +8,9 @@ import math
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from omegaconf import OmegaConf
 
+from rlhf_app.config.stages import stage_settings
 from rlhf_app.report.plots import series
 
 STAGE_PANELS = {  # (title, [(metric key, label)]) drawn when logged
@@ -20,11 +22,11 @@ STAGE_PANELS = {  # (title, [(metric key, label)]) drawn when logged
 }
 
 
-def stage_settings(stage: str) -> list[str]:
-    """The key settings of a stage run, for the report's recipe table."""
-    return ["recipe", "seed", "model.name_or_path", "peft.enabled", "peft.r"] + [f"{stage}.{k}" for k in (
-        "dataset", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-        "gradient_accumulation_steps", "max_length", "lr_scheduler_type")]
+def settings_keys(stage: str, config) -> list[str]:
+    """The stage's settings table: the recipe, seed, model.*, peft.* (its LoRA keys when enabled) and every key
+    of its section (config/stages.py)."""
+    lora = bool(config is not None and OmegaConf.select(config, "peft.enabled"))
+    return ["recipe", *stage_settings(stage, lora=lora)]
 
 
 def stage_of(metrics: list[dict], rm_eval) -> str:

@@ -75,7 +75,7 @@ def _keywords(fn):
 def build_reward(cfg, device=None, sources=None) -> RewardFn:
     """The checked reward callable of `cfg.reward` (reward.funcs, or reward.name alone)."""
     sources = sources if sources is not None else resolve(cfg)
-    fns = []
+    fns, text_only = [], []
     for source in sources:
         if source.kind == "builtin":
             fn = BUILDERS[source.spec](cfg, device)
@@ -84,8 +84,10 @@ def build_reward(cfg, device=None, sources=None) -> RewardFn:
             fn = sentiment.build(SimpleNamespace(reward=rc), device)
         else:
             fn = _keywords(source.fn)
+        # built-ins read text; a reward model trained on conversations reads TRL's messages, as functions do
+        text_only.append(source.kind != "function" and not getattr(fn, "conversational", False))
         fns.append(checked(source.name, fn))
-    return combine([s.name for s in sources], fns, [s.kind != "function" for s in sources], cfg.reward.weights)
+    return combine([s.name for s in sources], fns, text_only, cfg.reward.weights)
 
 
 def _short(text, limit: int = 200) -> str:

@@ -1,7 +1,9 @@
 """Sentiment reward: a text-classification model with its own tokenizer scores each completion.
 
 As in TRL's gpt2-sentiment notebook, the score is the raw logit of one label (e.g. POSITIVE of
-`lvwerra/distilbert-imdb`), or its softmax probability with `reward.kind=prob`.
+`lvwerra/distilbert-imdb`), or its softmax probability with `reward.kind=prob`. A reward model trained by
+`rlhf-app rm` is scored the way it trained (its config.json says): text + EOS, or, trained on conversations,
+[prompt messages..., assistant completion] through its own tokenizer's chat template.
 """
 
 from __future__ import annotations
@@ -53,23 +55,38 @@ def build(cfg, device=None):
     if tokenizer.pad_token is None:  # GPT-style classifiers ship without one
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         model.config.pad_token_id = tokenizer.pad_token_id
+    # A classifier reads the last real token at the positions it trained with: pad on the right, as TRL's
+    # RewardTrainer did (a policy's tokenizer saved with padding_side=left would shift every padded score).
+    tokenizer.padding_side = "right"
     target = torch.device(rc.device or device or "cpu")
     model.to(target).eval()
     max_length = _max_length(tokenizer, model)
     # A reward model trained by `rlhf-app rm` on text pairs saw each text end in EOS (TRL's RewardTrainer
     # appends it; stages/rm.py records that in its config): score exactly as it trained, or it reads noise.
     eos = tokenizer.eos_token if getattr(model.config, "reward_append_eos", False) and tokenizer.eos_token else ""
+    # Trained on conversations (stages/rm.py records it; older folders only reward_append_eos: false): PPO passes
+    # it TRL's messages (rewards/combine.py), rendered as RewardTrainer tokenized its pairs.
+    chat = bool(getattr(model.config, "reward_conversational",
+                        getattr(model.config, "reward_append_eos", None) is False))
 
-    def logits(prompts: list[str], completions: list[str]) -> torch.Tensor:
-        """Classifier logits of every text, batch by batch. -> (N, num_labels) on the CPU."""
+    def batches(prompts: list, completions: list):
+        """The episodes' model inputs, batch by batch: TRL's messages through the chat template, else text."""
+        if chat and prompts and isinstance(prompts[0], list):
+            rows = [{"input_ids": tokenizer.apply_chat_template(p + c, tokenize=True, return_dict=True)["input_ids"]
+                     [:max_length]} for p, c in zip(prompts, completions)]
+            for start in range(0, len(rows), rc.batch_size):
+                yield tokenizer.pad(rows[start:start + rc.batch_size], return_tensors="pt")
+            return
         texts = [p + c for p, c in zip(prompts, completions)] if rc.score_prompt else list(completions)
         texts = [t if t.endswith(eos) else t + eos for t in texts]
-        out = []
+        for start in range(0, len(texts), rc.batch_size):
+            yield tokenizer(texts[start:start + rc.batch_size], padding=True, truncation=True,
+                            max_length=max_length, return_tensors="pt")
+
+    def logits(prompts: list, completions: list) -> torch.Tensor:
+        """Classifier logits of every episode. -> (N, num_labels) on the CPU."""
         with torch.inference_mode():
-            for start in range(0, len(texts), rc.batch_size):
-                batch = tokenizer(texts[start:start + rc.batch_size], padding=True, truncation=True,
-                                  max_length=max_length, return_tensors="pt").to(target)
-                out.append(model(**batch).logits.float().cpu())
+            out = [model(**batch.to(target)).logits.float().cpu() for batch in batches(prompts, completions)]
         return torch.cat(out) if out else torch.zeros(0, model.config.num_labels)
 
     def sentiment_reward(prompts: list[str], completions: list[str], **columns) -> list[float]:
@@ -84,4 +101,5 @@ def build(cfg, device=None):
         return {"positive_share": (top == index).float().mean().item() if len(top) else 0.0}
 
     sentiment_reward.extra_metrics = extra_metrics
+    sentiment_reward.conversational = chat  # rewards/__init__.py hands it TRL's messages, not text
     return sentiment_reward

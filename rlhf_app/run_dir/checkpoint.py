@@ -44,10 +44,11 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints in `output_dir`, oldest first."""
+def checkpoints(output_dir: Path, marker: str = STATE_FILE) -> list[Path]:
+    """Complete checkpoints in `output_dir`, oldest first: checkpoint-N folders holding `marker` (ours:
+    trainer_state.pt; a transformers Trainer's, as the sft / rm stages save them: trainer_state.json)."""
     found = [p for p in Path(output_dir).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
-             and (p / STATE_FILE).is_file()]
+             and (p / marker).is_file()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -118,17 +119,18 @@ def apply_learning_rate(optimizer, scheduler, learning_rate: float) -> bool:
     return True
 
 
-def find_resume(resume_from: str | None, output_dir: Path) -> Path | None:
-    """`auto` -> the newest complete checkpoint in output_dir (None if there is none); else the path."""
+def find_resume(resume_from: str | None, output_dir: Path, marker: str = STATE_FILE) -> Path | None:
+    """`auto` -> the newest complete checkpoint in output_dir (None if there is none); else the path.
+    `marker`: the file a complete checkpoint holds (see `checkpoints`)."""
     if not resume_from:
         return None
     if resume_from == "auto":
-        found = checkpoints(output_dir)
+        found = checkpoints(output_dir, marker)
         return found[-1] if found else None
     path = Path(resume_from)
-    if not (path / STATE_FILE).is_file():
+    if not (path / marker).is_file():
         raise FileNotFoundError(f"resume_from={resume_from}: not a complete checkpoint folder "
-                                f"(no {STATE_FILE}); use resume_from=auto or a checkpoint-N path")
+                                f"(no {marker}); use resume_from=auto or a checkpoint-N path")
     return path
 
 

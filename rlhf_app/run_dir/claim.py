@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from rlhf_app.config import TrainConfig, flat_keys
 from rlhf_app.preflight import PreflightError
-from rlhf_app.run_dir.checkpoint import STATE_JSON, check_whole, checkpoints, find_resume, remove_leftovers
+from rlhf_app.run_dir.checkpoint import STATE_FILE, STATE_JSON, check_whole, checkpoints, find_resume, remove_leftovers
 from rlhf_app.run_dir.integrity import CheckpointError
 from rlhf_app.run_dir.outputs import clear_run
 
@@ -104,12 +104,13 @@ class RunLock:
             self.held = False
 
 
-def holds_run(output_dir: Path) -> bool:
-    """Whether the folder holds a run's results: a logged update, a checkpoint or final/. A config.yaml
-    alone (a run that failed before its first update) is rewritten by the next start."""
+def holds_run(output_dir: Path, marker: str = STATE_FILE) -> bool:
+    """Whether the folder holds a run's results: a logged update, a checkpoint (holding `marker`) or final/.
+    A config.yaml alone (a run that failed before its first update) is rewritten by the next start."""
     out = Path(output_dir)
     metrics = out / "metrics.jsonl"
-    return (metrics.is_file() and metrics.stat().st_size > 0) or (out / "final").exists() or bool(checkpoints(out))
+    return (metrics.is_file() and metrics.stat().st_size > 0) or (out / "final").exists() or \
+        bool(checkpoints(out, marker))
 
 
 def finished_at(output_dir: Path) -> int | None:

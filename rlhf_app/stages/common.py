@@ -1,5 +1,7 @@
 """What the SFT and reward-model stages share around TRL's trainers, whose loops they never rewrite.
 
+- `run_stage`: both stages' run, top to bottom; a stage gives its trainer, its held-out step and what its
+  final/config.json records;
 - `trainer_args`: our config section as TRL's SFTConfig / RewardConfig (TrainingArguments' names);
 - `MetricsLog`: a TrainerCallback appending each logged row, with its `step`, to metrics.jsonl;
 - `StopOnSignal`: Ctrl-C / SIGTERM (run_dir.signals.StopFlag) -> save a checkpoint at the step boundary
@@ -14,16 +16,16 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 from pathlib import Path
 
 from rlhf_app.config import TrainConfig, to_yaml
+from rlhf_app.offline import set_network_env
 from rlhf_app.preflight import PreflightError, mixed_precision
-from rlhf_app.run_dir.claim import SAFE, RunDirError, RunLock, check_output_dir, config_changes, finished_at
-from rlhf_app.run_dir.checkpoint import remove_leftovers
+from rlhf_app.run_dir.checkpoint import find_resume, remove_leftovers
+from rlhf_app.run_dir.claim import SAFE, RunDirError, RunLock, check_output_dir, config_changes, finished_at, holds_run
 from rlhf_app.run_dir.outputs import clear_run
 
-TRAINER_STATE = "trainer_state.json"  # in the Trainer's checkpoint-N: global_step; in final/: step
+TRAINER_STATE = "trainer_state.json"  # the Trainer's checkpoint-N: global_step (its complete mark); final/: step
 
 
 def trainer_args(cfg: TrainConfig, stage: str, args_cls, **extra):
@@ -90,43 +92,17 @@ def total_steps(section, num_rows: int, num_processes: int) -> int:
 
 # ---- the run folder
 
-def trainer_checkpoints(out: Path) -> list[Path]:
-    """The Trainer's complete checkpoints in `out` (checkpoint-N holding trainer_state.json), oldest first."""
-    found = [p for p in Path(out).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
-             and (p / TRAINER_STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def _holds_run(out: Path) -> bool:
-    metrics = out / "metrics.jsonl"
-    return (metrics.is_file() and metrics.stat().st_size > 0) or (out / "final").exists() or \
-        bool(trainer_checkpoints(out))
-
-
-def find_resume(resume_from: str | None, out: Path) -> Path | None:
-    if not resume_from:
-        return None
-    if resume_from == "auto":
-        found = trainer_checkpoints(out)
-        return found[-1] if found else None
-    path = Path(resume_from)
-    if not (path / TRAINER_STATE).is_file():
-        raise RunDirError(f"resume_from={resume_from}: not a Trainer checkpoint folder (no {TRAINER_STATE}); "
-                          "use resume_from=auto or a checkpoint-N path")
-    return path
-
-
 def check_start(cfg: TrainConfig, stage: str, steps: int) -> tuple[list[str], Path | None]:
     """May this stage start in cfg.output_dir as asked? (notes, checkpoint to resume from); RunDirError if not."""
     out = Path(cfg.output_dir)
     again = "continue it with resume_from=auto, replace it with overwrite_output_dir=true, or choose another output_dir"
-    holds = _holds_run(out)
+    holds = holds_run(out, TRAINER_STATE)
     if holds and cfg.overwrite_output_dir:
         clear_run(out)
         return [f"note: overwrite_output_dir=true: removed the earlier run in {out}"], None
     if holds and not cfg.resume_from:
         raise RunDirError(f"output_dir={out} holds another run: {again}")
-    resume, finished = find_resume(cfg.resume_from, out), finished_at(out)
+    resume, finished = find_resume(cfg.resume_from, out, TRAINER_STATE), finished_at(out)
     if resume is None:
         if finished is not None:
             raise RunDirError(f"the run in {out} has finished (final/ holds it) and left no checkpoint to continue "
@@ -243,13 +219,6 @@ def train(trainer, cfg: TrainConfig, resume: Path | None, stop: StopOnSignal) ->
     return step
 
 
-def merged(model):
-    """The trained model with LoRA adapters merged into its weights (a plain transformers model)."""
-    from accelerate.utils import is_peft_model
-
-    return model.merge_and_unload() if is_peft_model(model) else model
-
-
 def save_final(model, tokenizer, out: Path, step: int) -> Path:
     """final/ whole or not at all: the model (adapters merged), its tokenizer and the step it finished at."""
     from rlhf_app.run_dir.atomic import building
@@ -261,7 +230,54 @@ def save_final(model, tokenizer, out: Path, step: int) -> Path:
     return out / "final"
 
 
-def report(out: Path) -> None:
-    from rlhf_app.report.page import write_report
+def run_stage(cfg: TrainConfig, stage: str, make_trainer, held_out, mark=None, callbacks=()) -> Path:
+    """Both stages, top to bottom: network env → hub check → tokenizer → data and its checks (one line each,
+    before any model loads) → claim the run folder (config.yaml) → `make_trainer(path, tokenizer, train_ds,
+    eval_ds, callbacks)`, the stage's TRL trainer → train, resumable → `held_out(trainer, main)` → report →
+    final/ (adapters merged; `mark(model, conversational)` first sets what its config records) → the Hub push
+    when hub.push. `callbacks`: more TrainerCallbacks (tests). Returns the final/ folder."""
+    set_network_env(cfg.offline)
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import is_peft_model, parse_flag_from_env
 
-    print(f"report: {write_report(out)}")
+    from rlhf_app.hub.upload import check_push, push
+    from rlhf_app.report.page import write_report
+    from rlhf_app.run_dir.signals import EndPhase, StopFlag
+    from rlhf_app.stages import data
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    # The shared state first, as `accelerate launch` set it (--cpu: ACCELERATE_USE_CPU): else a CPU launch starts
+    # every process as its own main process, and all but one find the run folder locked.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    out = Path(cfg.output_dir)
+    if cfg.hub.push:
+        check_push(cfg)  # no repo id, offline, no token: said now, not after training
+    # ---- tokenizer and data, checked before any model loads
+    path, tokenizer = load_tokenizer(cfg)
+    train_ds, eval_ds, conversational = data.load(cfg, stage, tokenizer)
+    steps = total_steps(getattr(cfg, stage), len(train_ds), state.num_processes)
+    # ---- the run folder, then the trainer
+    with claim(cfg, stage, steps) as resume, StopFlag() as flag:
+        stop = StopOnSignal(flag)
+        trainer = make_trainer(path, tokenizer, train_ds, eval_ds,
+                               [MetricsLog(out / "metrics.jsonl"), stop, *callbacks])
+        print(f"{stage}: {path}, {sum(p.numel() for p in trainer.model.parameters()):,} parameters; {len(train_ds)} "
+              f"training {'pairs' if stage == 'rm' else 'rows'}, {len(eval_ds)} held out; {steps} steps")
+        step = train(trainer, cfg, resume, stop)
+        # ---- after the last step (checkpointed): a signal stops at once, but lets final/ complete
+        main = trainer.is_world_process_zero()
+        with EndPhase(out / f"checkpoint-{step}", out / "final", main) as end:
+            held_out(trainer, main)
+            if main:
+                print(f"report: {write_report(out)}")
+            with end.finishing():
+                model = trainer.model.merge_and_unload() if is_peft_model(trainer.model) else trainer.model
+                if mark is not None:
+                    mark(model, conversational)
+                if main:
+                    print(f"saved {save_final(model, tokenizer, out, step)}")
+    if cfg.hub.push and state.is_main_process:
+        push(out, cfg)
+    return out / "final"

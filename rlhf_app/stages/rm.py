@@ -1,10 +1,11 @@
 """`rlhf-app rm`: a reward model on TRL's RewardTrainer (Bradley–Terry over chosen / rejected pairs).
 
-config → network env → tokenizer → pairs and their checks (before any model loads) → claim the run folder →
+common.run_stage: config → tokenizer → pairs and their checks (before any model loads) → claim the run folder →
 RewardTrainer (LoRA with the score head trainable) → train, resumable → held-out pairs scored (rm_eval.json:
 pairwise accuracy, the margins) → report → final/: a sequence-classification folder that `reward.funcs`
-takes. RewardTrainer appends EOS to every text pair; final/config.json records it (`reward_append_eos`),
-and the reward path appends it too, so PPO scores exactly as the model was trained.
+takes. RewardTrainer appends EOS to every text pair and renders conversations through the chat template;
+final/config.json records which (`reward_append_eos`, `reward_conversational`), and the reward path does the
+same, so PPO scores exactly as the model was trained.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf_app.config import TrainConfig
-from rlhf_app.offline import set_network_env
+from rlhf_app.stages import common
 
 APPEND_EOS = "reward_append_eos"  # in final/config.json: score text + EOS (rewards/sentiment.py reads it)
+CONVERSATIONAL = "reward_conversational"  # in final/config.json: score [prompt..., completion] via the chat template
 
 
 def score_pairs(model, dataset, pad_token_id: int, batch_size: int) -> list[float]:
@@ -49,48 +51,29 @@ def summary(margins: list[float]) -> dict:
 
 def run(cfg: TrainConfig, callbacks=()) -> Path:
     """Train as `cfg.rm` says; returns the final/ folder. `callbacks`: more TrainerCallbacks (tests)."""
-    set_network_env(cfg.offline)
-    import torch
-    from accelerate import PartialState
     from trl import RewardConfig, RewardTrainer
 
     from rlhf_app.run_dir.atomic import write_json
-    from rlhf_app.run_dir.signals import EndPhase, StopFlag
-    from rlhf_app.stages import common, data
 
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     s, out = cfg.rm, Path(cfg.output_dir)
-    # ---- tokenizer and pairs, checked before any model loads
-    path, tokenizer = common.load_tokenizer(cfg)
-    train_ds, eval_ds, conversational = data.load(cfg, "rm", tokenizer)
-    steps = common.total_steps(s, len(train_ds), PartialState().num_processes)
-    # ---- the run folder, then the trainer
-    with common.claim(cfg, "rm", steps) as resume, StopFlag() as flag:
+
+    def make_trainer(path, tokenizer, train_ds, eval_ds, callbacks):
         args = common.trainer_args(cfg, "rm", RewardConfig, center_rewards_coefficient=s.center_rewards_coefficient,
                                    disable_dropout=s.disable_dropout)
-        stop = common.StopOnSignal(flag)
-        trainer = RewardTrainer(model=path, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                                processing_class=tokenizer,
-                                peft_config=common.lora(cfg, "SEQ_CLS", modules_to_save=["score"]),
-                                callbacks=[common.MetricsLog(out / "metrics.jsonl"), stop, *callbacks])
-        print(f"rm: {path}, {sum(p.numel() for p in trainer.model.parameters()):,} parameters; "
-              f"{len(train_ds)} training pairs, {len(eval_ds)} held out; {steps} steps")
-        step = common.train(trainer, cfg, resume, stop)
-        # ---- after the last step (checkpointed): a signal stops at once, but lets final/ complete
-        main = trainer.is_world_process_zero()
-        with EndPhase(out / f"checkpoint-{step}", out / "final", main) as end:
-            if main:
-                result = summary(score_pairs(trainer.model, trainer.eval_dataset, tokenizer.pad_token_id,
-                                             s.per_device_eval_batch_size))
-                write_json(out / "rm_eval.json", result)
-                print(f"held-out pairs: {result['pairs']}, pairwise accuracy {result['accuracy']:.3f}, "
-                      f"mean margin {result['mean_margin']:.3f}")
-                common.report(out)
-            with end.finishing():
-                model = common.merged(trainer.model)
-                setattr(model.config, APPEND_EOS, not conversational)  # as RewardTrainer trained it
-                if main:
-                    final = common.save_final(model, tokenizer, out, step)
-                    print(f"saved {final}")
-    return out / "final"
+        return RewardTrainer(model=path, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=tokenizer,
+                             peft_config=common.lora(cfg, "SEQ_CLS", modules_to_save=["score"]), callbacks=callbacks)
+
+    def held_out(trainer, main):  # the held-out pairs scored: rm_eval.json, for the report
+        if main:
+            result = summary(score_pairs(trainer.model, trainer.eval_dataset, trainer.processing_class.pad_token_id,
+                                         s.per_device_eval_batch_size))
+            write_json(out / "rm_eval.json", result)
+            print(f"held-out pairs: {result['pairs']}, pairwise accuracy {result['accuracy']:.3f}, "
+                  f"mean margin {result['mean_margin']:.3f}")
+
+    def mark(model, conversational):  # how RewardTrainer tokenized the pairs: the reward path does the same
+        setattr(model.config, APPEND_EOS, not conversational)
+        setattr(model.config, CONVERSATIONAL, conversational)
+
+    return common.run_stage(cfg, "rm", make_trainer, held_out, mark, callbacks=callbacks)
