@@ -47,6 +47,9 @@ ALIASES = {
         "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_enable_sleep_mode",
         "vllm_importance_sampling_correction", "vllm_importance_sampling_mode", "vllm_importance_sampling_cap")},
     "vllm_importance_sampling_clip_max": "rollout.vllm_importance_sampling_cap",
+    "max_staleness": "rollout.max_staleness",  # TRL AsyncGRPOConfig's
+    # `async` is a Python keyword, so no field can bear it: the dotted name is an alias
+    "rollout.async": "rollout.asynchronous",
     # TRL GRPOConfig's names for the estimator options (epsilon is its clip range).
     **{name: f"algorithm.{name}" for name in (
         "num_generations", "scale_rewards", "loss_type", "epsilon_high", "beta", "importance_sampling_level")},
@@ -184,8 +187,12 @@ def resolve_aliases(layer, where: str):
     made lists, and `report_to=all` expanded to the installed trackers. Returns (layer, num_sample_generations)."""
     tree = OmegaConf.to_container(layer)
     for alias, key in ALIASES.items():
-        if alias in tree:
-            _set_dotted(tree, key, tree.pop(alias), alias, where)
+        *parents, leaf = alias.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            _set_dotted(tree, key, node.pop(leaf), alias, where)
     generations = tree.pop(NUM_SAMPLE_GENERATIONS, None)
     if generations is not None and "sample_every" in tree:
         raise ConfigError(f"{where}: set sample_every (updates between samples) or TRL's {NUM_SAMPLE_GENERATIONS} "
