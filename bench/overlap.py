@@ -89,9 +89,9 @@ def main(argv=None) -> None:
                                            and (r["mode"], r["threads"]) == (m, t)) for m, t in variants}
         summary[recipe] = {"updates_per_s": rate}
         names = list(rate)
-        if len(names) == 2:
-            summary[recipe]["speedup"] = rate[names[1]] / rate[names[0]]
-            print(f"{recipe}: {names[1]} / {names[0]} = {summary[recipe]['speedup']:.2f}x updates/s")
+        summary[recipe]["against_first"] = {n: rate[n] / rate[names[0]] for n in names[1:]}
+        for n in names[1:]:
+            print(f"{recipe}: {n} / {names[0]} = {rate[n] / rate[names[0]]:.2f}x updates/s")
         curves = {n: next(r["scores"] for r in runs if r["recipe"] == recipe and f"{r['mode']}:{r['threads']}" == n)
                   for n in names}
         print("update  " + "  ".join(f"{n:>10}" for n in names))
