@@ -54,6 +54,14 @@ def check_engine(cfg, model_config) -> None:
         check_architecture(model_config)
 
 
+def check_overlap(rollout, world_size: int) -> None:
+    """rollout.async=true runs in one process: the engine's thread and the trainer would otherwise share
+    the process group's collectives (vLLM's external launcher joins it), which nothing orders."""
+    if rollout.asynchronous and world_size > 1:
+        raise PreflightError(f"rollout.async=true overlaps sampling and training in one process, not {world_size}: "
+                             "launch one process, or set rollout.async=false")
+
+
 def check_prompts_fill_a_batch(num_prompts: int, local_batch_size: int, world_size: int,
                                num_generations: int = 1) -> None:
     """One update takes `local_batch_size / num_generations` distinct prompts on each of `world_size`

@@ -41,6 +41,7 @@ def _claimed(cfg: TrainConfig) -> dict:
     gold_sources = resolve_gold(cfg)  # reward.gold: scored beside the reward at each evaluation
     # ---- claim the run folder. As the Accelerator would start: ACCELERATE_USE_CPU=1 makes a launch MULTI_CPU (gloo).
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    preflight.check_overlap(cfg.rollout, state.num_processes)
     total_updates = num_updates(cfg.ppo, state.num_processes)
     with claim.claim(cfg, state, total_updates):
         per_update = cfg.ppo.local_batch_size * state.num_processes

@@ -3,6 +3,7 @@ the importance-sampling weights checked against values computed by hand."""
 
 import math
 import os
+import statistics
 import sys
 
 import pytest
@@ -94,17 +95,18 @@ def test_sampling_correction_by_hand():
     trainer = torch.tensor([[math.log(2), 0.5, 9.0], [-math.log(2), 0.0, 0.0]])
     engine = torch.tensor([[0.0, 0.25, 0.0], [0.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # the 9.0 is on a pad: ignored
-    rcfg = SimpleNamespace(vllm_importance_sampling_correction=False)
+    rcfg = SimpleNamespace(importance_sampling=False)
     metrics, weights = sampling_correction(engine, trainer, mask, rcfg, one_process)
     assert weights is None and set(metrics) == {"rollout/logprob_diff_mean", "rollout/logprob_diff_max"}
     # |differences| on real tokens: ln 2, 0.25, ln 2 -> mean (2 ln 2 + 0.25) / 3, max ln 2.
     assert metrics["rollout/logprob_diff_mean"] == pytest.approx((2 * math.log(2) + 0.25) / 3)
     assert metrics["rollout/logprob_diff_max"] == pytest.approx(math.log(2))
-    rcfg = SimpleNamespace(vllm_importance_sampling_correction=True, vllm_importance_sampling_mode="token_truncate",
+    rcfg = SimpleNamespace(importance_sampling=True, vllm_importance_sampling_mode="token_truncate",
                            vllm_importance_sampling_cap=3.0)
     metrics, weights = sampling_correction(engine, trainer, mask, rcfg, one_process)
     torch.testing.assert_close(weights, torch.tensor([[2.0, math.exp(0.25), 0.0], [0.5, 0.0, 0.0]]))
     assert metrics["rollout/importance_weight_mean"] == pytest.approx((2.0 + math.exp(0.25) + 0.5) / 3)
+    assert metrics["rollout/importance_weight_std"] == pytest.approx(statistics.stdev([2.0, math.exp(0.25), 0.5]))
 
 
 def test_the_hf_engine_needs_no_correction_and_leaves_evaluation_to_the_policy():

@@ -47,6 +47,7 @@ ALIASES = {
         "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_enable_sleep_mode",
         "vllm_importance_sampling_correction", "vllm_importance_sampling_mode", "vllm_importance_sampling_cap")},
     "vllm_importance_sampling_clip_max": "rollout.vllm_importance_sampling_cap",
+    "max_staleness": "rollout.max_staleness",  # TRL AsyncGRPOConfig's
     # TRL GRPOConfig's names for the estimator options (epsilon is its clip range).
     **{name: f"algorithm.{name}" for name in (
         "num_generations", "scale_rewards", "loss_type", "epsilon_high", "beta", "importance_sampling_level")},
@@ -54,6 +55,8 @@ ALIASES = {
     # GRPOConfig's reward and prompt fields
     "reward_weights": "reward.weights", "chat_template_kwargs": "data.chat_template_kwargs",
 }
+# Keys a Python keyword keeps from being field names: the key users type -> the field.
+KEYWORD_KEYS = {"rollout.async": "rollout.asynchronous"}
 # TRL's count of sample tables over the run; converted to sample_every (updates between them) after merging.
 NUM_SAMPLE_GENERATIONS = "num_sample_generations"
 # The stage sections, which `rlhf-app sft|rm|pairs` fill with their defaults (None in a PPO run's config).
@@ -167,14 +170,14 @@ def parse_overrides(argv: list[str]):
     return OmegaConf.from_dotlist(_normalize(argv)[0])
 
 
-def _set_dotted(tree: dict, key: str, value: Any, alias: str, where: str) -> None:
+def _set_dotted(tree: dict, key: str, value: Any, alias: str, where: str, kind: str = "TRL's name") -> None:
     *parents, leaf = key.split(".")
     for part in parents:
         tree = tree.setdefault(part, {})
         if not isinstance(tree, dict):
             return  # `model: 1`: _check_keys names the section
     if leaf in tree and tree[leaf] != value:
-        raise ConfigError(f"{where}: {alias}={value!r} (TRL's name for {key}) disagrees with "
+        raise ConfigError(f"{where}: {alias}={value!r} ({kind} for {key}) disagrees with "
                           f"{key}={tree[leaf]!r}: set only one of them")
     tree[leaf] = value
 
@@ -186,6 +189,10 @@ def resolve_aliases(layer, where: str):
     for alias, key in ALIASES.items():
         if alias in tree:
             _set_dotted(tree, key, tree.pop(alias), alias, where)
+    for typed, key in KEYWORD_KEYS.items():
+        section, leaf = typed.split(".")
+        if isinstance(tree.get(section), dict) and leaf in tree[section]:
+            _set_dotted(tree, key, tree[section].pop(leaf), typed, where, "the short name")
     generations = tree.pop(NUM_SAMPLE_GENERATIONS, None)
     if generations is not None and "sample_every" in tree:
         raise ConfigError(f"{where}: set sample_every (updates between samples) or TRL's {NUM_SAMPLE_GENERATIONS} "

@@ -28,9 +28,14 @@ class RolloutConfig:
     vllm_enable_sleep_mode: bool = False  # CUDA: free vLLM's memory while the PPO epochs run
     vllm_dtype: Optional[str] = None  # engine precision; None: model.dtype
     vllm_enforce_eager: bool = True  # false: graph capture / compile (slower start-up)
-    vllm_importance_sampling_correction: bool = False  # TRL's truncated IS for engine/trainer mismatch
+    # TRL's truncated IS for the engine/trainer mismatch (and the staleness of asynchronous rollouts);
+    # None: on with asynchronous=true, off otherwise (the `importance_sampling` property resolves it)
+    vllm_importance_sampling_correction: Optional[bool] = None
     vllm_importance_sampling_mode: str = "token_truncate"
     vllm_importance_sampling_cap: float = 3.0  # TRL's C_max (vllm_importance_sampling_clip_max)
+    # `rollout.async=true`: the engine samples update k+1's batch while update k trains (engines/overlap.py)
+    asynchronous: bool = False
+    max_staleness: int = 1  # TRL AsyncGRPO's name: updates a batch lags the policy; 0 (no overlap) or 1
 
     def __post_init__(self):
         if self.use_vllm:
@@ -47,6 +52,22 @@ class RolloutConfig:
         for name in ("vllm_kv_cache_gib", "vllm_importance_sampling_cap"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"rollout.{name} must be > 0, got {getattr(self, name)}")
+        if self.max_staleness not in (0, 1):
+            raise ConfigError(f"rollout.max_staleness must be 0 or 1 (one update stale, veRL's one-step-off), "
+                              f"got {self.max_staleness}")
+        if self.asynchronous and self.engine != "vllm":
+            raise ConfigError("rollout.async=true needs rollout.engine=vllm: the hf engine samples with the very "
+                              "weights the update is changing")
+        if self.asynchronous and self.vllm_enable_sleep_mode:
+            raise ConfigError("rollout.async=true samples while the update trains, so the engine cannot sleep "
+                              "then: set rollout.vllm_enable_sleep_mode=false or rollout.async=false")
+
+    @property
+    def importance_sampling(self) -> bool:
+        """Whether the truncated importance weights multiply the advantages (the correction resolved)."""
+        if self.vllm_importance_sampling_correction is None:
+            return self.asynchronous
+        return self.vllm_importance_sampling_correction
 
 
 # The names of rl/estimators.ESTIMATORS and what each declares there (config imports no torch;

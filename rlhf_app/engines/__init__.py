@@ -3,7 +3,9 @@ it has: it calls the methods of `Engine` and nothing else.
 
 `hf` samples with the trained model's own `generate` (engines/hf.py). `vllm` runs a colocated vLLM
 engine in each training process (engines/vllm_engine.py) and returns the sampled tokens' log-probs,
-which its `correction` compares with the trainer's. A new engine: a class with these members,
+which its `correction` compares with the trainer's. With `rollout.async=true` the engine is wrapped
+in `overlap.Overlapped`, which samples the next update's batch while this one trains. A new engine: a
+class with these members (`generation.InTurn` gives `next_rollout` and `checkpoint_state`),
 constructed as `Engine(cfg, accelerator, model, tokenizer)`, and its name in `ENGINES` and in
 config/train_config.py's ENGINES.
 """
@@ -15,6 +17,7 @@ from typing import Protocol
 import torch
 
 from rlhf_app.engines.hf import HFEngine
+from rlhf_app.engines.overlap import Overlapped
 from rlhf_app.engines.vllm_engine import VLLMEngine
 from rlhf_app.rl.rollout import Rollout
 
@@ -25,8 +28,16 @@ class Engine(Protocol):
     # with the trained weights), so a step that reuses the update's log-probs needs no separate forward.
     logprobs_match_trainer: bool
 
-    def start_at(self, step: int) -> None:
-        """Once, before the first update: `step` is the resumed run's update (0 for a fresh run)."""
+    def start_at(self, step: int, saved: dict | None = None) -> None:
+        """Once, before the first update: `step` is the resumed run's update (0 for a fresh run), `saved`
+        this process's `checkpoint_state()` from the checkpoint it resumes (None: none was saved)."""
+
+    def next_rollout(self, sampler, model, more: bool = True) -> tuple[Rollout, float]:
+        """This update's batch: prompts from `sampler` (rl/sampler.py), responses from `model`'s weights (or,
+        overlapped, the previous update's). `more`: another update follows. -> (rollout, seconds syncing)"""
+
+    def checkpoint_state(self) -> dict | None:
+        """What a checkpoint must hold of this process's sampling (a batch in flight), or None."""
 
     def sync_weights(self, model) -> float:
         """Make the engine sample from `model`'s current weights. -> seconds taken."""
@@ -52,5 +63,7 @@ ENGINES: dict[str, type] = {"hf": HFEngine, "vllm": VLLMEngine}
 
 
 def build_engine(cfg, accelerator, model, tokenizer) -> Engine:
-    """The engine `cfg.rollout.engine` names, for `model` (prepared or not); `start_at` sets a resumed run's update."""
-    return ENGINES[cfg.rollout.engine](cfg, accelerator, model, tokenizer)
+    """The engine `cfg.rollout.engine` names, for `model` (prepared or not), overlapped with training when
+    `cfg.rollout.asynchronous`; `start_at` sets a resumed run's update."""
+    engine = ENGINES[cfg.rollout.engine](cfg, accelerator, model, tokenizer)
+    return Overlapped(engine, cfg.rollout.max_staleness) if cfg.rollout.asynchronous else engine

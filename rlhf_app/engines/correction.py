@@ -31,7 +31,10 @@ def sampling_correction(sampling_logprobs: torch.Tensor, b_logprobs: torch.Tenso
     from the trainer's `b_logprobs` (B, R) over the real tokens of `b_mask` (B, R).
 
     Metrics: |engine - trainer| log-prob over real tokens, mean and max over all processes.
-    Weights (B, R): `importance_weights` when `rollout.vllm_importance_sampling_correction` is on.
+    Weights (B, R): `importance_weights` when the correction is on (`rcfg.importance_sampling`: TRL's
+    `vllm_importance_sampling_correction`, on by default with asynchronous rollouts); then their mean and
+    spread (std) over real tokens are logged too: with one update of staleness the spread shows how far
+    the sampling policy lagged.
     The policy loss is linear in the advantage with a non-negative per-token factor, so scaling
     the advantages by the weights equals TRL's scaling of the per-token loss.
     """
@@ -40,10 +43,11 @@ def sampling_correction(sampling_logprobs: torch.Tensor, b_logprobs: torch.Tenso
     gathered = accelerator.gather(local[None]) if accelerator.num_processes > 1 else local[None]
     metrics = {"rollout/logprob_diff_mean": (gathered[:, 0].sum() / gathered[:, 1].sum().clamp(min=1)).item(),
                "rollout/logprob_diff_max": gathered[:, 2].max().item()}
-    if not rcfg.vllm_importance_sampling_correction:
+    if not rcfg.importance_sampling:
         return metrics, None
     weights = importance_weights(b_logprobs, sampling_logprobs, b_mask, rcfg.vllm_importance_sampling_mode,
                                  rcfg.vllm_importance_sampling_cap)
     real = weights[b_mask.bool()]
     metrics["rollout/importance_weight_mean"] = real.mean().item() if real.numel() else math.nan
+    metrics["rollout/importance_weight_std"] = real.std().item() if real.numel() > 1 else math.nan
     return metrics, weights

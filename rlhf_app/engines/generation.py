@@ -1,5 +1,6 @@
-"""What both engines share: the stop token, left-padded prompts, sampled tokens made into a Rollout;
-and for transformers' `generate`, a GenerationConfig that samples exactly softmax(logits / temperature).
+"""What both engines share: the rollout step in turn with training (`InTurn`), the stop token, left-padded
+prompts, sampled tokens made into a Rollout; and for transformers' `generate`, a GenerationConfig that
+samples exactly softmax(logits / temperature).
 
 transformers fills every generation field a `GenerationConfig` leaves unset (None) from the model's
 own `generation_config.json`, so a model that ships `repetition_penalty` or `no_repeat_ngram_size`
@@ -19,6 +20,21 @@ from transformers import GenerationConfig
 from rlhf_app.models.forward import unwrap_peft
 from rlhf_app.rl.core import response_mask
 from rlhf_app.rl.rollout import Rollout
+
+class InTurn:
+    """The rollout step of an engine that samples in turn with training (hf, vllm): the next prompts,
+    the engine synced to the policy, their responses. engines/overlap.py overlaps it with training."""
+
+    def next_rollout(self, sampler, model, more: bool = True) -> tuple[Rollout, float]:
+        """The batch of this update, sampled from `model`'s current weights. -> (rollout, seconds syncing)"""
+        rows = sampler.next_batch()
+        synced = self.sync_weights(model)
+        return self.generate(rows), synced
+
+    def checkpoint_state(self) -> dict | None:
+        """Nothing of this process's sampling is in flight at an update boundary."""
+        return None
+
 
 # Every processor field with a non-None no-op value (transformers' `_get_logits_processor`).
 NEUTRAL = dict(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from trl.models.utils import unwrap_model_for_generation
 
-from rlhf_app.engines.generation import finish_rollout, generation_config, left_pad, model_defaults_off
+from rlhf_app.engines.generation import InTurn, finish_rollout, generation_config, left_pad, model_defaults_off
 from rlhf_app.rl.rollout import Rollout
 
 GC_KWARGS = {"use_reentrant": False}
@@ -26,14 +26,14 @@ def generate(policy, tokenizer, rows: list[dict], ppo, device, greedy: bool = Fa
     return finish_rollout(query, query_mask, out[:, query.shape[1]:], rows, tokenizer, ppo)
 
 
-class HFEngine:
+class HFEngine(InTurn):
     name = "hf"
     logprobs_match_trainer = True  # the trained model samples: its log-probs are the trainer's own
 
     def __init__(self, cfg, accelerator, model, tokenizer):
         self.accelerator, self.model, self.tokenizer, self.ppo = accelerator, model, tokenizer, cfg.ppo
 
-    def start_at(self, step: int) -> None:
+    def start_at(self, step: int, saved: dict | None = None) -> None:
         """Nothing to do: the trained model's own generate draws from torch's (checkpointed) RNG."""
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ import torch
 
 from rlhf_app.errors import UserError
 from rlhf_app.engines.correction import sampling_correction
-from rlhf_app.engines.generation import finish_rollout, left_pad, stop_token_id
+from rlhf_app.engines.generation import InTurn, finish_rollout, left_pad, stop_token_id
 from rlhf_app.models.forward import unwrap_peft
 from rlhf_app.rl.rollout import Rollout
 
@@ -40,7 +40,7 @@ def import_vllm():
     return vllm
 
 
-class VLLMEngine:
+class VLLMEngine(InTurn):
     name = "vllm"
     logprobs_match_trainer = False  # its own copy of the weights, its own kernels: `correction` compares
 
@@ -93,7 +93,7 @@ class VLLMEngine:
         exit hook, its shutdown ran after the group was destroyed and printed a traceback."""
         self.llm.llm_engine.engine_core.shutdown()
 
-    def start_at(self, step: int) -> None:
+    def start_at(self, step: int, saved: dict | None = None) -> None:
         """Training's request seeds count rollouts from `step`: a resumed run samples as an unbroken one."""
         self.calls = step
 

@@ -94,8 +94,9 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
         if resume.resolve() == (output_dir / f"checkpoint-{state.step}").resolve():
             saved_at = state.step
         accelerator.print(f"resumed from {resume} at update {state.step}")
-    # Each update syncs the weights first, the resumed ones included; the sampling seeds go on from state.step.
-    engine.start_at(state.step)
+    # Each update syncs the weights first, the resumed ones included; the sampling seeds go on from state.step,
+    # and a batch the checkpoint holds in flight (asynchronous rollouts) is trained on first.
+    engine.start_at(state.step, ckpt.load_engine_state(resume, accelerator) if resume is not None else None)
     if accelerator.is_main_process:
         for name in ("metrics.jsonl", "samples.jsonl"):
             truncate_rows(output_dir / name, state.step)
@@ -110,10 +111,9 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
     with StopFlag() as stop:
         while state.step < total_updates:
             t0 = time.perf_counter()
-            # ---- 1. rollout: generate algorithm.num_generations responses per prompt
-            rows = sampler.next_batch()
-            t_sync = engine.sync_weights(model)
-            rollout = engine.generate(rows)  # in the engine's own precision (vLLM: rollout.vllm_dtype)
+            # ---- 1. rollout: algorithm.num_generations responses per prompt, in the engine's own precision
+            # (vLLM: rollout.vllm_dtype); with rollout.async the next update's batch is sampled meanwhile
+            rollout, t_sync = engine.next_rollout(sampler, model, more=state.step + 1 < total_updates)
             t_gen = time.perf_counter()
             # ---- 2. score with the external reward (mixed precision: reward and reference under the policy's autocast)
             reward_log = RewardLog()
@@ -138,7 +138,8 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             lr = scheduler.get_last_lr()[0]  # logged: the rate of this update's first step
             stats, stat_keys = ppo_update(cfg, accelerator, model, opt, UpdateBatch(
                 rollout.query, rollout.query_mask, rollout.response, b_mask, b_logprobs, b_advantages,
-                b_ref_logprobs, b_values, b_returns), reuse)
+                b_ref_logprobs, b_values, b_returns), reuse,
+                shuffle_seed=update_seed(cfg.seed, accelerator.process_index, state.step))
             t_train = time.perf_counter()
             # ---- 6. metrics, KL controller, log
             with torch.no_grad():
@@ -166,7 +167,7 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             if signum is not None or (cfg.save_steps and state.step % cfg.save_steps == 0) \
                     or state.step == total_updates:
                 saved = ckpt.save_checkpoint(accelerator, output_dir, model, tokenizer, trainer_state(),
-                                             cfg.save_total_limit, optimizer)
+                                             cfg.save_total_limit, optimizer, engine.checkpoint_state())
                 saved_at = state.step
                 # The last update's checkpoint is not pushed: the final push follows with the same weights.
                 if on_save is not None and accelerator.is_main_process and signum is None \
@@ -179,8 +180,15 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
     progress.close()
     if saved_at != state.step:  # resumed at the end from a checkpoint outside output_dir: keep one here too
         ckpt.save_checkpoint(accelerator, output_dir, model, tokenizer, trainer_state(), cfg.save_total_limit,
-                             optimizer)
+                             optimizer, engine.checkpoint_state())
     return {**state.to_checkpoint(), "model": model, "checkpoint": output_dir / f"checkpoint-{state.step}"}
+
+
+def update_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of one update's mini-batch shuffles, from the run's seed, the process and the update alone:
+    torch's global generator is shared with the rollout thread of asynchronous rollouts (vLLM's CPU sampler
+    draws from it), so the shuffles keep their own. Int tuples hash the same in every run."""
+    return hash((seed, rank, step, 1)) & 0x7FFFFFFF
 
 
 def reuses_update_logprobs(ppo, estimator, kl_ctl, engine) -> bool:

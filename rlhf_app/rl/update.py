@@ -37,26 +37,29 @@ class Optimization(NamedTuple):
     scheduler: object
 
 
-def shuffled_groups(n: int, group: int, device) -> torch.Tensor:
-    """A random order of n episodes that keeps each group of `group` consecutive ones together. -> (n,)"""
+def shuffled_groups(n: int, group: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random order of n episodes that keeps each group of `group` consecutive ones together, drawn from
+    `generator` (a CPU one; None: torch's global generator). -> (n,)"""
     if group == 1:
-        return torch.randperm(n, device=device)
-    starts = torch.randperm(n // group, device=device) * group
-    return (starts[:, None] + torch.arange(group, device=device)).flatten()
+        return torch.randperm(n, generator=generator).to(device)
+    starts = torch.randperm(n // group, generator=generator) * group
+    return (starts[:, None] + torch.arange(group)).flatten().to(device)
 
 
-def ppo_update(cfg, accelerator, model, opt: Optimization, batch: UpdateBatch, reuse_logprobs: bool
-               ) -> tuple[list[torch.Tensor], list[str]]:
+def ppo_update(cfg, accelerator, model, opt: Optimization, batch: UpdateBatch, reuse_logprobs: bool,
+               shuffle_seed: int | None = None) -> tuple[list[torch.Tensor], list[str]]:
     """ppo.num_ppo_epochs passes over the batch in mini-batches of whole groups, one optimizer step each.
 
     `reuse_logprobs`: the rollout's log-probs are the update's own, detached (see loop.reuses_update_logprobs):
     written into `batch.logprobs` in place as each micro-batch computes them.
-    -> (one stats row (k,) per mini-batch, the k keys of a row)."""
+    `shuffle_seed`: the mini-batches' shuffles draw from a generator of their own seeded with it (None: torch's
+    global one). -> (one stats row (k,) per mini-batch, the k keys of a row)."""
     ppo, n = cfg.ppo, batch.response.shape[0]
+    generator = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
     mini_batch = ppo.local_batch_size // ppo.num_mini_batches
     stats = []
     for _ in range(ppo.num_ppo_epochs):
-        order = shuffled_groups(n, cfg.algorithm.group_size, accelerator.device)
+        order = shuffled_groups(n, cfg.algorithm.group_size, accelerator.device, generator)
         for mb_start in range(0, n, mini_batch):
             row, keys = _mini_batch(cfg, accelerator, model, batch, order[mb_start:mb_start + mini_batch],
                                     reuse_logprobs)

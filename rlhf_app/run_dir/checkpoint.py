@@ -4,8 +4,8 @@ A checkpoint is written into `.checkpoint-N.tmp/` and renamed to `checkpoint-N/`
 process has written its part, so a folder named `checkpoint-N` is always complete: resume never
 picks a half-written one. It holds the policy and critic (`save_policy`, full weights gathered
 from every process), every process's own optimizer state (`optimizer_R.pt`: under ZeRO or FSDP each
-process holds only its shard), LR scheduler, KL controller, sampler position, step, and every
-process's RNG states.
+process holds only its shard), LR scheduler, KL controller, sampler position, step, every process's
+RNG states, and with asynchronous rollouts every process's batch in flight (`engine_state_R.pt`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from rlhf_app.run_dir.integrity import CheckpointError, damage, first_line, mism
 # Listing checkpoints needs none of torch: it is imported where a checkpoint is written or read.
 STATE_FILE = "trainer_state.pt"  # a checkpoint-N folder without it is not listed (not a checkpoint of ours)
 STATE_JSON = "trainer_state.json"  # step, episode, num_processes: readable without torch
+ENGINE_STATE = "engine_state_{}.pt"  # a process's engine's checkpoint_state(), when it has one
 
 
 def _rng_state() -> dict:
@@ -60,8 +61,9 @@ def policy_folders(output_dir: Path) -> list[str]:
 
 
 def save_checkpoint(accelerator, output_dir: Path, model, tokenizer, trainer_state: dict,
-                    total_limit: int, optimizer) -> Path:
-    """Write checkpoint-{step} atomically; keep only the newest `total_limit` (0 keeps all). Every process calls it."""
+                    total_limit: int, optimizer, engine_state: dict | None = None) -> Path:
+    """Write checkpoint-{step} atomically; keep only the newest `total_limit` (0 keeps all). Every process calls it.
+    `engine_state`: this process's engine's `checkpoint_state()` (None: nothing to save)."""
     import torch
 
     from rlhf_app.models.policy import save_policy
@@ -75,6 +77,8 @@ def save_checkpoint(accelerator, output_dir: Path, model, tokenizer, trainer_sta
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
     torch.save(optimizer.state_dict(), tmp / f"optimizer_{accelerator.process_index}.pt")
+    if engine_state is not None:
+        torch.save(engine_state, tmp / ENGINE_STATE.format(accelerator.process_index))
     if accelerator.is_main_process:
         save_policy(accelerator.unwrap_model(model), tokenizer, tmp, state_dict=weights)
         torch.save(trainer_state, tmp / STATE_FILE)
@@ -181,6 +185,12 @@ def _load(file: Path):
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:  # torch.load: truncated or not a torch file
         raise CheckpointError(f"the checkpoint file {file} cannot be read ({first_line(err)}): resume from "
                               "an earlier checkpoint, or restore the file") from err
+
+
+def load_engine_state(path: Path, accelerator) -> dict | None:
+    """This process's engine state saved with checkpoint `path`, or None when the run saved none."""
+    file = Path(path) / ENGINE_STATE.format(accelerator.process_index)
+    return _load(file) if file.is_file() else None
 
 
 def load_checkpoint(path: Path, accelerator, optimizer) -> dict:
