@@ -59,13 +59,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args, extra = parser.parse_known_args(argv)
     bad = [a for a in extra if "=" not in a or a.startswith("-")]
     if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)} (settings go as key=value)")
+        raise SystemExit(f"error: unrecognized arguments: {' '.join(bad)} (settings go as key=value)")
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     unknown = [s for s in sides if s not in race_config.SIDES]
     if unknown or not sides:
-        parser.error(f"--sides {args.sides}: choose among {','.join(race_config.SIDES)}")
+        raise SystemExit(f"error: --sides {args.sides}: choose among {','.join(race_config.SIDES)}, comma-separated")
     if args.seeds < 1 or args.threads < 1 or args.peer_factor < 1 or (args.points is not None and args.points < 1):
-        parser.error("--seeds, --threads and --points must be >= 1, --peer-factor >= 1")
+        raise SystemExit("error: --seeds, --threads and --points must be >= 1, --peer-factor >= 1")
     args.sides = [s for s in race_config.SIDES if s in sides]  # ours first: the GRPO sides' time cap needs it
     args.recipes = [race_config.RECIPES[k] for k in (args.only or race_config.RECIPES)]
     args.seed_list = sorted(set(args.seed)) if args.seed else ([0] if args.quick else list(range(args.seeds)))
