@@ -81,10 +81,10 @@ def spec_of(args, recipe: str, side: str, seed: int, time_cap_s: float | None) -
 
 
 def fingerprint(args, recipe: str, side: str) -> str:
-    """The side's settings at seed 0, the evaluation's and the snapshot spacing, hashed."""
+    """The side's settings at seed 0, the evaluation's, the snapshot spacing and the threads, hashed."""
     cfg = race_config.side_config(recipe, side, 0, args.threads, args.quick, args.extra, args.peer_factor)
     ev = race_config.eval_config(recipe, 0, args.threads, args.quick, args.extra)
-    return race_config.fingerprint(cfg, race_config.fingerprint(ev), args.points, side)
+    return race_config.fingerprint(cfg, race_config.fingerprint(ev), args.points, args.threads, side)
 
 
 def time_cap(doc: dict, recipe: str, seed: int, side: str, ours_print: str) -> float | None:
@@ -114,12 +114,14 @@ def run_child(spec: dict, log: Path) -> dict:
     with log.open("w") as fh:
         proc = subprocess.run([sys.executable, str(BENCH / "race_child.py"), str(spec_path), str(result_path)],
                               cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    shutil.rmtree(out / "snapshots", ignore_errors=True)
     if proc.returncode != 0:
+        shutil.rmtree(out / "snapshots", ignore_errors=True)
         tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
         raise SystemExit(f"error: {spec['recipe']} {spec['side']} seed {spec['seed']} failed (rc {proc.returncode}): "
                          f"{tail[0]}; see {log}")
-    return {**json.loads(result_path.read_text()), "wall_s": round(time.time() - start, 1)}
+    result = {**json.loads(result_path.read_text()), "wall_s": round(time.time() - start, 1)}
+    shutil.rmtree(out)  # snapshots and the last checkpoint: the figures are in the result, the log stays
+    return result
 
 
 def merge(path: Path, recipe: str, side: str, seed: int, run: dict) -> dict:
@@ -177,7 +179,8 @@ def main(argv: list[str]) -> None:
                 print(f"[race] {recipe} {side} seed {seed} (threads {args.threads}"
                       + (f", time cap {spec['time_cap_s']:.0f} s)" if spec["time_cap_s"] else ")"), flush=True)
                 run = run_child(spec, WORK / f"{args.kind or 'full'}-{recipe}-{side}-{seed}.log")
-                cfg = race_config.side_config(recipe, side, seed, args.threads, args.quick, args.extra, args.peer_factor)
+                cfg = race_config.side_config(recipe, side, seed, args.threads, args.quick, args.extra,
+                                              args.peer_factor)
                 settings = race_config.settings(cfg)
                 if side == "trl":
                     settings.update(engine="transformers generate (TRL use_vllm=false)",

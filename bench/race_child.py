@@ -162,8 +162,8 @@ def eval_sets(cfg, tokenizer, quick: bool) -> dict:
 
     n = race_config.QUICK_HELD_OUT if quick else race_config.HELD_OUT
     problems = phases.problem_sets(cfg, n["gsm8k-offline"])
-    if quick:
-        problems["real"] = problems["real"][:n["gsm8k-offline"]]
+    if quick:  # the shortest real items: the tiny model has 256 positions for prompt and response
+        problems["real"] = sorted(problems["real"], key=lambda p: len(p["question"]))[:n["gsm8k-offline"]]
     return {name: Dataset.from_list(data.gsm8k_rows(rows, tokenizer, cfg, f"{name} eval"))
             for name, rows in problems.items()}
 
@@ -230,7 +230,8 @@ def main(spec_path: str, result_path: str) -> None:
     import torch
 
     (train_ours if side.startswith("ours") else train_trl)(cfg, snaps)
-    trained = {"train_s": round(snaps.now(), 1), "peak_rss_mib": round(common.peak_rss_mib(), 1), "load_avg_train": os.getloadavg()}
+    trained = {"train_s": round(snaps.now(), 1), "peak_rss_mib": round(common.peak_rss_mib(), 1),
+               "load_avg_train": os.getloadavg()}
     torch.set_num_threads(spec["threads"])
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):

@@ -22,14 +22,15 @@ GROUP = 4  # responses per prompt of the GRPO sides (the mini-batches hold whole
 # The held-out score each recipe races on: (eval metric, gain over the start; None: the best both reach).
 TARGETS = {"imdb-offline": ("positive_share", 0.30), "gsm8k-offline": ("accuracy_strict", None)}
 POINTS = {"imdb-offline": 8, "gsm8k-offline": 6}  # evaluated snapshots over the recipe's budget (plus the start)
-HELD_OUT = {"imdb-offline": 256, "gsm8k-offline": 300}  # IMDB held-out prompts; GSM8K generated problems (+ the 55 real)
+# IMDB held-out prompts; GSM8K generated problems no stage trains on (and the 55 real items besides)
+HELD_OUT = {"imdb-offline": 256, "gsm8k-offline": 300}
 EVAL_BATCH = 32  # requests the evaluation's engine runs at once (vLLM's max_num_seqs): speed only
 # Every side: no evaluation, samples or periodic checkpoints inside the timed run (the race evaluates its snapshots).
 COMMON = ["eval_before_after=false", "eval_steps=0", "sample_every=0", "log_completions=false", "save_steps=0"]
 # --quick: the tiny 2-layer model, transformers' generate, two updates, a few held-out prompts.
 QUICK_HELD_OUT = {"imdb-offline": 8, "gsm8k-offline": 8}
 QUICK = {"imdb-offline": ["ppo.total_episodes=64", "data.num_train=128"],
-         "gsm8k-offline": ["ppo.total_episodes=16", "data.num_train=256", "data.max_prompt_length=220"]}
+         "gsm8k-offline": ["ppo.total_episodes=16", "data.num_train=256", "data.max_prompt_length=240"]}
 QUICK_ALL = ["model.name_or_path=asset:tiny", "rollout.engine=hf", "ppo.response_length=8", "ppo.bf16=false",
              "model.dtype=float32"]
 # ours-grpo's loss aggregation -> TRL's loss_type doing the same (config/train_config.py TRL_LOSS_TYPES, inverted).
@@ -132,4 +133,5 @@ def settings(cfg) -> dict:
             "episodes_per_update": ppo.local_batch_size, "total_episodes": ppo.total_episodes,
             "epochs": ppo.num_ppo_epochs, "mini_batches": ppo.num_mini_batches, "lr": ppo.learning_rate,
             "response_length": ppo.response_length, "temperature": ppo.temperature, "bf16": ppo.bf16,
-            "engine": cfg.rollout.engine, "model": cfg.model.name_or_path, "lora_r": cfg.peft.r if cfg.peft.enabled else None}
+            "engine": cfg.rollout.engine, "model": cfg.model.name_or_path,
+            "lora_r": cfg.peft.r if cfg.peft.enabled else None}

@@ -83,7 +83,8 @@ def summarise(runs: dict, metric: str, gain: float | None) -> dict:
     target, the times on the mean curves, the ratio and the per-seed times."""
     sides = {s: [r for _, r in sorted(by_seed.items())] for s, by_seed in runs.items() if by_seed}
     means = {s: mean_curve(rs, metric) for s, rs in sides.items()}
-    starts = [c[0]["value"] for rs in sides.values() for r in rs for c in [curve(r, metric)] if c and c[0]["update"] == 0]
+    starts = [c[0]["value"] for rs in sides.values() for r in rs for c in [curve(r, metric)]
+              if c and c[0]["update"] == 0]
     out = {"metric": metric, "gain": gain, "curves": means,
            "mean_score": {s: mean_curve(rs, "mean_score") for s, rs in sides.items()},
            "start": mean_sd(starts)[0] if starts else None,
