@@ -1,7 +1,7 @@
 """`make bench-race`: held-out score against training wall time, rlhf_app against TRL 1.16's GRPOTrainer.
 
     .venv/bin/python bench/race.py [--only imdb|gsm8k] [--sides ours,ours-grpo,trl] [--seeds 3 | --seed S ...]
-        [--threads N] [--peer-factor 2] [--points N] [--quick] [--out PATH] [--summary] [key=value ...]
+        [--threads N] [--peer-factor 2] [--points N] [--held-out N] [--quick] [--out PATH] [--summary] [key=value ...]
 
 On imdb-offline and gsm8k-offline (SmolLM2-135M-Instruct, LoRA), three sides (bench/race_config.py): `ours`
 (the recipe: PPO), `ours-grpo` (the recipe with rlhf_app's GRPO estimator) and `trl` (TRL's GRPOTrainer with
@@ -53,6 +53,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--peer-factor", type=float, default=PEER_FACTOR,
                         help="the GRPO sides' episodes as a multiple of the recipe's (default 2)")
     parser.add_argument("--points", type=int, help="evaluated snapshots over the recipe's updates (default per recipe)")
+    parser.add_argument("--held-out", type=int, help="checks: N held-out prompts (GSM8K: N generated, N real) "
+                                                     "instead of 256 (GSM8K: 300 and the 55 real)")
     parser.add_argument("--quick", action="store_true", help="smoke run: the tiny model, 2 updates, seed 0")
     parser.add_argument("--out", help="result file (default bench/race.json; quick/partial: bench/work/race-*.json)")
     parser.add_argument("--summary", action="store_true", help="print the summary of the result file and stop")
@@ -64,27 +66,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = [s for s in sides if s not in race_config.SIDES]
     if unknown or not sides:
         raise SystemExit(f"error: --sides {args.sides}: choose among {','.join(race_config.SIDES)}, comma-separated")
-    if args.seeds < 1 or args.threads < 1 or args.peer_factor < 1 or (args.points is not None and args.points < 1):
-        raise SystemExit("error: --seeds, --threads and --points must be >= 1, --peer-factor >= 1")
+    if args.seeds < 1 or args.threads < 1 or args.peer_factor < 1 or min(args.points or 1, args.held_out or 1) < 1:
+        raise SystemExit("error: --seeds, --threads, --points and --held-out must be >= 1, --peer-factor >= 1")
     args.sides = [s for s in race_config.SIDES if s in sides]  # ours first: the GRPO sides' time cap needs it
     args.recipes = [race_config.RECIPES[k] for k in (args.only or race_config.RECIPES)]
     args.seed_list = sorted(set(args.seed)) if args.seed else ([0] if args.quick else list(range(args.seeds)))
     args.extra = extra
-    args.kind = outputs.kind(args.quick, bool(extra) or args.points is not None or args.peer_factor != PEER_FACTOR)
+    args.kind = outputs.kind(args.quick, bool(extra) or args.points is not None or args.held_out is not None
+                             or args.peer_factor != PEER_FACTOR)
     return args
 
 
 def spec_of(args, recipe: str, side: str, seed: int, time_cap_s: float | None) -> dict:
     return {"recipe": recipe, "side": side, "seed": seed, "threads": args.threads, "quick": args.quick,
             "extra": args.extra, "peer_factor": args.peer_factor, "points": args.points, "time_cap_s": time_cap_s,
+            "held_out": args.held_out,
             "out_dir": str(WORK / (args.kind or "full") / f"{recipe}-{side}-{seed}")}
 
 
 def fingerprint(args, recipe: str, side: str) -> str:
     """The side's settings at seed 0, the evaluation's, the snapshot spacing and the threads, hashed."""
-    cfg = race_config.side_config(recipe, side, 0, args.threads, args.quick, args.extra, args.peer_factor)
-    ev = race_config.eval_config(recipe, 0, args.threads, args.quick, args.extra)
-    return race_config.fingerprint(cfg, race_config.fingerprint(ev), args.points, args.threads, side)
+    cfg = race_config.side_config(recipe, side, 0, args.threads, args.quick, args.extra, args.peer_factor,
+                                  args.held_out)
+    ev = race_config.eval_config(recipe, 0, args.threads, args.quick, args.extra, args.held_out)
+    held = race_config.held_out(recipe, args.quick, args.held_out)
+    return race_config.fingerprint(cfg, race_config.fingerprint(ev), args.points, args.threads, held, side)
 
 
 def time_cap(doc: dict, recipe: str, seed: int, side: str, ours_print: str) -> float | None:
@@ -180,7 +186,7 @@ def main(argv: list[str]) -> None:
                       + (f", time cap {spec['time_cap_s']:.0f} s)" if spec["time_cap_s"] else ")"), flush=True)
                 run = run_child(spec, WORK / f"{args.kind or 'full'}-{recipe}-{side}-{seed}.log")
                 cfg = race_config.side_config(recipe, side, seed, args.threads, args.quick, args.extra,
-                                              args.peer_factor)
+                                              args.peer_factor, args.held_out)
                 settings = race_config.settings(cfg)
                 if side == "trl":
                     settings.update(engine="transformers generate (TRL use_vllm=false)",

@@ -150,7 +150,7 @@ def train_trl(cfg, snaps: Snapshots) -> None:
     trainer.train()
 
 
-def eval_sets(cfg, tokenizer, quick: bool) -> dict:
+def eval_sets(cfg, tokenizer, n: int, few: bool) -> dict:
     """The held-out sets: IMDB's held-out prompts; GSM8K's unseen generated problems and the real items."""
     from datasets import Dataset
 
@@ -160,15 +160,14 @@ def eval_sets(cfg, tokenizer, quick: bool) -> dict:
         return {"heldout": data.load_prompts(cfg, tokenizer)[1]}
     import phases
 
-    n = race_config.QUICK_HELD_OUT if quick else race_config.HELD_OUT
-    problems = phases.problem_sets(cfg, n["gsm8k-offline"])
-    if quick:  # the shortest real items: the tiny model has 256 positions for prompt and response
-        problems["real"] = sorted(problems["real"], key=lambda p: len(p["question"]))[:n["gsm8k-offline"]]
+    problems = phases.problem_sets(cfg, n)
+    if few:  # --quick / --held-out: the n shortest real items (the tiny model has 256 positions in all)
+        problems["real"] = sorted(problems["real"], key=lambda p: len(p["question"]))[:n]
     return {name: Dataset.from_list(data.gsm8k_rows(rows, tokenizer, cfg, f"{name} eval"))
             for name, rows in problems.items()}
 
 
-def evaluate(cfg, points: list[dict], quick: bool) -> None:
+def evaluate(cfg, points: list[dict], n: int, few: bool) -> None:
     """Score each snapshot (in place: point["sets"][name] and point["all"], the sets pooled by size)."""
     import torch
     from accelerate import Accelerator
@@ -180,7 +179,7 @@ def evaluate(cfg, points: list[dict], quick: bool) -> None:
     from rlhf_app.models import policy as models
 
     tokenizer = models.load_tokenizer(cfg.model.name_or_path)
-    sets = eval_sets(cfg, tokenizer, quick)
+    sets = eval_sets(cfg, tokenizer, n, few)
     accelerator = Accelerator(cpu=True)
     model, _ = models.build_models(cfg)
     reward_fn = rewards.build_reward(cfg, accelerator.device)
@@ -222,7 +221,7 @@ def main(spec_path: str, result_path: str) -> None:
     pinned = pin_threads(spec["threads"])
     recipe, side, seed = spec["recipe"], spec["side"], spec["seed"]
     cfg = race_config.side_config(recipe, side, seed, spec["threads"], spec["quick"], spec["extra"],
-                                  spec["peer_factor"])
+                                  spec["peer_factor"], spec["held_out"])
     cfg.output_dir = spec["out_dir"]
     every = race_config.updates_per_snapshot(race_config.side_config(recipe, "ours", seed, quick=spec["quick"],
                                                                      extra=spec["extra"]), recipe, spec["points"])
@@ -235,8 +234,9 @@ def main(spec_path: str, result_path: str) -> None:
     torch.set_num_threads(spec["threads"])
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
-        evaluate(race_config.eval_config(recipe, seed, spec["threads"], spec["quick"], spec["extra"]),
-                 snaps.points, spec["quick"])
+        evaluate(race_config.eval_config(recipe, seed, spec["threads"], spec["quick"], spec["extra"], spec["held_out"]),
+                 snaps.points, race_config.held_out(recipe, spec["quick"], spec["held_out"]),
+                 spec["quick"] or spec["held_out"] is not None)
     result = {**trained, "eval_s": round(time.perf_counter() - start, 1), "every": every, "points": snaps.points,
               "threads": pinned, "stopped_by_time_cap": bool(snaps.points) and snaps.cap is not None
               and snaps.points[-1]["update"] * cfg.ppo.local_batch_size < cfg.ppo.total_episodes}

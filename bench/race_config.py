@@ -37,9 +37,14 @@ QUICK_ALL = ["model.name_or_path=asset:tiny", "rollout.engine=hf", "ppo.response
 LOSS_TYPES = {"token-mean": "dapo", "seq-mean-token-mean": "grpo", "seq-mean-token-sum-norm": "dr_grpo"}
 
 
-def base_args(recipe: str, seed: int, threads: int, quick: bool, extra: list[str]) -> list[str]:
-    held = QUICK_HELD_OUT[recipe] if quick else HELD_OUT[recipe]
-    eval_arg = [f"data.num_eval={held}"] if recipe == "imdb-offline" else []
+def held_out(recipe: str, quick: bool, override: int | None = None) -> int:
+    """IMDB's held-out prompts, GSM8K's generated problems (override or quick: also at most that many real items)."""
+    return override or (QUICK_HELD_OUT if quick else HELD_OUT)[recipe]
+
+
+def base_args(recipe: str, seed: int, threads: int, quick: bool, extra: list[str],
+              held: int | None = None) -> list[str]:
+    eval_arg = [f"data.num_eval={held_out(recipe, quick, held)}"] if recipe == "imdb-offline" else []
     return [f"recipe={recipe}", f"seed={seed}", f"num_threads={threads}", *COMMON, *eval_arg,
             *((QUICK_ALL + QUICK[recipe]) if quick else []), *extra]
 
@@ -54,14 +59,14 @@ def grpo_args(cfg) -> list[str]:
 
 
 def side_config(recipe: str, side: str, seed: int, threads: int = 1, quick: bool = False,
-                extra: list[str] | tuple = (), peer_factor: float = 1.0):
+                extra: list[str] | tuple = (), peer_factor: float = 1.0, held: int | None = None):
     """The TrainConfig `side` trains with. The GRPO sides get `peer_factor` times the recipe's episodes
     (they also stop at a wall-time cap, bench/race.py)."""
     from rlhf_app.config import load_config
 
     if side not in SIDES:
         raise ValueError(f"side {side!r} is not one of {', '.join(SIDES)}")
-    args = base_args(recipe, seed, threads, quick, list(extra))
+    args = base_args(recipe, seed, threads, quick, list(extra), held)
     cfg = load_config(args)
     if side == "ours":
         return cfg
@@ -69,13 +74,15 @@ def side_config(recipe: str, side: str, seed: int, threads: int = 1, quick: bool
     return load_config([*args, *grpo_args(cfg), f"ppo.total_episodes={episodes}"])
 
 
-def eval_config(recipe: str, seed: int, threads: int = 1, quick: bool = False, extra: list[str] | tuple = ()):
+def eval_config(recipe: str, seed: int, threads: int = 1, quick: bool = False, extra: list[str] | tuple = (),
+                held: int | None = None):
     """The one evaluation every side's snapshots get: the recipe's sampling (temperature, response length,
     stop token), engine, reward and held-out prompts at this seed; EVAL_BATCH requests at a time."""
     from rlhf_app.config import load_config
 
-    return load_config([*base_args(recipe, seed, threads, quick, list(extra)), "ppo.gradient_accumulation_steps=1",
-                        f"ppo.per_device_train_batch_size={EVAL_BATCH}", "ppo.num_mini_batches=1"])
+    return load_config([*base_args(recipe, seed, threads, quick, list(extra), held),
+                        "ppo.gradient_accumulation_steps=1", f"ppo.per_device_train_batch_size={EVAL_BATCH}",
+                        "ppo.num_mini_batches=1"])
 
 
 def updates_per_snapshot(cfg, recipe: str, points: int | None = None) -> int:

@@ -30,6 +30,8 @@ def test_arguments_choose_recipes_sides_and_seeds():
     assert race.parse_args(["--quick"]).kind == "quick" and race.parse_args(["--quick"]).seed_list == [0]
     assert race.parse_args(["ppo.learning_rate=1e-4"]).kind == "partial"  # other settings: not the race's figures
     assert race.parse_args(["--points", "3"]).kind == "partial"
+    assert race.parse_args(["--held-out", "16"]).kind == "partial"
+    assert rc.side_config("imdb-offline", "trl", 0, held=16).data.num_eval == 16
 
 
 @pytest.mark.parametrize("argv, words", [(["--sides", "ours,vllm"], "--sides ours,vllm"),
