@@ -15,7 +15,7 @@ STAMP := $(VENV)/.setup-done
 # HF_HUB_OFFLINE=1 below), every Hub call (rlhf_app/offline.py).
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser test test-fast demo train bench bench-engines bench-learning gpu-check clean
+.PHONY: setup browser test test-fast demo train bench bench-engines bench-learning bench-race gpu-check clean
 
 setup: $(STAMP)
 
@@ -90,6 +90,7 @@ BENCH_QUICK = $(filter --quick,$(ARGS))
 bench: setup $(PEER_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/run.py $(ARGS)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/grpo.py $(BENCH_QUICK)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/grpo.py --model smollm2 $(BENCH_QUICK)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/engines.py $(BENCH_QUICK) $(ENGINE_ARGS)
 
 # Rollout engines hf vs vllm (bench/engines.json), alone: make bench-engines ENGINE_ARGS="--pairs 1"
@@ -100,6 +101,12 @@ bench-engines: setup
 # bench/learning.json and bench/learning/*-report.html (README "Results").
 bench-learning: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/learning.py $(ARGS)
+
+# The race (docs/performance.md, "The race against TRL's GRPOTrainer"): held-out score against training wall
+# time, rlhf_app PPO and GRPO against TRL 1.16's GRPOTrainer, merged into bench/race.json run by run.
+# Hours on 2 cores: run it piece by piece, e.g. make bench-race ARGS="--only imdb --sides ours --seed 0".
+bench-race: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/race.py $(ARGS)
 
 # On a CUDA machine: install the GPU extras, then <= 8 min of checks (vLLM colocated in sleep mode,
 # ZeRO-2/3 and FSDP2 with exact resume, QLoRA), figures in bench/work/gpu_check.json. Refuses without CUDA.

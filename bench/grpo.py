@@ -3,6 +3,10 @@ reward function and group size, both from `.venv`.
 
     .venv/bin/python bench/grpo.py [--quick] [--model tiny|smollm2] [--pairs N] [--steps N] [--out PATH]
 
+Each model's setting is a full run of its own, with its own committed file: bench/grpo_results.json (tiny)
+and bench/grpo_results_smollm2.json (SmolLM2-135M-Instruct, the target "GRPO step <= 0.7x TRL's on
+SmolLM2 at equal held-out reward"); `make bench` runs both.
+
 Each run is its own process with one torch thread, in alternating pairs (ours then TRL, then TRL
 then ours, ...), so slow spells of a shared machine fall on both sides. Per run: seconds per
 optimizer step (the first, warm-up step left out), peak RSS, and the held-out reward after the
@@ -35,6 +39,7 @@ MODELS = {"tiny": dict(path="asset:tiny", prompts=8, generations=4, response_len
                           lr=1e-5, steps=4)}
 SHARED = dict(beta=0.04, cliprange=0.2, temperature=1.0, max_grad_norm=1.0)
 EVAL_PROMPTS = 64
+RESULTS = {"tiny": "grpo_results", "smollm2": "grpo_results_smollm2"}  # each model's committed file in bench/
 
 
 def letter_share(prompts, completions, **columns) -> list[float]:
@@ -142,13 +147,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default: per model)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 pair, 3 steps")
-    parser.add_argument("--out", help="result file (default: bench/grpo_results.json for a full run, "
-                                      "bench/work/grpo_results-quick.json or -partial.json otherwise)")
+    parser.add_argument("--out", help="result file (default: bench/grpo_results.json, or _smollm2.json, for a "
+                                      "full run, bench/work/grpo_results*-quick.json or -partial.json otherwise)")
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.steps = 1, args.steps or 3
-    # Partial: the other model, or fewer pairs or steps than the defaults (more is a fuller run).
-    args.kind = outputs.kind(args.quick, args.model != "tiny" or args.pairs < 2
+    # Partial: fewer pairs or steps than the model's defaults (more is a fuller run).
+    args.kind = outputs.kind(args.quick, args.pairs < 2
                              or (args.steps is not None and args.steps < MODELS[args.model]["steps"]))
     return args
 
@@ -156,7 +161,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     run_kind = args.kind
-    out_path = outputs.result_path("grpo_results", run_kind, args.out)
+    out_path = outputs.result_path(RESULTS[args.model], run_kind, args.out)
     setting = dict(MODELS[args.model], steps=args.steps or MODELS[args.model]["steps"])
     if args.pairs < 1 or setting["steps"] < 2:
         sys.exit("error: --pairs must be >= 1 and --steps >= 2 (the first step is the untimed warm-up)")
@@ -188,7 +193,7 @@ def main(argv: list[str]) -> None:
     result = {"command": " ".join(["bench/grpo.py", *argv]), "kind": run_kind or "full", "setting": {**setting, **SHARED},
               "machine": {"nproc": os.cpu_count(), "load_avg_end": os.getloadavg()},
               "wall_s": round(time.time() - started), "runs": runs, "summary": summarise(runs),
-              "target": "time ours/TRL per step <= 0.7 at equal held-out reward"}
+              "model": args.model, "target": "time ours/TRL per step <= 0.7 at equal held-out reward"}
     outputs.write_result(result, out_path)
     print(json.dumps(result["summary"], indent=1))
     print(f"wrote {out_path}")

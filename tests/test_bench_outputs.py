@@ -86,5 +86,7 @@ def test_fewer_pairs_or_steps_is_partial_more_is_a_full_run():
     assert grpo.parse_args([]).kind is None
     assert grpo.parse_args(["--pairs", "1"]).kind == "partial"
     assert grpo.parse_args(["--steps", "5"]).kind == "partial"
-    assert grpo.parse_args(["--model", "smollm2", "--pairs", "9"]).kind == "partial"  # not the committed model
+    # SmolLM2's setting is a full run of its own, into its own committed file
+    assert grpo.parse_args(["--model", "smollm2"]).kind is None and grpo.RESULTS["smollm2"] == "grpo_results_smollm2"
+    assert grpo.parse_args(["--model", "smollm2", "--steps", "3"]).kind == "partial"
     assert grpo.parse_args(["--quick", "--pairs", "9"]).kind == "quick"

@@ -138,13 +138,11 @@ def build_models(cfg) -> tuple[PolicyAndValue, nn.Module | None]:
         critic.config.pad_token_id = critic.config.pad_token_id or policy.config.pad_token_id
     ref = None
     if cfg.peft.enabled:
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from peft import get_peft_model, prepare_model_for_kbit_training
 
         if m.load_in_4bit or m.load_in_8bit:  # QLoRA: frozen quantized base, norms in fp32, input grads on
             policy = prepare_model_for_kbit_training(policy, use_gradient_checkpointing=m.gradient_checkpointing)
-        lora = LoraConfig(r=cfg.peft.r, lora_alpha=cfg.peft.lora_alpha, lora_dropout=cfg.peft.lora_dropout,
-                          target_modules=cfg.peft.target_modules or "all-linear", task_type="CAUSAL_LM")
-        policy = get_peft_model(policy, lora)
+        policy = get_peft_model(policy, lora_config(cfg.peft))
     else:
         ref = copy.deepcopy(policy).eval().requires_grad_(False)
     if m.gradient_checkpointing:
@@ -156,6 +154,15 @@ def build_models(cfg) -> tuple[PolicyAndValue, nn.Module | None]:
     # PPO compares log-probs of the same tokens across forwards: dropout would add noise to the ratio.
     disable_all_dropout(model)
     return model, ref
+
+
+def lora_config(peft, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None):
+    """peft's LoraConfig of the `peft` section: the adapters build_models puts on the policy, the SFT and
+    RM stages on theirs, and the race bench (bench/race_child.py) gives TRL's GRPOTrainer as peft_config."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=peft.r, lora_alpha=peft.lora_alpha, lora_dropout=peft.lora_dropout, task_type=task_type,
+                      target_modules=peft.target_modules or "all-linear", modules_to_save=modules_to_save)
 
 
 def disable_all_dropout(model: nn.Module) -> None:

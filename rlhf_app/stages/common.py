@@ -59,11 +59,9 @@ def lora(cfg: TrainConfig, task_type: str, modules_to_save: list[str] | None = N
     """peft's LoraConfig from the `peft` section (None when it is off)."""
     if not cfg.peft.enabled:
         return None
-    from peft import LoraConfig
+    from rlhf_app.models.policy import lora_config
 
-    p = cfg.peft
-    return LoraConfig(r=p.r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout, task_type=task_type,
-                      target_modules=p.target_modules or "all-linear", modules_to_save=modules_to_save)
+    return lora_config(cfg.peft, task_type, modules_to_save)
 
 
 def load_tokenizer(cfg: TrainConfig):
