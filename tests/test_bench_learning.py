@@ -103,6 +103,7 @@ def _rlhf_folder(run: Path) -> None:
     _json(run / "pairs" / "pairs_summary.json", {"pairs": 10, "prompts": 12, "num_generations": 4, "ties": 2,
                                                  "ties_dropped": 2, "tie_threshold": 1.0, "mean_margin": 2.5,
                                                  "labeller": ["sentiment"]})
+    (run / "rm").mkdir()
     (run / "rm" / "config.yaml").write_text("rm:\n  eval_fraction: 0.2\n  num_train: null\n")
     (run / "rm" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
         {"step": 1, "loss": 0.7, "accuracy": 0.5}, {"step": 2, "loss": 0.5, "accuracy": 1.0},
