@@ -1,23 +1,25 @@
 """`make bench-learning`: the real-LLM offline recipes trained end to end, figures in bench/learning.json.
 
-    .venv/bin/python bench/learning.py [--only imdb-offline|gsm8k-offline|gsm8k-pipeline-offline] [--keep-cache]
-        [--jobs 1|2] [key=value ...]
+    .venv/bin/python bench/learning.py [--only imdb-offline|gsm8k-offline|gsm8k-pipeline-offline|imdb-rlhf-offline]
+        [--seeds 0 1 ...] [--pairs-scale 0.5] [--quick] [--out PATH] [--keep-cache] [--jobs 1|2] [key=value ...]
 
 gsm8k-pipeline-offline is a pipeline (scripts/pipeline.py: SFT, then PPO); after it, bench/phases.py
 scores the base model, the SFT model and the PPO model on the same 300 generated problems and the 55
-real items (greedy, the vLLM engine), timed apart from the pipeline.
+real items (greedy, the vLLM engine), timed apart from the pipeline. imdb-rlhf-offline (pairs -> reward
+model -> PPO against it, the classifier as reward.gold): figures from its folder (bench/learning_rlhf.py);
+`--pairs-scale 0.5` pairs half the prompts, `--seeds 0 1 2` one run per seed (bench/learning_plan.py: entries
+NAME@pairs0.5, NAME@seedS, NAME@mean). A full run merges into the committed bench/learning.json (reports in
+bench/learning/); `--quick` (tiny sizes: a check of the bench) and extra key=value settings (partial) write
+bench/work/learning-quick.json / -partial.json, reports in bench/work/learning-<kind>/ (bench/outputs.py).
 
-The assets both recipes use are first built into a clean cache (bench/work/learning/cache, reused
-with --keep-cache), each build timed apart. Then each recipe runs in its own process
-(scripts/train.py, the user's command): one after the other with every core (the default,
-`--jobs 1`: each recipe's wall time is its own, as a user running it sees it), or both at once with
-the cores shared out (`--jobs 2`: one core each on a 2-core machine, where gsm8k-offline's updates
-take about twice as long, 52 s against 28 s); OMP_NUM_THREADS, when set, is the threads of each
-run. The figures are read back from the run folder: the held-out before/after evaluation
-(eval.json), the distinct-word share of the completions, the KL, seconds per update by phase
-(metrics.jsonl), the wall time, the peak memory of the training process, and the commit. GSM8K
-is also scored before and after on generated problems the run never trained on. The two
-report.html files are copied next to the JSON (bench/learning/). Extra key=value arguments go to both training runs.
+The assets the recipes use are first built into a clean cache (bench/work/learning/cache, reused with
+--keep-cache), each build timed apart. Then each recipe runs in its own process (scripts/train.py or
+scripts/pipeline.py, the user's command): one after the other with every core (`--jobs 1`, the default: each
+wall time is its own), or together with the cores shared out (`--jobs 2`); OMP_NUM_THREADS, when set, is the
+threads of each run. The figures are read back from the run folder: the held-out before/after evaluation
+(eval.json), the distinct-word share, the KL, seconds per update by phase (metrics.jsonl), the wall time, the
+peak memory of the training process, and the commit; GSM8K is also scored on generated problems the run never
+trained on. The reports are copied next to the JSON. Extra key=value arguments go to every training run.
 """
 
 from __future__ import annotations
@@ -35,12 +37,18 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 WORK = BENCH / "work" / "learning"
 OUT_JSON, OUT_REPORTS = BENCH / "learning.json", BENCH / "learning"
-RECIPES = ("imdb-offline", "gsm8k-offline", "gsm8k-pipeline-offline")
-PIPELINES = ("gsm8k-pipeline-offline",)  # run with scripts/pipeline.py; their PPO stage is in ppo/
-ASSETS = ("smollm2-135m-instruct", "imdb-sentiment", "gsm8k-sft")  # what the recipes load
+RECIPES = ("imdb-offline", "gsm8k-offline", "gsm8k-pipeline-offline", "imdb-rlhf-offline")
+PIPELINES = ("gsm8k-pipeline-offline", "imdb-rlhf-offline")  # run with scripts/pipeline.py; PPO stage in ppo/
+ASSETS = {"imdb-offline": ("smollm2-135m-instruct", "imdb-sentiment"),  # what each recipe loads
+          "gsm8k-offline": ("smollm2-135m-instruct",), "gsm8k-pipeline-offline": ("smollm2-135m-instruct", "gsm8k-sft"),
+          "imdb-rlhf-offline": ("smollm2-135m-instruct", "imdb-sentiment")}
 PHASES = ("update_s", "generate_s", "reward_s", "forward_s", "train_s", "weight_sync_s")
 GENERATED_EVAL = 32  # generated GSM problems (training templates, unseen seed) scored before and after
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+import learning_rlhf  # noqa: E402
+from learning_plan import Variant, variants, with_means  # noqa: E402
+import outputs  # noqa: E402
 
 
 def gsm8k_figures(entry: dict) -> dict:
@@ -135,10 +143,10 @@ def _wait(proc, start: float, log: Path) -> dict:
             "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "log": str(log.relative_to(ROOT))}
 
 
-def build_assets(env: dict) -> dict:
+def build_assets(env: dict, recipes: list[str]) -> dict:
     """Build each asset the recipes load (a no-op when cached): {name: {"wall_s", "rc"}}."""
     out = {}
-    for name in ASSETS:
+    for name in dict.fromkeys(a for r in recipes for a in ASSETS[r]):
         log = WORK / f"asset-{name}.log"
         print(f"[bench-learning] building asset:{name}", flush=True)
         out[name] = _wait(*_start([sys.executable, "-m", "rlhf_app.assets.registry", "build", name], env, log), log)
@@ -147,24 +155,30 @@ def build_assets(env: dict) -> dict:
     return out
 
 
-def start_recipe(recipe: str, env: dict, overrides: list[str]):
-    run_dir = WORK / recipe
-    shutil.rmtree(run_dir, ignore_errors=True)  # the bench's own folder: runs refuse to overwrite one
-    script = "scripts/pipeline.py" if recipe in PIPELINES else "scripts/train.py"
-    cmd = [sys.executable, script, f"recipe={recipe}", f"output_dir={run_dir}", *overrides]
+def start_recipe(v: Variant, env: dict):
+    shutil.rmtree(v.work, ignore_errors=True)  # the bench's own folder: runs refuse to overwrite one
+    v.work.parent.mkdir(parents=True, exist_ok=True)
+    script = "scripts/pipeline.py" if v.recipe in PIPELINES else "scripts/train.py"
+    cmd = [sys.executable, script, f"recipe={v.recipe}", f"output_dir={v.work}", *v.overrides]
     print(f"[bench-learning] OMP_NUM_THREADS={env['OMP_NUM_THREADS']} {' '.join(cmd[1:])}", flush=True)
-    log = WORK / f"{recipe}.log"
+    log = v.work.parent / f"{v.name}.log"
     proc, start = _start(cmd, env, log)
-    return {"command": " ".join(cmd[1:]), "threads": int(env["OMP_NUM_THREADS"])}, proc, start, log, run_dir
+    return {"command": " ".join(cmd[1:]), "threads": int(env["OMP_NUM_THREADS"]), "seed": v.seed}, proc, start, log
 
 
-def finish_recipe(recipe: str, result: dict, proc, start: float, log: Path, run_dir: Path, env: dict) -> dict:
+def finish_recipe(v: Variant, result: dict, proc, start: float, log: Path, env: dict) -> dict:
+    recipe, run_dir = v.recipe, v.work
     result.update(_wait(proc, start, log))
     if result["rc"] != 0:
-        print(f"[bench-learning] {recipe} failed (rc {result['rc']}): see {result['log']}", flush=True)
+        print(f"[bench-learning] {v.name} failed (rc {result['rc']}): see {result['log']}", flush=True)
+        return result
+    if recipe == "imdb-rlhf-offline":
+        result.update(learning_rlhf.figures(run_dir), ppo=run_figures(run_dir / "ppo"))
+        _copy_reports(run_dir, v.reports, v.name, {"": "report.html", "-rm": "rm/report.html",
+                                                    "-ppo": "ppo/report.html"})
         return result
     if recipe in PIPELINES:
-        return finish_pipeline(recipe, result, run_dir, env)
+        return finish_pipeline(recipe, result, run_dir, env, v.reports)
     result.update(run_figures(run_dir))
     if recipe.startswith("gsm8k"):
         start = time.time()
@@ -173,11 +187,19 @@ def finish_recipe(recipe: str, result: dict, proc, start: float, log: Path, run_
         result["generated"] = json.loads(gen.stdout.strip().splitlines()[-1]) if gen.returncode == 0 else \
             {"error": (gen.stderr.strip().splitlines() or ["failed"])[-1]}
         result["generated_eval_s"] = round(time.time() - start, 1)
-    OUT_REPORTS.mkdir(exist_ok=True)
-    if (run_dir / "report.html").is_file():
-        shutil.copy(run_dir / "report.html", OUT_REPORTS / f"{recipe}-report.html")
-        result["report"] = str((OUT_REPORTS / f"{recipe}-report.html").relative_to(ROOT))
+    result.update(_copy_reports(run_dir, v.reports, v.name, {"": "report.html"}))
     return result
+
+
+def _copy_reports(run_dir: Path, reports: Path, name: str, files: dict) -> dict:
+    """Each {suffix: file} of the run folder that exists, copied to reports/NAME<suffix>-report.html."""
+    reports.mkdir(parents=True, exist_ok=True)
+    copied = {}
+    for suffix, rel in files.items():
+        if (run_dir / rel).is_file():
+            shutil.copy(run_dir / rel, reports / f"{name}{suffix}-report.html")
+            copied[f"report{suffix}"] = str((reports / f"{name}{suffix}-report.html").relative_to(ROOT))
+    return copied
 
 
 def sft_figures(sft_dir: Path) -> dict:
@@ -193,7 +215,7 @@ def sft_figures(sft_dir: Path) -> dict:
             "train_runtime_s": summary.get("train_runtime")}
 
 
-def finish_pipeline(recipe: str, result: dict, run_dir: Path, env: dict) -> dict:
+def finish_pipeline(recipe: str, result: dict, run_dir: Path, env: dict, reports: Path) -> dict:
     """A pipeline's figures: the SFT stage's, the PPO stage's (its own before/after = after SFT / after
     PPO on the real items), then every phase on the same problems (bench/phases.py), the eval's time apart."""
     result["sft"] = sft_figures(run_dir / "sft")
@@ -204,16 +226,15 @@ def finish_pipeline(recipe: str, result: dict, run_dir: Path, env: dict) -> dict
     result["phases"] = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else \
         {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
     result["phases_eval_s"] = round(time.time() - start, 1)
-    OUT_REPORTS.mkdir(exist_ok=True)
-    for stage in ("sft", "ppo"):
-        if (run_dir / stage / "report.html").is_file():
-            shutil.copy(run_dir / stage / "report.html", OUT_REPORTS / f"{recipe}-{stage}-report.html")
+    _copy_reports(run_dir, reports, recipe, {f"-{stage}": f"{stage}/report.html" for stage in ("sft", "ppo")})
     return result
 
 
 def headline(recipe: str, r: dict) -> str:
     if r.get("rc"):
         return f"{recipe}: failed, see {r['log']}"
+    if "gold" in r:  # a pairs -> rm -> ppo pipeline
+        return f"{recipe}: {learning_rlhf.headline(r)}"
     b, a = r["before"], r["after"]
     if "phases" in r and "phases" in r["phases"]:
         ph = r["phases"]["phases"]
@@ -229,21 +250,31 @@ def headline(recipe: str, r: dict) -> str:
     return f"{recipe}: " + "; ".join(parts)
 
 
-def write_results(results: dict, run: dict) -> None:
-    """Merge this run's recipes into bench/learning.json, read again just before the write, so a
-    partial run (--only) keeps the other recipe's figures; each recipe keeps the run facts it was
-    measured under (commit, cache, date)."""
-    from rlhf_app.run_dir.atomic import write_json
-
-    doc = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
+def write_results(results: dict, run: dict, path: Path = OUT_JSON) -> None:
+    """Merge this run's recipes into `path` (bench/learning.json for a full run), read again just before the
+    write, so a partial run (--only) keeps the other recipe's figures; each recipe keeps the run facts it was
+    measured under (commit, cache, date). Every NAME@seedS entry also updates NAME@mean (learning_plan.with_means)."""
+    doc = json.loads(path.read_text()) if path.is_file() else {}
     recipes = doc.get("recipes", {})
     recipes.update({name: {**r, "run": run} for name, r in results.items()})
-    write_json(OUT_JSON, {**run, "recipes": recipes})
+    outputs.write_result({**run, "recipes": with_means(recipes)}, path)
+
+
+def destination(quick: bool, overrides: list[str], out: str | None = None) -> tuple[str | None, Path, Path]:
+    """(kind, JSON, reports folder): a full run (None) the committed bench/learning.json and bench/learning/; a
+    quick or partial one (key=value settings) bench/work/learning-<kind>.json and bench/work/learning-<kind>/."""
+    run_kind = outputs.kind(quick, bool(overrides))
+    reports = OUT_REPORTS if run_kind is None else BENCH / "work" / f"learning-{run_kind}"
+    return run_kind, outputs.result_path("learning", run_kind, out), reports
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=RECIPES, action="append")
+    parser.add_argument("--seeds", type=int, nargs="+", help="one run per seed (entries NAME@seedS, NAME@mean)")
+    parser.add_argument("--pairs-scale", type=float, default=1.0, help="pair this share of the prompts (0.5: half)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (bench/work/learning-quick.json)")
+    parser.add_argument("--out", help="the JSON to write (a quick or partial run never replaces bench/learning.json)")
     parser.add_argument("--keep-cache", action="store_true", help="reuse bench/work/learning/cache")
     parser.add_argument("--jobs", type=int, default=1, choices=(1, 2), help="recipes trained at once")
     parser.add_argument("--generated-eval", type=Path, help=argparse.SUPPRESS)
@@ -251,12 +282,19 @@ def main(argv: list[str]) -> None:
     if args.generated_eval:
         print(json.dumps(generated_eval(args.generated_eval)))
         return
+    unknown = [a for a in overrides if a.startswith("-") or "=" not in a]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (settings are key=value)")
+    if not 0 < args.pairs_scale <= 1:
+        parser.error(f"--pairs-scale {args.pairs_scale}: give a share of the prompts in (0, 1]")
+    run_kind, out_json, reports = destination(args.quick, overrides, args.out)
     cache = WORK / "cache"
     if not args.keep_cache:
         shutil.rmtree(cache, ignore_errors=True)
     cache.mkdir(parents=True, exist_ok=True)
     recipes = args.only or list(RECIPES)
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // min(args.jobs, len(recipes))))
+    runs = variants(recipes, args.seeds, args.pairs_scale, args.quick, overrides, WORK / (run_kind or ""), reports)
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // min(args.jobs, len(runs))))
     from rlhf_app.offline import OFFLINE_ENV
 
     env = {**os.environ, **OFFLINE_ENV, "RLHF_APP_CACHE": str(cache), "OMP_NUM_THREADS": threads,
@@ -265,16 +303,17 @@ def main(argv: list[str]) -> None:
     # Before the first write: the bench's own outputs are tracked files, so a check after it would
     # call a run on a clean tree dirty.
     commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))
-    assets_built = build_assets(env)
-    for batch in ([recipes] if args.jobs > 1 else [[r] for r in recipes]):
-        running = {r: start_recipe(r, env, overrides) for r in batch}
-        for recipe, started in running.items():
-            results[recipe] = finish_recipe(recipe, *started, env)
-            print(f"[bench-learning] {headline(recipe, results[recipe])}", flush=True)
-        write_results(results, {"commit": commit, "dirty": dirty,
+    assets_built = build_assets(env, recipes)
+    for batch in ([runs] if args.jobs > 1 else [[v] for v in runs]):
+        running = {v: start_recipe(v, env) for v in batch}
+        for v, started in running.items():
+            results[v.name] = finish_recipe(v, *started, env)
+            print(f"[bench-learning] {headline(v.name, results[v.name])}", flush=True)
+        write_results(results, {"commit": commit, "dirty": dirty, "kind": run_kind or "full",
                                 "clean_cache": not args.keep_cache, "cpus": os.cpu_count(), "jobs": args.jobs,
-                                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "assets": assets_built})
-    print(f"[bench-learning] wrote {OUT_JSON.relative_to(ROOT)}")
+                                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "assets": assets_built},
+                      out_json)
+    print(f"[bench-learning] wrote {out_json}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ def eval_metrics(result: dict) -> dict[str, float]:
     from rlhf_app.text_stats import distinct_word_share
 
     share = distinct_word_share([s["completion"] for s in result["samples"]])
-    gold = {"eval/proxy": result["mean_score"], "eval/gold": result["gold_score"]} if "gold_score" in result else {}
+    gold = {"eval/proxy": result["mean_score"], "eval/gold": result["gold_score"],
+            **{f"eval/gold/{k}": v for k, v in result.get("gold_extra", {}).items()}} if "gold_score" in result else {}
     return {"eval/mean_score": result["mean_score"], **{f"eval/{k}": v for k, v in result["extra"].items()},
             **({"eval/distinct_word_share": share} if share is not None else {}), **gold}
 
@@ -62,7 +63,9 @@ class GoldWatch:
         self.history, self.best = saved.get("evaluations", []), saved.get("best")
         self.warned_at = saved.get("warned_at")
 
-    def update(self, step: int, proxy: float, gold: float, model) -> None:
+    def update(self, step: int, proxy: float, gold: float, model, gold_extra: dict | None = None) -> None:
+        """Record one evaluation (`gold_extra`: the gold's extra metrics, kept beside it); keep its policy in
+        gold-best/ when gold is the best so far; warn once on a sustained fall."""
         from tqdm.auto import tqdm  # the line above the loop's progress bar
 
         from rlhf_app.models.policy import save_policy
@@ -73,12 +76,13 @@ class GoldWatch:
             self.best = None
         if self.warned_at is not None and self.warned_at >= step:
             self.warned_at = None
-        self.history.append({"step": step, "proxy": proxy, "gold": gold})
+        entry = {"step": step, "proxy": proxy, "gold": gold}
+        self.history.append({**entry, "gold_extra": gold_extra} if gold_extra else entry)
         if self.best is None or gold > self.best["gold"]:
             with building(self.out / "gold-best") as tmp:
                 save_policy(model, self.tokenizer, tmp)
                 (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
-            self.best = {"step": step, "proxy": proxy, "gold": gold, "checkpoint": "gold-best"}
+            self.best = {**self.history[-1], "checkpoint": "gold-best"}
         falls, seq = 0, self.history
         while falls + 1 < len(seq) and seq[-1 - falls]["gold"] < seq[-2 - falls]["gold"]:
             falls += 1
@@ -113,14 +117,16 @@ class EvalEvery:
                                  self.accelerator.device, TrainerState(global_step=step, max_steps=total_updates),
                                  self.engine, self.gold_fn)
         if self.gold is not None:
-            self.gold.update(step, result["mean_score"], result["gold_score"], unwrapped)
+            self.gold.update(step, result["mean_score"], result["gold_score"], unwrapped, result.get("gold_extra"))
         return eval_metrics(result)
 
 
 def eval_line(when: str, result: dict) -> str:
     """'before training: mean score 0.031 on 16 held-out prompts, accuracy 0.250'."""
     extra = "".join(f", {k} {v:.3f}" for k, v in result["extra"].items())
-    extra += f", gold {result['gold_score']:.3f}" if "gold_score" in result else ""
+    if "gold_score" in result:
+        extra += f", gold {result['gold_score']:.3f}" + "".join(f", gold {k} {v:.3f}"
+                                                                for k, v in result.get("gold_extra", {}).items())
     return f"{when} training: mean score {result['mean_score']:.3f} on {len(result['samples'])} held-out prompts{extra}"
 
 

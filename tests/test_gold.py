@@ -19,6 +19,13 @@ def count_a(completions, **kwargs):
 def capped_a(completions, **kwargs):
     """The objective the proxy stands for: up to 4 "a"s are good, each one more costs 2."""
     return [float(min(c.count("a"), 4) - 2 * max(c.count("a") - 4, 0)) for c in completions]
+
+
+def over_4(prompts, completions, **kwargs):
+    return {"over_4_share": sum(c.count("a") > 4 for c in completions) / len(completions)}
+
+
+capped_a.extra_metrics = over_4  # the gold's own figure, as the sentiment classifier's positive_share
 '''
 
 
@@ -110,7 +117,8 @@ def test_a_proxy_that_diverges_from_its_gold_is_logged_marked_and_warned_once(tm
     assert peak["step"] < last["step"] and evaluated[0]["eval/gold"] < peak["eval/gold"]
     best = json.loads((run.dir / "eval.json").read_text())["gold_best"]
     assert best == {"step": peak["step"], "proxy": peak["eval/proxy"], "gold": peak["eval/gold"],
-                    "checkpoint": "gold-best"}
+                    "gold_extra": {"over_4_share": peak["eval/gold/over_4_share"]}, "checkpoint": "gold-best"}
+    assert all(0 <= r["eval/gold/over_4_share"] <= 1 for r in evaluated)
     assert json.loads((run.dir / "gold-best" / "trainer_state.json").read_text()) == {"step": peak["step"]}
     load_policy(run.dir / "gold-best")
     assert out.count("warning: the gold reward fell 3 evaluations in a row") == 1
@@ -122,3 +130,7 @@ def test_a_proxy_that_diverges_from_its_gold_is_logged_marked_and_warned_once(tm
     assert json.loads((run.dir / "eval-gold-best.json").read_text())["checkpoint"] == "gold-best"
     before = json.loads((run.dir / "eval.json").read_text())["before"]
     assert "gold_score" in before and all("gold" in s for s in before["samples"])
+    over = [s["completion"].count("a") > 4 for s in before["samples"]]  # the gold's extra metric, by hand
+    assert before["gold_extra"] == {"over_4_share": pytest.approx(sum(over) / len(over))}
+    assert "over_4_share" not in before["extra"]  # the proxy's figures stay the proxy's
+    assert "<th>gold over_4_share</th>" in page

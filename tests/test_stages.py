@@ -94,6 +94,7 @@ def test_reward_model_ranks_held_out_pairs_and_loads_through_reward_funcs(tmp_pa
     assert not (final / "adapter_config.json").exists()  # LoRA merged: a plain classifier folder
     cfg = load_config(["recipe=tiny", f"reward.funcs=[{final}]"])
     score = build_reward(cfg)
+    assert not hasattr(score, "extra_metrics")  # one logit: no label to take a positive share of
     held = pair_rows(200)[160:]  # pairs never trained on
     chosen = score(["the "] * 40, [r["chosen"] for r in held])
     rejected = score(["the "] * 40, [r["rejected"] for r in held])

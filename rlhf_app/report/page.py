@@ -212,14 +212,15 @@ def _gold_html(run_dir: Path, metrics: list[dict], plots: Path) -> list[str]:
         step, _, proxy, gold = max(points, key=lambda p: p[3])
         best = {"step": step, "proxy": proxy, "gold": gold}
     kl = next(p[1] for p in points if p[0] == best["step"])
+    extra = best.get("gold_extra") or {}  # the gold's own figures there (a classifier's positive_share)
     kept = (run_dir / "gold-best").is_dir()
     where = f"{run_dir.name}/gold-best/ (rlhf-app eval run_dir={run_dir} checkpoint=gold-best)" if kept else \
         "not kept (no gold-best/ in the run folder)"
     out = ["<h2>Proxy against gold</h2><p>The trained reward (proxy) and the gold reward (reward.gold) on the "
            "held-out prompts at each evaluation, against the KL to the reference: a gold that peaks and falls "
            "while the proxy rises is the proxy being over-optimised.</p>",
-           _table(["gold peaked at update", "gold", "proxy", "KL", "that policy"],
-                  [[best["step"], best["gold"], best["proxy"], kl, where]])]
+           _table(["gold peaked at update", "gold", *(f"gold {k}" for k in extra), "proxy", "KL", "that policy"],
+                  [[best["step"], best["gold"], *extra.values(), best["proxy"], kl, where]])]
     if record.get("warned_at") is not None:
         out.append(f'<p class="warn">From update {record["warned_at"]} the gold reward fell '
                    f'{record.get("patience")} evaluations in a row while the proxy rose: keep the gold-best policy, '

@@ -100,6 +100,7 @@ def build(cfg, device=None):
         top = logits(prompts, completions).argmax(-1)
         return {"positive_share": (top == index).float().mean().item() if len(top) else 0.0}
 
-    sentiment_reward.extra_metrics = extra_metrics
+    if model.config.num_labels > 1:  # a one-logit reward model has no label to share (its argmax is always 0)
+        sentiment_reward.extra_metrics = extra_metrics
     sentiment_reward.conversational = chat  # rewards/__init__.py hands it TRL's messages, not text
     return sentiment_reward

@@ -115,7 +115,8 @@ def sample_and_score(sample, dataset, reward_fn, device, batch_size: int = 32, t
     """`sample(rows) -> Rollout` for every row of `dataset`, in batches, and score it:
     {"mean_score", "extra", "samples"}; `extra` holds the reward's extra metrics and what it logged
     (e.g. rewards/<name>/mean). `gold_fn`: a second reward scoring the same completions (what it logs is
-    dropped): "gold_score" (its mean) and each sample's "gold" join the result."""
+    dropped): "gold_score" (its mean), "gold_extra" (its extra metrics, e.g. the classifier's positive_share)
+    and each sample's "gold" join the result."""
     prompts, completions, scores, gold, columns, log = [], [], [], [], {}, RewardLog()
     for start in range(0, len(dataset), batch_size):
         rollout = sample([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
@@ -135,6 +136,8 @@ def sample_and_score(sample, dataset, reward_fn, device, batch_size: int = 32, t
                           for p, c, s in zip(prompts, completions, scores)]}
     if gold_fn is not None:
         result["gold_score"] = sum(gold) / max(len(gold), 1)
+        gold_extra_fn = getattr(gold_fn, "extra_metrics", None)
+        result["gold_extra"] = dict(gold_extra_fn(prompts, completions, **columns)) if gold_extra_fn else {}
         for sample_row, g in zip(result["samples"], gold):
             sample_row["gold"] = g
     return result

@@ -1,0 +1,60 @@
+"""Which runs one `bench/learning.py` call makes: each recipe asked for, at `--pairs-scale` where it pairs
+prompts, `--quick` at tiny sizes, once per `--seeds` seed; each with its entry name in the JSON
+(NAME, NAME@pairs0.5, NAME@seedS, NAME@pairs0.5@seedS) and its own folder."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import NamedTuple
+
+from omegaconf import OmegaConf
+
+PAIRS_KEY = {"imdb-rlhf-offline": "per_stage.pairs.data.num_train"}  # the prompts paired: --pairs-scale scales it
+# --quick: the recipe at tiny sizes (a handful of pairs, one reward-model step, 2 PPO updates), to check the bench
+QUICK = {"imdb-rlhf-offline": ["per_stage.pairs.data.num_train=12", "pairs.tie_threshold=0.0", "rm.max_steps=1",
+                               "data.num_train=64", "data.num_eval=8", "ppo.total_episodes=64", "eval_steps=1"]}
+
+
+class Variant(NamedTuple):
+    """One run of a recipe: its entry name in the JSON, the recipe, its settings, its folder, its reports' folder."""
+    name: str
+    recipe: str
+    overrides: tuple[str, ...]
+    work: Path
+    reports: Path
+    seed: int | None = None
+
+
+def variants(recipes: list[str], seeds: list[int] | None, pairs_scale: float, quick: bool, extra: list[str],
+             work: Path, reports: Path) -> list[Variant]:
+    """The runs asked for: each recipe (at --pairs-scale where it pairs prompts), once per seed."""
+    from rlhf_app.config import load_config
+
+    out = []
+    for recipe in recipes:
+        if quick and recipe not in QUICK:
+            raise SystemExit(f"error: --quick is defined for {', '.join(QUICK)}: drop --quick or choose it with --only")
+        if pairs_scale != 1 and recipe not in PAIRS_KEY:
+            raise SystemExit(f"error: --pairs-scale: {recipe} trains on no pairs; choose --only {' '.join(PAIRS_KEY)}")
+        base, settings = recipe, [*(QUICK[recipe] if quick else []), *extra]
+        if pairs_scale != 1:
+            key = PAIRS_KEY[recipe]
+            value = OmegaConf.select(OmegaConf.create(asdict(load_config([f"recipe={recipe}", *settings]))), key)
+            settings.append(f"{key}={max(2, round(value * pairs_scale))}")
+            base = f"{recipe}@pairs{pairs_scale:g}"
+        for seed in seeds if seeds is not None else [None]:
+            name = base if seed is None else f"{base}@seed{seed}"
+            out.append(Variant(name, recipe, (*settings, *([f"seed={seed}"] if seed is not None else [])),
+                               work / name, reports, seed))
+    return out
+
+
+def with_means(recipes: dict) -> dict:
+    """`recipes` with NAME@mean set to the mean over seeds (learning_rlhf.seed_mean) of every NAME@seedS in it."""
+    from learning_rlhf import seed_mean
+
+    bases = {name.rsplit("@seed", 1)[0] for name in recipes if "@seed" in name}
+    for base in sorted(bases):
+        recipes[f"{base}@mean"] = seed_mean([r for name, r in recipes.items() if name.startswith(f"{base}@seed")])
+    return recipes
