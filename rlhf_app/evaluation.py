@@ -27,9 +27,11 @@ def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, trainer_s
     import torch
 
     from rlhf_app.engines.hf import generate
+    from rlhf_app.engines.tools import tool_loop
     from rlhf_app.rl.rollout import sample_and_score
 
-    sample = lambda rows: generate(model.policy, tokenizer, rows, cfg.ppo, device)  # noqa: E731
+    tools = tool_loop(cfg, tokenizer)  # the run's tools: held-out episodes call them too
+    sample = lambda rows: generate(model.policy, tokenizer, rows, cfg.ppo, device, tools=tools)  # noqa: E731
     if engine is not None:
         engine.sync_weights(model)
         sample = lambda rows: engine.generate(rows, seed=cfg.seed)  # noqa: E731

@@ -7,3 +7,7 @@ CONVERSATION_COLUMN = "prompt_messages"
 # What TRL's GRPOTrainer passes to every reward function besides the dataset columns: a dataset
 # column may not carry one of these names.
 REWARD_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
+
+# A tool episode's messages after the prompt (assistant turns with their tool calls, tool results), which the
+# engines add to a rollout's columns: what TRL passes reward functions as `completions` in tool runs.
+EPISODE_COLUMN = "conversation"
