@@ -71,9 +71,10 @@ def test_a_template_without_tool_support_is_refused_before_the_policy_loads(tmp_
         preflight.check_tool_template(cfg, tokenizer)
     assert "\n" not in str(err.value)
     plain = "{% for m in messages %}{{ m.content }}{% endfor %}"  # renders text only: tool calls vanish
-    cfg = load_config(["recipe=tiny", f"tools=[{spec}]", f"model.chat_template={plain}"])
+    (tmp_path / "plain.jinja").write_text(plain)
+    cfg = load_config(["recipe=tiny", f"tools=[{spec}]", f"model.chat_template={tmp_path / 'plain.jinja'}"])
     tokenizer = load_tokenizer(cfg.model.name_or_path, chat_template=cfg.model.chat_template)
-    assert tokenizer.chat_template == plain
+    assert tokenizer.chat_template == plain == load_tokenizer("asset:tiny", chat_template=plain).chat_template
     with pytest.raises(preflight.PreflightError, match="cannot render tool calls"):
         preflight.check_tool_template(cfg, tokenizer)
 

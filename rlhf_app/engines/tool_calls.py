@@ -91,6 +91,8 @@ class LocalHost:
 
     def call(self, slot: int, name: str, arguments) -> tuple[str, bool]:
         """(the text the model sees, whether the call failed)."""
+        if self.found.factories and slot >= len(self.envs):
+            return _error("Environment lost: its tool subprocess was restarted after a timeout."), True
         fn = self.tool(slot, name)
         if fn is None:
             return _error(f"Tool {name} not found."), True

@@ -69,8 +69,10 @@ def _described(fn: Callable, what: str) -> None:
     try:
         get_json_schema(fn)
     except Exception as err:  # noqa: BLE001 - DocstringParsingException, TypeHintParsingException, ...
-        raise ToolSpecError(f"{what} cannot be shown to the model ({type(err).__name__}: {err}): give every "
-                            "argument a type hint and write a docstring with an Args: section describing each") from None
+        first = (str(err).splitlines() or [""])[0]
+        raise ToolSpecError(f"{what} cannot be shown to the model ({type(err).__name__}: {first}): give every "
+                            "argument a type hint and write a docstring with an Args: section describing "
+                            "each") from None
 
 
 def _load(spec: str, what: str, key: str) -> Callable:

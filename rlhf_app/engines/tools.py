@@ -113,7 +113,7 @@ class ToolLoop:
         return full[len(prefix):]
 
     def _prompts(self, rows):
-        """(names, messages, prompt texts, prompt ids) of each row, its environment reset first."""
+        """(environment names, prompt texts, prompt ids) of the rows, each environment reset first."""
         names = [r.get("environment") if self.found.multi else None for r in rows]
         if self.found.factories:
             unknown = sorted({str(n) for n in names if n not in self.found.factories})
@@ -152,13 +152,13 @@ class ToolLoop:
             function = call.get("function") or {}
             name = function.get("name", call.get("name", "unknown"))
             if call.get("type", "function") != "function":
-                text, failed = _error(f"Unsupported tool call type: {call.get('type')}"), True
+                result, failed = _error(f"Unsupported tool call type: {call.get('type')}"), True
             else:
                 start = time.perf_counter()
-                text, failed = self.host.call(i, name, function.get("arguments") or {})
+                result, failed = self.host.call(i, name, function.get("arguments") or {})
                 stats["seconds"][i] += time.perf_counter() - start
             stats["failures"][i] += int(failed)
-            out.append({"role": "tool", "name": name, "content": text})
+            out.append({"role": "tool", "name": name, "content": result})
         return out
 
     def run(self, rows: list[dict], turn, device) -> Rollout:
