@@ -55,7 +55,7 @@ def test_a_run_with_tools_logs_tool_metrics_and_shows_the_conversations(tool_mod
     cfg = load_config(["recipe=tiny", f"model.name_or_path={tool_model}", f"data.name={data}", "data.num_eval=4",
                        f"tools=[{write_tools(tmp_path, 'good')}]", "ppo.response_length=96",
                        "ppo.total_episodes=32", "ppo.per_device_train_batch_size=8", "ppo.num_mini_batches=2",
-                       "ppo.temperature=0.3", "sample_every=1", f"output_dir={out}"])
+                       "ppo.temperature=0.3", "ppo.learning_rate=1e-6", "sample_every=1", f"output_dir={out}"])
     run(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
