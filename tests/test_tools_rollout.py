@@ -45,6 +45,7 @@ class Hinting(Words):
         super().reset(**row)
         return " now"
 '''
+pytestmark = pytest.mark.slow  # the module first teaches the tiny model its conversations (~10 s)
 ZERO = "def zero(completions, **kwargs):\n    return [0.0] * len(completions)\n"
 
 
