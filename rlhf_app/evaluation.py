@@ -27,9 +27,11 @@ def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, trainer_s
     import torch
 
     from rlhf_app.engines.hf import generate
+    from rlhf_app.engines.tools import tool_loop
     from rlhf_app.rl.rollout import sample_and_score
 
-    sample = lambda rows: generate(model.policy, tokenizer, rows, cfg.ppo, device)  # noqa: E731
+    tools = tool_loop(cfg, tokenizer)  # the run's tools: held-out episodes call them too
+    sample = lambda rows: generate(model.policy, tokenizer, rows, cfg.ppo, device, tools=tools)  # noqa: E731
     if engine is not None:
         engine.sync_weights(model)
         sample = lambda rows: engine.generate(rows, seed=cfg.seed)  # noqa: E731
@@ -189,8 +191,11 @@ def evaluate_run(cfg, run_dir: Path, checkpoint: str = "final", split: str = "ev
         train_ds, eval_ds = data.load_prompts(cfg, tokenizer)
     dataset = eval_ds if split == "eval" else train_ds
     dataset = dataset.select(range(min(num or cfg.data.num_eval, len(dataset))))
+    from rlhf_app.engines.tool_specs import resolve_tools, reward_sources
+
+    sources = rewards.resolve_sources(cfg) + reward_sources(resolve_tools(cfg.rollout))  # an environment's get_reward
     with hub_access("the reward model", cfg.reward.model, cfg):
-        reward_fn = rewards.build_reward(cfg, device)
+        reward_fn = rewards.build_reward(cfg, device, sources)
     result = evaluate_policy(cfg, model, tokenizer, dataset, reward_fn, device)
     if cfg.data.name in DATASET_METRICS:
         completions = [s["completion"] for s in result["samples"]]

@@ -54,6 +54,24 @@ def check_engine(cfg, model_config) -> None:
         check_architecture(model_config)
 
 
+def check_tool_template(cfg, tokenizer) -> None:
+    """With tools, the tokenizer's chat template renders a tool-calling conversation (TRL's refusal, before any
+    weights load) and its tool calls can be parsed; one line naming the fix."""
+    if not cfg.rollout.uses_tools:
+        return
+    from trl.chat_template_utils import supports_tool_calling
+
+    from rlhf_app.engines.tools import ensure_parser
+
+    if not supports_tool_calling(tokenizer):
+        has = "has no chat template" if not tokenizer.chat_template else "has a chat template that cannot render " \
+            "tool calls (trl's supports_tool_calling)"
+        raise PreflightError(f"rollout.tools / environment_factory need a chat template with tool support, and "
+                             f"{cfg.model.name_or_path} {has}: set model.chat_template=path/to/template.jinja (one "
+                             "with tools), or give the model one with trl's clone_chat_template and fine-tune it")
+    ensure_parser(tokenizer)
+
+
 def check_overlap(rollout, world_size: int) -> None:
     """rollout.async=true runs in one process: the engine's thread and the trainer would otherwise share
     the process group's collectives (vLLM's external launcher joins it), which nothing orders."""
@@ -101,6 +119,10 @@ def check_settings(cfg) -> tuple[list, str | None]:
     if quantization_problem(cfg):
         raise PreflightError(quantization_problem(cfg))
     reward_sources = rewards.resolve_sources(cfg)
+    if cfg.rollout.uses_tools:  # imported and checked now; an environment's get_reward scores as TRL's does
+        from rlhf_app.engines.tool_specs import resolve_tools, reward_sources as environment_rewards
+
+        reward_sources += environment_rewards(resolve_tools(cfg.rollout))
     hub_token = None
     if cfg.hub.push:
         from rlhf_app.hub import upload as hub

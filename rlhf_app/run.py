@@ -77,9 +77,10 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None, gold_sou
     # ---- tokenizer, data, then the checks that need them
     # The main process first: it builds offline assets / fills the Hub cache, the others then read it.
     with hub_access("the policy", cfg.model.name_or_path, cfg), accelerator.main_process_first():
-        tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.revision)
+        tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.chat_template)
         model_config = models.load_model_config(cfg.model)
     preflight.check_engine(cfg, model_config)  # vLLM reads the architecture from the config: before any weights
+    preflight.check_tool_template(cfg, tokenizer)  # tools: a chat template that renders and parses tool calls
     hub_data = cfg.data.name if cfg.data.source == "hub" else None
     with hub_access("the dataset", hub_data, cfg), accelerator.main_process_first():
         train_ds, eval_ds = data.load_prompts(cfg, tokenizer)

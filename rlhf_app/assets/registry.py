@@ -66,6 +66,15 @@ def build_smollm2(out: Path) -> dict:
     return build_smollm2(out)
 
 
+def build_tiny_tools(out: Path) -> dict:
+    """asset:tiny with a chat template that calls tools in its alphabet (assets/tiny_tools.py)."""
+    from rlhf_app.assets.tiny_tools import add_tool_templates
+
+    info = build_tiny(out)
+    add_tool_templates(out)
+    return info
+
+
 def build_gsm8k_sft(out: Path) -> dict:
     from rlhf_app.assets.gsm8k import build_sft
 
@@ -75,13 +84,14 @@ def build_gsm8k_sft(out: Path) -> dict:
 # name -> builder(out_dir) -> info dict stored as asset.json beside the files.
 BUILDERS = {
     "tiny": build_tiny,
+    "tiny-tools": build_tiny_tools,
     "imdb-sentiment": build_imdb_sentiment,
     "demo-policy": build_demo_policy,
     "smollm2-135m-instruct": build_smollm2,
     "gsm8k-sft": build_gsm8k_sft,  # a dataset: the GSM8K pipeline's supervised set (a train.jsonl)
 }
 # Rough first-build time on a 2-core CPU, shown before a build starts.
-BUILD_TIME = {"tiny": "~1 s", "imdb-sentiment": "~1 min", "demo-policy": "~4 min",
+BUILD_TIME = {"tiny": "~1 s", "tiny-tools": "~1 s", "imdb-sentiment": "~1 min", "demo-policy": "~4 min",
               "smollm2-135m-instruct": "~1 min", "gsm8k-sft": "~5 s"}
 
 

@@ -38,8 +38,12 @@ class ModelConfig:
     load_in_8bit: bool = False
     bnb_4bit_quant_type: str = "nf4"  # nf4 | fp4
     use_bnb_nested_quant: bool = False
+    # The tokenizer's chat template, replacing the model's own in every stage and engine (and saved with it):
+    # a .jinja file or the template text; None: the model's. E.g. one with tool support (docs/tools.md).
+    chat_template: Optional[str] = None
 
     def __post_init__(self):
+        _check_chat_template(self.chat_template)
         _choice("model", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _choice("model", "value_model", self.value_model, ("shared", "separate"))
         _choice("model", "value_head_init", self.value_head_init, ("normal", "zeros"))
@@ -48,6 +52,15 @@ class ModelConfig:
             raise ConfigError("model.load_in_4bit and model.load_in_8bit are both true: choose one")
         for key in sorted(set(self.init_kwargs) & set(RESERVED_INIT_KWARGS)):
             raise ConfigError(f"model.init_kwargs.{key}: {RESERVED_INIT_KWARGS[key]}")
+
+
+def _check_chat_template(template: Optional[str]) -> None:
+    """Template text holds Jinja tags ({{ or {%); anything else names a file that must exist."""
+    if template is None or "{{" in template or "{%" in template:
+        return
+    if not Path(template).expanduser().is_file():
+        raise ConfigError(f"model.chat_template={template!r} is neither a file nor a Jinja template: give a .jinja "
+                          f"file (relative paths start at {Path.cwd()}) or the template text")
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from rlhf_app.data import DataError
-from rlhf_app.data.columns import CONVERSATION_COLUMN, REWARD_ARGUMENTS
+from rlhf_app.data.columns import CONVERSATION_COLUMN, EPISODE_COLUMNS, REWARD_ARGUMENTS
 
 ROW = "__rlhf_app_row"  # each row's place in its split, carried through the held-out split for messages
 
@@ -113,7 +113,8 @@ def check_columns(columns: list[str], prompt_column: str, name: str) -> None:
     if prompt_column not in columns:
         raise DataError(f"data.prompt_column={prompt_column!r} is not a column of {name}: its columns are "
                         f"{', '.join(columns)}")
-    written = {"input_ids", CONVERSATION_COLUMN, ROW} | ({"prompt"} if prompt_column != "prompt" else set())
+    written = {"input_ids", CONVERSATION_COLUMN, ROW, *EPISODE_COLUMNS} | \
+        ({"prompt"} if prompt_column != "prompt" else set())
     for column in columns:
         if column in written:
             raise DataError(f"{name} has a column {column!r}, which rlhf_app writes itself: rename that column")

@@ -19,6 +19,7 @@ from datasets import Dataset, load_dataset
 
 from rlhf_app.assets.gsm8k import GSM8K_INSTRUCTION, gsm8k_user_turn
 from rlhf_app.data import DataError
+from rlhf_app.data.columns import CONVERSATION_COLUMN
 
 IMDB_HUB = "stanfordnlp/imdb"
 GSM8K_HUB = ("openai/gsm8k", "main")
@@ -140,6 +141,10 @@ def gsm8k_rows(problems: list[dict], tokenizer, cfg, what: str) -> list[dict]:
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     rows = [{"prompt": p, "input_ids": i, "answer": str(q["answer"])}
             for p, i, q in zip(prompts, ids, problems) if len(i) <= cfg.data.max_prompt_length]
+    if cfg.rollout.uses_tools and cfg.data.use_chat_template and getattr(tokenizer, "chat_template", None):
+        # Tool episodes render the user turn again, with the tools: keep it as a conversation (TRL's prompt).
+        turns = {p: [gsm8k_user_turn(q["question"])] for p, q in zip(prompts, problems)}
+        rows = [{**r, CONVERSATION_COLUMN: turns[r["prompt"]]} for r in rows]
     if problems and not rows:
         raise DataError(f"every {what} prompt is longer than data.max_prompt_length="
                          f"{cfg.data.max_prompt_length} tokens: raise it")

@@ -17,6 +17,7 @@ import torch
 from rlhf_app.errors import UserError
 from rlhf_app.engines.correction import sampling_correction
 from rlhf_app.engines.generation import InTurn, finish_rollout, left_pad, stop_token_id
+from rlhf_app.engines.tools import tool_loop
 from rlhf_app.models.forward import unwrap_peft
 from rlhf_app.rl.rollout import Rollout
 
@@ -63,8 +64,10 @@ class VLLMEngine(InTurn):
                               WORLD_SIZE=str(world))
         text = base.config.get_text_config()
         positions = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+        self.tools = tool_loop(cfg, tokenizer)  # None: one completion per prompt
         max_len = cfg.data.max_prompt_length + self.ppo.response_length
-        max_len = min(max_len, positions) if positions else max_len
+        # Tool episodes re-render their prompts with the tools' descriptions: as long as the model allows.
+        max_len = (positions if self.tools is not None else min(max_len, positions)) if positions else max_len
         threads = cfg.num_threads or torch.get_num_threads()
         set_num_threads = torch.set_num_threads
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -91,6 +94,8 @@ class VLLMEngine(InTurn):
     def close(self) -> None:
         """Shut the engine down now, while the training process group still exists: left to vLLM's
         exit hook, its shutdown ran after the group was destroyed and printed a traceback."""
+        if self.tools is not None:
+            self.tools.close()
         self.llm.llm_engine.engine_core.shutdown()
 
     def start_at(self, step: int, saved: dict | None = None) -> None:
@@ -119,46 +124,57 @@ class VLLMEngine(InTurn):
 
     @torch.no_grad()
     def generate(self, rows: list[dict], greedy: bool = False, seed: int | None = None) -> Rollout:
-        """Sample one response per row. `seed` (evaluation): requests seeded from it alone, and the
-        rollout counter that seeds training's requests is left as it was."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
+        """Sample one response per row (with tools: one multi-turn episode per row). `seed` (evaluation):
+        requests seeded from it alone, and the rollout counter that seeds training's requests is left as it was."""
         ppo, greedy = self.ppo, greedy or not self.ppo.do_sample
         if not greedy and seed is None:
             self.calls += 1
-        stop_id = stop_token_id(ppo, self.tokenizer)
+        device = self.accelerator.device
 
-        def request_seed(i: int) -> int | None:
+        def request_seed(i: int, round_: int) -> int | None:
             if greedy:
                 return None
+            key = (i,) if round_ == 0 else (i, round_)  # a tool episode's later turns draw their own seeds
             if seed is not None:
-                return _request_seed(seed, -1, -1, i)
-            return _request_seed(self.seed, self.accelerator.process_index, self.calls, i)
+                return _request_seed(seed, -1, -1, *key)
+            return _request_seed(self.seed, self.accelerator.process_index, self.calls, *key)
 
-        # Only what the trainer's log-probs describe: temperature, top-p, top-k (-1: off), no penalties.
-        # ignore_eos: the model's own EOS never stops a row; the stop token (if any) does.
-        params = [SamplingParams(
-            n=1, temperature=0.0 if greedy else ppo.temperature, top_p=1.0 if greedy else ppo.top_p,
-            top_k=-1 if greedy or not ppo.top_k else ppo.top_k, max_tokens=ppo.response_length, min_tokens=0,
-            ignore_eos=True, stop_token_ids=[stop_id] if stop_id is not None else None, logprobs=0,
-            detokenize=False, seed=request_seed(i))
-            for i in range(len(rows))]
-        if self.sleep:
-            self.llm.wake_up(tags=["kv_cache"])
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(r["input_ids"])) for r in rows], params,
-                                 use_tqdm=False)
-        if self.sleep:
-            self.llm.sleep(level=2)
-        device = self.accelerator.device
-        tokens = [list(o.outputs[0].token_ids) for o in outs]
-        logps = [[lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)] for o in outs]
+        if self.tools is not None:
+            def turn(contexts: list[list[int]], budgets: list[int], round_: int):
+                return self._sample(contexts, budgets, greedy, [request_seed(i, round_) for i in range(len(contexts))])
+
+            return self.tools.run(rows, turn, device)
+        tokens, logps = self._sample([list(r["input_ids"]) for r in rows], [ppo.response_length] * len(rows), greedy,
+                                     [request_seed(i, 0) for i in range(len(rows))])
         pad = self.tokenizer.pad_token_id
         width = max(1, max(len(t) for t in tokens))
         response = torch.tensor([t + [pad] * (width - len(t)) for t in tokens], dtype=torch.long, device=device)
         logprobs = torch.tensor([lp + [0.0] * (width - len(lp)) for lp in logps], dtype=torch.float, device=device)
         query, query_mask = left_pad([r["input_ids"] for r in rows], pad)
         return finish_rollout(query.to(device), query_mask.to(device), response, rows, self.tokenizer, ppo, logprobs)
+
+    def _sample(self, prompts: list[list[int]], budgets: list[int], greedy: bool, seeds: list):
+        """One completion per prompt, at most its budget of tokens -> (token lists, their log-prob lists)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        ppo, stop_id = self.ppo, stop_token_id(self.ppo, self.tokenizer)
+        # Only what the trainer's log-probs describe: temperature, top-p, top-k (-1: off), no penalties.
+        # ignore_eos: the model's own EOS never stops a row; the stop token (if any) does.
+        params = [SamplingParams(
+            n=1, temperature=0.0 if greedy else ppo.temperature, top_p=1.0 if greedy else ppo.top_p,
+            top_k=-1 if greedy or not ppo.top_k else ppo.top_k, max_tokens=budget, min_tokens=0,
+            ignore_eos=True, stop_token_ids=[stop_id] if stop_id is not None else None, logprobs=0,
+            detokenize=False, seed=request_seed)
+            for budget, request_seed in zip(budgets, seeds)]
+        if self.sleep:
+            self.llm.wake_up(tags=["kv_cache"])
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        if self.sleep:
+            self.llm.sleep(level=2)
+        tokens = [list(o.outputs[0].token_ids) for o in outs]
+        logps = [[lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)] for o in outs]
+        return tokens, logps
 
 
 @contextlib.contextmanager
@@ -175,9 +191,9 @@ def _keep_rng(cuda: bool):
     np.random.set_state(npy)
 
 
-def _request_seed(seed: int, rank: int, call: int, row: int) -> int:
-    """A reproducible seed per (run seed, process, rollout, row): int tuples hash the same in every run."""
-    return hash((seed, rank, call, row)) & 0x7FFFFFFF
+def _request_seed(seed: int, rank: int, call: int, *row: int) -> int:
+    """A reproducible seed per (run seed, process, rollout, row[, turn]): int tuples hash the same in every run."""
+    return hash((seed, rank, call, *row)) & 0x7FFFFFFF
 
 
 def check_architecture(config) -> None:

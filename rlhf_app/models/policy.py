@@ -99,12 +99,23 @@ class PolicyAndValue(nn.Module):
                 yield self.policy
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None):
-    """The policy's tokenizer, left-padded for generation, with a pad token (EOS if it has none).
+def set_chat_template(tokenizer, chat_template: str | None):
+    """model.chat_template (a .jinja file or the template text) in place of the tokenizer's own; None: kept."""
+    if chat_template is not None:
+        text = chat_template if "{{" in chat_template or "{%" in chat_template else \
+            Path(chat_template).expanduser().read_text()
+        tokenizer.chat_template = text
+    return tokenizer
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None, chat_template: str | None = None):
+    """The policy's tokenizer, left-padded for generation, with a pad token (EOS if it has none) and
+    `chat_template` (model.chat_template) when given.
 
     Masks are always carried explicitly, so a pad token equal to EOS is harmless here.
     """
-    tokenizer = AutoTokenizer.from_pretrained(_resolve(name_or_path), revision=revision)
+    tokenizer = set_chat_template(AutoTokenizer.from_pretrained(_resolve(name_or_path), revision=revision),
+                                  chat_template)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -87,7 +87,10 @@ def build_reward(cfg, device=None, sources=None) -> RewardFn:
         # built-ins read text; a reward model trained on conversations reads TRL's messages, as functions do
         text_only.append(source.kind != "function" and not getattr(fn, "conversational", False))
         fns.append(checked(source.name, fn))
-    return combine([s.name for s in sources], fns, text_only, cfg.reward.weights)
+    weights = cfg.reward.weights
+    if weights is not None and len(weights) < len(sources):  # an environment's get_reward: weight 1, as TRL's
+        weights = list(weights) + [1.0] * (len(sources) - len(weights))
+    return combine([s.name for s in sources], fns, text_only, weights)
 
 
 def _short(text, limit: int = 200) -> str:
@@ -107,7 +110,9 @@ def _own(value):
 
 
 def _call(fn: RewardFn, prompts, completions, columns: dict):
-    return fn(_own(prompts), _own(completions), **{k: _own(v) for k, v in columns.items()})
+    # The episodes' environments (TRL's `environments`) are passed as they are: they may hold what cannot be copied.
+    return fn(_own(prompts), _own(completions), **{k: v if k == "environments" else _own(v)
+                                                   for k, v in columns.items()})
 
 
 def _culprit(name: str, fn: RewardFn, prompts, completions, columns, err: Exception) -> RewardError:

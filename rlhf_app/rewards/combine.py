@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from trl.trainer.utils import nanstd
 
-from rlhf_app.data.columns import CONVERSATION_COLUMN
+from rlhf_app.data.columns import CONVERSATION_COLUMN, EPISODE_COLUMN
 
 
 def _ignore(*args, **kwargs) -> None:
@@ -43,10 +43,12 @@ def combine(names: list[str], fns: list, text_only: list[bool], weights: list[fl
     def reward_fn(prompts: list[str], completions: list[str], completion_ids=None, trainer_state=None,
                   log_extra=None, log_metric=None, **columns) -> list[float]:
         conversations = columns.pop(CONVERSATION_COLUMN, None)
+        episodes = columns.pop(EPISODE_COLUMN, None)  # tool episodes: the messages after the prompt
         trl_prompts, trl_completions = prompts, completions
         if conversations is not None:
             trl_prompts = conversations
-            trl_completions = [[{"role": "assistant", "content": c}] for c in completions]
+            trl_completions = episodes if episodes is not None else \
+                [[{"role": "assistant", "content": c}] for c in completions]
         hooks = {"completion_ids": completion_ids, "trainer_state": trainer_state,
                  "log_extra": log_extra or _ignore, "log_metric": log_metric or _ignore}
         table = []
@@ -74,6 +76,7 @@ def combine(names: list[str], fns: list, text_only: list[bool], weights: list[fl
         def extra_metrics(prompts: list[str], completions: list[str], **columns) -> dict:
             """Each function's extra metrics, under `<name>/` when there are several functions."""
             columns.pop(CONVERSATION_COLUMN, None)
+            columns.pop(EPISODE_COLUMN, None)
             out = {}
             for name, fn in extras:
                 for key, value in fn(prompts, completions, **columns).items():

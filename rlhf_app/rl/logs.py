@@ -10,6 +10,20 @@ from tqdm.auto import tqdm
 from trl.trainer.utils import print_prompt_completions_sample
 
 SAMPLE_COLUMNS = ("step", "prompt", "completion", "score")
+EPISODE = "conversation"  # a tool episode's messages after the prompt (engines/tools.py; data/columns.EPISODE_COLUMN)
+
+
+def episode_text(messages: list[dict]) -> str:
+    """A tool episode as lines: `assistant: ...` (its text, then each call as name(arguments)), `tool NAME: ...`."""
+    lines = []
+    for m in messages:
+        if m.get("role") == "tool":
+            lines.append(f"tool {m.get('name', '')}: {m.get('content', '')}")
+            continue
+        calls = [f"{c.get('function', {}).get('name')}({c.get('function', {}).get('arguments')})"
+                 for c in m.get("tool_calls") or []]
+        lines.append("assistant: " + " ".join([m.get("content") or ""] + [f"-> {c}" for c in calls]).strip())
+    return "\n".join(lines)
 
 
 def log_update(cfg, accelerator, output_dir: Path, step: int, episode: int, metrics: dict, rollout, scores,
@@ -36,8 +50,11 @@ def _log_samples(accelerator, path: Path, step: int, rollout, scores, extra: dic
     extra = {(f"rewards/{k}" if k in SAMPLE_COLUMNS else k): v for k, v in (extra or {}).items()
              if len(v) == len(rollout.completions)}
     columns = list(SAMPLE_COLUMNS) + list(extra)
+    completions = rollout.completions
+    if EPISODE in rollout.columns:  # tool episodes: the whole conversation, tool turns included
+        completions = [episode_text(m) for m in rollout.columns[EPISODE]]
     rows = [[step, p, c, s, *(v[i] for v in extra.values())]
-            for i, (p, c, s) in enumerate(zip(rollout.prompts, rollout.completions, scores.tolist()))][:limit]
+            for i, (p, c, s) in enumerate(zip(rollout.prompts, completions, scores.tolist()))][:limit]
     if console:
         shown = rows[:console]  # the first rows, not a random pick: printing never touches the RNG
         # One column per reward function, as TRL prints them; the total when none was logged.

@@ -18,7 +18,8 @@ from rlhf_app.config.train_config import num_updates
 from rlhf_app.rl.core import KLController, adjust_scores, kl_penalty, masked_whiten, token_rewards
 from rlhf_app.rl.estimators import ESTIMATORS, settings_from
 from rlhf_app.rl.logs import log_update
-from rlhf_app.rl.metrics import NonFiniteError, objective_metrics, reduced_metrics, reward_metrics, timings
+from rlhf_app.rl.metrics import (NonFiniteError, objective_metrics, reduced_metrics, reward_metrics, timings,
+                                 tool_metrics)
 from rlhf_app.rl.rollout import RewardLog, logprobs_values, ref_logprobs, score
 from rlhf_app.rl.sampler import PromptSampler
 from rlhf_app.rl.update import Optimization, UpdateBatch, ppo_update
@@ -157,6 +158,7 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                             **timings(ppo.local_batch_size * world, tokens, t0, t_sync, t_gen, t_reward, t_fwd,
                                       t_train), **engine_metrics})
             metrics.update(reward_metrics(accelerator, reward_log))
+            metrics.update(tool_metrics(accelerator, rollout))  # tool episodes: calls, failures, time in tools
             metrics.update(on_update(state.step, total_updates, model))
             log_update(cfg, accelerator, output_dir, state.step, state.episode, metrics, rollout, scores, reward_log)
             progress.update(1)

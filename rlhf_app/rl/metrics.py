@@ -55,6 +55,21 @@ def timings(episodes: int, tokens: float, t0, t_sync, t_gen, t_reward, t_fwd, t_
             "time/forward_s": t_fwd - t_reward, "time/train_s": t_train - t_fwd, "time/weight_sync_s": t_sync}
 
 
+def tool_metrics(accelerator, rollout) -> dict:
+    """With tool episodes (the engines' per-episode `tool_calls`, `tool_failures`, `tool_seconds` columns):
+    tools/calls_per_episode, tools/failures (this update's, all processes), tools/failure_frequency (TRL's:
+    failures / calls) and time/tools_s (seconds in tool calls, per process); {} without tools."""
+    columns = rollout.columns
+    if "tool_calls" not in columns:
+        return {}
+    local = torch.tensor([sum(columns["tool_calls"]), sum(columns["tool_failures"]), len(columns["tool_calls"]),
+                          sum(columns["tool_seconds"])], dtype=torch.float, device=accelerator.device)
+    calls, failures, episodes, seconds = accelerator.reduce(local, reduction="sum").tolist()
+    return {"tools/calls_per_episode": calls / max(episodes, 1), "tools/failures": failures,
+            "tools/failure_frequency": failures / calls if calls else 0.0,
+            "time/tools_s": seconds / accelerator.num_processes}
+
+
 def reward_metrics(accelerator, log: RewardLog) -> dict:
     """What the reward logged (rewards/<name>/mean|std, its own log_metric calls), averaged over
     processes and over the finite values; a metric with none is left out."""

@@ -30,6 +30,7 @@ class Rollout:
     completions: list[str]
     columns: dict  # dataset columns by name, each a list of B values
     logprobs: torch.Tensor | None = None  # (B, R) the engine's log-probs of the sampled tokens (vllm), 0 on pad
+    tool_mask: torch.Tensor | None = None  # (B, R) float, 1 on tokens the policy wrote, 0 on tool/environment tokens inside the response; None = every response token is the policy's
 
 
 def logprobs_values(model, query, query_mask, response, mask, temperature: float, with_entropy: bool = False,

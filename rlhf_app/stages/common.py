@@ -77,7 +77,9 @@ def load_tokenizer(cfg: TrainConfig):
                                                   trust_remote_code=cfg.model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return path, tokenizer
+    from rlhf_app.models.policy import set_chat_template
+
+    return path, set_chat_template(tokenizer, cfg.model.chat_template)
 
 
 def total_steps(section, num_rows: int, num_processes: int) -> int:
