@@ -65,7 +65,7 @@ def policy_tokens(mask: torch.Tensor, tool_mask: torch.Tensor | None) -> torch.T
 
     As TRL's GRPOTrainer (`completion_mask * tool_mask`, trl/trainer/grpo_trainer.py; `_tool_call_loop`
     builds tool_mask: 0 on tool results, 1 elsewhere)."""
-    return mask if tool_mask is None else mask * tool_mask.to(mask.dtype)
+    return mask if tool_mask is None else mask * tool_mask.to(mask)
 
 
 def stopped(response: torch.Tensor, policy_mask: torch.Tensor, stop_token_id: int | None) -> torch.Tensor:
