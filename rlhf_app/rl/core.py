@@ -2,6 +2,9 @@
 
 Shapes: B = episodes in the batch, R = response tokens (right-padded after the first stop
 token). `mask` is 1.0 on real response tokens (the stop token included), 0.0 after it.
+In an episode with tool calls the response holds the policy's turns and the tool results in order;
+every function here is then given the policy's tokens (`policy_tokens`), 0.0 on the tool results too,
+and treats a masked-out position inside the response exactly as one after it: not there.
 Defaults and details follow "The N implementation details of RLHF with PPO" (Huang et al.,
 https://iclr-blogposts.github.io/2024/blog/the-n-implementation-details-of-rlhf-with-ppo/).
 """
@@ -56,6 +59,24 @@ def response_mask(responses: torch.Tensor, stop_token_id: int | None) -> torch.T
     return (stops_before == 0).float()
 
 
+def policy_tokens(mask: torch.Tensor, tool_mask: torch.Tensor | None) -> torch.Tensor:
+    """The tokens the policy wrote: real response tokens outside tool results. mask (B, R),
+    tool_mask (B, R) or None (every real token is the policy's) -> (B, R) float.
+
+    As TRL's GRPOTrainer (`completion_mask * tool_mask`, trl/trainer/grpo_trainer.py; `_tool_call_loop`
+    builds tool_mask: 0 on tool results, 1 elsewhere)."""
+    return mask if tool_mask is None else mask * tool_mask.to(mask)
+
+
+def stopped(response: torch.Tensor, policy_mask: torch.Tensor, stop_token_id: int | None) -> torch.Tensor:
+    """Whether each episode's last policy token is the stop token (a stop token inside a tool result
+    does not count): what `missing_eos_penalty` reads. (B, R), (B, R) -> (B,) bool"""
+    if stop_token_id is None:
+        return torch.zeros(response.shape[0], dtype=torch.bool, device=response.device)
+    rows = torch.arange(response.shape[0], device=response.device)
+    return (response[rows, last_token_index(policy_mask)] == stop_token_id) & (policy_mask.sum(1) > 0)
+
+
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from sampled tokens. (B, R) -> (B, R)
 
@@ -71,8 +92,9 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last real token of each row (0 for an empty row). (B, R) -> (B,) long"""
-    return (mask.sum(dim=1).long() - 1).clamp(min=0)
+    """Index of the last masked-in token of each row (0 for an empty row), gaps allowed. (B, R) -> (B,) long"""
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    return (positions * (mask > 0)).amax(dim=1)
 
 
 def adjust_scores(scores: torch.Tensor, contains_stop: torch.Tensor, missing_eos_penalty: float | None = None,
@@ -87,7 +109,8 @@ def adjust_scores(scores: torch.Tensor, contains_stop: torch.Tensor, missing_eos
 
 def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rewards: -kl_coef·KL on every real token, plus the score on the last real token.
+    """Per-token rewards: -kl_coef·KL on every real token, plus the score on the last real token
+    (with the policy's tokens as mask: the last token the policy wrote, tool results after it or not).
 
     scores: (B,), kl and mask: (B, R) -> (rewards (B, R), non_score_rewards (B, R)).
     """
@@ -100,20 +123,24 @@ def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation (Schulman et al. 2016) over right-padded responses.
+    """Generalised advantage estimation (Schulman et al. 2016) over the masked-in tokens of each row.
 
-    Padded positions have value 0 and reward 0, so the state after the last real token is
-    terminal. rewards, values, mask: (B, R) -> (advantages (B, R), returns (B, R)), both 0 on pads.
+    A masked-out position is skipped, as if it were not there: after the last real token (the state
+    after it is terminal) and inside the response (tool results): the value of the next masked-in
+    token bootstraps across it, and neither γ nor λ discounts it. With right-padded masks this is the
+    usual recursion. rewards, values, mask: (B, R) -> (advantages (B, R), returns (B, R)), both 0 where
+    the mask is 0.
     """
     values = values * mask
     rewards = rewards * mask
-    steps = rewards.shape[1]
+    real = mask > 0
     advantages = torch.zeros_like(rewards)
     last = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(steps)):
-        next_value = values[:, t + 1] if t + 1 < steps else torch.zeros_like(last)
+    next_value = torch.zeros_like(last)
+    for t in reversed(range(rewards.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        last = delta + gamma * lam * last
+        last = torch.where(real[:, t], delta + gamma * lam * last, last)
+        next_value = torch.where(real[:, t], values[:, t], next_value)
         advantages[:, t] = last
     advantages = advantages * mask
     return advantages, (advantages + values) * mask

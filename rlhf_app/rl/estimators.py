@@ -5,7 +5,8 @@ Shapes: B = episodes (responses), R = response tokens, G = responses per prompt
 row, and a group never straddles processes. `rewards` are the per-token rewards of
 `core.token_rewards` (the score on the last real token, -kl_coef·KL on every real token); the
 outcome estimators use their sum per sequence, as veRL does (verl/trainer/ppo/core_algos.py).
-Every estimator returns (advantages (B, R), returns (B, R) or None), both 0 on pads.
+Every estimator returns (advantages (B, R), returns (B, R) or None), both 0 on pads. The loop passes
+the policy's tokens as `mask` (core.policy_tokens): tool results get no advantage and no return.
 """
 
 from __future__ import annotations
@@ -95,11 +96,11 @@ def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, gamma: fl
     """REINFORCE++ (Hu 2025, https://arxiv.org/abs/2501.03262, veRL's reinforce_plus_plus): the discounted
     return-to-go of the per-token rewards, whitened over every real token of the batch (all
     processes). No group is needed. (B, R) -> (B, R)"""
-    rewards = rewards * mask
+    rewards, real = rewards * mask, mask > 0
     returns = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(rewards.shape[1])):
-        running = rewards[:, t] + gamma * running
+    for t in reversed(range(rewards.shape[1])):  # a masked-out token (a tool result) is skipped, as in core.gae
+        running = torch.where(real[:, t], rewards[:, t] + gamma * running, running)
         returns[:, t] = running
     return masked_whiten(returns * mask, mask, all_reduce=all_reduce)
 

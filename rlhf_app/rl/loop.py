@@ -122,8 +122,9 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                 scores = score(reward_fn, rollout, device, TrainerState(
                     global_step=state.step, max_steps=total_updates, epoch=sampler.epoch), reward_log)
             t_reward = time.perf_counter()
-            # ---- 3. log-probs and values of the policy as sampled, log-probs of the reference
-            b_mask = rollout.mask
+            # ---- 3. log-probs and values of the policy as sampled, log-probs of the reference. `b_mask`: every
+            # real token (attention, compute); `b_policy`: those the policy wrote, all that is trained and penalised
+            b_mask, b_policy = rollout.mask, rollout.policy_mask()
             reuse = reuses_update_logprobs(ppo, estimator, kl_ctl, engine)  # then the update's are the old ones
             b_logprobs, b_values, b_ref_logprobs = _rollout_forwards(cfg, accelerator, model, ref_policy, rollout,
                                                                      reuse, estimator.needs_critic)
@@ -132,21 +133,21 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             with torch.no_grad():
                 b_scores, b_kl, b_non_score, b_advantages, b_returns = _advantages(
                     ppo, estimator, adv_settings, kl_ctl.value, rollout, scores, b_logprobs, b_values, b_ref_logprobs)
-                engine_metrics, is_weights = engine.correction(rollout, b_logprobs, b_mask)
+                engine_metrics, is_weights = engine.correction(rollout, b_logprobs, b_policy)
                 if is_weights is not None:
                     b_advantages = b_advantages * is_weights
             # ---- 5. PPO epochs over shuffled mini-batches, gradient accumulation over micro-batches
             lr = scheduler.get_last_lr()[0]  # logged: the rate of this update's first step
             stats, stat_keys = ppo_update(cfg, accelerator, model, opt, UpdateBatch(
                 rollout.query, rollout.query_mask, rollout.response, b_mask, b_logprobs, b_advantages,
-                b_ref_logprobs, b_values, b_returns), reuse,
+                b_ref_logprobs, b_values, b_returns, b_policy), reuse,
                 shuffle_seed=update_seed(cfg.seed, accelerator.process_index, state.step))
             t_train = time.perf_counter()
             # ---- 6. metrics, KL controller, log
             with torch.no_grad():
                 if reuse:  # the KL of the log-probs filled in by the update (none was in the reward)
-                    b_kl = kl_penalty(b_logprobs, b_ref_logprobs, ppo.kl_estimator) * b_mask
-                objective = objective_metrics(rollout, scores, b_scores, b_kl, b_non_score, b_logprobs, b_mask,
+                    b_kl = kl_penalty(b_logprobs, b_ref_logprobs, ppo.kl_estimator) * b_policy
+                objective = objective_metrics(rollout, scores, b_scores, b_kl, b_non_score, b_logprobs, b_policy,
                                               b_values, b_returns)
                 metrics = reduced_metrics(accelerator, stats, stat_keys, objective, state.step + 1)
             kl_ctl_before = kl_ctl.value
@@ -202,10 +203,11 @@ def reuses_update_logprobs(ppo, estimator, kl_ctl, engine) -> bool:
 
 
 def _advantages(ppo, estimator, settings, kl_coef: float, rollout, scores, b_logprobs, b_values, b_ref_logprobs):
-    """The rollout's rewards per token (the score on the last real token, -kl_coef·KL on every one) and
-    their advantages. scores (n,); b_logprobs, b_ref_logprobs (n, R); b_values (n, R) or None
+    """The rollout's rewards per token (the score on the last token the policy wrote, -kl_coef·KL on every
+    one it wrote) and their advantages, all on the policy's tokens: tool results get none.
+    scores (n,); b_logprobs, b_ref_logprobs (n, R); b_values (n, R) or None
     -> (b_scores (n,) adjusted, b_kl, b_non_score, b_advantages (n, R), b_returns (n, R) or None)."""
-    b_mask = rollout.mask
+    b_mask = rollout.policy_mask()
     b_scores = adjust_scores(scores, rollout.contains_stop, ppo.missing_eos_penalty, ppo.reward_scale, ppo.reward_clip)
     b_kl = kl_penalty(b_logprobs, b_ref_logprobs, ppo.kl_estimator) * b_mask
     b_rewards, b_non_score = token_rewards(b_scores, b_kl, b_mask, kl_coef)
@@ -240,16 +242,18 @@ def _rollout_forwards(cfg, accelerator, model, ref_policy, rollout, reuse: bool,
     """No-grad forwards over the rollout in chunks of local_rollout_forward_batch_size.
 
     -> (b_logprobs (n, R): the policy as sampled, zeros when `reuse` (the update fills them in);
-    b_values (n, R), or None without a `critic`; b_ref_logprobs (n, R)), all zero past each response."""
+    b_values (n, R), or None without a `critic`; b_ref_logprobs (n, R)), all zero past each response and
+    on tool results (the forwards attend to them; nothing is trained on them)."""
     ppo = cfg.ppo
     b_query, b_qmask, b_resp, b_mask = rollout.query, rollout.query_mask, rollout.response, rollout.mask
+    b_policy = rollout.policy_mask()
     chunks = list(_chunks(b_resp.shape[0], ppo.local_rollout_forward_batch_size))
     with torch.no_grad():
         parts = [] if reuse else [logprobs_values(model, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature)
                                   for s in chunks]
-        b_logprobs = torch.zeros_like(b_mask) if reuse else torch.cat([p[0] for p in parts]) * b_mask
-        b_values = torch.cat([p[1] for p in parts]) * b_mask if critic else None
+        b_logprobs = torch.zeros_like(b_mask) if reuse else torch.cat([p[0] for p in parts]) * b_policy
+        b_values = torch.cat([p[1] for p in parts]) * b_policy if critic else None
         with accelerator.autocast(), accelerator.unwrap_model(model).reference(ref_policy) as ref:
             b_ref_logprobs = torch.cat([ref_logprobs(ref, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature)
-                                        for s in chunks]) * b_mask
+                                        for s in chunks]) * b_policy
     return b_logprobs, b_values, b_ref_logprobs

@@ -25,11 +25,12 @@ class CriticTerms(NamedTuple):
 def micro_batch_loss(ppo, alg, logprobs: torch.Tensor, entropy: torch.Tensor, old_logprobs: torch.Tensor,
                      advantages: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
                      norm, critic: CriticTerms | None = None) -> tuple[torch.Tensor, dict]:
-    """-> (loss, row) for m episodes of a mini-batch of `tokens` real tokens; `norm` is its normaliser
+    """-> (loss, row) for m episodes of a mini-batch of `tokens` policy tokens; `norm` is its normaliser
     under `alg.loss_agg_mode` (tokens or sequences).
 
     logprobs, entropy (m, R) from the policy with grad; old_logprobs, advantages, ref_logprobs, mask
-    (m, R) from the rollout; `critic` (a model with a critic: GAE) adds the clipped value loss.
+    (m, R) from the rollout, `mask` the policy's tokens (tool results 0: no loss, KL, entropy or value
+    on them); `critic` (a model with a critic: GAE) adds the clipped value loss.
     loss is a scalar tensor; row maps each logged key to a scalar tensor, per-token means weighted by
     this micro-batch's share of the mini-batch's tokens, so rows sum to the mini-batch's.
     """

@@ -21,7 +21,8 @@ def objective_metrics(rollout, scores, b_scores, b_kl, b_non_score, b_logprobs, 
     """The update's objective/ and val/ entries, local to this process, as scalar tensors.
 
     scores, b_scores (n,); b_kl, b_non_score, b_logprobs, b_mask (n, R); b_values, b_returns (n, R)
-    or None without a critic (then no explained variance)."""
+    or None without a critic (then no explained variance). `b_mask` is the policy's tokens: the response
+    length counts what the policy wrote, tool results left out (TRL's completion lengths with tool_mask)."""
     objective = {"objective/scores": scores.mean(), "objective/kl": b_kl.sum(1).mean(),
                  "objective/entropy": (-b_logprobs).sum(1).mean(),
                  "objective/non_score_reward": b_non_score.sum(1).mean(),

@@ -15,22 +15,35 @@ from transformers import TrainerState
 from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
 from rlhf_app.models.forward import response_forward
+from rlhf_app.rl.core import policy_tokens
 
 
 @dataclass
 class Rollout:
-    """One batch of episodes. B episodes, P prompt tokens (left-padded), R response tokens."""
+    """One batch of episodes. B episodes, P prompt tokens (left-padded), R response tokens.
+
+    With tools the response is the whole episode after the prompt, the policy's turns and the tool
+    results in order; `mask` still marks every real token (attention, and the compute a micro-batch
+    costs) and stays 1 up to the episode's end, then 0; `tool_mask` marks which of them the policy
+    wrote. Everything trained or penalised reads `policy_mask()` alone (TRL's `completion_mask * tool_mask`).
+    """
 
     query: torch.Tensor  # (B, P) prompt tokens
     query_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
-    response: torch.Tensor  # (B, R) generated tokens, pad after the first stop token
-    mask: torch.Tensor  # (B, R) float, 1 on real response tokens (stop token included)
-    contains_stop: torch.Tensor  # (B,) bool, the response ended with the stop token
+    response: torch.Tensor  # (B, R) generated tokens, pad after the first stop token (the episode's end)
+    mask: torch.Tensor  # (B, R) float, 1 on real response tokens (stop token included), tool results too
+    contains_stop: torch.Tensor  # (B,) bool, the policy's last token is the stop token (core.stopped)
     prompts: list[str]
     completions: list[str]
     columns: dict  # dataset columns by name, each a list of B values
     logprobs: torch.Tensor | None = None  # (B, R) the engine's log-probs of the sampled tokens (vllm), 0 on pad
-    tool_mask: torch.Tensor | None = None  # (B, R) float, 1 on tokens the policy wrote, 0 on tool/environment tokens inside the response; None = every response token is the policy's
+    # (B, R) float, 1 on tokens the policy wrote, 0 on tool/environment tokens inside the response;
+    # None = every response token is the policy's
+    tool_mask: torch.Tensor | None = None
+
+    def policy_mask(self) -> torch.Tensor:
+        """The tokens the policy wrote, mask * tool_mask (core.policy_tokens). -> (B, R) float"""
+        return policy_tokens(self.mask, self.tool_mask)
 
 
 def logprobs_values(model, query, query_mask, response, mask, temperature: float, with_entropy: bool = False,

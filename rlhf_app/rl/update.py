@@ -21,12 +21,17 @@ class UpdateBatch(NamedTuple):
     query: torch.Tensor  # (n, P)
     query_mask: torch.Tensor  # (n, P)
     response: torch.Tensor  # (n, R)
-    mask: torch.Tensor  # (n, R)
+    mask: torch.Tensor  # (n, R) every real response token: attention, and what a micro-batch computes
     logprobs: torch.Tensor  # (n, R) as sampled; filled in by the update itself when it reuses its own
     advantages: torch.Tensor  # (n, R)
     ref_logprobs: torch.Tensor  # (n, R)
     values: torch.Tensor | None  # (n, R), None without a critic
     returns: torch.Tensor | None  # (n, R), None without a critic
+    policy_mask: torch.Tensor | None = None  # (n, R) the tokens the policy wrote (Rollout.policy_mask); None: mask
+
+    def loss_mask(self) -> torch.Tensor:
+        """What the losses, their normalisers and statistics count: the policy's tokens. -> (n, R)"""
+        return self.mask if self.policy_mask is None else self.policy_mask
 
 
 class Optimization(NamedTuple):
@@ -75,10 +80,11 @@ def ppo_update(cfg, accelerator, model, opt: Optimization, batch: UpdateBatch, r
 def _mini_batch(cfg, accelerator, model, batch: UpdateBatch, mb_idx: torch.Tensor, reuse_logprobs: bool):
     """The gradients of one mini-batch (episodes `mb_idx`), accumulated over its micro-batches.
     -> (the stats row summed over micro-batches (k,), its keys)."""
-    ppo, alg, b_mask = cfg.ppo, cfg.algorithm, batch.mask
-    # Every micro-batch's loss is divided by the mini-batch's real tokens: any split, the same gradient.
-    mb_tokens = loss_normaliser(b_mask[mb_idx])
-    mb_norm = loss_normaliser(b_mask[mb_idx], alg.loss_agg_mode)  # sequences for the seq-mean modes
+    ppo, alg, b_mask, b_policy = cfg.ppo, cfg.algorithm, batch.mask, batch.loss_mask()
+    # Every micro-batch's loss is divided by the mini-batch's policy tokens: any split, the same gradient.
+    mb_tokens = loss_normaliser(b_policy[mb_idx])
+    mb_norm = loss_normaliser(b_policy[mb_idx], alg.loss_agg_mode)  # sequences for the seq-mean modes
+    # The token budget counts what a forward computes: every real token, tool results included.
     micros = micro_batches(batch.query_mask[mb_idx].sum(1), b_mask[mb_idx].sum(1),
                            ppo.per_device_train_batch_size, ppo.max_tokens_per_micro_batch)
     mb_stats = 0
@@ -94,10 +100,11 @@ def _mini_batch(cfg, accelerator, model, batch: UpdateBatch, mb_idx: torch.Tenso
 def _micro_batch_loss(cfg, model, batch: UpdateBatch, mb: torch.Tensor, mb_tokens, mb_norm, reuse_logprobs: bool):
     """The forward of episodes `mb` with grad, on their trimmed columns, and their loss; `mb_tokens` and
     `mb_norm` are the mini-batch's normalisers (micro.loss_normaliser). -> (loss, row)"""
-    ppo, mb_mask, width = cfg.ppo, batch.mask[mb], batch.mask.shape[1]
+    ppo, width = cfg.ppo, batch.mask.shape[1]
+    mb_mask = batch.loss_mask()[mb]  # the policy's tokens; the forward attends to every real one
     logprobs, values, entropy = logprobs_values(
-        model, *trim_padding(batch.query[mb], batch.query_mask[mb], batch.response[mb], mb_mask), ppo.temperature,
-        with_entropy=True, entropy_grad=ppo.ent_coef != 0)
+        model, *trim_padding(batch.query[mb], batch.query_mask[mb], batch.response[mb], batch.mask[mb]),
+        ppo.temperature, with_entropy=True, entropy_grad=ppo.ent_coef != 0)
     mb_logprobs, mb_entropy = pad_to(logprobs, width), pad_to(entropy, width)
     if reuse_logprobs:
         batch.logprobs[mb] = mb_logprobs.detach() * mb_mask
