@@ -96,10 +96,13 @@ def check_settings(cfg) -> tuple[list, str | None]:
     imported, a push that cannot work, a missing extra or vLLM, one line each.
     -> (the reward sources, the Hub token or None)"""
     from rlhf_app import extras, rewards
+    from rlhf_app.assets import chat_templates
     from rlhf_app.models.loading import quantization_problem
 
     if quantization_problem(cfg):
         raise PreflightError(quantization_problem(cfg))
+    if cfg.model.chat_template:
+        chat_templates.read(cfg.model.chat_template)  # no such asset or file: one line
     reward_sources = rewards.resolve_sources(cfg)
     hub_token = None
     if cfg.hub.push:

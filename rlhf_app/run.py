@@ -77,7 +77,7 @@ def _run(cfg: TrainConfig, reward_sources: list, hub_token: str | None, gold_sou
     # ---- tokenizer, data, then the checks that need them
     # The main process first: it builds offline assets / fills the Hub cache, the others then read it.
     with hub_access("the policy", cfg.model.name_or_path, cfg), accelerator.main_process_first():
-        tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.revision)
+        tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.chat_template)
         model_config = models.load_model_config(cfg.model)
     preflight.check_engine(cfg, model_config)  # vLLM reads the architecture from the config: before any weights
     hub_data = cfg.data.name if cfg.data.source == "hub" else None

@@ -72,6 +72,12 @@ def build_gsm8k_sft(out: Path) -> dict:
     return build_sft(out)
 
 
+def build_gsm8k_tools_sft(out: Path) -> dict:
+    from rlhf_app.assets.gsm8k_tools import build_tools_sft
+
+    return build_tools_sft(out)
+
+
 # name -> builder(out_dir) -> info dict stored as asset.json beside the files.
 BUILDERS = {
     "tiny": build_tiny,
@@ -79,10 +85,11 @@ BUILDERS = {
     "demo-policy": build_demo_policy,
     "smollm2-135m-instruct": build_smollm2,
     "gsm8k-sft": build_gsm8k_sft,  # a dataset: the GSM8K pipeline's supervised set (a train.jsonl)
+    "gsm8k-tools-sft": build_gsm8k_tools_sft,  # the same problems, each arithmetic step a calculator call
 }
 # Rough first-build time on a 2-core CPU, shown before a build starts.
 BUILD_TIME = {"tiny": "~1 s", "imdb-sentiment": "~1 min", "demo-policy": "~4 min",
-              "smollm2-135m-instruct": "~1 min", "gsm8k-sft": "~5 s"}
+              "smollm2-135m-instruct": "~1 min", "gsm8k-sft": "~5 s", "gsm8k-tools-sft": "~10 s"}
 
 
 def resolve(name_or_path: str) -> str:
@@ -108,7 +115,7 @@ def _build(name: str, target: Path, replace: bool) -> None:
 
 
 # Figures `list` shows, in this order, when an asset.json holds them.
-LISTED = ("heldout_accuracy", "heldout_accuracy_32_tokens", "heldout_loss", "heldout_perplexity",
+LISTED = ("rows", "calls_per_row", "heldout_accuracy", "heldout_accuracy_32_tokens", "heldout_loss", "heldout_perplexity",
           "tokens_per_s", "steps", "params", "build_seconds", "quick")
 
 

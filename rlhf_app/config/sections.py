@@ -34,6 +34,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2 | ...; None: transformers' choice
     init_kwargs: dict[str, Any] = field(default_factory=dict)  # more from_pretrained kwargs (policy, critic, reference)
+    # The tokenizer's chat template replaced: asset:chatml-tools (ChatML with tool calls, for SmolLM2) or a .jinja
+    # file (a NAME.response.json beside it: how tool calls are parsed back). Saved with the tokenizer in final/.
+    chat_template: Optional[str] = None
     load_in_4bit: bool = False  # QLoRA: bitsandbytes 4-bit base weights (CUDA), LoRA adapters trained on top
     load_in_8bit: bool = False
     bnb_4bit_quant_type: str = "nf4"  # nf4 | fp4
@@ -46,6 +49,9 @@ class ModelConfig:
         _choice("model", "bnb_4bit_quant_type", self.bnb_4bit_quant_type, ("nf4", "fp4"))
         if self.load_in_4bit and self.load_in_8bit:
             raise ConfigError("model.load_in_4bit and model.load_in_8bit are both true: choose one")
+        template = self.chat_template
+        if template is not None and not template.startswith("asset:") and not template.endswith((".jinja", ".j2")):
+            raise ConfigError(f"model.chat_template={template}: give a .jinja file or asset:chatml-tools")
         for key in sorted(set(self.init_kwargs) & set(RESERVED_INIT_KWARGS)):
             raise ConfigError(f"model.init_kwargs.{key}: {RESERVED_INIT_KWARGS[key]}")
 

@@ -99,16 +99,19 @@ class PolicyAndValue(nn.Module):
                 yield self.policy
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None):
-    """The policy's tokenizer, left-padded for generation, with a pad token (EOS if it has none).
+def load_tokenizer(name_or_path: str, revision: str | None = None, chat_template: str | None = None):
+    """The policy's tokenizer, left-padded for generation, with a pad token (EOS if it has none) and the
+    chat template `chat_template` names (model.chat_template; None: its own).
 
     Masks are always carried explicitly, so a pad token equal to EOS is harmless here.
     """
+    from rlhf_app.assets import chat_templates
+
     tokenizer = AutoTokenizer.from_pretrained(_resolve(name_or_path), revision=revision)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return chat_templates.apply(tokenizer, chat_template)
 
 
 def load_model_config(m):

@@ -67,9 +67,11 @@ def lora(cfg: TrainConfig, task_type: str, modules_to_save: list[str] | None = N
 
 
 def load_tokenizer(cfg: TrainConfig):
-    """The tokenizer of model.name_or_path (asset:NAME resolved), for the data checks before any model loads."""
+    """The tokenizer of model.name_or_path (asset:NAME resolved) with model.chat_template, for the data checks
+    before any model loads."""
     from transformers import AutoTokenizer
 
+    from rlhf_app.assets import chat_templates
     from rlhf_app.assets.registry import resolve
     from rlhf_app.failures import hub_access
 
@@ -79,7 +81,7 @@ def load_tokenizer(cfg: TrainConfig):
                                                   trust_remote_code=cfg.model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return path, tokenizer
+    return path, chat_templates.apply(tokenizer, cfg.model.chat_template)
 
 
 def total_steps(section, num_rows: int, num_processes: int) -> int:

@@ -165,7 +165,7 @@ def run(cfg: TrainConfig) -> Path:
         raise PairsError(f"rlhf-app pairs runs in one process, not {state.num_processes}: run it without "
                          "accelerate launch")
     with hub_access("the policy", cfg.model.name_or_path, cfg):
-        tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.revision)
+        tokenizer = models.load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.chat_template)
         model_config = models.load_model_config(cfg.model)
     preflight.check_engine(cfg, model_config)
     with hub_access("the dataset", cfg.data.name if cfg.data.source == "hub" else None, cfg):
