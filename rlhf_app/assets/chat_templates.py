@@ -1,5 +1,5 @@
-"""Chat templates shipped in the package (rlhf_app/assets/templates/) or given as a .jinja file, chosen by
-`model.chat_template` and set on the tokenizer before any model loads.
+"""Chat templates shipped in the package (rlhf_app/assets/templates/), given as a .jinja file or as the text
+itself, chosen by `model.chat_template` and set on the tokenizer before any model loads.
 
 `asset:chatml-tools`: SmolLM2's ChatML with TRL's tool calling (`trl.chat_template_utils.supports_tool_calling`
 accepts it): tools listed in the system turn, `<tool_call>{json}</tool_call>` in assistant turns, `tool` turns
@@ -36,7 +36,10 @@ def template_file(value: str) -> Path:
 
 
 def read(value: str) -> tuple[str, dict | None]:
-    """(the template's text, its response_template or None) for `model.chat_template=value`."""
+    """(the template's text, its response_template or None) for `model.chat_template=value`: a shipped or file
+    template's response_template is the `.response.json` beside it."""
+    if "{{" in value or "{%" in value:
+        return value, None  # the template's text itself
     path = template_file(value)
     response = path.with_name(path.name.rsplit(".", 1)[0] + ".response.json")
     try:
@@ -47,7 +50,8 @@ def read(value: str) -> tuple[str, dict | None]:
 
 
 def apply(tokenizer, value: str | None):
-    """Set the template `value` names (and its response_template) on `tokenizer`; None leaves it as it is."""
+    """Set the template `value` names (and its response_template, or none: the old one may not fit) on
+    `tokenizer`; None leaves both as they are."""
     if value is not None:
         tokenizer.chat_template, tokenizer.response_template = read(value)  # an old response_template may not fit
     return tokenizer

@@ -93,6 +93,15 @@ def build_smollm2(out: Path) -> dict:
     return build_smollm2(out)
 
 
+def build_tiny_tools(out: Path) -> dict:
+    """asset:tiny with a chat template that calls tools in its alphabet (assets/tiny_tools.py)."""
+    from rlhf_app.assets.tiny_tools import add_tool_templates
+
+    info = build_tiny(out)
+    add_tool_templates(out)
+    return info
+
+
 def build_gsm8k_sft(out: Path) -> dict:
     from rlhf_app.assets.gsm8k import build_sft
 
@@ -108,6 +117,7 @@ def build_gsm8k_tools_sft(out: Path) -> dict:
 # name -> builder(out_dir) -> info dict stored as asset.json beside the files.
 BUILDERS = {
     "tiny": build_tiny,
+    "tiny-tools": build_tiny_tools,
     "tiny-chat": build_tiny_chat,  # the tiny model on ASCII with ChatML and tool calls (tests)
     "imdb-sentiment": build_imdb_sentiment,
     "demo-policy": build_demo_policy,
@@ -116,8 +126,8 @@ BUILDERS = {
     "gsm8k-tools-sft": build_gsm8k_tools_sft,  # the same problems, each arithmetic step a calculator call
 }
 # Rough first-build time on a 2-core CPU, shown before a build starts.
-BUILD_TIME = {"tiny": "~1 s", "tiny-chat": "~1 s", "imdb-sentiment": "~1 min", "demo-policy": "~4 min",
-              "smollm2-135m-instruct": "~1 min", "gsm8k-sft": "~5 s", "gsm8k-tools-sft": "~10 s"}
+BUILD_TIME = {"tiny": "~1 s", "tiny-tools": "~1 s", "tiny-chat": "~1 s", "imdb-sentiment": "~1 min",
+              "demo-policy": "~4 min", "smollm2-135m-instruct": "~1 min", "gsm8k-sft": "~5 s", "gsm8k-tools-sft": "~10 s"}
 
 
 def resolve(name_or_path: str) -> str:

@@ -48,6 +48,9 @@ ALIASES = {
         "vllm_importance_sampling_correction", "vllm_importance_sampling_mode", "vllm_importance_sampling_cap")},
     "vllm_importance_sampling_clip_max": "rollout.vllm_importance_sampling_cap",
     "max_staleness": "rollout.max_staleness",  # TRL AsyncGRPOConfig's
+    # GRPOTrainer's tools and environments (its arguments; max_tool_calling_iterations is GRPOConfig's), and ours
+    **{name: f"rollout.{name}" for name in (
+        "tools", "environment_factory", "max_tool_calling_iterations", "tool_timeout", "tool_isolation")},
     # TRL GRPOConfig's names for the estimator options (epsilon is its clip range).
     **{name: f"algorithm.{name}" for name in (
         "num_generations", "scale_rewards", "loss_type", "epsilon_high", "beta", "importance_sampling_level")},
@@ -92,7 +95,7 @@ def flat_keys(tree, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-OPEN_DICTS = ("model.init_kwargs.", "data.chat_template_kwargs.")  # free-form keys (passed on to a library)
+OPEN_DICTS = ("model.init_kwargs.", "data.chat_template_kwargs.", "rollout.environment_factory.")  # free-form keys (passed on to a library)
 PER_STAGE = "per_stage"  # a pipeline's per-stage keys: each stage's layer is checked on its own (_stage_layers)
 
 

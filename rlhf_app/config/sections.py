@@ -34,26 +34,35 @@ class ModelConfig:
     trust_remote_code: bool = False
     attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2 | ...; None: transformers' choice
     init_kwargs: dict[str, Any] = field(default_factory=dict)  # more from_pretrained kwargs (policy, critic, reference)
-    # The tokenizer's chat template replaced: asset:chatml-tools (ChatML with tool calls, for SmolLM2) or a .jinja
-    # file (a NAME.response.json beside it: how tool calls are parsed back). Saved with the tokenizer in final/.
-    chat_template: Optional[str] = None
     load_in_4bit: bool = False  # QLoRA: bitsandbytes 4-bit base weights (CUDA), LoRA adapters trained on top
     load_in_8bit: bool = False
     bnb_4bit_quant_type: str = "nf4"  # nf4 | fp4
     use_bnb_nested_quant: bool = False
+    # The tokenizer's chat template, replacing the model's own in every stage and engine (and saved with it):
+    # asset:chatml-tools (ChatML with tool calls, for SmolLM2), a .jinja file or the template text; None: the
+    # model's. E.g. one with tool support (docs/tools.md).
+    chat_template: Optional[str] = None
 
     def __post_init__(self):
+        _check_chat_template(self.chat_template)
         _choice("model", "dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _choice("model", "value_model", self.value_model, ("shared", "separate"))
         _choice("model", "value_head_init", self.value_head_init, ("normal", "zeros"))
         _choice("model", "bnb_4bit_quant_type", self.bnb_4bit_quant_type, ("nf4", "fp4"))
         if self.load_in_4bit and self.load_in_8bit:
             raise ConfigError("model.load_in_4bit and model.load_in_8bit are both true: choose one")
-        template = self.chat_template
-        if template is not None and not template.startswith("asset:") and not template.endswith((".jinja", ".j2")):
-            raise ConfigError(f"model.chat_template={template}: give a .jinja file or asset:chatml-tools")
         for key in sorted(set(self.init_kwargs) & set(RESERVED_INIT_KWARGS)):
             raise ConfigError(f"model.init_kwargs.{key}: {RESERVED_INIT_KWARGS[key]}")
+
+
+def _check_chat_template(template: Optional[str]) -> None:
+    """Template text holds Jinja tags ({{ or {%); asset:NAME is a shipped one (assets/chat_templates.py checks the
+    name); anything else names a file that must exist."""
+    if template is None or "{{" in template or "{%" in template or template.startswith("asset:"):
+        return
+    if not Path(template).expanduser().is_file():
+        raise ConfigError(f"model.chat_template={template!r} is neither a file nor a Jinja template: give a .jinja "
+                          f"file (relative paths start at {Path.cwd()}), the template text or asset:chatml-tools")
 
 
 @dataclass

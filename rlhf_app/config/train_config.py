@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from rlhf_app.config.checks import _GE0, TRACKERS, ConfigError, _choice, _ranges
+from rlhf_app.config.checks import _GE0, TRACKERS, ConfigError, _choice, _ranges, finite
 from rlhf_app.config.pipeline import check_stages
 from rlhf_app.config.sections import DataConfig, ModelConfig, PeftConfig, PPOConfig, RewardConfig
 from rlhf_app.config.stages import PairsSection, RMSection, SFTSection
@@ -14,6 +14,7 @@ from rlhf_app.config.stages import PairsSection, RMSection, SFTSection
 
 ENGINES = ("hf", "vllm")
 IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+TOOL_ISOLATION = ("none", "process")
 
 
 @dataclass
@@ -36,6 +37,12 @@ class RolloutConfig:
     # `rollout.async=true`: the engine samples update k+1's batch while update k trains (engines/overlap.py)
     asynchronous: bool = False
     max_staleness: int = 1  # TRL AsyncGRPO's name: updates a batch lags the policy; 0 (no overlap) or 1
+    # Tools and multi-turn episodes (TRL GRPOTrainer's names, flat on the command line: docs/tools.md)
+    tools: list[str] = field(default_factory=list)  # module:function or path/file.py:function, typed + docstring
+    environment_factory: Any = None  # module:Class | path/file.py:Class | {name: factory} chosen by an `environment` column
+    max_tool_calling_iterations: Optional[int] = None  # tool rounds per episode; None: until it answers or R runs out
+    tool_timeout: float = 30.0  # seconds one tool call may take; then it is stopped and counted as failed
+    tool_isolation: str = "none"  # none: tools run in the training process | process: in a subprocess
 
     def __post_init__(self):
         if self.use_vllm:
@@ -58,9 +65,15 @@ class RolloutConfig:
         if self.asynchronous and self.engine != "vllm":
             raise ConfigError("rollout.async=true needs rollout.engine=vllm: the hf engine samples with the very "
                               "weights the update is changing")
+        check_tools(self)
         if self.asynchronous and self.vllm_enable_sleep_mode:
             raise ConfigError("rollout.async=true samples while the update trains, so the engine cannot sleep "
                               "then: set rollout.vllm_enable_sleep_mode=false or rollout.async=false")
+
+    @property
+    def uses_tools(self) -> bool:
+        """Whether episodes are multi-turn: tools or an environment are set."""
+        return bool(self.tools) or self.environment_factory is not None
 
     @property
     def importance_sampling(self) -> bool:
@@ -68,6 +81,39 @@ class RolloutConfig:
         if self.vllm_importance_sampling_correction is None:
             return self.asynchronous
         return self.vllm_importance_sampling_correction
+
+
+def _spec_shape(key: str, spec, what: str) -> None:
+    """A `module:name` or `path/file.py:name` string; the import itself is checked before the policy loads."""
+    where, sep, name = str(spec).rpartition(":") if isinstance(spec, str) else ("", "", "")
+    if not sep or not where.strip() or not name.strip():
+        raise ConfigError(f"{key}={spec!r} is not {what}: write module:{what.split()[0]} or path/file.py:"
+                          f"{what.split()[0]}")
+
+
+def check_tools(r: RolloutConfig) -> None:
+    """The tool settings' shape (TRL's names); importing them is preflight's (engines/tool_specs.py)."""
+    _choice("rollout", "tool_isolation", r.tool_isolation, TOOL_ISOLATION)
+    for spec in r.tools:
+        _spec_shape("rollout.tools entry", spec, "function")
+    factory = r.environment_factory
+    if isinstance(factory, dict):
+        if not factory:
+            raise ConfigError("rollout.environment_factory is an empty mapping: give {name: module:Class, ...} "
+                              "or one module:Class")
+        for name, spec in factory.items():
+            _spec_shape(f"rollout.environment_factory.{name}", spec, "Class")
+    elif factory is not None:
+        _spec_shape("rollout.environment_factory", factory, "Class")
+    if r.max_tool_calling_iterations is not None and r.max_tool_calling_iterations < 0:
+        raise ConfigError(f"rollout.max_tool_calling_iterations must be >= 0 or null (no limit), "
+                          f"got {r.max_tool_calling_iterations}")
+    finite("rollout.tool_timeout", r.tool_timeout)
+    if r.tool_timeout <= 0:
+        raise ConfigError(f"rollout.tool_timeout must be > 0 seconds, got {r.tool_timeout}")
+    if r.uses_tools and r.asynchronous:
+        raise ConfigError("rollout.async=true does not run tools yet: set rollout.async=false, or leave out "
+                          "rollout.tools and rollout.environment_factory")
 
 
 # The names of rl/estimators.ESTIMATORS and what each declares there (config imports no torch;

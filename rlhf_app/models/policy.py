@@ -99,19 +99,26 @@ class PolicyAndValue(nn.Module):
                 yield self.policy
 
 
+def set_chat_template(tokenizer, chat_template: str | None):
+    """model.chat_template (asset:NAME, a .jinja file or the template text) in place of the tokenizer's own, with
+    the response_template that parses its tool calls back when it ships one; None: kept."""
+    from rlhf_app.assets import chat_templates
+
+    return chat_templates.apply(tokenizer, chat_template)
+
+
 def load_tokenizer(name_or_path: str, revision: str | None = None, chat_template: str | None = None):
-    """The policy's tokenizer, left-padded for generation, with a pad token (EOS if it has none) and the
-    chat template `chat_template` names (model.chat_template; None: its own).
+    """The policy's tokenizer, left-padded for generation, with a pad token (EOS if it has none) and
+    `chat_template` (model.chat_template) when given.
 
     Masks are always carried explicitly, so a pad token equal to EOS is harmless here.
     """
-    from rlhf_app.assets import chat_templates
-
-    tokenizer = AutoTokenizer.from_pretrained(_resolve(name_or_path), revision=revision)
+    tokenizer = set_chat_template(AutoTokenizer.from_pretrained(_resolve(name_or_path), revision=revision),
+                                  chat_template)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return chat_templates.apply(tokenizer, chat_template)
+    return tokenizer
 
 
 def load_model_config(m):

@@ -45,7 +45,8 @@ class Source:
     fn: Optional[Callable] = None  # kind == function: the imported callable
 
 
-def _literal_call(text: str, spec: str) -> tuple[str, list, dict]:
+def _literal_call(text: str, spec: str, what: str = "reward source", error: type = RewardSourceError
+                  ) -> tuple[str, list, dict]:
     """'factory(a, k=1)' -> ('factory', [a], {'k': 1}); plain 'name' -> ('name', None, None)."""
     match = _CALL.match(text)
     if not match:
@@ -55,20 +56,21 @@ def _literal_call(text: str, spec: str) -> tuple[str, list, dict]:
         args = [ast.literal_eval(a) for a in call.args]
         kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
     except (SyntaxError, ValueError) as err:
-        raise RewardSourceError(f"reward source {spec!r}: the arguments of {match.group(1)}(...) must be literals "
+        raise error(f"{what} {spec!r}: the arguments of {match.group(1)}(...) must be literals "
                                 f"such as 16, 0.5, 'text' ({type(err).__name__})") from None
     return match.group(1), args, kwargs
 
 
-def load_function(spec: str):
-    """Import `path/to/file.py:function` from the file (no package needed) and return the callable."""
+def load_function(spec: str, key: str = "reward.function", error: type = RewardSourceError):
+    """Import `path/to/file.py:function` from the file (no package needed) and return the callable.
+    `key` names the setting in messages and `error` is what they raise (tools share this loader)."""
     path_text, sep, name = (spec or "").rpartition(":")
+    fmt = FORMAT.replace("reward.function", key)
     if not sep or not path_text or not name:
-        raise RewardSourceError(f"reward.function={spec!r} is not 'file:function': write {FORMAT}")
+        raise error(f"{key}={spec!r} is not 'file:function': write {fmt}")
     path = Path(path_text).expanduser().resolve()
     if not path.is_file():
-        raise RewardSourceError(f"reward.function: file {path_text} does not exist (relative paths start at "
-                                f"{Path.cwd()}): write {FORMAT}")
+        raise error(f"{key}: file {path_text} does not exist (relative paths start at {Path.cwd()}): write {fmt}")
     # A module name unique to the file, so two reward files named alike never clash.
     module_name = f"rlhf_app_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
@@ -76,46 +78,43 @@ def load_function(spec: str):
     try:
         module_spec.loader.exec_module(module)
     except Exception as err:  # noqa: BLE001 - the user's file; report where it failed
-        raise RewardSourceError(f"reward.function: importing {path_text} failed: "
-                                f"{type(err).__name__}: {err}") from err
+        raise error(f"{key}: importing {path_text} failed: {type(err).__name__}: {err}") from err
     fn = getattr(module, name, None)
     if fn is None:
         defined = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
                          and getattr(v, "__module__", None) == module_name)
-        raise RewardSourceError(f"reward.function: {path_text} defines no {name!r}; "
-                                f"its functions are: {', '.join(defined) or 'none'}")
+        raise error(f"{key}: {path_text} defines no {name!r}; its functions are: {', '.join(defined) or 'none'}")
     if not callable(fn):
-        raise RewardSourceError(f"reward.function: {path_text}:{name} is a {type(fn).__name__}, not a function")
+        raise error(f"{key}: {path_text}:{name} is a {type(fn).__name__}, not a function")
     return fn
 
 
-def _import_function(spec: str) -> Callable:
-    """`path/to/file.py:function` or `module.path:function`, optionally called as a factory."""
+def import_callable(spec: str, what: str = "reward source", error: type = RewardSourceError,
+                    key: str = "reward.function") -> Callable:
+    """`path/to/file.py:function` or `module.path:function`, optionally called as a factory. `what` and
+    `key` name the setting in the one-line `error` (the tools and environments of a run load through here)."""
     where, _, attr = spec.rpartition(":")
-    attr, args, kwargs = _literal_call(attr.strip(), spec)
+    attr, args, kwargs = _literal_call(attr.strip(), spec, what, error)
     if where.endswith(".py") or "/" in where:
         try:
-            fn = load_function(f"{where}:{attr}")
-        except RewardSourceError as err:
-            raise RewardSourceError(f"reward source {spec!r}: {err}") from None
+            fn = load_function(f"{where}:{attr}", key, error)
+        except error as err:
+            raise error(f"{what} {spec!r}: {err}") from None
     else:
         try:
             module = importlib.import_module(where)
         except Exception as err:  # noqa: BLE001 - any import failure is the user's to fix
-            raise RewardSourceError(f"reward source {spec!r}: cannot import module {where}: "
-                                    f"{type(err).__name__}: {err}") from None
+            raise error(f"{what} {spec!r}: cannot import module {where}: {type(err).__name__}: {err}") from None
         fn = getattr(module, attr, None)
         if fn is None or not callable(fn):
-            raise RewardSourceError(f"reward source {spec!r}: module {where} has no function {attr!r}")
+            raise error(f"{what} {spec!r}: module {where} has no function {attr!r}")
     if args is not None:
         try:
             fn = fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - the factory rejected its arguments
-            raise RewardSourceError(f"reward source {spec!r}: {attr}(...) failed: "
-                                    f"{type(err).__name__}: {err}") from None
+            raise error(f"{what} {spec!r}: {attr}(...) failed: {type(err).__name__}: {err}") from None
         if not callable(fn):
-            raise RewardSourceError(f"reward source {spec!r}: {attr}(...) returned a {type(fn).__name__}, "
-                                    "not a reward function")
+            raise error(f"{what} {spec!r}: {attr}(...) returned a {type(fn).__name__}, not a {what.split()[0]} function")
     return fn
 
 
@@ -160,7 +159,7 @@ def resolve(cfg) -> list[Source]:
                 raise RewardSourceError("reward sentiment needs reward.model=<Hub id, folder or asset:imdb-sentiment>")
             source = Source(spec, spec, "builtin")
         elif ":" in spec and not spec.startswith("asset:"):
-            fn = _import_function(spec)
+            fn = import_callable(spec)
             try:
                 required_params(fn)
             except RewardSourceError as err:

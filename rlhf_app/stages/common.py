@@ -71,7 +71,6 @@ def load_tokenizer(cfg: TrainConfig):
     before any model loads."""
     from transformers import AutoTokenizer
 
-    from rlhf_app.assets import chat_templates
     from rlhf_app.assets.registry import resolve
     from rlhf_app.failures import hub_access
 
@@ -81,7 +80,9 @@ def load_tokenizer(cfg: TrainConfig):
                                                   trust_remote_code=cfg.model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return path, chat_templates.apply(tokenizer, cfg.model.chat_template)
+    from rlhf_app.models.policy import set_chat_template
+
+    return path, set_chat_template(tokenizer, cfg.model.chat_template)
 
 
 def total_steps(section, num_rows: int, num_processes: int) -> int:
