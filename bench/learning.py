@@ -1,11 +1,14 @@
 """`make bench-learning`: the real-LLM offline recipes trained end to end, figures in bench/learning.json.
 
-    .venv/bin/python bench/learning.py [--only imdb-offline|gsm8k-offline|gsm8k-pipeline-offline] [--keep-cache]
-        [--jobs 1|2] [key=value ...]
+    .venv/bin/python bench/learning.py [--only imdb-offline|gsm8k-offline|gsm8k-pipeline-offline|gsm8k-tools-offline]
+        [--keep-cache] [--jobs 1|2] [key=value ...]
 
-gsm8k-pipeline-offline is a pipeline (scripts/pipeline.py: SFT, then PPO); after it, bench/phases.py
-scores the base model, the SFT model and the PPO model on the same 300 generated problems and the 55
-real items (greedy, the vLLM engine), timed apart from the pipeline.
+gsm8k-pipeline-offline and gsm8k-tools-offline are pipelines (scripts/pipeline.py: SFT, then PPO); after
+each, bench/phases.py scores the base model, the SFT model and the PPO model on the same 300 generated
+problems and the 55 real items (greedy, the vLLM engine), timed apart from the pipeline. gsm8k-tools-offline
+calls a calculator (its phases add tool calls per episode and call success); its no-tool twin on the same
+budget is gsm8k-pipeline-offline (TOOLS_TWIN), and each phase's accuracy with tools is set against the twin's
+in standard errors of the difference (`against_no_tools`) whenever bench/learning.json holds both.
 
 The assets both recipes use are first built into a clean cache (bench/work/learning/cache, reused
 with --keep-cache), each build timed apart. Then each recipe runs in its own process
@@ -35,9 +38,10 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 WORK = BENCH / "work" / "learning"
 OUT_JSON, OUT_REPORTS = BENCH / "learning.json", BENCH / "learning"
-RECIPES = ("imdb-offline", "gsm8k-offline", "gsm8k-pipeline-offline")
-PIPELINES = ("gsm8k-pipeline-offline",)  # run with scripts/pipeline.py; their PPO stage is in ppo/
-ASSETS = ("smollm2-135m-instruct", "imdb-sentiment", "gsm8k-sft")  # what the recipes load
+RECIPES = ("imdb-offline", "gsm8k-offline", "gsm8k-pipeline-offline", "gsm8k-tools-offline")
+PIPELINES = ("gsm8k-pipeline-offline", "gsm8k-tools-offline")  # run with scripts/pipeline.py; PPO is in ppo/
+TOOLS_TWIN = {"gsm8k-tools-offline": "gsm8k-pipeline-offline"}  # with tools -> the same budget without
+ASSETS = ("smollm2-135m-instruct", "imdb-sentiment", "gsm8k-sft", "gsm8k-tools-sft")  # what the recipes load
 PHASES = ("update_s", "generate_s", "reward_s", "forward_s", "train_s", "weight_sync_s")
 GENERATED_EVAL = 32  # generated GSM problems (training templates, unseen seed) scored before and after
 sys.path.insert(0, str(ROOT))
@@ -217,9 +221,12 @@ def headline(recipe: str, r: dict) -> str:
     b, a = r["before"], r["after"]
     if "phases" in r and "phases" in r["phases"]:
         ph = r["phases"]["phases"]
+        tools = [f"{name} tool calls/episode {ph['ppo'][name]['tool_calls_per_episode']:.2f}, success "
+                 f"{ph['ppo'][name]['tool_call_success'] or 0:.3f}"
+                 for name in ("generated", "real") if "tool_calls_per_episode" in ph["ppo"][name]]
         return f"{recipe}: {r['wall_s'] / 60:.1f} min + {r['phases_eval_s'] / 60:.1f} min of phase evals; " + "; ".join(
-            f"{name} strict " + " -> ".join(f"{ph[p][name]['accuracy_strict']:.3f}" for p in ("base", "sft", "ppo"))
-            for name in ("generated", "real"))
+            [f"{name} strict " + " -> ".join(f"{ph[p][name]['accuracy_strict']:.3f}" for p in ("base", "sft", "ppo"))
+             for name in ("generated", "real")] + tools)
     parts = [f"{r['wall_s'] / 60:.1f} min, {r['updates']} updates, {r['s_per_update']['update_s']:.1f} s/update, "
              f"peak {r['peak_rss_mib']:.0f} MiB, KL {r['kl_final']:.2f}"]
     for key in ("positive_share", "format_share", "format_end_share", "accuracy_strict", "accuracy_flexible",
@@ -227,6 +234,25 @@ def headline(recipe: str, r: dict) -> str:
         if b.get(key) is not None:
             parts.append(f"{key} {b[key]:.3f} -> {a[key]:.3f}")
     return f"{recipe}: " + "; ".join(parts)
+
+
+def against_no_tools(tools: dict, twin: dict) -> dict:
+    """Each phase's strict accuracy with tools minus the no-tool twin's, per problem set, in standard errors of
+    the difference (bench/phases.py's arithmetic): {"sft/generated": {"diff", "se", "in_se"}, ...}."""
+    import math
+
+    out = {}
+    a, b = tools.get("phases", {}).get("phases"), twin.get("phases", {}).get("phases")
+    for phase in ("base", "sft", "ppo"):
+        for name in ("generated", "real"):
+            try:
+                x, y = a[phase][name], b[phase][name]
+            except (KeyError, TypeError):
+                continue
+            se = math.hypot(x["accuracy_strict_se"], y["accuracy_strict_se"])
+            diff = x["accuracy_strict"] - y["accuracy_strict"]
+            out[f"{phase}/{name}"] = {"diff": diff, "se": se, "in_se": diff / se if se else None}
+    return out
 
 
 def write_results(results: dict, run: dict) -> None:
@@ -238,6 +264,9 @@ def write_results(results: dict, run: dict) -> None:
     doc = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
     recipes = doc.get("recipes", {})
     recipes.update({name: {**r, "run": run} for name, r in results.items()})
+    for tools, twin in TOOLS_TWIN.items():
+        if tools in recipes and twin in recipes:
+            recipes[tools]["against_no_tools"] = {"twin": twin, **against_no_tools(recipes[tools], recipes[twin])}
     write_json(OUT_JSON, {**run, "recipes": recipes})
 
 
