@@ -11,7 +11,7 @@ under async the trainer and the engine's thread each run that many, so on 2 core
     python bench/overlap.py --recipes demo,gsm8k-offline --updates 20 --pairs 2 --out bench/overlap.json
 
 Results (JSON, default runs/bench-overlap/results.json: a quick run never touches the committed
-file) hold each run's s/update, updates/s, phase times, scores per update and the load average.
+file; a file that exists keeps the recipes this run did not run) hold each run's s/update, updates/s, phase times, scores per update and the load average.
 """
 
 from __future__ import annotations
@@ -97,9 +97,20 @@ def main(argv=None) -> None:
         print("update  " + "  ".join(f"{n:>10}" for n in names))
         for i in range(args.updates):
             print(f"{i + 1:>6}  " + "  ".join(f"{curves[n][i]:>10.3f}" for n in names))
+    merged = _merge(args.out, summary, runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"cores": cores, "summary": summary, "runs": runs}, indent=1))
-    print(f"results: {args.out}")
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"cores": cores, **merged}, indent=1))
+    tmp.replace(args.out)
+    print(f"results: {args.out} (recipes {', '.join(summary)} replaced; others kept)")
+
+
+def _merge(out: Path, summary: dict, runs: list[dict]) -> dict:
+    """The file's other recipes kept, this run's recipes replaced: long benches run recipe by recipe."""
+    old = json.loads(out.read_text()) if out.exists() else {"summary": {}, "runs": []}
+    kept = [r for r in old.get("runs", []) if r["recipe"] not in summary]
+    return {"summary": {**{k: v for k, v in old.get("summary", {}).items() if k not in summary}, **summary},
+            "runs": kept + runs}
 
 
 if __name__ == "__main__":
