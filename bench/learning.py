@@ -1,11 +1,14 @@
 """`make bench-learning`: the real-LLM offline recipes trained end to end, figures in bench/learning.json.
 
-    .venv/bin/python bench/learning.py [--only imdb-offline|gsm8k-offline|gsm8k-pipeline-offline|imdb-rlhf-offline]
+    .venv/bin/python bench/learning.py [--only imdb-offline|gsm8k-offline|gsm8k-pipeline-offline|gsm8k-tools-offline|imdb-rlhf-offline]
         [--seeds 0 1 ...] [--pairs-scale 0.5] [--quick] [--out PATH] [--keep-cache] [--jobs 1|2] [key=value ...]
 
-gsm8k-pipeline-offline is a pipeline (scripts/pipeline.py: SFT, then PPO); after it, bench/phases.py
+gsm8k-pipeline-offline and gsm8k-tools-offline are pipelines (scripts/pipeline.py: SFT, then PPO); after each, bench/phases.py
 scores the base model, the SFT model and the PPO model on the same 300 generated problems and the 55
-real items (greedy, the vLLM engine), timed apart from the pipeline. imdb-rlhf-offline (pairs -> reward
+real items (greedy, the vLLM engine), timed apart from the pipeline. gsm8k-tools-offline calls a calculator (its
+phases add tool calls per episode and call success); its no-tool twin on the same budget is gsm8k-pipeline-offline
+(TOOLS_TWIN), each phase's accuracy with tools set against the twin's in standard errors (`against_no_tools`).
+imdb-rlhf-offline (pairs -> reward
 model -> PPO against it, the classifier as reward.gold): figures from its folder (bench/learning_rlhf.py);
 `--pairs-scale 0.5` pairs half the prompts, `--seeds 0 1 2` one run per seed (bench/learning_plan.py: entries
 NAME@pairs0.5, NAME@seedS, NAME@mean). A full run merges into the committed bench/learning.json (reports in
@@ -37,10 +40,12 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 WORK = BENCH / "work" / "learning"
 OUT_JSON, OUT_REPORTS = BENCH / "learning.json", BENCH / "learning"
-RECIPES = ("imdb-offline", "gsm8k-offline", "gsm8k-pipeline-offline", "imdb-rlhf-offline")
-PIPELINES = ("gsm8k-pipeline-offline", "imdb-rlhf-offline")  # run with scripts/pipeline.py; PPO stage in ppo/
+RECIPES = ("imdb-offline", "gsm8k-offline", "gsm8k-pipeline-offline", "gsm8k-tools-offline", "imdb-rlhf-offline")
+PIPELINES = ("gsm8k-pipeline-offline", "gsm8k-tools-offline", "imdb-rlhf-offline")  # scripts/pipeline.py; PPO in ppo/
+TOOLS_TWIN = {"gsm8k-tools-offline": "gsm8k-pipeline-offline"}  # with tools -> the same budget without
 ASSETS = {"imdb-offline": ("smollm2-135m-instruct", "imdb-sentiment"),  # what each recipe loads
           "gsm8k-offline": ("smollm2-135m-instruct",), "gsm8k-pipeline-offline": ("smollm2-135m-instruct", "gsm8k-sft"),
+          "gsm8k-tools-offline": ("smollm2-135m-instruct", "gsm8k-tools-sft"),
           "imdb-rlhf-offline": ("smollm2-135m-instruct", "imdb-sentiment")}
 PHASES = ("update_s", "generate_s", "reward_s", "forward_s", "train_s", "weight_sync_s")
 GENERATED_EVAL = 32  # generated GSM problems (training templates, unseen seed) scored before and after
@@ -238,9 +243,12 @@ def headline(recipe: str, r: dict) -> str:
     b, a = r["before"], r["after"]
     if "phases" in r and "phases" in r["phases"]:
         ph = r["phases"]["phases"]
+        tools = [f"{name} tool calls/episode {ph['ppo'][name]['tool_calls_per_episode']:.2f}, success "
+                 f"{ph['ppo'][name]['tool_call_success'] or 0:.3f}"
+                 for name in ("generated", "real") if "tool_calls_per_episode" in ph["ppo"][name]]
         return f"{recipe}: {r['wall_s'] / 60:.1f} min + {r['phases_eval_s'] / 60:.1f} min of phase evals; " + "; ".join(
-            f"{name} strict " + " -> ".join(f"{ph[p][name]['accuracy_strict']:.3f}" for p in ("base", "sft", "ppo"))
-            for name in ("generated", "real"))
+            [f"{name} strict " + " -> ".join(f"{ph[p][name]['accuracy_strict']:.3f}" for p in ("base", "sft", "ppo"))
+             for name in ("generated", "real")] + tools)
     parts = [f"{r['wall_s'] / 60:.1f} min, {r['updates']} updates, {r['s_per_update']['update_s']:.1f} s/update, "
              f"peak {r['peak_rss_mib']:.0f} MiB, KL {r['kl_final']:.2f}"]
     for key in ("positive_share", "format_share", "format_end_share", "accuracy_strict", "accuracy_flexible",
@@ -250,6 +258,25 @@ def headline(recipe: str, r: dict) -> str:
     return f"{recipe}: " + "; ".join(parts)
 
 
+def against_no_tools(tools: dict, twin: dict) -> dict:
+    """Each phase's strict accuracy with tools minus the no-tool twin's, per problem set, in standard errors of
+    the difference (bench/phases.py's arithmetic): {"sft/generated": {"diff", "se", "in_se"}, ...}."""
+    import math
+
+    out = {}
+    a, b = tools.get("phases", {}).get("phases"), twin.get("phases", {}).get("phases")
+    for phase in ("base", "sft", "ppo"):
+        for name in ("generated", "real"):
+            try:
+                x, y = a[phase][name], b[phase][name]
+            except (KeyError, TypeError):
+                continue
+            se = math.hypot(x["accuracy_strict_se"], y["accuracy_strict_se"])
+            diff = x["accuracy_strict"] - y["accuracy_strict"]
+            out[f"{phase}/{name}"] = {"diff": diff, "se": se, "in_se": diff / se if se else None}
+    return out
+
+
 def write_results(results: dict, run: dict, path: Path = OUT_JSON) -> None:
     """Merge this run's recipes into `path` (bench/learning.json for a full run), read again just before the
     write, so a partial run (--only) keeps the other recipe's figures; each recipe keeps the run facts it was
@@ -257,6 +284,9 @@ def write_results(results: dict, run: dict, path: Path = OUT_JSON) -> None:
     doc = json.loads(path.read_text()) if path.is_file() else {}
     recipes = doc.get("recipes", {})
     recipes.update({name: {**r, "run": run} for name, r in results.items()})
+    for tools, twin in TOOLS_TWIN.items():
+        if tools in recipes and twin in recipes:
+            recipes[tools]["against_no_tools"] = {"twin": twin, **against_no_tools(recipes[tools], recipes[twin])}
     outputs.write_result({**run, "recipes": with_means(recipes)}, path)
 
 

@@ -8,6 +8,11 @@ RUN_DIR is a finished `rlhf-app pipeline` folder (RUN_DIR/sft/final, RUN_DIR/ppo
 GSM8K test items whose templates never trained. Every phase answers greedily (do_sample=false) with
 the PPO stage's prompt and response length, scored by its reward (the GSM8K checker): strict and
 flexible accuracy, format_end_share, each with its standard error sqrt(p(1-p)/n). One JSON line out.
+
+With tools (the PPO stage's rollout.tools, e.g. gsm8k-tools-offline) every phase answers through the engines'
+tool loop with the recipe's chat template (model.chat_template, the base model's too), and each set adds
+tool calls per episode, the share of episodes that called, and call success (calls that did not fail), read
+from the `tool_calls` / `tool_failures` columns the engines put in each rollout.
 """
 
 from __future__ import annotations
@@ -42,8 +47,33 @@ def problem_sets(cfg, n_generated: int) -> dict[str, list[dict]]:
     return {"generated": generated, "real": gsm8k.eval_problems()}
 
 
-def figures(entry: dict, n: int) -> dict:
-    out = {"n": n, "mean_score": entry["mean_score"]}
+class ToolCount:
+    """The reward, recording each episode's tool calls and failed calls (the engines' rollout columns) as it
+    scores them: what the evaluation's result does not keep."""
+
+    def __init__(self, reward_fn):
+        self.reward_fn, self.calls, self.failures = reward_fn, [], []
+
+    def __call__(self, prompts, completions, **columns):
+        if "tool_calls" in columns:
+            self.calls += [int(c) for c in columns["tool_calls"]]
+            self.failures += [int(f) for f in columns.get("tool_failures", [0] * len(completions))]
+        return self.reward_fn(prompts, completions, **columns)
+
+    def __getattr__(self, name):  # extra_metrics and the rest: the reward's own
+        return getattr(self.reward_fn, name)
+
+    def figures(self) -> dict:
+        if not self.calls:
+            return {}
+        calls, failed = sum(self.calls), sum(self.failures)
+        return {"tool_calls_per_episode": calls / len(self.calls),
+                "episodes_with_calls": sum(c > 0 for c in self.calls) / len(self.calls),
+                "tool_call_success": (calls - failed) / calls if calls else None}
+
+
+def figures(entry: dict, n: int, tools: dict | None = None) -> dict:
+    out = {"n": n, "mean_score": entry["mean_score"], **(tools or {})}
     for key in KEYS:
         p = entry["extra"].get(key)
         if p is not None:
@@ -63,6 +93,7 @@ def evaluate_phases(run_dir: Path, n_generated: int, engine_name: str | None = N
     from rlhf_app.data import prompts as data
     from rlhf_app.engines import build_engine
     from rlhf_app.models import policy as models
+    from rlhf_app.models.policy import set_chat_template
 
     cfg = load_config([f"recipe={run_dir / 'ppo' / 'config.yaml'}", "ppo.do_sample=false"])
     if engine_name:
@@ -80,16 +111,18 @@ def evaluate_phases(run_dir: Path, n_generated: int, engine_name: str | None = N
     for phase, folder in phases.items():
         start = time.time()
         model, tokenizer = models.load_policy(folder, dtype="float32")
+        set_chat_template(tokenizer, cfg.model.chat_template)  # the base model's too: the recipe's template
         if datasets is None:
             datasets = {name: Dataset.from_list(data.gsm8k_rows(problems, tokenizer, cfg, f"{name} eval"))
                         for name, problems in problem_sets(cfg, n_generated).items()}
         if engine is None and cfg.rollout.engine == "vllm":
             engine = build_engine(cfg, accelerator, model, tokenizer)
         model = model.to(device).eval()
-        out["phases"][phase] = {
-            name: figures(evaluation.evaluate_policy(cfg, model, tokenizer, ds, reward_fn, device, engine=engine),
-                          len(ds))
-            for name, ds in datasets.items()}
+        out["phases"][phase] = {}
+        for name, ds in datasets.items():
+            counted = ToolCount(reward_fn)
+            entry = evaluation.evaluate_policy(cfg, model, tokenizer, ds, counted, device, engine=engine)
+            out["phases"][phase][name] = figures(entry, len(ds), counted.figures())
         out["phases"][phase]["eval_s"] = round(time.time() - start, 1)
     out["gains"] = gains(out["phases"])
     return out

@@ -114,10 +114,13 @@ def check_settings(cfg) -> tuple[list, str | None]:
     imported, a push that cannot work, a missing extra or vLLM, one line each.
     -> (the reward sources, the Hub token or None)"""
     from rlhf_app import extras, rewards
+    from rlhf_app.assets import chat_templates
     from rlhf_app.models.loading import quantization_problem
 
     if quantization_problem(cfg):
         raise PreflightError(quantization_problem(cfg))
+    if cfg.model.chat_template:
+        chat_templates.read(cfg.model.chat_template)  # no such asset or file: one line
     reward_sources = rewards.resolve_sources(cfg)
     if cfg.rollout.uses_tools:  # imported and checked now; an environment's get_reward scores as TRL's does
         from rlhf_app.engines.tool_specs import resolve_tools, reward_sources as environment_rewards

@@ -47,6 +47,33 @@ def build_tiny(out: Path) -> dict:
     return {"params": sum(p.numel() for p in model.parameters()), "vocab": len(vocab)}
 
 
+def build_tiny_chat(out: Path) -> dict:
+    """The tiny model's shape on every printable ASCII character, `<|im_start|>` and `<|im_end|>` (EOS), with
+    the ChatML tool-calling template (asset:chatml-tools): the tests' model for chats, tools and the SFT stage."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from rlhf_app.assets import chat_templates
+
+    special = ["<pad>", "<|im_end|>", "<unk>", "<|im_start|>"]
+    vocab = {token: i for i, token in enumerate(special + [chr(c) for c in range(32, 127)] + ["\n"])}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.add_special_tokens(special)
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<|im_end|>",
+                                        bos_token="<|im_start|>", unk_token="<unk>", padding_side="left")
+    chat_templates.apply(tokenizer, "asset:chatml-tools")
+    config = GPT2Config(vocab_size=len(vocab), n_positions=1024, n_embd=64, n_layer=2, n_head=2,
+                        bos_token_id=3, eos_token_id=1, pad_token_id=0)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config)
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"params": sum(p.numel() for p in model.parameters()), "vocab": len(vocab)}
+
+
 # The other builders import torch and train: imported on first call.
 def build_imdb_sentiment(out: Path) -> dict:
     from rlhf_app.assets.imdb_models import build_imdb_sentiment
@@ -81,18 +108,26 @@ def build_gsm8k_sft(out: Path) -> dict:
     return build_sft(out)
 
 
+def build_gsm8k_tools_sft(out: Path) -> dict:
+    from rlhf_app.assets.gsm8k_tools import build_tools_sft
+
+    return build_tools_sft(out)
+
+
 # name -> builder(out_dir) -> info dict stored as asset.json beside the files.
 BUILDERS = {
     "tiny": build_tiny,
     "tiny-tools": build_tiny_tools,
+    "tiny-chat": build_tiny_chat,  # the tiny model on ASCII with ChatML and tool calls (tests)
     "imdb-sentiment": build_imdb_sentiment,
     "demo-policy": build_demo_policy,
     "smollm2-135m-instruct": build_smollm2,
     "gsm8k-sft": build_gsm8k_sft,  # a dataset: the GSM8K pipeline's supervised set (a train.jsonl)
+    "gsm8k-tools-sft": build_gsm8k_tools_sft,  # the same problems, each arithmetic step a calculator call
 }
 # Rough first-build time on a 2-core CPU, shown before a build starts.
-BUILD_TIME = {"tiny": "~1 s", "tiny-tools": "~1 s", "imdb-sentiment": "~1 min", "demo-policy": "~4 min",
-              "smollm2-135m-instruct": "~1 min", "gsm8k-sft": "~5 s"}
+BUILD_TIME = {"tiny": "~1 s", "tiny-tools": "~1 s", "tiny-chat": "~1 s", "imdb-sentiment": "~1 min",
+              "demo-policy": "~4 min", "smollm2-135m-instruct": "~1 min", "gsm8k-sft": "~5 s", "gsm8k-tools-sft": "~10 s"}
 
 
 def resolve(name_or_path: str) -> str:
@@ -118,7 +153,7 @@ def _build(name: str, target: Path, replace: bool) -> None:
 
 
 # Figures `list` shows, in this order, when an asset.json holds them.
-LISTED = ("heldout_accuracy", "heldout_accuracy_32_tokens", "heldout_loss", "heldout_perplexity",
+LISTED = ("rows", "calls_per_row", "heldout_accuracy", "heldout_accuracy_32_tokens", "heldout_loss", "heldout_perplexity",
           "tokens_per_s", "steps", "params", "build_seconds", "quick")
 
 

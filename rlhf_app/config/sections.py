@@ -39,7 +39,8 @@ class ModelConfig:
     bnb_4bit_quant_type: str = "nf4"  # nf4 | fp4
     use_bnb_nested_quant: bool = False
     # The tokenizer's chat template, replacing the model's own in every stage and engine (and saved with it):
-    # a .jinja file or the template text; None: the model's. E.g. one with tool support (docs/tools.md).
+    # asset:chatml-tools (ChatML with tool calls, for SmolLM2), a .jinja file or the template text; None: the
+    # model's. E.g. one with tool support (docs/tools.md).
     chat_template: Optional[str] = None
 
     def __post_init__(self):
@@ -55,12 +56,13 @@ class ModelConfig:
 
 
 def _check_chat_template(template: Optional[str]) -> None:
-    """Template text holds Jinja tags ({{ or {%); anything else names a file that must exist."""
-    if template is None or "{{" in template or "{%" in template:
+    """Template text holds Jinja tags ({{ or {%); asset:NAME is a shipped one (assets/chat_templates.py checks the
+    name); anything else names a file that must exist."""
+    if template is None or "{{" in template or "{%" in template or template.startswith("asset:"):
         return
     if not Path(template).expanduser().is_file():
         raise ConfigError(f"model.chat_template={template!r} is neither a file nor a Jinja template: give a .jinja "
-                          f"file (relative paths start at {Path.cwd()}) or the template text")
+                          f"file (relative paths start at {Path.cwd()}), the template text or asset:chatml-tools")
 
 
 @dataclass

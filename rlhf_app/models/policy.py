@@ -100,12 +100,11 @@ class PolicyAndValue(nn.Module):
 
 
 def set_chat_template(tokenizer, chat_template: str | None):
-    """model.chat_template (a .jinja file or the template text) in place of the tokenizer's own; None: kept."""
-    if chat_template is not None:
-        text = chat_template if "{{" in chat_template or "{%" in chat_template else \
-            Path(chat_template).expanduser().read_text()
-        tokenizer.chat_template = text
-    return tokenizer
+    """model.chat_template (asset:NAME, a .jinja file or the template text) in place of the tokenizer's own, with
+    the response_template that parses its tool calls back when it ships one; None: kept."""
+    from rlhf_app.assets import chat_templates
+
+    return chat_templates.apply(tokenizer, chat_template)
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None, chat_template: str | None = None):

@@ -65,7 +65,8 @@ def lora(cfg: TrainConfig, task_type: str, modules_to_save: list[str] | None = N
 
 
 def load_tokenizer(cfg: TrainConfig):
-    """The tokenizer of model.name_or_path (asset:NAME resolved), for the data checks before any model loads."""
+    """The tokenizer of model.name_or_path (asset:NAME resolved) with model.chat_template, for the data checks
+    before any model loads."""
     from transformers import AutoTokenizer
 
     from rlhf_app.assets.registry import resolve

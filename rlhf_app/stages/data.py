@@ -58,7 +58,25 @@ def check_sft(ds, section, tokenizer, where) -> bool:
     if column == "messages" and not conversational:
         raise DataError(f"{where(0)}: 'messages' must hold a list of {{role, content}} messages")
     _needs_template(conversational, tokenizer, "sft", section.dataset)
+    if conversational:
+        _check_tool_turns(ds, "messages" if column == "messages" else "completion", section, tokenizer)
     return conversational
+
+
+def _check_tool_turns(ds, column: str, section, tokenizer) -> None:
+    """Conversations with tool turns need a template that renders them, and the loss on the assistant turns
+    only: else the model is trained to write the tools' results itself."""
+    if not any(m.get("role") == "tool" for turns in ds[column] for m in turns):
+        return
+    from trl.chat_template_utils import supports_tool_calling
+
+    if not supports_tool_calling(tokenizer):
+        raise DataError(f"sft.dataset={section.dataset} holds tool turns but the chat template of model.name_or_path "
+                        "cannot render tool calls: set model.chat_template=asset:chatml-tools (ChatML) or a .jinja "
+                        "file with tool support")
+    if not section.assistant_only_loss:
+        raise DataError(f"sft.dataset={section.dataset} holds tool turns: set sft.assistant_only_loss=true, so the "
+                        "loss is on the assistant turns and not on the tools' results")
 
 
 def check_pairs(ds, section, tokenizer, where) -> bool:
