@@ -98,12 +98,12 @@ def test_resolve_builds_once_and_names_unknown_assets(tmp_path, monkeypatch, cap
     assert capsys.readouterr().out.count("building asset:tiny") == 1
     assert [p.name for p in tmp_path.iterdir()] == ["tiny"]  # no temporary folder left behind
     assert assets.resolve("gpt2") == "gpt2"
-    with pytest.raises(ValueError, match="unknown asset 'nope': available are asset:tiny, asset:imdb-sentiment"):
+    with pytest.raises(ValueError, match="unknown asset .nope.: available are asset:tiny, .*asset:imdb-sentiment"):
         assets.resolve("asset:nope")
     rebuilt = assets.rebuild("tiny")  # --force: a new copy replaces the old one whole
     assert rebuilt == first and os.stat(os.path.join(first, "asset.json")).st_mtime_ns != stamp
     assert [p.name for p in tmp_path.iterdir()] == ["tiny"]
-    with pytest.raises(SystemExit, match="unknown asset 'nope': available are tiny, imdb-sentiment"):
+    with pytest.raises(SystemExit, match="unknown asset 'nope': available are tiny, .*imdb-sentiment"):
         assets.main(["build", "nope"])
     assert assets.main(["list"]) == 0
     assert "asset:tiny: " + str(tmp_path / "tiny") in capsys.readouterr().out

@@ -236,7 +236,7 @@ def test_bench_counts_tool_calls_and_sets_the_recipe_against_its_no_tool_twin():
                                  "tool_call_success": 5 / 6}
     assert phases.ToolCount(reward).figures() == {}  # no tools: nothing added
     assert learning.TOOLS_TWIN["gsm8k-tools-offline"] in learning.RECIPES
-    assert set(learning.TOOLS_TWIN) <= set(learning.PIPELINES) and "gsm8k-tools-sft" in learning.ASSETS
+    assert set(learning.TOOLS_TWIN) <= set(learning.PIPELINES) and "gsm8k-tools-sft" in learning.ASSETS["gsm8k-tools-offline"]
 
     def entry(p, se):
         return {"phases": {"phases": {"ppo": {"generated": {"accuracy_strict": p, "accuracy_strict_se": se}}}}}
