@@ -24,9 +24,8 @@ def build_tiny(out: Path) -> dict:
     Small enough that PPO moves it within a minute of CPU: the model of the tests and the
     `tiny` recipe. Deterministic: the same seed always gives the same weights.
     """
-    import torch
     from tokenizers import Tokenizer, decoders, models, normalizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
     for char in " abcdefghijklmnopqrstuvwxyz.,!?'":
@@ -37,22 +36,29 @@ def build_tiny(out: Path) -> dict:
     core.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
                                         unk_token="<unk>", padding_side="left")
-    config = GPT2Config(vocab_size=len(vocab), n_positions=256, n_embd=64, n_layer=2, n_head=2,
-                        bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    return _save_tiny_gpt2(out, tokenizer, len(vocab), n_positions=256, bos=1, eos=1)
+
+
+def _save_tiny_gpt2(out: Path, tokenizer, vocab_size: int, n_positions: int, bos: int, eos: int) -> dict:
+    """The tiny models' shape (2 layers, 64 dims, pad 0), initialised from seed 0, saved with its tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=64, n_layer=2, n_head=2,
+                        bos_token_id=bos, eos_token_id=eos, pad_token_id=0)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)
     model.generation_config.pad_token_id = 0
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return {"params": sum(p.numel() for p in model.parameters()), "vocab": len(vocab)}
+    return {"params": sum(p.numel() for p in model.parameters()), "vocab": vocab_size}
 
 
 def build_tiny_chat(out: Path) -> dict:
     """The tiny model's shape on every printable ASCII character, `<|im_start|>` and `<|im_end|>` (EOS), with
     the ChatML tool-calling template (asset:chatml-tools): the tests' model for chats, tools and the SFT stage."""
-    import torch
     from tokenizers import Tokenizer, decoders, models
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     from rlhf_app.assets import chat_templates
 
@@ -64,14 +70,7 @@ def build_tiny_chat(out: Path) -> dict:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<|im_end|>",
                                         bos_token="<|im_start|>", unk_token="<unk>", padding_side="left")
     chat_templates.apply(tokenizer, "asset:chatml-tools")
-    config = GPT2Config(vocab_size=len(vocab), n_positions=1024, n_embd=64, n_layer=2, n_head=2,
-                        bos_token_id=3, eos_token_id=1, pad_token_id=0)
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(config)
-    model.generation_config.pad_token_id = 0
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return {"params": sum(p.numel() for p in model.parameters()), "vocab": len(vocab)}
+    return _save_tiny_gpt2(out, tokenizer, len(vocab), n_positions=1024, bos=3, eos=1)
 
 
 # The other builders import torch and train: imported on first call.
