@@ -15,7 +15,7 @@ STAMP := $(VENV)/.setup-done
 # HF_HUB_OFFLINE=1 below), every Hub call (rlhf_app/offline.py).
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser test test-fast demo train bench bench-engines bench-learning bench-race gpu-check clean
+.PHONY: setup browser test test-bench test-fast demo train bench bench-engines bench-learning bench-race gpu-check clean
 
 setup: $(STAMP)
 
@@ -51,7 +51,11 @@ browser:
 		"'apt-get install chromium', or give CHROMIUM=/path/to/chromium" >&2; exit 1; fi
 
 test: setup browser
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not bench" tests
+
+# The benches' own smoke runs on the tiny model (a quick race, a quick GRPO bench): ~2 min more.
+test-bench: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m bench tests
 
 # The inner loop (< 3 min on 2 cores): every test but those marked slow (pyproject.toml's markers).
 test-fast: setup

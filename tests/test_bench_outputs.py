@@ -66,6 +66,7 @@ def test_each_bench_refuses_to_write_a_quick_run_over_its_committed_file(script,
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_a_quick_grpo_bench_writes_its_own_file():
     committed = BENCH / "grpo_results.json"
     before = _digest(committed)

@@ -211,6 +211,7 @@ def test_trl_gets_our_lora_our_clipped_reward_and_a_valid_grpo_config(tmp_path):
 # ---------------------------------------------------------------- the whole race, tiny
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_a_quick_race_runs_every_side_and_recipe(tmp_path):
     out = tmp_path / "race.json"
     proc = subprocess.run([sys.executable, str(BENCH / "race.py"), "--quick", "--threads", "1", "--out", str(out)],
