@@ -101,16 +101,27 @@ bench: setup $(PEER_STAMP)
 bench-engines: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/engines.py $(ENGINE_ARGS)
 
-# Both real-LLM offline recipes end to end from a clean asset cache (~1 h on 2 cores):
-# bench/learning.json and bench/learning/*-report.html (README "Results").
+# Every real-LLM offline recipe end to end from a clean asset cache, 3 seeds each (bench/learning.py --seeds,
+# default 0 1 2; ~7.5 h on 2 cores): bench/learning.json (NAME@seedS, NAME@mean) and bench/learning/*-report.html;
+# then the race against TRL's GRPOTrainer (bench/race.py with RACE_ARGS, 3 seeds; ~9.5 h), then the README's
+# results tables (bench/learning_table.py). Skip the race: make bench-learning RACE=0. Piece by piece, each
+# merged into the committed JSON: make bench-learning ARGS="--only imdb-offline --seeds 1" RACE=0
+RACE ?= 1
+RACE_ARGS ?= $(filter --quick,$(ARGS))
 bench-learning: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/learning.py $(ARGS)
+ifneq ($(RACE),0)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/race.py $(RACE_ARGS)
+endif
+	$(BIN)/python bench/learning_table.py --write README.md
 
-# The race (docs/performance.md, "The race against TRL's GRPOTrainer"): held-out score against training wall
-# time, rlhf_app PPO and GRPO against TRL 1.16's GRPOTrainer, merged into bench/race.json run by run.
-# Hours on 2 cores: run it piece by piece, e.g. make bench-race ARGS="--only imdb --sides ours --seed 0".
+# The race alone (docs/performance.md, "The race against TRL's GRPOTrainer"; make bench-learning runs it too):
+# held-out score against training wall time, rlhf_app PPO and GRPO against TRL 1.16's GRPOTrainer, merged into
+# bench/race.json run by run. Hours on 2 cores: run it piece by piece, e.g.
+# make bench-race ARGS="--only imdb --sides ours --seed 0".
 bench-race: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/race.py $(ARGS)
+	$(BIN)/python bench/learning_table.py --write README.md
 
 # On a CUDA machine: install the GPU extras, then <= 8 min of checks (vLLM colocated in sleep mode,
 # ZeRO-2/3 and FSDP2 with exact resume, QLoRA), figures in bench/work/gpu_check.json. Refuses without CUDA.

@@ -120,23 +120,3 @@ def headline(r: dict) -> str:
             f"{_fmt(peak.get(GOLD_SHARE))} at gold-best (update {peak.get('step')}, KL {_fmt(peak.get('kl'), '.2f')}) "
             f"-> {_fmt(end.get(GOLD_SHARE))} at the end (KL {_fmt(end.get('kl'), '.2f')}); proxy "
             f"{_fmt(start.get('proxy'))} -> {_fmt(peak.get('proxy'))} -> {_fmt(end.get('proxy'))}")
-
-
-SUMMED = (("rm", "accuracy"), ("pairs", "pairs"), ("gold", "gold_best_gain_points"), ("wall_s",))
-
-
-def _dig(r: dict, path: tuple):
-    for key in path:
-        r = r.get(key) if isinstance(r, dict) else None
-    return r
-
-
-def seed_mean(entries: list[dict]) -> dict:
-    """The mean over seeds of the headline figures (RM accuracy, labelled pairs, gain at gold-best, wall time),
-    with the seeds it covers; entries that failed are left out and counted."""
-    done = [e for e in entries if not e.get("rc")]
-    out = {"seeds": sorted(e.get("seed") for e in done), "failed": len(entries) - len(done)}
-    for path in SUMMED:
-        values = [v for v in (_dig(e, path) for e in done) if v is not None]
-        out["/".join(path)] = sum(values) / len(values) if values else None
-    return out

@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 KEYS = ("accuracy_strict", "accuracy_flexible", "format_end_share")
+GENERATED = 300  # generated problems scored (the GSM8K held-out size: >= 300, and the 55 real items)
 
 
 def standard_error(p: float, n: int) -> float:
@@ -147,7 +148,7 @@ def gains(phases: dict) -> dict:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--generated", type=int, default=300)
+    parser.add_argument("--generated", type=int, default=GENERATED)
     parser.add_argument("--engine", choices=("vllm", "hf"))
     args = parser.parse_args(argv)
     print(json.dumps(evaluate_phases(args.run_dir, args.generated, args.engine)))

@@ -163,3 +163,133 @@ def test_seeds_add_up_to_a_mean_across_commands(tmp_path):
     assert mean["seeds"] == [0, 1] and mean["failed"] == 1
     assert mean["rm/accuracy"] == pytest.approx(0.75) and mean["gold/gold_best_gain_points"] == pytest.approx(25.0)
     assert mean["pairs/pairs"] == 800 and mean["wall_s"] == pytest.approx(150.0)
+
+
+# ---- every recipe over seeds: the mean ± sd, the held-out curve, the README's tables
+
+def _seed_entry(seed: int, before: float, after: float, distinct_after: float, kl: float, update_s: float,
+                wall_s: float, curve_s: float) -> dict:
+    point = lambda update, t, share: {"update": update, "episodes": 32 * update, "time_s": t,  # noqa: E731
+                                      "kl": kl, "all": {"positive_share": share}}
+    return {"rc": 0, "seed": seed, "wall_s": wall_s, "peak_rss_mib": 2048.0, "kl_final": kl,
+            "s_per_update": {"update_s": update_s, "reward_s": None},
+            "before": {"positive_share": before, "distinct_word_share": 0.5, "n": 256, "samples": [{"score": 9.0}]},
+            "after": {"positive_share": after, "distinct_word_share": distinct_after, "n": 256},
+            "generated": {"before": {"accuracy_strict": 0.0}, "after": {"accuracy_strict": 0.1 * seed}},
+            "curve": [point(0, 0.0, before), point(8, curve_s, after)], "run": {"cpus": 2}}
+
+
+def test_every_figure_of_a_recipe_has_a_mean_and_sd_over_its_seeds(tmp_path):
+    out = tmp_path / "learning.json"
+    # three commands, one seed each, and a failed fourth seed
+    for seed, args in enumerate([(0.5, 0.8, 0.4, 1.0, 10.0, 100.0, 80.0), (0.6, 1.0, 0.5, 2.0, 12.0, 200.0, 100.0),
+                                 (0.7, 0.9, 0.45, 3.0, 14.0, 300.0, 120.0)]):
+        learning.write_results({f"imdb-offline@seed{seed}": _seed_entry(seed, *args)}, {"commit": "abc"}, out)
+    learning.write_results({"imdb-offline@seed3": {"rc": 1, "seed": 3, "log": "x.log"}}, {"commit": "abc"}, out)
+    mean = json.loads(out.read_text())["recipes"]["imdb-offline@mean"]
+    assert mean["seeds"] == [0, 1, 2] and mean["failed"] == 1
+    # by hand: 0.5, 0.6, 0.7 -> 0.6 ± 0.1; changes 0.3, 0.4, 0.2 -> 0.3 ± 0.1; distinct 0.8, 1.0, 0.9 of the start
+    expected = {"before/positive_share": (0.6, 0.1), "after/positive_share": (0.9, 0.1),
+                "change/positive_share": (0.3, 0.1), "distinct_word_share_ratio": (0.9, 0.1),
+                "kl_final": (2.0, 1.0), "s_per_update/update_s": (12.0, 2.0), "wall_s": (200.0, 100.0),
+                "peak_rss_mib": (2048.0, 0.0), "generated/change/accuracy_strict": (0.1, 0.1)}
+    for path, (m, sd) in expected.items():
+        assert mean[path] == pytest.approx(m) and mean["sd"][path] == pytest.approx(sd), path
+    assert mean["per_seed"]["after/positive_share"] == {"0": 0.8, "1": 1.0, "2": 0.9}
+    # run facts, samples, the seed and a phase never timed are not figures; nor is a change of the prompt count
+    assert not {"run/cpus", "seed", "rc", "s_per_update/reward_s", "change/n"} & set(mean)
+    [start, end] = mean["curve"]["positive_share"]
+    assert start["time_s"] == 0.0 and start["value"] == pytest.approx(0.6)
+    assert end == {"update": 8, "episodes": 256, "time_s": 100.0, "value": pytest.approx(0.9),
+                   "sd": pytest.approx(0.1), "n": 3}
+
+
+def test_the_held_out_curve_is_timed_by_the_updates_alone(tmp_path):
+    (tmp_path / "eval.json").write_text(json.dumps({
+        "before": {"mean_score": -1.0, "extra": {"positive_share": 0.25}, "samples": [_sample("a bore", -1.0)]},
+        "after": {"mean_score": 1.0, "extra": {"positive_share": 0.75}, "samples": [_sample("fine fun", 1.0)]}}))
+    rows = [{"step": 1, "episode": 8, "time/update_s": 3.0, "objective/kl": 0.5},
+            {"step": 2, "episode": 16, "time/update_s": 4.0, "objective/kl": 1.5, "eval/mean_score": 0.5,
+             "eval/positive_share": 0.5},
+            {"step": 3, "episode": 24, "time/update_s": 5.0, "objective/kl": 2.5},
+            {"step": 4, "episode": 32, "time/update_s": 6.0, "objective/kl": 3.5, "eval/mean_score": 1.0,
+             "eval/positive_share": 0.75}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fig = learning.run_figures(tmp_path)
+    assert fig["train_s"] == 18.0
+    assert [(p["update"], p["episodes"], p["time_s"], p["kl"]) for p in fig["curve"]] == [
+        (0, 0, 0.0, 0.0), (2, 16, 7.0, 1.5), (4, 32, 18.0, 3.5)]
+    assert fig["curve"][0]["all"] == {"mean_score": -1.0, "positive_share": 0.25, "distinct_word_share": 1.0}
+    assert fig["curve"][2]["all"] == {"mean_score": 1.0, "positive_share": 0.75}
+
+
+def test_every_recipe_runs_three_seeds_on_at_least_256_held_out_prompts(tmp_path):
+    import generated_eval
+    import phases
+    from learning_plan import SEEDS, variants
+
+    from rlhf_app.config import load_config
+    from rlhf_app.stages.pipeline import stage_config
+
+    assert learning.parse_args([])[0].seeds == [0, 1, 2] == list(SEEDS)
+    assert learning.parse_args(["--seeds", "1"])[0].seeds == [1]
+    runs = variants(list(learning.RECIPES), list(SEEDS), 1.0, False, [], tmp_path, tmp_path)
+    assert len(runs) == 3 * len(learning.RECIPES) and runs[1].name == "imdb-offline@seed1"
+    for v in runs:
+        cfg = load_config([f"recipe={v.recipe}", *v.overrides])
+        if v.recipe in learning.PIPELINES:
+            cfg = stage_config(cfg, "ppo")
+        assert cfg.seed == v.seed and cfg.eval_steps > 0, v.name
+        if v.recipe.startswith("imdb"):
+            assert cfg.data.num_eval >= 256, v.name
+    # GSM8K: 300 generated problems (single runs and the pipelines' phases), besides all 55 real items
+    assert generated_eval.GENERATED == phases.GENERATED >= 300
+
+
+def test_a_tools_seed_is_set_against_the_same_seed_of_its_twin(tmp_path):
+    def entry(p):
+        ppo = {"generated": {"accuracy_strict": p, "accuracy_strict_se": 0.03}}
+        return {"rc": 0, "phases": {"phases": {"ppo": ppo}}}
+
+    out = tmp_path / "learning.json"
+    learning.write_results({"gsm8k-pipeline-offline@seed0": entry(0.1), "gsm8k-pipeline-offline@seed1": entry(0.2),
+                            "gsm8k-tools-offline@seed1": entry(0.3)}, {}, out)
+    recipes = json.loads(out.read_text())["recipes"]
+    against = recipes["gsm8k-tools-offline@seed1"]["against_no_tools"]
+    assert against["twin"] == "gsm8k-pipeline-offline@seed1" and against["ppo/generated"]["diff"] == pytest.approx(0.1)
+    assert "against_no_tools" not in recipes["gsm8k-pipeline-offline@seed0"]
+
+
+def test_the_results_table_gives_mean_and_sd_labels_one_seed_and_makes_nothing_up():
+    import learning_table
+
+    entries = [_seed_entry(s, *a) for s, a in enumerate([(0.5, 0.8, 0.4, 1.0, 10.0, 100.0, 80.0),
+                                                         (0.6, 1.0, 0.5, 2.0, 12.0, 200.0, 100.0),
+                                                         (0.7, 0.9, 0.45, 3.0, 14.0, 300.0, 120.0)])]
+    from learning_figures import seed_mean
+
+    gsm = {"rc": 0, "wall_s": 600.0, "peak_rss_mib": 1024.0, "kl_final": 4.0, "s_per_update": {"update_s": 20.0},
+           "before": {"format_end_share": 0.0, "n": 55}, "after": {"format_end_share": 0.5, "n": 55}}
+    block = learning_table.tables({"recipes": {"imdb-offline@mean": seed_mean(entries), "gsm8k-offline": gsm}}, {})
+    recipes_table = block.split("The race against")[0]
+    rows = {line.split(" | ")[0].strip("| `"): line for line in recipes_table.splitlines() if line.startswith("| `")}
+    assert ("| 3 (0, 1, 2) | positive share, 256 held-out prompts | 60.0% ± 10.0 → 90.0% ± 10.0 | +30.0 ± 10.0 | "
+            "0.90 ± 0.10× | 2.0 ± 1.0 | 12.0 ± 2.0 | 3.3 ± 1.7 min | 2.0 ± 0.0 GiB |") in rows["imdb-offline"]
+    # one seed: labelled; its generated problems never scored: not measured yet, not a zero
+    assert "| one seed | strict accuracy, generated problems | not measured yet → not measured yet" in rows[
+        "gsm8k-offline"] and "| 10.0 min | 1.0 GiB |" in rows["gsm8k-offline"]
+    assert "| ends with `#### N`, 55 real GSM8K items | 0.0% → 50.0% | +50.0 |" in block
+    assert rows["imdb-rlhf-offline"].count("not measured yet") == 1
+    assert "not measured yet" in rows["gsm8k-tools-offline"]
+    with pytest.raises(ValueError, match="markers are missing"):
+        learning_table.replace_block("no markers", block)
+
+
+def test_the_readme_holds_the_tables_of_the_committed_results():
+    import learning_table
+
+    readme = (learning.ROOT / "README.md").read_text()
+    block = learning_table.tables(json.loads(learning.OUT_JSON.read_text()),
+                                  learning_table._load(learning.BENCH / "race.json"))
+    assert learning_table.replace_block(readme, block) == readme, \
+        "README.md's results tables are stale: run .venv/bin/python bench/learning_table.py --write README.md"

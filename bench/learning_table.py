@@ -1,0 +1,184 @@
+"""The README's results tables, made from the committed bench/learning.json and bench/race.json.
+
+    .venv/bin/python bench/learning_table.py                   # print the tables
+    .venv/bin/python bench/learning_table.py --write README.md # replace the block between the markers
+
+Per recipe, the entry NAME@mean (bench/learning_figures.py seed_mean) when there is one: each figure as
+mean ± sample standard deviation over its seeds; otherwise the plain NAME entry of an older one-seed run, whose
+figures are labelled "one seed". A recipe or figure with no entry says "not measured yet": nothing is filled
+in. The race (bench/race.py) gives each side's held-out figure at the end of its run (mean ± sd over seeds) and
+the verdict of ours against TRL's GRPOTrainer (bench/race_summary.py). `make bench-learning` rewrites the block;
+tests/test_bench_learning.py checks that the README holds what this prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from learning_figures import derived, flatten  # noqa: E402
+
+BEGIN = "<!-- results tables: made by bench/learning_table.py from bench/learning.json and bench/race.json -->"
+END = "<!-- end of results tables -->"
+NOT_MEASURED = "not measured yet"
+PHASED = tuple(f"phases/phases/{p}/generated/accuracy_strict" for p in ("base", "sft", "ppo"))
+# recipe -> [(figure, {n} in it from this path, the paths start -> end, (change path, x100 when a share))]
+FIGURES = {
+    "imdb-offline": [("positive share, {n} held-out prompts", "before/n", ("before/positive_share",
+                      "after/positive_share"), ("change/positive_share", 100))],
+    "gsm8k-offline": [("strict accuracy, {n} generated problems", "generated/before/n", (
+                          "generated/before/accuracy_strict", "generated/after/accuracy_strict"),
+                       ("generated/change/accuracy_strict", 100)),
+                      ("ends with `#### N`, {n} real GSM8K items", "before/n", ("before/format_end_share",
+                       "after/format_end_share"), ("change/format_end_share", 100))],
+    "gsm8k-pipeline-offline": [("greedy strict accuracy, {n} generated problems, base → SFT → PPO",
+                                "phases/phases/base/generated/n", PHASED, None)],
+    "gsm8k-tools-offline": [("greedy strict accuracy, {n} generated problems, base → SFT → PPO",
+                             "phases/phases/base/generated/n", PHASED, None)],
+    "imdb-rlhf-offline": [("gold positive share, {n} held-out prompts, start → gold-best", "gold/held_out_prompts",
+                           ("gold/start/positive_share", "gold/gold_best/positive_share"),
+                           ("gold/gold_best_gain_points", 1)),
+                          ("reward model's pairwise accuracy, {n} held-out pairs", "rm/held_out_pairs",
+                           ("rm/accuracy",), None)],
+}
+PPO_PREFIX = {"imdb-rlhf-offline": "ppo/"}  # where the PPO stage's figures are
+# (column, path under the PPO prefix or the entry, format)
+# (column, path under the PPO prefix or the entry, number format, unit)
+COMMON = (("distinct-word share, end / start", "distinct_word_share_ratio", ".2f", "×"),
+          ("KL at the end", "kl_final", ".1f", ""), ("s/update", "s_per_update/update_s", ".1f", ""))
+RUN = (("wall time", "wall_s", 1 / 60, ".1f", " min"), ("peak memory", "peak_rss_mib", 1 / 1024, ".1f", " GiB"))
+# bench/race_config.py TARGETS and HELD_OUT; GSM8K's figure pools both sets by size (bench/race_child.py pooled)
+RACED = {"imdb-offline": "positive share, 256 held-out prompts",
+         "gsm8k-offline": "strict accuracy, 300 generated problems and the 55 real items pooled"}
+HEAD = ["recipe", "seeds", "held-out figure", "start → end", "change (points)",
+        *(c[0] for c in COMMON), *(c[0] for c in RUN)]
+
+
+def view(recipes: dict, recipe: str) -> tuple[str, dict] | None:
+    """(seeds in words, {path: (value, sd or None)}) of a recipe's NAME@mean, else its one-seed NAME; None."""
+    mean = recipes.get(f"{recipe}@mean")
+    if mean and mean.get("seeds"):
+        seeds = mean["seeds"]
+        failed = f", {mean['failed']} failed" if mean.get("failed") else ""
+        words = (f"one seed ({seeds[0]})" if len(seeds) == 1 else f"{len(seeds)} ({', '.join(map(str, seeds))})")
+        sd = mean.get("sd", {})
+        return words + failed, {p: (mean[p], sd.get(p) if len(seeds) > 1 else None) for p in sd}
+    one = recipes.get(recipe)
+    if one and not one.get("rc"):
+        return "one seed", {p: (v, None) for p, v in derived(flatten(one)).items()}
+    return None
+
+
+def _share(x: tuple | None) -> str:
+    if x is None:
+        return NOT_MEASURED
+    value, sd = x
+    return f"{100 * value:.1f}%" + (f" ± {100 * sd:.1f}" if sd is not None else "")
+
+
+def _num(x: tuple | None, spec: str, unit: str = "", scale: float = 1.0) -> str:
+    """(value, sd or None) -> "8.5 ± 0.3 min" ("8.5 min" for one seed); `spec` a format spec (".1f", "+.1f")."""
+    if x is None:
+        return NOT_MEASURED
+    value, sd = x
+    spread = f" ± {format(sd * scale, spec.lstrip('+'))}" if sd is not None else ""
+    return f"{format(value * scale, spec)}{spread}{unit}"
+
+
+def recipe_rows(recipes: dict, recipe: str) -> list[list[str]]:
+    """The table rows of one recipe: one per figure, the time and memory columns on the first."""
+    got = view(recipes, recipe)
+    rows = []
+    for i, (label, n_path, paths, change) in enumerate(FIGURES[recipe]):
+        if got is None:
+            rows.append([f"`{recipe}`" if i == 0 else "", "", label.replace("{n} ", ""), NOT_MEASURED,
+                         *[""] * (len(HEAD) - 4)])
+            continue
+        seeds, fig = got
+        n = fig.get(n_path)
+        row = [f"`{recipe}`" if i == 0 else "", seeds if i == 0 else "",
+               label.format(n=int(n[0])) if n else label.replace("{n} ", ""),
+               " → ".join(_share(fig.get(p)) for p in paths),
+               _num(fig.get(change[0]), "+.1f", "", change[1]) if change else ""]
+        if i == 0:
+            pre = PPO_PREFIX.get(recipe, "")
+            row += [_num(fig.get(pre + path), spec, unit) for _, path, spec, unit in COMMON]
+            row += [_num(fig.get(path), spec, unit, scale) for _, path, scale, spec, unit in RUN]
+        else:
+            row += [""] * (len(COMMON) + len(RUN))
+        rows.append(row)
+    return rows
+
+
+def race_rows(race: dict) -> list[list[str]]:
+    """Per raced recipe: each side's figure at the end of its run and ours against TRL's GRPOTrainer."""
+    rows = []
+    for recipe, figure in RACED.items():
+        summary = race.get("recipes", {}).get(recipe, {}).get("summary")
+        if not summary:
+            rows.append([f"`{recipe}`", figure, NOT_MEASURED, NOT_MEASURED, NOT_MEASURED, NOT_MEASURED])
+            continue
+        cells = []
+        for side in ("ours", "ours-grpo", "trl"):
+            f = summary["final"].get(side)
+            if f is None:
+                cells.append(NOT_MEASURED)
+                continue
+            seeds = "one seed" if f["n"] == 1 else f"{f['n']} seeds"
+            cells.append(f"{_share((f['value'], f['sd'] if f['n'] > 1 else None))} after {f['time_s']:.0f} s ({seeds})")
+        pair = summary["pairs"].get("ours vs trl")
+        rows.append([f"`{recipe}`", figure, *cells, pair["verdict"] if pair else NOT_MEASURED])
+    return rows
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def tables(learning: dict, race: dict) -> str:
+    """The block between BEGIN and END (markers included)."""
+    recipes = learning.get("recipes", {})
+    lines = [BEGIN, "", *_table(HEAD, [r for name in FIGURES for r in recipe_rows(recipes, name)]), "",
+             "The race against TRL's GRPOTrainer (`bench/race.py`): each side's held-out figure at the end of its "
+             "training time, and the time to the target, ours against TRL.", "",
+             *_table(["recipe", "figure", "ours (PPO)", "ours (GRPO)", "TRL GRPOTrainer", "ours vs TRL"],
+                     race_rows(race)), "", END]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, block: str) -> str:
+    """`text` with the block between BEGIN and END replaced; ValueError when the markers are missing."""
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"the markers are missing: put {BEGIN!r} and {END!r} where the tables go")
+    head, rest = text.split(BEGIN, 1)
+    return head + block + rest.split(END, 1)[1]
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", type=Path, help="replace the block in this file (README.md)")
+    parser.add_argument("--learning", type=Path, default=BENCH / "learning.json")
+    parser.add_argument("--race", type=Path, default=BENCH / "race.json")
+    args = parser.parse_args(argv)
+    block = tables(_load(args.learning), _load(args.race))
+    if args.write is None:
+        print(block)
+        return
+    try:
+        args.write.write_text(replace_block(args.write.read_text(), block))
+    except ValueError as err:
+        raise SystemExit(f"error: {args.write}: {err}") from None
+    print(f"[learning-table] wrote the results tables into {args.write}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
