@@ -1,5 +1,5 @@
-"""Killed or interrupted runs resume exactly; kills during file rewrites leave resumable folders; half-written
-checkpoints are never picked."""
+"""Killed or interrupted runs resume exactly (random tools too); kills during file rewrites leave resumable
+folders; half-written checkpoints are never picked."""
 
 import json
 import shutil
@@ -154,6 +154,56 @@ def test_a_kill_during_checkpoint_rotation_leaves_a_resumable_folder(tmp_path, t
     _, result = train_tiny(out, *IN_PROCESS, "resume_from=auto", total)
     assert result["step"] == 10 and not list(out.glob(".*.deleting"))
     _assert_same_metrics(straight(10), out)
+
+
+RANDOM_TOOL = '''import random
+
+
+def draw(n: int) -> float:
+    """A random number.
+
+    Args:
+        n: unused
+    """
+    return random.random()
+'''
+
+
+@pytest.mark.parametrize("isolation", ["none", "process"])
+def test_a_tool_drawing_random_numbers_draws_the_same_after_a_resume(tmp_path, tiny_cfg, isolation):
+    """In each batch a tool draws what it drew there in the uninterrupted run: in the training process from the
+    checkpointed global generator, in the tool subprocess (a fresh one after a resume) from its per-batch seed."""
+    import random
+
+    from rlhf_app.engines.tool_calls import make_host
+    from rlhf_app.engines.tool_specs import resolve_tools
+
+    (tmp_path / "draws.py").write_text(RANDOM_TOOL)
+    found = resolve_tools(tiny_cfg(f"tools=[{tmp_path}/draws.py:draw]").rollout)
+
+    def batches(host, n: int) -> list[str]:
+        out = []
+        for _ in range(n):
+            host.start([None])
+            out.append(host.call(0, "draw", {"n": 1})[0])
+        return out
+
+    random.seed(0)
+    straight = make_host(found, isolation, 10.0)
+    first = batches(straight, 1)
+    saved = random.getstate()  # what a checkpoint after batch 1 keeps
+    rest = batches(straight, 2)
+    served = getattr(straight, "proc", None)
+    straight.close()
+    assert served is None or served.exitcode == 0  # the subprocess ended on its own when its pipe closed
+    random.seed(1)  # a new process ...
+    random.setstate(saved)  # ... resumed from the checkpoint
+    resumed = make_host(found, isolation, 10.0)
+    try:
+        assert batches(resumed, 2) == rest
+    finally:
+        resumed.close()
+    assert len({*first, *rest}) == 3 and all(0 < float(x) < 1 for x in rest)
 
 
 def test_resume_never_picks_a_half_written_checkpoint(tmp_path):
