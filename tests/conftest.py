@@ -2,7 +2,8 @@
 
 Shared fixtures: `tiny_cfg` (the tiny recipe's config), `train_tiny` (train it in this process),
 `finished_tiny_run` (one finished tiny run for the whole session, read-only: a test that writes into
-a run folder takes `tiny_run_copy`), `reward_cfg` (a TrainConfig with only reward fields set)."""
+a run folder takes `tiny_run_copy`), `reward_cfg` (a TrainConfig with only reward fields set),
+`tool_model` (asset:tiny-tools taught its tool conversations, tool_fixtures.py: once per session)."""
 
 import os
 import shutil
@@ -83,3 +84,11 @@ def finished_tiny_run(tmp_path_factory) -> TinyRun:
 def tiny_run_copy(finished_tiny_run, tmp_path) -> Path:
     """A copy of the finished tiny run's folder, for a test that writes into it."""
     return Path(shutil.copytree(finished_tiny_run.dir, tmp_path / "run"))
+
+
+@pytest.fixture(scope="session")
+def tool_model(tmp_path_factory) -> Path:
+    """The tiny model that calls tools (tool_fixtures.train_tool_model, ~10 s), trained once per session."""
+    from tool_fixtures import train_tool_model
+
+    return train_tool_model(tmp_path_factory.mktemp("tool-model"))

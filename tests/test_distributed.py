@@ -42,17 +42,36 @@ def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_end_with_identical_weights(tmp_path):
-    proc = _two_processes("recipe=tiny", f"output_dir={tmp_path}", "ppo.total_episodes=96",
-                          "ppo.per_device_train_batch_size=8", "eval_before_after=false")
+def test_two_processes_with_tools_end_with_identical_weights_and_gather_the_tool_metrics(tmp_path, tool_model):
+    """Tool episodes on both processes (the tool model, tool_fixtures.py, greedy: each episode makes exactly one
+    call; "ask nobody" calls a tool that does not exist, a failure). 64 training prompts, half of each kind, are
+    one epoch of 2 updates x 2 processes x 16: each prompt once, so the run's failures are 32 only when every
+    update's tool metrics add up both processes (the main process alone holds about half)."""
+    from tool_fixtures import NOBODY, RIGHT, write_tools
+
+    data, out = tmp_path / "prompts", tmp_path / "run"
+    data.mkdir()
+    for split, n in (("train", 32), ("test", 2)):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in [RIGHT, NOBODY] * n))
+    proc = _two_processes("recipe=tiny", f"output_dir={out}", f"model.name_or_path={tool_model}", f"data.name={data}",
+                          "data.eval_split=test", f"tools=[{write_tools(tmp_path, 'good')}]", "ppo.response_length=96",
+                          "ppo.do_sample=false", "ppo.learning_rate=1e-4", "ppo.total_episodes=64",
+                          "ppo.per_device_train_batch_size=8")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = _ranks(tmp_path, 2)
+    ranks = _ranks(out, 2)
     assert all(r["distributed_type"] == "DistributedType.MULTI_CPU" for r in ranks), ranks
     assert all(r["num_processes"] == 2 for r in ranks)
-    # 96 episodes / (8 x 1 x 2 mini-batches per process x 2 processes) = 3 updates.
-    assert [r["step"] for r in ranks] == [3, 3]
+    # 64 episodes / (8 x 1 x 2 mini-batches per process x 2 processes) = 2 updates.
+    assert [r["step"] for r in ranks] == [2, 2]
     assert ranks[0]["weights"] == ranks[1]["weights"]
-    assert len(_metrics(tmp_path)) == 3
+    rows = _metrics(out)
+    assert len(rows) == 2
+    assert [r["tools/calls_per_episode"] for r in rows] == [1.0, 1.0]
+    assert sum(r["tools/failures"] for r in rows) == 32
+    assert all(r["tools/failure_frequency"] == r["tools/failures"] / 32 for r in rows)
+    # The evaluation after training, on every process: its held-out episodes call the tool too.
+    after = json.loads((out / "eval.json").read_text())["after"]["samples"]
+    assert len(after) == 4 and all(" r " in s["completion"] for s in after)
 
 
 def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path):

@@ -1,5 +1,5 @@
-"""Killed or interrupted runs resume exactly; kills during file rewrites leave resumable folders; half-written
-checkpoints are never picked."""
+"""Killed or interrupted runs resume exactly (tool episodes too); kills during file rewrites leave resumable
+folders; half-written checkpoints are never picked."""
 
 import json
 import shutil
@@ -154,6 +154,91 @@ def test_a_kill_during_checkpoint_rotation_leaves_a_resumable_folder(tmp_path, t
     _, result = train_tiny(out, *IN_PROCESS, "resume_from=auto", total)
     assert result["step"] == 10 and not list(out.glob(".*.deleting"))
     _assert_same_metrics(straight(10), out)
+
+
+@pytest.mark.slow  # two in-process runs of tool episodes, 6 updates in all (~12 s)
+def test_a_run_with_tools_resumes_exactly(tmp_path, train_tiny, tool_model):
+    """The tool model samples episodes that call a toy tool; a run stopped after update 2 (its checkpoint, with
+    the metrics of updates 3-4 already logged, as if killed before their checkpoint) and resumed ends with the
+    uninterrupted run's weights, bit for bit, and its metrics (tool calls and failures included)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tool_fixtures import NOBODY, RIGHT, write_tools
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in [RIGHT, NOBODY] * 16))
+    args = ["eval_before_after=false", "save_steps=2", "save_total_limit=2", f"model.name_or_path={tool_model}",
+            f"data.name={data}", "data.num_eval=4", f"tools=[{write_tools(tmp_path, 'good')}]",
+            "ppo.response_length=64", "ppo.per_device_train_batch_size=8", "ppo.num_ppo_epochs=2",
+            "ppo.temperature=0.7", "ppo.learning_rate=3e-4", f"ppo.total_episodes={16 * 4}"]  # 4 updates
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _, done = train_tiny(straight, *args)
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
+    for name in ("config.yaml", "metrics.jsonl"):
+        shutil.copy(straight / name, resumed / name)
+    _, again = train_tiny(resumed, *args, "resume_from=auto")
+    assert again["step"] == 4
+    _assert_same_metrics(straight, resumed)
+    rows = _metrics(resumed)
+    assert all(r["tools/calls_per_episode"] > 0 and r["tools/failures"] > 0 for r in rows)  # the tool was called
+    weights, resumed_weights = done["model"].state_dict(), again["model"].state_dict()
+    assert weights.keys() == resumed_weights.keys()
+    assert all(torch.equal(weights[k], resumed_weights[k]) for k in weights)
+    before = AutoModelForCausalLM.from_pretrained(tool_model).state_dict()
+    after = done["model"].policy.state_dict()
+    assert not all(torch.equal(before[k], after[k]) for k in before)  # it trained
+
+
+RANDOM_TOOL = '''import random
+
+
+def draw(n: int) -> float:
+    """A random number.
+
+    Args:
+        n: unused
+    """
+    return random.random()
+'''
+
+
+@pytest.mark.parametrize("isolation", ["none", "process"])
+def test_a_tool_drawing_random_numbers_draws_the_same_after_a_resume(tmp_path, tiny_cfg, isolation):
+    """In each batch a tool draws what it drew there in the uninterrupted run: in the training process from the
+    checkpointed global generator, in the tool subprocess (a fresh one after a resume) from its per-batch seed."""
+    import random
+
+    from rlhf_app.engines.tool_calls import make_host
+    from rlhf_app.engines.tool_specs import resolve_tools
+
+    (tmp_path / "draws.py").write_text(RANDOM_TOOL)
+    found = resolve_tools(tiny_cfg(f"tools=[{tmp_path}/draws.py:draw]").rollout)
+
+    def batches(host, n: int) -> list[str]:
+        out = []
+        for _ in range(n):
+            host.start([None])
+            out.append(host.call(0, "draw", {"n": 1})[0])
+        return out
+
+    random.seed(0)
+    straight = make_host(found, isolation, 10.0)
+    first = batches(straight, 1)
+    saved = random.getstate()  # what a checkpoint after batch 1 keeps
+    rest = batches(straight, 2)
+    served = getattr(straight, "proc", None)
+    straight.close()
+    assert served is None or served.exitcode == 0  # the subprocess ended on its own when its pipe closed
+    random.seed(1)  # a new process ...
+    random.setstate(saved)  # ... resumed from the checkpoint
+    resumed = make_host(found, isolation, 10.0)
+    try:
+        assert batches(resumed, 2) == rest
+    finally:
+        resumed.close()
+    assert len({*first, *rest}) == 3 and all(0 < float(x) < 1 for x in rest)
 
 
 def test_resume_never_picks_a_half_written_checkpoint(tmp_path):

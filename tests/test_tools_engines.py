@@ -10,14 +10,9 @@ from accelerate import Accelerator
 from rlhf_app.config import load_config
 from rlhf_app.engines.hf import HFEngine
 from rlhf_app.models import policy as models
-from tool_fixtures import NOBODY, RIGHT, WRONG, train_tool_model, write_tools
+from tool_fixtures import NOBODY, RIGHT, WRONG, write_tools
 
 pytestmark = pytest.mark.slow  # a vLLM engine; a training run
-
-
-@pytest.fixture(scope="module")
-def tool_model(tmp_path_factory):
-    return train_tool_model(tmp_path_factory.mktemp("tool-model"))
 
 
 def test_greedy_tool_episodes_are_the_same_on_both_engines(tool_model, tmp_path):

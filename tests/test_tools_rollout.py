@@ -16,7 +16,7 @@ from rlhf_app.engines.tools import tool_loop
 from rlhf_app.models.policy import load_tokenizer
 from rlhf_app.rl.logs import episode_text
 from rlhf_app.rl.rollout import score
-from tool_fixtures import NOBODY, RIGHT, WRONG, train_tool_model, write_tools
+from tool_fixtures import NOBODY, RIGHT, WRONG, write_tools
 
 ENV = '''
 class Words:
@@ -45,13 +45,8 @@ class Hinting(Words):
         super().reset(**row)
         return " now"
 '''
-pytestmark = pytest.mark.slow  # the module first teaches the tiny model its conversations (~10 s)
+pytestmark = pytest.mark.slow  # the tool model is taught its conversations first (conftest tool_model, ~10 s)
 ZERO = "def zero(completions, **kwargs):\n    return [0.0] * len(completions)\n"
-
-
-@pytest.fixture(scope="module")
-def tool_model(tmp_path_factory):
-    return train_tool_model(tmp_path_factory.mktemp("tool-model"))
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,10 @@ episode) and answer `call(slot, name, arguments) -> (text, failed)`. As in TRL, 
 seconds. In the training process a timed-out call is abandoned (its thread runs on, unseen); in a subprocess
 the process is killed and a fresh one started (its environments are lost: their later calls fail). The
 subprocess contains hangs, crashes and global state; it is not a security sandbox.
+
+Randomness: in the training process tools draw from the global generators, which checkpoints save. The
+subprocess reseeds its `random`, numpy and torch generators at each batch from one draw of the run's `random`,
+so a resumed run (a fresh subprocess) draws in each batch what the uninterrupted run drew there.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import multiprocessing
+import random
 import threading
 
 from rlhf_app.engines.tool_specs import ToolSet, ToolSpecError
@@ -126,9 +131,24 @@ def _name_of(found: ToolSet, env):
     return next((n for n, p in found.probes.items() if type(p) is type(env)), None)
 
 
-def _serve(conn, found: ToolSet) -> None:
-    """The subprocess: a LocalHost without timeouts (the parent enforces them), driven over a pipe."""
-    host = LocalHost(found, None)
+class _Served(LocalHost):
+    """The subprocess's host: each batch begins by reseeding the process's generators."""
+
+    def begin(self, names: list, seed: int) -> None:
+        import numpy as np
+        import torch
+
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        self.start(names)
+
+
+def _serve(conn, found: ToolSet, parent_end) -> None:
+    """The subprocess: a LocalHost without timeouts (the parent enforces them), driven over a pipe. The parent's
+    end, inherited by fork, is closed first: held open here it would hide the parent's close (no EOF, no exit)."""
+    parent_end.close()
+    host = _Served(found, None)
     while True:
         try:
             op, args = conn.recv()
@@ -153,7 +173,7 @@ class ProcessHost:
     def _ensure(self):
         if self.proc is None or not self.proc.is_alive():
             self.conn, child = self.context.Pipe()
-            self.proc = self.context.Process(target=_serve, args=(child, self.found), daemon=True,
+            self.proc = self.context.Process(target=_serve, args=(child, self.found, self.conn), daemon=True,
                                              name="rlhf_app-tools")
             self.proc.start()
             child.close()
@@ -178,7 +198,8 @@ class ProcessHost:
             self.proc = None
 
     def start(self, names: list) -> None:
-        status, value = self._ask("start", names)
+        seed = random.getrandbits(63)  # from the run's checkpointed generator: the same per batch after a resume
+        status, value = self._ask("begin", names, seed)
         if status != "ok":
             raise ToolSpecError(f"the tool subprocess could not build the environments ({status}: {value})")
 
