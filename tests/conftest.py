@@ -3,7 +3,8 @@
 Shared fixtures: `tiny_cfg` (the tiny recipe's config), `train_tiny` (train it in this process),
 `finished_tiny_run` (one finished tiny run for the whole session, read-only: a test that writes into
 a run folder takes `tiny_run_copy`), `reward_cfg` (a TrainConfig with only reward fields set),
-`tool_model` (asset:tiny-tools taught its tool conversations, tool_fixtures.py: once per session)."""
+`tool_model` (asset:tiny-tools taught its tool conversations, tool_fixtures.py: once per session),
+`one_line_error` (a refused `rlhf-app` command's one `error: ...` line)."""
 
 import os
 import shutil
@@ -92,3 +93,21 @@ def tool_model(tmp_path_factory) -> Path:
     from tool_fixtures import train_tool_model
 
     return train_tool_model(tmp_path_factory.mktemp("tool-model"))
+
+
+@pytest.fixture
+def one_line_error(monkeypatch):
+    """`one_line_error(argv, models_may_load=True)`: `rlhf-app ARGV` ends with one `error: ...` line -> that line;
+    with models_may_load=False, a model loaded before the error fails the test."""
+    from rlhf_app.cli.main import main
+    from rlhf_app.models import policy as models
+
+    def check(argv: list[str], models_may_load: bool = True) -> str:
+        if not models_may_load:
+            monkeypatch.setattr(models, "build_models", lambda cfg: pytest.fail("a model loaded before the error"))
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        message = str(info.value.code)
+        assert message.startswith("error: ") and "\n" not in message, message
+        return message
+    return check

@@ -6,22 +6,9 @@ import math
 
 import pytest
 
-from rlhf_app.cli.main import main
 from rlhf_app.config import ConfigError, RewardConfig, load_config
 from rlhf_app.data import DataError
 from rlhf_app.data import prompts as data
-
-
-def _one_line_error(monkeypatch, argv) -> str:
-    """`rlhf-app train ARGV` ends with one `error: ...` line, and no model loaded before it."""
-    from rlhf_app.models import policy as models
-
-    monkeypatch.setattr(models, "build_models", lambda cfg: pytest.fail("a model loaded before the error"))
-    with pytest.raises(SystemExit) as info:
-        main(["train", *argv])
-    message = str(info.value.code)
-    assert message.startswith("error: ") and "\n" not in message, message
-    return message
 
 
 # ---------------------------------------------------------------- recipes (case 8)
@@ -29,8 +16,8 @@ def _one_line_error(monkeypatch, argv) -> str:
 @pytest.mark.parametrize("argv", [["recipe=demo", "--config", "tiny"], ["--config", "tiny", "recipe=demo"],
                                   ["--config", "tiny", "--config", "demo"], ["recipe=tiny", "recipe=demo"],
                                   ["--config=tiny", "recipe=tiny"]])
-def test_two_recipes_on_one_command_line_are_refused(monkeypatch, argv):
-    message = _one_line_error(monkeypatch, argv)
+def test_two_recipes_on_one_command_line_are_refused(one_line_error, argv):
+    message = one_line_error(["train", *argv], models_may_load=False)
     assert "two recipes on one command line" in message and "pass one recipe" in message
 
 
@@ -38,10 +25,10 @@ def test_two_recipes_on_one_command_line_are_refused(monkeypatch, argv):
                                          ("just words\n", "holds only 'just words'"), ("", "is empty"),
                                          ("# only a comment\n", "is empty")])
 @pytest.mark.parametrize("form", ["recipe={}", "--config {}"])
-def test_a_recipe_that_is_not_a_mapping_is_refused_naming_the_file(monkeypatch, tmp_path, text, shape, form):
+def test_a_recipe_that_is_not_a_mapping_is_refused_naming_the_file(one_line_error, tmp_path, text, shape, form):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    message = _one_line_error(monkeypatch, form.format(path).split(" "))
+    message = one_line_error(["train", *form.format(path).split(" ")], models_may_load=False)
     assert f"recipe {path} {shape}: a recipe is a mapping of keys" in message
 
 
@@ -102,27 +89,29 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
-def test_a_malformed_data_file_is_one_line_naming_it_before_models_load(monkeypatch, tmp_path, name):
+def test_a_malformed_data_file_is_one_line_naming_it_before_models_load(one_line_error, tmp_path, name):
     text, expected = BAD_FILES[name]
     path = tmp_path / name
     path.write_text(text)
-    message = _one_line_error(monkeypatch, ["recipe=tiny", f"data.name={path}", f"output_dir={tmp_path}/run"])
+    message = one_line_error(["train", "recipe=tiny", f"data.name={path}", f"output_dir={tmp_path}/run"],
+                             models_may_load=False)
     assert expected in message and str(path) in message, message
     assert "holds a list" not in message  # the old, misleading answer to a mixed column
 
 
-def test_a_bad_file_in_a_data_folder_is_named_with_its_line(monkeypatch, tmp_path):
+def test_a_bad_file_in_a_data_folder_is_named_with_its_line(one_line_error, tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text(_jsonl(TEXT) + '{"prompt": \n')
-    message = _one_line_error(monkeypatch, ["recipe=tiny", f"data.name={tmp_path / 'data'}", f"output_dir={tmp_path}/run"])
+    message = one_line_error(["train", "recipe=tiny", f"data.name={tmp_path / 'data'}", f"output_dir={tmp_path}/run"],
+                             models_may_load=False)
     assert f"{tmp_path / 'data' / 'train.jsonl'}, line 41: not valid JSON" in message
 
 
-def test_an_eval_split_a_local_file_lacks_is_one_line(monkeypatch, tmp_path):
+def test_an_eval_split_a_local_file_lacks_is_one_line(one_line_error, tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text(_jsonl(TEXT))
-    message = _one_line_error(monkeypatch, ["recipe=tiny", f"data.name={path}", "data.eval_split=test",
-                                            f"output_dir={tmp_path}/run"])
+    message = one_line_error(["train", "recipe=tiny", f"data.name={path}", "data.eval_split=test",
+                              f"output_dir={tmp_path}/run"], models_may_load=False)
     assert f"data.eval_split=test: {path} has no split 'test'" in message and "unset data.eval_split" in message
 
 

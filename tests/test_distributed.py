@@ -19,7 +19,10 @@ EXACT = ["recipe=tiny", "eval_before_after=false", "ppo.total_episodes=48", "ppo
          "ppo.num_ppo_epochs=2", "ppo.do_sample=false", "ppo.stop_token=null"]
 COMPARED = ("objective/scores", "objective/kl", "objective/entropy", "objective/rlhf_reward", "loss/policy_avg",
             "loss/value_avg", "policy/clipfrac_avg", "val/clipfrac_avg", "policy/approxkl_avg", "lr")
-TOLERANCE = 1e-4  # float32 sums in another order; measured here: 3.8e-6 over 3 updates
+TOLERANCE = 1e-4  # float32 sums in another order; measured here: 3.8e-6 over 4 updates
+# One two-process run of EXACT for two tests (compared with one process, then resumed from its checkpoint-2):
+# 64 episodes / (8 x 1 mini-batch x 2 processes) = 4 updates.
+SHARED = [*EXACT, "ppo.total_episodes=64", "ppo.per_device_train_batch_size=8", "save_steps=2"]
 
 
 def _two_processes(*args: str) -> subprocess.CompletedProcess:
@@ -40,6 +43,15 @@ def _ranks(out: Path, n: int) -> list[dict]:
 
 def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def shared_two(tmp_path_factory) -> Path:
+    """SHARED in two processes, launched once for this module: read it, never write into it."""
+    out = tmp_path_factory.mktemp("two")
+    proc = _two_processes(*SHARED, f"output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
 
 
 def test_two_processes_with_tools_end_with_identical_weights_and_gather_the_tool_metrics(tmp_path, tool_model):
@@ -74,16 +86,12 @@ def test_two_processes_with_tools_end_with_identical_weights_and_gather_the_tool
     assert len(after) == 4 and all(" r " in s["completion"] for s in after)
 
 
-def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    single = subprocess.run([sys.executable, WORKER, *EXACT, f"output_dir={one}", "ppo.per_device_train_batch_size=16"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert single.returncode == 0, single.stderr[-3000:]
-    proc = _two_processes(*EXACT, f"output_dir={two}", "ppo.per_device_train_batch_size=8")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _ranks(two, 2)[0]["distributed_type"] == "DistributedType.MULTI_CPU"
-    rows_one, rows_two = _metrics(one), _metrics(two)
-    assert len(rows_one) == len(rows_two) == 3
+def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, train_tiny, shared_two):
+    # One process, in this one: the whole global batch of 16 (the recipe comes from train_tiny).
+    one = train_tiny(tmp_path / "one", *SHARED[1:], "ppo.per_device_train_batch_size=16").dir
+    assert _ranks(shared_two, 2)[0]["distributed_type"] == "DistributedType.MULTI_CPU"
+    rows_one, rows_two = _metrics(one), _metrics(shared_two)
+    assert len(rows_one) == len(rows_two) == 4
     worst = max(abs(a[k] - b[k]) for a, b in zip(rows_one, rows_two) for k in COMPARED)
     print(f"largest metric difference between 1 and 2 processes: {worst:.2e}")
     assert worst <= TOLERANCE
@@ -106,14 +114,11 @@ def test_two_processes_train_grpo_groups_with_batch_scaled_rewards(tmp_path):
     assert len(rows) == 2 and not any("loss/value_avg" in r for r in rows)
 
 
-def test_two_processes_save_their_own_optimizer_state_and_resume_exactly(tmp_path):
+def test_two_processes_save_their_own_optimizer_state_and_resume_exactly(tmp_path, shared_two):
     """Each process writes its optimizer state (sharded under ZeRO/FSDP; here DDP) and reads its own back."""
     import shutil
 
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    args = [*EXACT, "ppo.total_episodes=64", "ppo.per_device_train_batch_size=8", "save_steps=2"]  # 4 updates
-    proc = _two_processes(*args, f"output_dir={straight}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    straight, resumed, args = shared_two, tmp_path / "resumed", SHARED  # 4 updates
     ckpt = straight / "checkpoint-2"
     assert sorted(p.name for p in ckpt.glob("optimizer_*.pt")) == ["optimizer_0.pt", "optimizer_1.pt"]
     # As if killed after update 4 was logged but before its checkpoint: resume from update 2.

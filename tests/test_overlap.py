@@ -87,10 +87,10 @@ def _steady(row: dict) -> dict:
     return {k: v for k, v in row.items() if not k.startswith(VOLATILE)}
 
 
-def _weights(out: Path) -> dict:
+def _weights(out: Path, saved: str = "final") -> dict:
     from safetensors.torch import load_file
 
-    return {**load_file(out / "final" / "model.safetensors"), **load_file(out / "final" / "value_head.safetensors")}
+    return {**load_file(out / saved / "model.safetensors"), **load_file(out / saved / "value_head.safetensors")}
 
 
 def _cmd(out: Path, *args: str) -> list[str]:
@@ -105,12 +105,14 @@ def _train(out: Path, *args: str) -> Path:
 
 EPISODES = 32  # per update of the tiny recipe
 UPDATES = 20
+RESUMED = 10  # the stopped run is resumed to here; the unbroken run's checkpoint of this update is its match
 
 
 @pytest.fixture(scope="module")
 def async_run(tmp_path_factory):
     pytest.importorskip("vllm")
-    return _train(tmp_path_factory.mktemp("async"), *ASYNC, f"ppo.total_episodes={EPISODES * UPDATES}")
+    return _train(tmp_path_factory.mktemp("async"), *ASYNC, f"ppo.total_episodes={EPISODES * UPDATES}",
+                  f"save_steps={RESUMED}")
 
 
 @pytest.mark.slow
@@ -135,8 +137,9 @@ def test_async_rollouts_overlap_training_and_still_raise_the_reward(async_run):
 
 @pytest.mark.slow
 def test_an_async_run_stopped_and_resumed_equals_the_unbroken_one(async_run, tmp_path):
-    # The stopped run asks for far more updates than it gets (the tiny recipe's rate is constant, so the total
-    # changes nothing before); the checkpoint holds the batch in flight, which the resumed run trains on first.
+    # The stopped run asks for far more updates than it gets, the resumed one for fewer than the unbroken run:
+    # the tiny recipe's rate is constant, so the total changes nothing before it. The checkpoint holds the batch
+    # in flight, which the resumed run trains on first.
     out = tmp_path / "stopped"
     log = tmp_path / "stopped.err"
     proc = subprocess.Popen(_cmd(out, *ASYNC, "save_steps=3", "ppo.total_episodes=100000"), cwd=ROOT,
@@ -150,11 +153,11 @@ def test_an_async_run_stopped_and_resumed_equals_the_unbroken_one(async_run, tmp
     assert proc.wait(timeout=900) == 128 + signal.SIGTERM, log.read_text()[-3000:]
     stopped_at = len(_rows(out))
     assert (out / f"checkpoint-{stopped_at}" / "engine_state_0.pt").is_file()
-    assert stopped_at < UPDATES
+    assert stopped_at < RESUMED
 
-    _train(out, *ASYNC, "resume_from=auto", f"ppo.total_episodes={EPISODES * UPDATES}")
-    assert [_steady(r) for r in _rows(out)] == [_steady(r) for r in _rows(async_run)]
-    straight, resumed = _weights(async_run), _weights(out)
+    _train(out, *ASYNC, "resume_from=auto", f"ppo.total_episodes={EPISODES * RESUMED}")
+    assert [_steady(r) for r in _rows(out)] == [_steady(r) for r in _rows(async_run)[:RESUMED]]
+    straight, resumed = _weights(async_run, f"checkpoint-{RESUMED}"), _weights(out)
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 

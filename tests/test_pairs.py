@@ -36,14 +36,6 @@ def _labeller(tmp_path) -> Path:
     return path
 
 
-def _one_line_error(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_:
-        cli(argv)
-    message = str(exit_.value.code)
-    assert message.startswith("error: ") and "\n" not in message, message
-    return message
-
-
 def _read(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
@@ -128,30 +120,30 @@ def test_pairs_of_the_tiny_policy_labelled_by_a_function_then_read_by_trls_rewar
     assert prepared["margin"] == [p["margin"] for p in pairs]
 
 
-def test_bad_pairs_inputs_are_one_line(tmp_path, capsys):
+def test_bad_pairs_inputs_are_one_line(tmp_path, one_line_error):
     labeller = _labeller(tmp_path)
     one_row = tmp_path / "one.jsonl"
     one_row.write_text(json.dumps({"prompt": "only one"}) + "\n")
     base = ["pairs", "recipe=tiny"]
-    message = _one_line_error([*base, f"output_dir={tmp_path / 'a'}", "pairs.num_generations=1"], capsys)
+    message = one_line_error([*base, f"output_dir={tmp_path / 'a'}", "pairs.num_generations=1"])
     assert "pairs.num_generations must be >= 2" in message
-    message = _one_line_error([*base, f"output_dir={tmp_path / 'b'}", f"data.name={one_row}"], capsys)
+    message = one_line_error([*base, f"output_dir={tmp_path / 'b'}", f"data.name={one_row}"])
     assert "has 1 row: too few" in message
-    message = _one_line_error([*base, f"output_dir={tmp_path / 'c'}", "reward.funcs=[labeler.py:count_a]"], capsys)
+    message = one_line_error([*base, f"output_dir={tmp_path / 'c'}", "reward.funcs=[labeler.py:count_a]"])
     assert "does not exist" in message
     for name in ("a", "b", "c"):
         assert not (tmp_path / name).exists()  # refused before the run folder (and any model)
     with pytest.raises(ConfigError, match="set pairs.tie_threshold >= 0"):
         load_config(["recipe=tiny", "pairs.tie_threshold=-1"], stage="pairs")
     # None for a whole prompt's completions: one line, and no pairs file
-    message = _one_line_error([*base, f"output_dir={tmp_path / 'd'}", "data.num_train=4",
-                               f"reward.funcs=[{labeller}:none_for_some]"], capsys)
+    message = one_line_error([*base, f"output_dir={tmp_path / 'd'}", "data.num_train=4",
+                              f"reward.funcs=[{labeller}:none_for_some]"])
     assert "returned None for 1 of the 2 completions of prompt 0" in message
     assert not (tmp_path / "d" / "final").exists()
 
 
 @pytest.mark.slow
-def test_pairs_rm_ppo_pipeline_and_a_rerun_is_refused_or_replaces(tmp_path, capsys):
+def test_pairs_rm_ppo_pipeline_and_a_rerun_is_refused_or_replaces(tmp_path, capsys, one_line_error):
     labeller = _labeller(tmp_path)
     out = tmp_path / "pipe"
     argv = ["pipeline", "recipe=tiny", f"output_dir={out}", "stages=[pairs,rm,ppo]",
@@ -171,8 +163,8 @@ def test_pairs_rm_ppo_pipeline_and_a_rerun_is_refused_or_replaces(tmp_path, caps
     # the pairs stage alone: a finished folder is refused, replaced only when asked
     stage = ["pairs", "recipe=tiny", f"output_dir={out / 'pairs'}", f"reward.funcs=[{labeller}:count_a]",
              "data.num_train=8"]
-    assert "holds another run" in _one_line_error(stage, capsys)
-    assert "nothing to continue" in _one_line_error([*stage, "resume_from=auto"], capsys)
+    assert "holds another run" in one_line_error(stage)
+    assert "nothing to continue" in one_line_error([*stage, "resume_from=auto"])
     cli([*stage, "overwrite_output_dir=true"])
     assert json.loads((out / "pairs" / "pairs_summary.json").read_text())["prompts"] == 8
 

@@ -28,14 +28,6 @@ def _pipeline(out, *extra):
     return ["pipeline", "recipe=tiny-pipeline", f"output_dir={out}", *extra]
 
 
-def _one_line_error(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_:
-        cli(argv)
-    message = str(exit_.value.code)
-    assert message.startswith("error: ") and "\n" not in message, message
-    return message
-
-
 def _rows(path: Path) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     return [{k: v for k, v in row.items() if not k.startswith(VOLATILE)} for row in rows]
@@ -82,8 +74,8 @@ def straight(tmp_path_factory) -> Path:
     (["stages=[sft,ppo]", "per_stage.ppo.output_dir=x"], "per_stage.ppo.output_dir is set for the whole pipeline"),
     (["stages=[sft,ppo]", "hub.push=true", "hub.repo_id=a/b"], "per_stage.ppo.hub.push=true"),
 ])
-def test_pipeline_mistakes_are_one_line_before_anything_runs(tmp_path, capsys, args, message):
-    error = _one_line_error(["pipeline", "recipe=tiny", f"output_dir={tmp_path / 'p'}", *args], capsys)
+def test_pipeline_mistakes_are_one_line_before_anything_runs(tmp_path, one_line_error, args, message):
+    error = one_line_error(["pipeline", "recipe=tiny", f"output_dir={tmp_path / 'p'}", *args])
     assert message in error
     assert not (tmp_path / "p").exists()  # nothing written
 
@@ -106,35 +98,35 @@ def test_a_one_stage_pipeline_runs_exactly_the_plain_run(tmp_path):
     assert "stages" not in to_yaml(plain) and "per_stage" not in to_yaml(plain)  # a PPO run's config.yaml as before
 
 
-def test_train_refuses_a_pipeline_recipe(capsys):
-    error = _one_line_error(["train", "recipe=tiny-pipeline"], capsys)
+def test_train_refuses_a_pipeline_recipe(one_line_error):
+    error = one_line_error(["train", "recipe=tiny-pipeline"])
     assert "rlhf-app pipeline recipe=tiny-pipeline" in error
 
 
-def test_the_folder_must_hold_this_pipeline_or_nothing(tmp_path, capsys):
+def test_the_folder_must_hold_this_pipeline_or_nothing(tmp_path, one_line_error):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1}\n')
-    assert "holds a training run, not a pipeline" in _one_line_error(_pipeline(run), capsys)
+    assert "holds a training run, not a pipeline" in one_line_error(_pipeline(run))
     other = tmp_path / "other"
     other.mkdir()
     (other / "pipeline.yaml").write_text("stages: [rm, ppo]\n")
-    assert "holds the pipeline [rm, ppo], not [sft, ppo]" in _one_line_error(_pipeline(other), capsys)
+    assert "holds the pipeline [rm, ppo], not [sft, ppo]" in one_line_error(_pipeline(other))
     live = tmp_path / "live"
     live.mkdir()
     (live / ".lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
-    assert "is in use by a live run" in _one_line_error(_pipeline(live), capsys)
+    assert "is in use by a live run" in one_line_error(_pipeline(live))
     assert not (live / "sft").exists() and not (other / "sft").exists()
     stale = tmp_path / "stale"  # ppo finished, then its sft folder was removed
     (stale / "ppo" / "final").mkdir(parents=True)
     (stale / "pipeline.yaml").write_text("stages: [sft, ppo]\n")
-    assert "has finished but stage sft before it has not" in _one_line_error(_pipeline(stale), capsys)
+    assert "has finished but stage sft before it has not" in one_line_error(_pipeline(stale))
 
 
 # ---- running it
 
 @pytest.mark.slow
-def test_sft_then_ppo_chained_through_stage_paths_then_nothing_left_to_run(straight, capsys):
+def test_sft_then_ppo_chained_through_stage_paths_then_nothing_left_to_run(straight, capsys, one_line_error):
     sft, ppo = straight / "sft", straight / "ppo"
     # PPO started from the SFT stage's final/: its held-out score before PPO is SFT's, far above the tiny base's
     assert load_config([f"recipe={ppo / 'config.yaml'}"]).model.name_or_path == str(sft / "final")
@@ -155,7 +147,7 @@ def test_sft_then_ppo_chained_through_stage_paths_then_nothing_left_to_run(strai
     assert "stage sft (1/2): finished, skipped" in said and "stage ppo (2/2): finished, skipped" in said
     assert (copy / "ppo" / "final" / "model.safetensors").stat().st_mtime_ns == stamp
     # a finished stage asked for with other settings is refused, not silently skipped
-    error = _one_line_error(_pipeline(copy, "sft.learning_rate=1e-3"), capsys)
+    error = one_line_error(_pipeline(copy, "sft.learning_rate=1e-3"))
     assert "stage sft in" in error and "finished with other settings (sft.learning_rate: 0.003 -> 0.001)" in error
 
 

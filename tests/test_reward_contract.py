@@ -14,7 +14,6 @@ import torch
 from transformers import TrainerState
 
 from rlhf_app import run as cli
-from rlhf_app.cli.main import main
 from rlhf_app.config import load_config
 from rlhf_app.rl.rollout import RewardLog, Rollout, score
 from rlhf_app.data.columns import CONVERSATION_COLUMN
@@ -187,20 +186,13 @@ def text_data(tmp_path):
     return tmp_path
 
 
-def _one_line_error(monkeypatch, argv, forbid_models=True) -> str:
+def _train_argv(argv: list[str]) -> list[str]:
+    """`rlhf-app train` of the tiny recipe with ARGV, into a run folder of its own (a refused run must never
+    touch the checkout's runs/)."""
     import tempfile
 
-    if forbid_models:
-        from rlhf_app.models import policy as models
-
-        monkeypatch.setattr(models, "build_models", lambda cfg: pytest.fail("a model loaded before the error"))
-    with pytest.raises(SystemExit) as info:
-        # A run folder of its own: a refused run must never touch the checkout's runs/.
-        main(["train", "recipe=tiny", "eval_before_after=false", "ppo.total_episodes=32",
-              f"output_dir={tempfile.mkdtemp(prefix='rlhf_app-refused-')}/run", *argv])
-    message = str(info.value.code)
-    assert message.startswith("error: ") and "\n" not in message, message
-    return message
+    return ["train", "recipe=tiny", "eval_before_after=false", "ppo.total_episodes=32",
+            f"output_dir={tempfile.mkdtemp(prefix='rlhf_app-refused-')}/run", *argv]
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -218,17 +210,17 @@ def _one_line_error(monkeypatch, argv, forbid_models=True) -> str:
      "reward.weights has 1 entries for 2 reward functions"),
     (["'reward.funcs=[\"trl.rewards:get_soft_overlong_punishment(max_completion_len=x)\"]'"], "must be literals"),
 ])
-def test_bad_inputs_fail_in_one_line_before_models_load(monkeypatch, text_data, argv, expected):
+def test_bad_inputs_fail_in_one_line_before_models_load(one_line_error, text_data, argv, expected):
     f = reward_file(text_data)
     argv = [a.format(d=text_data, f=f).strip("'") for a in argv]
-    assert expected.format(d=text_data) in _one_line_error(monkeypatch, argv)
+    assert expected.format(d=text_data) in one_line_error(_train_argv(argv), models_may_load=False)
 
 
 @pytest.mark.parametrize("name, expected", [("as_dict", "returned a dict (keys a)"), ("as_strings", "returned a str"),
                                             ("as_2d", "returned a 2-D ndarray of shape (32, 2)")])
-def test_bad_reward_outputs_fail_in_one_line(monkeypatch, tmp_path, name, expected):
+def test_bad_reward_outputs_fail_in_one_line(one_line_error, tmp_path, name, expected):
     argv = [f"output_dir={tmp_path}/run", f"reward.funcs=[{reward_file(tmp_path)}:{name}]"]
-    message = _one_line_error(monkeypatch, argv, forbid_models=False)
+    message = one_line_error(_train_argv(argv))
     assert f"reward '{name}' {expected}" in message
 
 

@@ -11,7 +11,6 @@ import signal
 import pytest
 import torch
 
-from rlhf_app.cli.main import main as cli
 from rlhf_app.config import load_config
 from rlhf_app.run_dir.signals import Stopped
 
@@ -207,14 +206,6 @@ def test_a_stopped_stage_resumes_exactly_from_the_trainers_checkpoint(tmp_path, 
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def _one_line_error(argv, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        cli(argv)
-    message = str(exit_.value.code)
-    assert message.startswith("error: ") and "\n" not in message, message
-    return message
-
-
 BAD = {
     "no rejected": ("rm", [{"chosen": "aaa", "other": "b"}], "no 'rejected' column"),
     "margin strings": ("rm", [{"chosen": "aaa", "rejected": "b", "margin": "big"}] * 4, "not a number"),
@@ -226,22 +217,22 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_stage_data_is_one_line_before_any_model_loads(tmp_path, capsys, case):
+def test_bad_stage_data_is_one_line_before_any_model_loads(tmp_path, one_line_error, case):
     stage, rows, expected = BAD[case]
     out = tmp_path / "run"
-    message = _one_line_error([stage, "recipe=tiny", f"output_dir={out}",
-                               f"{stage}.dataset={_jsonl(tmp_path / 'd.jsonl', rows)}"], capsys)
+    message = one_line_error([stage, "recipe=tiny", f"output_dir={out}",
+                              f"{stage}.dataset={_jsonl(tmp_path / 'd.jsonl', rows)}"])
     assert expected in message
     assert not out.exists()  # refused before the run folder (and so any model) was touched
 
 
 @pytest.mark.slow
-def test_a_rerun_into_a_finished_stage_folder_is_refused(tmp_path, capsys):
+def test_a_rerun_into_a_finished_stage_folder_is_refused(tmp_path, one_line_error):
     data = _jsonl(tmp_path / "sft.jsonl", sft_rows())
     _sft(tmp_path / "run", data, "--max_steps", "2")
     argv = ["sft", "recipe=tiny", f"output_dir={tmp_path / 'run'}", f"sft.dataset={data}", "--max_steps", "2"]
-    assert "holds another run" in _one_line_error(argv, capsys)
-    assert "has finished" in _one_line_error([*argv, "resume_from=auto"], capsys)
+    assert "holds another run" in one_line_error(argv)
+    assert "has finished" in one_line_error([*argv, "resume_from=auto"])
 
 
 def test_stage_config_takes_trl_flags_into_its_section_and_leaves_ppo_unchanged():
