@@ -135,6 +135,7 @@ class _Served(LocalHost):
     """The subprocess's host: each batch begins by reseeding the process's generators."""
 
     def begin(self, names: list, seed: int) -> None:
+        # not accelerate's set_seed (run.py): that one also seeds CUDA, which a forked child must not touch
         import numpy as np
         import torch
 
