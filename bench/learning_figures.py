@@ -97,7 +97,9 @@ def sft_figures(sft_dir: Path) -> dict:
 
 def against_no_tools(tools: dict, twin: dict) -> dict:
     """Each phase's strict accuracy with tools minus the no-tool twin's, per problem set, in standard errors of
-    the difference (bench/phases.py's arithmetic): {"sft/generated": {"diff", "se", "in_se"}, ...}."""
+    the difference (bench/phases.py's difference): {"sft/generated": {"diff", "se", "in_se"}, ...}."""
+    from phases import difference
+
     out = {}
     a, b = tools.get("phases", {}).get("phases"), twin.get("phases", {}).get("phases")
     for phase in ("base", "sft", "ppo"):
@@ -106,9 +108,7 @@ def against_no_tools(tools: dict, twin: dict) -> dict:
                 x, y = a[phase][name], b[phase][name]
             except (KeyError, TypeError):
                 continue
-            se = math.hypot(x["accuracy_strict_se"], y["accuracy_strict_se"])
-            diff = x["accuracy_strict"] - y["accuracy_strict"]
-            out[f"{phase}/{name}"] = {"diff": diff, "se": se, "in_se": diff / se if se else None}
+            out[f"{phase}/{name}"] = difference(y, x, "accuracy_strict")
     return out
 
 

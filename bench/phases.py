@@ -137,12 +137,17 @@ def gains(phases: dict) -> dict:
         for name in phases[a]:
             if name == "eval_s":
                 continue
-            pa, pb = phases[a][name], phases[b][name]
             for key in ("accuracy_strict", "accuracy_flexible"):
-                se = math.hypot(pa[f"{key}_se"], pb[f"{key}_se"])
-                diff = pb[key] - pa[key]
-                out[f"{a}->{b}/{name}/{key}"] = {"diff": diff, "se": se, "in_se": diff / se if se else None}
+                out[f"{a}->{b}/{name}/{key}"] = difference(phases[a][name], phases[b][name], key)
     return out
+
+
+def difference(a: dict, b: dict, key: str) -> dict:
+    """b's share `key` minus a's, in standard errors of the difference (sqrt(se_a^2 + se_b^2), the two shares
+    treated as independent): {"diff", "se", "in_se"}."""
+    se = math.hypot(a[f"{key}_se"], b[f"{key}_se"])
+    diff = b[key] - a[key]
+    return {"diff": diff, "se": se, "in_se": diff / se if se else None}
 
 
 def main(argv: list[str]) -> None:
