@@ -1,6 +1,7 @@
 """GSM8K accuracy of a pipeline's phases (the base model, after SFT, after PPO) on the same problems.
 
-    .venv/bin/python bench/phases.py RUN_DIR [--generated 300] [--engine vllm|hf]
+    .venv/bin/python bench/phases.py RUN_DIR [--generated 300] [--engine vllm|hf] [--phases base sft ppo]
+        [--batch-size 32]
 
 RUN_DIR is a finished `rlhf-app pipeline` folder (RUN_DIR/sft/final, RUN_DIR/ppo/final). Two problem sets:
 `generated`, problems from the training templates with a seed no stage draws (the PPO stage's
@@ -8,6 +9,8 @@ RUN_DIR is a finished `rlhf-app pipeline` folder (RUN_DIR/sft/final, RUN_DIR/ppo
 GSM8K test items whose templates never trained. Every phase answers greedily (do_sample=false) with
 the PPO stage's prompt and response length, scored by its reward (the GSM8K checker): strict and
 flexible accuracy, format_end_share, each with its standard error sqrt(p(1-p)/n). One JSON line out.
+--phases scores only those (the gains between the ones scored); --batch-size: the episodes sampled at once
+(greedy: the same answers at any size; with tools each round of the loop waits for the whole batch).
 
 With tools (the PPO stage's rollout.tools, e.g. gsm8k-tools-offline) every phase answers through the engines'
 tool loop with the recipe's chat template (model.chat_template, the base model's too), and each set adds
@@ -28,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 KEYS = ("accuracy_strict", "accuracy_flexible", "format_end_share")
 GENERATED = 300  # generated problems scored (the issue's GSM8K held-out size: >= 300, and the 55 real items)
+PHASES = ("base", "sft", "ppo")
 
 
 def standard_error(p: float, n: int) -> float:
@@ -83,7 +87,8 @@ def figures(entry: dict, n: int, tools: dict | None = None) -> dict:
     return out
 
 
-def evaluate_phases(run_dir: Path, n_generated: int, engine_name: str | None = None) -> dict:
+def evaluate_phases(run_dir: Path, n_generated: int, engine_name: str | None = None,
+                    which: tuple[str, ...] = PHASES, batch_size: int = 32) -> dict:
     import torch
     from accelerate import Accelerator
     from datasets import Dataset
@@ -105,6 +110,7 @@ def evaluate_phases(run_dir: Path, n_generated: int, engine_name: str | None = N
     sft_cfg = load_config([f"recipe={run_dir / 'sft' / 'config.yaml'}"])
     phases = {"base": assets.resolve(sft_cfg.model.name_or_path), "sft": run_dir / "sft" / "final",
               "ppo": run_dir / "ppo" / "final"}
+    phases = {phase: folder for phase, folder in phases.items() if phase in which}
     tokenizer = None
     out = {"engine": cfg.rollout.engine, "greedy": True, "phases": {}}
     engine = datasets = None
@@ -122,7 +128,8 @@ def evaluate_phases(run_dir: Path, n_generated: int, engine_name: str | None = N
         out["phases"][phase] = {}
         for name, ds in datasets.items():
             counted = ToolCount(reward_fn)
-            entry = evaluation.evaluate_policy(cfg, model, tokenizer, ds, counted, device, engine=engine)
+            entry = evaluation.evaluate_policy(cfg, model, tokenizer, ds, counted, device, engine=engine,
+                                               batch_size=batch_size)
             out["phases"][phase][name] = figures(entry, len(ds), counted.figures())
         out["phases"][phase]["eval_s"] = round(time.time() - start, 1)
     out["gains"] = gains(out["phases"])
@@ -134,6 +141,8 @@ def gains(phases: dict) -> dict:
     (sqrt(se_a^2 + se_b^2), the two phases' shares treated as independent: conservative for paired items)."""
     out = {}
     for a, b in (("base", "sft"), ("sft", "ppo"), ("base", "ppo")):
+        if a not in phases or b not in phases:
+            continue
         for name in phases[a]:
             if name == "eval_s":
                 continue
@@ -155,8 +164,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--generated", type=int, default=GENERATED)
     parser.add_argument("--engine", choices=("vllm", "hf"))
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
+    parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
-    print(json.dumps(evaluate_phases(args.run_dir, args.generated, args.engine)))
+    print(json.dumps(evaluate_phases(args.run_dir, args.generated, args.engine, tuple(args.phases), args.batch_size)))
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ from rlhf_app.failures import hub_access
 
 
 def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, trainer_state=None, engine=None,
-                    gold_fn=None) -> dict:
+                    gold_fn=None, batch_size: int = 32) -> dict:
     """Held-out evaluation with a fixed seed, leaving training's RNG untouched. `engine` (this
     process's vLLM engine, or None: the policy's own generate) samples once `model`'s weights are
-    synced into it, with requests seeded from cfg.seed alone. `gold_fn`: the gold reward, also scored."""
+    synced into it, with requests seeded from cfg.seed alone. `gold_fn`: the gold reward, also scored.
+    `batch_size`: the rows sampled at once (with tools, each round of the loop waits for all of them)."""
     import torch
 
     from rlhf_app.engines.hf import generate
@@ -37,7 +38,8 @@ def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, trainer_s
         sample = lambda rows: engine.generate(rows, seed=cfg.seed)  # noqa: E731
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return sample_and_score(sample, eval_ds, reward_fn, device, trainer_state=trainer_state, gold_fn=gold_fn)
+        return sample_and_score(sample, eval_ds, reward_fn, device, batch_size=batch_size, trainer_state=trainer_state,
+                                gold_fn=gold_fn)
 
 
 def eval_metrics(result: dict) -> dict[str, float]:
