@@ -98,23 +98,10 @@ def _cmd(out: Path, *args: str) -> list[str]:
     return [sys.executable, TRAIN, "recipe=tiny", f"output_dir={out}", "eval_before_after=false", *args]
 
 
-def _start(out: Path, *args: str) -> subprocess.Popen:
-    """A training run into OUT, its stderr in OUT.err (a pipe nobody reads meanwhile could fill and block it)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{out}.err", "w") as err:
-        proc = subprocess.Popen(_cmd(out, *args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-    proc.out = out
-    return proc
-
-
-def _finish(proc: subprocess.Popen) -> Path:
-    """Waits for a run of _start; a hang still ends the test. -> its folder"""
-    assert proc.wait(timeout=1200) == 0, Path(f"{proc.out}.err").read_text()[-3000:]
-    return proc.out
-
-
 def _train(out: Path, *args: str) -> Path:
-    return _finish(_start(out, *args))
+    proc = subprocess.run(_cmd(out, *args), cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
 
 
 EPISODES = 32  # per update of the tiny recipe
@@ -136,19 +123,14 @@ ZERO = ("rollout.engine=vllm", "rollout.vllm_importance_sampling_correction=true
 
 
 @pytest.fixture(scope="module")
-def sync_and_zero(tmp_path_factory):
-    """The synchronous and the zero-staleness run, started side by side and left running: the test that compares
-    them waits for them. No assertion reads their timings and each is deterministic, so they share the two cores
-    with each other and with the resume test's runs (which take this fixture to start them). The async run, whose
-    overlap is asserted from its timings, runs alone before them."""
+def sync_and_zero(beside, tmp_path_factory):
+    """The synchronous and the zero-staleness run, started side by side (conftest's beside) by the resume test,
+    so that they share the two cores with its runs; the test that compares them waits for them. The async run,
+    whose overlap is asserted from its timings, runs alone before them."""
     pytest.importorskip("vllm")
     base = tmp_path_factory.mktemp("zero")
-    runs = (_start(base / "sync", *ZERO), _start(base / "zero", *ZERO, "rollout.async=true", "rollout.max_staleness=0"))
-    yield runs
-    for proc in runs:  # a test failed before waiting for them
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    return {name: (base / name, beside(name, _cmd(base / name, *ZERO, *extra), cwd=ROOT))
+            for name, extra in (("sync", ()), ("zero", ("rollout.async=true", "rollout.max_staleness=0")))}
 
 
 @pytest.mark.slow
@@ -199,7 +181,8 @@ def test_an_async_run_stopped_and_resumed_equals_the_unbroken_one(async_run, syn
 
 @pytest.mark.slow
 def test_zero_staleness_is_exactly_the_synchronous_run(sync_and_zero):
-    sync, zero = (_finish(proc) for proc in sync_and_zero)
+    (sync, sync_run), (zero, zero_run) = sync_and_zero["sync"], sync_and_zero["zero"]
+    sync_run.ok(), zero_run.ok()
     rows_sync, rows_zero = _rows(sync), _rows(zero)
     assert all(r["rollout/staleness"] == 0 and r["time/generate_s"] >= r["time/sampling_s"] for r in rows_zero)
     assert [{k: v for k, v in _steady(r).items() if k != "rollout/staleness"} for r in rows_zero] == \

@@ -148,41 +148,30 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def _start(out: Path, *args: str) -> subprocess.Popen:
-    """A training run through vLLM into OUT, its stderr in OUT.err (a pipe nobody reads meanwhile could fill and
-    block it)."""
-    with open(f"{out}.err", "w") as err:
-        proc = subprocess.Popen([sys.executable, TRAIN, "recipe=tiny", "rollout.engine=vllm", "eval_before_after=false",
-                                 f"output_dir={out}", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-    proc.out = out
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, TRAIN, "recipe=tiny", "rollout.engine=vllm", "eval_before_after=false", *args]
+
+
+def _train(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(_cmd(*args), cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
-def _finish(proc: subprocess.Popen) -> Path:
-    """Waits for a run of _start; a hang still ends the test. -> its folder"""
-    assert proc.wait(timeout=1200) == 0, Path(f"{proc.out}.err").read_text()[-3000:]
-    return proc.out
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Ends a background process that a failed or deselected test left running."""
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module", autouse=True)
-def vllm_run_started(vllm, tmp_path_factory):
-    """The PPO run through vLLM that vllm_run waits for, started as this module begins: it trains on the second
-    core while the engine tests above run in this process on the first (no assertion reads its timings)."""
-    proc = _start(tmp_path_factory.mktemp("vllm-tiny"), "ppo.total_episodes=640", "save_steps=15")
-    yield proc
-    _stop(proc)
+def vllm_run_started(vllm, beside, tmp_path_factory):
+    """The run vllm_run waits for, started as this module begins (conftest's beside): it trains on the second
+    core while the engine tests above run in this process (no assertion reads its timings)."""
+    assets.resolve("asset:tiny")  # built once, here, rather than by both processes at once
+    out = tmp_path_factory.mktemp("vllm-tiny")
+    return out, beside("vllm-tiny", _cmd(f"output_dir={out}", "ppo.total_episodes=640", "save_steps=15"), cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
 def vllm_run(vllm_run_started):
-    return _finish(vllm_run_started)
+    out, run = vllm_run_started
+    run.ok()
+    return out
 
 
 def test_ppo_through_vllm_raises_the_reward(vllm_run):
@@ -204,8 +193,8 @@ def test_ppo_through_vllm_raises_the_reward(vllm_run):
 def test_resume_with_vllm_continues_as_the_unbroken_run(vllm_run, tmp_path):
     # The engine starts from the model's files on disk; the sync must give it the checkpoint's weights,
     # and per-request seeds make the sampling after resume the same as in the unbroken run.
-    _finish(_start(tmp_path / "resumed", "ppo.total_episodes=640", f"resume_from={vllm_run / 'checkpoint-15'}"))
-    straight, resumed = _rows(vllm_run)[15:], _rows(tmp_path / "resumed")
+    _train(f"output_dir={tmp_path}", "ppo.total_episodes=640", f"resume_from={vllm_run / 'checkpoint-15'}")
+    straight, resumed = _rows(vllm_run)[15:], _rows(tmp_path)
     assert [r["step"] for r in resumed] == list(range(16, 21))
     for a, b in zip(straight, resumed):
         for key in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg", "val/mean_response_length"):
