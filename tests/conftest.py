@@ -146,12 +146,17 @@ class Beside:
 
 
 @pytest.fixture(scope="module")
-def beside(tmp_path_factory):
-    """`beside(name, cmd, **popen)`: starts CMD now as a Beside, its log files in a fresh folder named NAME;
-    whatever still runs when the module ends is stopped."""
+def beside(request, tmp_path_factory):
+    """`beside(name, cmd, for_test=None, **popen)`: starts CMD now as a Beside, its log files in a fresh folder
+    named NAME; with FOR_TEST (a test function of this module), only if this session runs it (else None), so
+    that a module-wide fixture starts no run for a test that -k or -m left out. Whatever still runs when the
+    module ends is stopped."""
     started = []
 
-    def start(name: str, cmd: list[str], **popen) -> Beside:
+    def start(name: str, cmd: list[str], for_test: str | None = None, **popen) -> Beside | None:
+        if for_test and not any(getattr(item, "originalname", None) == for_test and item.module is request.module
+                                for item in request.session.items):
+            return None
         started.append(Beside(cmd, tmp_path_factory.mktemp(f"{name}-log") / name, **popen))
         return started[-1]
     yield start
