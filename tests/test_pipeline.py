@@ -151,23 +151,25 @@ def test_sft_then_ppo_chained_through_stage_paths_then_nothing_left_to_run(strai
     assert "stage sft in" in error and "finished with other settings (sft.learning_rate: 0.003 -> 0.001)" in error
 
 
-INTERRUPTED = [("KILL", "sft", 8), ("KILL", "ppo", 6), ("TERM", "ppo", 4)]  # how, stage, step
+INTERRUPTED = {("KILL", "sft", 8): "test_a_killed_pipeline_continues_with_the_same_command_exactly",
+               ("KILL", "ppo", 6): "test_a_killed_pipeline_continues_with_the_same_command_exactly",
+               ("TERM", "ppo", 4): "test_sigterm_in_a_stage_saves_and_exits_143_naming_the_command_that_continues"}
 
 
 @pytest.fixture(scope="module")
 def interrupted(beside, tmp_path_factory) -> dict:
     """(how, stage, step) of INTERRUPTED -> (its folder, its Beside): the pipeline in a subprocess that signals
-    itself (`how`: KILL, TERM) as `stage` begins to save checkpoint-`step`. All three start at once, before
-    `straight` (conftest's beside): the signals land at fixed places, and no assertion reads a timing."""
+    itself (`how`: KILL, TERM) as `stage` begins to save checkpoint-`step`. Those of the selected tests start
+    at once, before `straight` (conftest's beside): the signals land at fixed places, no assertion reads a timing."""
     from rlhf_app.assets.registry import resolve
 
     resolve("asset:tiny")  # built once here, not by each of them
     runs = {}
-    for how, stage, step in INTERRUPTED:
+    for (how, stage, step), test in INTERRUPTED.items():
         out = tmp_path_factory.mktemp(f"{how}-{stage}") / "pipe"
         runs[how, stage, step] = out, beside(f"{how}-{stage}", [
             sys.executable, str(ROOT / "tests" / "pipeline_kill_worker.py"), how, stage, str(step),
-            "recipe=tiny-pipeline", f"output_dir={out}"], cwd=ROOT)
+            "recipe=tiny-pipeline", f"output_dir={out}"], for_test=test, cwd=ROOT)
     return runs
 
 
