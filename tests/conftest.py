@@ -147,15 +147,15 @@ class Beside:
 
 @pytest.fixture(scope="module")
 def beside(request, tmp_path_factory):
-    """`beside(name, cmd, for_test=None, **popen)`: starts CMD now as a Beside, its log files in a fresh folder
-    named NAME; with FOR_TEST (a test function of this module), only if this session runs it (else None), so
-    that a module-wide fixture starts no run for a test that -k or -m left out. Whatever still runs when the
-    module ends is stopped."""
+    """`beside(name, cmd, for_tests=(), **popen)`: starts CMD now as a Beside, its log files in a fresh folder
+    named NAME; with FOR_TESTS (names of test functions of this module), only if this session runs one of them
+    (else None), so that a module-wide fixture starts no run for tests that -k or -m left out. Whatever still
+    runs when the module ends is stopped."""
     started = []
 
-    def start(name: str, cmd: list[str], for_test: str | None = None, **popen) -> Beside | None:
-        if for_test and not any(getattr(item, "originalname", None) == for_test and item.module is request.module
-                                for item in request.session.items):
+    def start(name: str, cmd: list[str], for_tests: tuple[str, ...] = (), **popen) -> Beside | None:
+        if for_tests and not any(getattr(item, "originalname", None) in for_tests and item.module is request.module
+                                 for item in request.session.items):
             return None
         started.append(Beside(cmd, tmp_path_factory.mktemp(f"{name}-log") / name, **popen))
         return started[-1]

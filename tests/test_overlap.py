@@ -129,7 +129,8 @@ def sync_and_zero(beside, tmp_path_factory):
     whose overlap is asserted from its timings, runs alone before them."""
     pytest.importorskip("vllm")
     base = tmp_path_factory.mktemp("zero")
-    return {name: (base / name, beside(name, _cmd(base / name, *ZERO, *extra), cwd=ROOT))
+    return {name: (base / name, beside(name, _cmd(base / name, *ZERO, *extra), cwd=ROOT,
+                                       for_tests=("test_zero_staleness_is_exactly_the_synchronous_run",)))
             for name, extra in (("sync", ()), ("zero", ("rollout.async=true", "rollout.max_staleness=0")))}
 
 

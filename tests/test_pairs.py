@@ -182,7 +182,7 @@ def vllm_pairs(beside, tmp_path_factory):
     cmd = [sys.executable, str(root / "scripts" / "pairs.py"), "recipe=tiny", f"output_dir={base / 'pairs'}",
            "rollout.engine=vllm", f"reward.funcs=[{_labeller(base)}:count_a]", "data.num_train=16",
            "pairs.num_generations=3"]
-    return base, beside("vllm-pairs", cmd, for_test="test_pairs_sampled_by_the_vllm_engine", cwd=root)
+    return base, beside("vllm-pairs", cmd, for_tests=("test_pairs_sampled_by_the_vllm_engine",), cwd=root)
 
 
 @pytest.mark.slow

@@ -169,7 +169,7 @@ def interrupted(beside, tmp_path_factory) -> dict:
         out = tmp_path_factory.mktemp(f"{how}-{stage}") / "pipe"
         runs[how, stage, step] = out, beside(f"{how}-{stage}", [
             sys.executable, str(ROOT / "tests" / "pipeline_kill_worker.py"), how, stage, str(step),
-            "recipe=tiny-pipeline", f"output_dir={out}"], for_test=test, cwd=ROOT)
+            "recipe=tiny-pipeline", f"output_dir={out}"], for_tests=(test,), cwd=ROOT)
     return runs
 
 

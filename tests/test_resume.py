@@ -140,7 +140,7 @@ def killed_in_rotation(beside, tmp_path_factory):
     starts as this module begins, if that test is selected, and runs beside the tests before it (conftest)."""
     out = tmp_path_factory.mktemp("rotation") / "run"
     return out, beside("rotation", _kill_command("rotation", out, f"ppo.total_episodes={EPISODES * 10}"), cwd=ROOT,
-                       for_test="test_a_kill_during_checkpoint_rotation_leaves_a_resumable_folder")
+                       for_tests=("test_a_kill_during_checkpoint_rotation_leaves_a_resumable_folder",))
 
 
 @pytest.mark.slow  # a killed subprocess

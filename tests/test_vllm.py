@@ -164,7 +164,9 @@ def vllm_run_started(vllm, beside, tmp_path_factory):
     core while the engine tests above run in this process (no assertion reads its timings)."""
     assets.resolve("asset:tiny")  # built once, here, rather than by both processes at once
     out = tmp_path_factory.mktemp("vllm-tiny")
-    return out, beside("vllm-tiny", _cmd(f"output_dir={out}", "ppo.total_episodes=640", "save_steps=15"), cwd=ROOT)
+    return out, beside("vllm-tiny", _cmd(f"output_dir={out}", "ppo.total_episodes=640", "save_steps=15"), cwd=ROOT,
+                       for_tests=("test_ppo_through_vllm_raises_the_reward",
+                                  "test_resume_with_vllm_continues_as_the_unbroken_run"))
 
 
 @pytest.fixture(scope="module")
