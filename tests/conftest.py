@@ -4,10 +4,12 @@ Shared fixtures: `tiny_cfg` (the tiny recipe's config), `train_tiny` (train it i
 `finished_tiny_run` (one finished tiny run for the whole session, read-only: a test that writes into
 a run folder takes `tiny_run_copy`), `reward_cfg` (a TrainConfig with only reward fields set),
 `tool_model` (asset:tiny-tools taught its tool conversations, tool_fixtures.py: once per session),
-`one_line_error` (a refused `rlhf-app` command's one `error: ...` line)."""
+`one_line_error` (a refused `rlhf-app` command's one `error: ...` line), `beside` (a subprocess started
+ahead of the test that reads it, to run on the second core)."""
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
@@ -111,3 +113,52 @@ def one_line_error(monkeypatch):
         assert message.startswith("error: ") and "\n" not in message, message
         return message
     return check
+
+
+class Beside:
+    """A subprocess started before the test that reads it, so that it runs on the machine's second core while
+    this process (one core: the tests run one at a time, single-threaded) goes on with other tests. Only for
+    runs that are deterministic and whose timings no assertion reads. Its output goes to LOG.out and LOG.err: a
+    pipe nobody reads meanwhile could fill and block it."""
+
+    def __init__(self, cmd: list[str], log: Path, **popen):
+        self.log = log
+        with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, **popen)
+
+    def result(self, timeout: float = 1200) -> subprocess.CompletedProcess:
+        """Waits for it (the timeout only ends a hung run) -> what subprocess.run would have returned."""
+        self.proc.wait(timeout=timeout)
+        out, err = (Path(f"{self.log}.{name}").read_text(errors="replace") for name in ("out", "err"))
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, err)
+
+    def ok(self) -> subprocess.CompletedProcess:
+        """result(), which must have exit status 0 (else the test fails with its stderr's end)."""
+        proc = self.result()
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    def stop(self) -> None:
+        """Ends it if it is still running (its test failed before reading it, or was not selected)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def beside(request, tmp_path_factory):
+    """`beside(name, cmd, for_tests=(), **popen)`: starts CMD now as a Beside, its log files in a fresh folder
+    named NAME; with FOR_TESTS (names of test functions of this module), only if this session runs one of them
+    (else None), so that a module-wide fixture starts no run for tests that -k or -m left out. Whatever still
+    runs when the module ends is stopped."""
+    started = []
+
+    def start(name: str, cmd: list[str], for_tests: tuple[str, ...] = (), **popen) -> Beside | None:
+        if for_tests and not any(getattr(item, "originalname", None) in for_tests and item.module is request.module
+                                 for item in request.session.items):
+            return None
+        started.append(Beside(cmd, tmp_path_factory.mktemp(f"{name}-log") / name, **popen))
+        return started[-1]
+    yield start
+    for run in started:
+        run.stop()

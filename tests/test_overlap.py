@@ -78,7 +78,8 @@ def test_the_shuffles_draw_from_their_own_seeded_generator():
     assert len(seeds) == 4  # each update, process and run seed shuffles its own way
 
 
-# ---- real runs through vLLM (subprocesses: each frees its engine's memory when it ends)
+# ---- real runs through vLLM (subprocesses: each frees its engine's memory when it ends; those whose timings no
+# assertion reads run side by side on the two cores)
 def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -115,6 +116,24 @@ def async_run(tmp_path_factory):
                   f"save_steps={RESUMED}")
 
 
+# The same path (a thread, the wrapper, its checkpoints) with the batch sampled after the sync and waited for;
+# the synchronous run with the same importance weights on the engine/trainer mismatch.
+ZERO = ("rollout.engine=vllm", "rollout.vllm_importance_sampling_correction=true", f"ppo.total_episodes={EPISODES * 6}",
+        "save_steps=4")
+
+
+@pytest.fixture(scope="module")
+def sync_and_zero(beside, tmp_path_factory):
+    """The synchronous and the zero-staleness run, started side by side (conftest's beside) by the resume test,
+    so that they share the two cores with its runs; the test that compares them waits for them. The async run,
+    whose overlap is asserted from its timings, runs alone before them."""
+    pytest.importorskip("vllm")
+    base = tmp_path_factory.mktemp("zero")
+    return {name: (base / name, beside(name, _cmd(base / name, *ZERO, *extra), cwd=ROOT,
+                                       for_tests=("test_zero_staleness_is_exactly_the_synchronous_run",)))
+            for name, extra in (("sync", ()), ("zero", ("rollout.async=true", "rollout.max_staleness=0")))}
+
+
 @pytest.mark.slow
 def test_async_rollouts_overlap_training_and_still_raise_the_reward(async_run):
     rows = _rows(async_run)
@@ -136,10 +155,10 @@ def test_async_rollouts_overlap_training_and_still_raise_the_reward(async_run):
 
 
 @pytest.mark.slow
-def test_an_async_run_stopped_and_resumed_equals_the_unbroken_one(async_run, tmp_path):
+def test_an_async_run_stopped_and_resumed_equals_the_unbroken_one(async_run, sync_and_zero, tmp_path):
     # The stopped run asks for far more updates than it gets, the resumed one for fewer than the unbroken run:
     # the tiny recipe's rate is constant, so the total changes nothing before it. The checkpoint holds the batch
-    # in flight, which the resumed run trains on first.
+    # in flight, which the resumed run trains on first. (sync_and_zero: its two runs start now, beside these.)
     out = tmp_path / "stopped"
     log = tmp_path / "stopped.err"
     proc = subprocess.Popen(_cmd(out, *ASYNC, "save_steps=3", "ppo.total_episodes=100000"), cwd=ROOT,
@@ -162,14 +181,9 @@ def test_an_async_run_stopped_and_resumed_equals_the_unbroken_one(async_run, tmp
 
 
 @pytest.mark.slow
-def test_zero_staleness_is_exactly_the_synchronous_run(tmp_path):
-    pytest.importorskip("vllm")
-    # The same path (a thread, the wrapper, its checkpoints) with the batch sampled after the sync and waited
-    # for; the synchronous run with the same importance weights on the engine/trainer mismatch.
-    common = ("rollout.engine=vllm", "rollout.vllm_importance_sampling_correction=true",
-              f"ppo.total_episodes={EPISODES * 6}", "save_steps=4")
-    sync = _train(tmp_path / "sync", *common)
-    zero = _train(tmp_path / "zero", *common, "rollout.async=true", "rollout.max_staleness=0")
+def test_zero_staleness_is_exactly_the_synchronous_run(sync_and_zero):
+    (sync, sync_run), (zero, zero_run) = sync_and_zero["sync"], sync_and_zero["zero"]
+    sync_run.ok(), zero_run.ok()
     rows_sync, rows_zero = _rows(sync), _rows(zero)
     assert all(r["rollout/staleness"] == 0 and r["time/generate_s"] >= r["time/sampling_s"] for r in rows_zero)
     assert [{k: v for k, v in _steady(r).items() if k != "rollout/staleness"} for r in rows_zero] == \

@@ -169,19 +169,28 @@ def test_pairs_rm_ppo_pipeline_and_a_rerun_is_refused_or_replaces(tmp_path, caps
     assert json.loads((out / "pairs" / "pairs_summary.json").read_text())["prompts"] == 8
 
 
-@pytest.mark.slow
-def test_pairs_sampled_by_the_vllm_engine(tmp_path):
-    import subprocess
+@pytest.fixture(scope="module", autouse=True)
+def vllm_pairs(beside, tmp_path_factory):
+    """The vLLM test's run (scripts/pairs.py), started as this module begins if that test is selected (conftest's
+    beside): it samples on the second core while the tests before it run here; no assertion reads a timing."""
+    import importlib.util
     import sys
 
+    if importlib.util.find_spec("vllm") is None:
+        return None  # the test skips
+    base, root = tmp_path_factory.mktemp("vllm-pairs"), Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "scripts" / "pairs.py"), "recipe=tiny", f"output_dir={base / 'pairs'}",
+           "rollout.engine=vllm", f"reward.funcs=[{_labeller(base)}:count_a]", "data.num_train=16",
+           "pairs.num_generations=3"]
+    return base, beside("vllm-pairs", cmd, for_tests=("test_pairs_sampled_by_the_vllm_engine",), cwd=root)
+
+
+@pytest.mark.slow
+def test_pairs_sampled_by_the_vllm_engine(vllm_pairs):
     pytest.importorskip("vllm")
-    labeller = _labeller(tmp_path)
-    root = Path(__file__).resolve().parents[1]
+    tmp_path, run = vllm_pairs
+    run.ok()
     out = tmp_path / "pairs"
-    proc = subprocess.run([sys.executable, str(root / "scripts" / "pairs.py"), "recipe=tiny", f"output_dir={out}",
-                           "rollout.engine=vllm", f"reward.funcs=[{labeller}:count_a]", "data.num_train=16",
-                           "pairs.num_generations=3"], cwd=root, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
     labelled, pairs = _read(tmp_path / "labelled.jsonl"), _read(out / "final" / "pairs.jsonl")
     groups = [labelled[i:i + 3] for i in range(0, len(labelled), 3)]
     assert len(groups) == 16 and any(len({r["completion"] for r in g}) > 1 for g in groups)  # k samples, not copies

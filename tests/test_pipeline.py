@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -49,8 +48,9 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory) -> Path:
-    """The tiny-pipeline recipe run once, uninterrupted; only the rerun of the same command writes into it."""
+def straight(interrupted, tmp_path_factory) -> Path:
+    """The tiny-pipeline recipe run once, uninterrupted; only the rerun of the same command writes into it.
+    Trained here while the interrupted pipelines, started first, run beside it."""
     out = tmp_path_factory.mktemp("straight") / "pipe"
     cli(_pipeline(out))
     return out
@@ -151,18 +151,33 @@ def test_sft_then_ppo_chained_through_stage_paths_then_nothing_left_to_run(strai
     assert "stage sft in" in error and "finished with other settings (sft.learning_rate: 0.003 -> 0.001)" in error
 
 
-def _interrupted(out: Path, how: str, stage: str, step: int) -> subprocess.CompletedProcess:
-    """The pipeline in a subprocess that signals itself (`how`: KILL, TERM) as `stage` begins to save checkpoint-`step`."""
-    return subprocess.run([sys.executable, str(ROOT / "tests" / "pipeline_kill_worker.py"), how, stage, str(step),
-                           "recipe=tiny-pipeline", f"output_dir={out}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900)
+INTERRUPTED = {("KILL", "sft", 8): "test_a_killed_pipeline_continues_with_the_same_command_exactly",
+               ("KILL", "ppo", 6): "test_a_killed_pipeline_continues_with_the_same_command_exactly",
+               ("TERM", "ppo", 4): "test_sigterm_in_a_stage_saves_and_exits_143_naming_the_command_that_continues"}
+
+
+@pytest.fixture(scope="module")
+def interrupted(beside, tmp_path_factory) -> dict:
+    """(how, stage, step) of INTERRUPTED -> (its folder, its Beside): the pipeline in a subprocess that signals
+    itself (`how`: KILL, TERM) as `stage` begins to save checkpoint-`step`. Those of the selected tests start
+    at once, before `straight` (conftest's beside): the signals land at fixed places, no assertion reads a timing."""
+    from rlhf_app.assets.registry import resolve
+
+    resolve("asset:tiny")  # built once here, not by each of them
+    runs = {}
+    for (how, stage, step), test in INTERRUPTED.items():
+        out = tmp_path_factory.mktemp(f"{how}-{stage}") / "pipe"
+        runs[how, stage, step] = out, beside(f"{how}-{stage}", [
+            sys.executable, str(ROOT / "tests" / "pipeline_kill_worker.py"), how, stage, str(step),
+            "recipe=tiny-pipeline", f"output_dir={out}"], for_tests=(test,), cwd=ROOT)
+    return runs
 
 
 @pytest.mark.slow  # a killed subprocess, then the rest of the pipeline
 @pytest.mark.parametrize("stage, step", [("sft", 8), ("ppo", 6)])
-def test_a_killed_pipeline_continues_with_the_same_command_exactly(straight, tmp_path, capsys, stage, step):
-    out = tmp_path / "pipe"
-    proc = _interrupted(out, "KILL", stage, step)
+def test_a_killed_pipeline_continues_with_the_same_command_exactly(straight, interrupted, capsys, stage, step):
+    out, run = interrupted["KILL", stage, step]
+    proc = run.result()
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not (out / stage / "final").exists() and (out / stage / "checkpoint-4").is_dir()
     assert (out / "sft" / "final").is_dir() == (stage == "ppo")
@@ -177,9 +192,9 @@ def test_a_killed_pipeline_continues_with_the_same_command_exactly(straight, tmp
 
 
 @pytest.mark.slow  # a signalled subprocess
-def test_sigterm_in_a_stage_saves_and_exits_143_naming_the_command_that_continues(straight, tmp_path, capsys):
-    out = tmp_path / "pipe"
-    proc = _interrupted(out, "TERM", "ppo", 4)
+def test_sigterm_in_a_stage_saves_and_exits_143_naming_the_command_that_continues(straight, interrupted, capsys):
+    out, run = interrupted["TERM", "ppo", 4]
+    proc = run.result()
     assert proc.returncode == 143, proc.stderr[-2000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert last == f"pipeline stopped in stage ppo: continue it with rlhf-app pipeline recipe=tiny-pipeline " \

@@ -124,11 +124,23 @@ def test_ctrl_c_and_sigterm_save_at_an_update_boundary_and_resume_exactly(tmp_pa
     _assert_same_metrics(straight(updates), out)
 
 
+def _kill_command(mode: str, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "tests" / "kill_worker.py"), mode, "recipe=tiny", f"output_dir={out}",
+            "eval_before_after=false", *COMMON, *extra]
+
+
 def _kill_during(mode: str, out: Path, *extra: str) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_worker.py"), mode, "recipe=tiny",
-                           f"output_dir={out}", "eval_before_after=false", *COMMON, *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(_kill_command(mode, out, *extra), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def killed_in_rotation(beside, tmp_path_factory):
+    """The rotation test's run, dying deleting checkpoint-3 once checkpoint-6 is written: a fixed place, so it
+    starts as this module begins, if that test is selected, and runs beside the tests before it (conftest)."""
+    out = tmp_path_factory.mktemp("rotation") / "run"
+    return out, beside("rotation", _kill_command("rotation", out, f"ppo.total_episodes={EPISODES * 10}"), cwd=ROOT,
+                       for_tests=("test_a_kill_during_checkpoint_rotation_leaves_a_resumable_folder",))
 
 
 @pytest.mark.slow  # a killed subprocess
@@ -146,9 +158,10 @@ def test_a_kill_during_the_metrics_rewrite_leaves_a_resumable_folder(tmp_path, t
 
 
 @pytest.mark.slow  # a killed subprocess
-def test_a_kill_during_checkpoint_rotation_leaves_a_resumable_folder(tmp_path, train_tiny, straight):
-    out, total = tmp_path / "run", f"ppo.total_episodes={EPISODES * 10}"
-    _kill_during("rotation", out, total)  # dies deleting checkpoint-3 once checkpoint-6 is written
+def test_a_kill_during_checkpoint_rotation_leaves_a_resumable_folder(killed_in_rotation, train_tiny, straight):
+    (out, run), total = killed_in_rotation, f"ppo.total_episodes={EPISODES * 10}"
+    proc = run.result()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-6"]
     assert (out / ".checkpoint-3.deleting").is_dir()  # half-deleted, but under a name nothing trusts
     _, result = train_tiny(out, *IN_PROCESS, "resume_from=auto", total)

@@ -1,7 +1,8 @@
 """The vLLM rollout engine, real vLLM on CPU: weight sync, parity with the hf engine, PPO through it.
 
 Engines start in this process (a few seconds each, one at a time); training runs start in
-subprocesses, which free the engine's memory when they end.
+subprocesses, which free the engine's memory when they end. The 20-update run starts as the module
+begins and trains on the second core while the engine tests run here on the first.
 """
 
 import gc
@@ -147,17 +148,31 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, TRAIN, "recipe=tiny", "rollout.engine=vllm", "eval_before_after=false", *args]
+
+
 def _train(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, TRAIN, "recipe=tiny", "rollout.engine=vllm", "eval_before_after=false",
-                           *args], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(_cmd(*args), cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
-@pytest.fixture(scope="module")
-def vllm_run(tmp_path_factory):
+@pytest.fixture(scope="module", autouse=True)
+def vllm_run_started(vllm, beside, tmp_path_factory):
+    """The run vllm_run waits for, started as this module begins (conftest's beside): it trains on the second
+    core while the engine tests above run in this process (no assertion reads its timings)."""
+    assets.resolve("asset:tiny")  # built once, here, rather than by both processes at once
     out = tmp_path_factory.mktemp("vllm-tiny")
-    _train(f"output_dir={out}", "ppo.total_episodes=640", "save_steps=15")
+    return out, beside("vllm-tiny", _cmd(f"output_dir={out}", "ppo.total_episodes=640", "save_steps=15"), cwd=ROOT,
+                       for_tests=("test_ppo_through_vllm_raises_the_reward",
+                                  "test_resume_with_vllm_continues_as_the_unbroken_run"))
+
+
+@pytest.fixture(scope="module")
+def vllm_run(vllm_run_started):
+    out, run = vllm_run_started
+    run.ok()
     return out
 
 
