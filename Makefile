@@ -50,8 +50,12 @@ browser:
 	else echo "make test needs chromium for the labelling page's test: ask an administrator to run" \
 		"'apt-get install chromium', or give CHROMIUM=/path/to/chromium" >&2; exit 1; fi
 
+# Two worker processes (pytest-xdist), one per core of the 2-core machines the budget is set on; a module's tests
+# stay together in one worker (--dist loadfile). TEST_WORKERS=0: one process, as a plain `pytest`.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 test: setup browser
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not bench" tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST) -m "not bench" tests
 
 # The benches' own smoke runs on the tiny model (a quick race, a quick GRPO bench): ~2 min more.
 test-bench: setup
@@ -59,7 +63,7 @@ test-bench: setup
 
 # The inner loop (< 3 min on 2 cores): every test but those marked slow (pyproject.toml's markers).
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST) -m "not slow" tests
 
 # `make demo` trains the small offline demo (<= 15 min on 2 cores); `make demo RECIPE=imdb-offline`
 # the real-LLM one (SmolLM2-135M, ~30 min), with the same report.

@@ -1,13 +1,17 @@
-"""Tests run offline, single-threaded, with assets built in quick mode into a private cache.
+"""Tests run offline, single-threaded, with assets built in quick mode into a private cache. `make test` runs
+them in two worker processes (pytest-xdist, --dist loadfile: each module's tests in one worker, in order, so
+module-scoped fixtures and `beside` hold); a plain `pytest` runs them in this one.
 
 Shared fixtures: `tiny_cfg` (the tiny recipe's config), `train_tiny` (train it in this process),
 `finished_tiny_run` (one finished tiny run for the whole session, read-only: a test that writes into
 a run folder takes `tiny_run_copy`), `reward_cfg` (a TrainConfig with only reward fields set),
 `tool_model` (asset:tiny-tools taught its tool conversations, tool_fixtures.py: once per session),
 `one_line_error` (a refused `rlhf-app` command's one `error: ...` line), `beside` (a subprocess started
-ahead of the test that reads it, to run on the second core)."""
+ahead of the test that reads it, to run on the second core). Every test must leave SIGINT's and SIGTERM's
+handlers as it found them (`_signal_handlers_kept`)."""
 
 import os
+import signal
 import shutil
 import subprocess
 import tempfile
@@ -97,6 +101,18 @@ def tool_model(tmp_path_factory) -> Path:
     return train_tool_model(tmp_path_factory.mktemp("tool-model"))
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers_kept():
+    """Fails the test that leaves another SIGINT or SIGTERM handler installed (a run that installs its own must
+    put the user's back, even when it fails), and puts the old one back so that later tests do not inherit it."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    left = {sig.name: handler for sig, handler in before.items() if signal.getsignal(sig) != handler}
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+    assert not left, f"the test left other handlers installed for {', '.join(left)}"
+
+
 @pytest.fixture
 def one_line_error(monkeypatch):
     """`one_line_error(argv, models_may_load=True)`: `rlhf-app ARGV` ends with one `error: ...` line -> that line;
@@ -116,8 +132,8 @@ def one_line_error(monkeypatch):
 
 
 class Beside:
-    """A subprocess started before the test that reads it, so that it runs on the machine's second core while
-    this process (one core: the tests run one at a time, single-threaded) goes on with other tests. Only for
+    """A subprocess started before the test that reads it, so that it runs on another core while
+    this process (single-threaded, one test at a time) goes on with other tests. Only for
     runs that are deterministic and whose timings no assertion reads. Its output goes to LOG.out and LOG.err: a
     pipe nobody reads meanwhile could fill and block it."""
 
