@@ -1,7 +1,7 @@
 """GSM8K accuracy of a pipeline's phases (the base model, after SFT, after PPO) on the same problems.
 
     .venv/bin/python bench/phases.py RUN_DIR [--generated 300] [--engine vllm|hf] [--phases base sft ppo]
-        [--batch-size 32]
+        [--batch-size 32] [--samples 2]
 
 RUN_DIR is a finished `rlhf-app pipeline` folder (RUN_DIR/sft/final, RUN_DIR/ppo/final). Two problem sets:
 `generated`, problems from the training templates with a seed no stage draws (the PPO stage's
@@ -77,18 +77,18 @@ class ToolCount:
                 "tool_call_success": (calls - failed) / calls if calls else None}
 
 
-def figures(entry: dict, n: int, tools: dict | None = None) -> dict:
+def figures(entry: dict, n: int, tools: dict | None = None, samples: int = 2) -> dict:
     out = {"n": n, "mean_score": entry["mean_score"], **(tools or {})}
     for key in KEYS:
         p = entry["extra"].get(key)
         if p is not None:
             out[key], out[f"{key}_se"] = p, standard_error(p, n)
-    out["samples"] = entry["samples"][:2]
+    out["samples"] = entry["samples"][:samples]
     return out
 
 
 def evaluate_phases(run_dir: Path, n_generated: int, engine_name: str | None = None,
-                    which: tuple[str, ...] = PHASES, batch_size: int = 32) -> dict:
+                    which: tuple[str, ...] = PHASES, batch_size: int = 32, samples: int = 2) -> dict:
     import torch
     from accelerate import Accelerator
     from datasets import Dataset
@@ -130,7 +130,7 @@ def evaluate_phases(run_dir: Path, n_generated: int, engine_name: str | None = N
             counted = ToolCount(reward_fn)
             entry = evaluation.evaluate_policy(cfg, model, tokenizer, ds, counted, device, engine=engine,
                                                batch_size=batch_size)
-            out["phases"][phase][name] = figures(entry, len(ds), counted.figures())
+            out["phases"][phase][name] = figures(entry, len(ds), counted.figures(), samples)
         out["phases"][phase]["eval_s"] = round(time.time() - start, 1)
     out["gains"] = gains(out["phases"])
     return out
@@ -166,8 +166,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--engine", choices=("vllm", "hf"))
     parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=2, help="answers kept per phase and set")
     args = parser.parse_args(argv)
-    print(json.dumps(evaluate_phases(args.run_dir, args.generated, args.engine, tuple(args.phases), args.batch_size)))
+    print(json.dumps(evaluate_phases(args.run_dir, args.generated, args.engine, tuple(args.phases), args.batch_size,
+                                     args.samples)))
 
 
 if __name__ == "__main__":
