@@ -76,3 +76,16 @@ def test_phase_gains_in_standard_errors_by_hand():
     assert g["sft->ppo/generated/accuracy_strict"]["se"] == pytest.approx(0.05)  # hypot(0.03, 0.04)
     assert g["sft->ppo/generated/accuracy_strict"]["in_se"] == pytest.approx(0.04 / 0.05)
     assert g["base->ppo/generated/accuracy_flexible"]["in_se"] == pytest.approx(0.19 / math.hypot(0.01, 0.04))
+    # --phases sft ppo: only the step between the phases scored
+    assert set(phases.gains({"sft": sft, "ppo": ppo})) == {"sft->ppo/generated/accuracy_strict",
+                                                          "sft->ppo/generated/accuracy_flexible"}
+
+
+def test_phase_figures_keep_the_answers_asked_for_and_the_options_parse():
+    entry = {"mean_score": 0.5, "extra": {"accuracy_strict": 0.25}, "samples": [{"completion": str(i)} for i in range(5)]}
+    out = phases.figures(entry, 4, {"tool_calls_per_episode": 2.0}, samples=3)
+    assert [s["completion"] for s in out["samples"]] == ["0", "1", "2"]
+    assert (out["accuracy_strict"], out["accuracy_strict_se"]) == (0.25, pytest.approx(math.sqrt(0.25 * 0.75 / 4)))
+    assert out["tool_calls_per_episode"] == 2.0 and "accuracy_flexible" not in out
+    with pytest.raises(SystemExit):  # argparse: a phase that does not exist
+        phases.main(["run", "--phases", "rm"])
