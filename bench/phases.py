@@ -168,6 +168,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--samples", type=int, default=2, help="answers kept per phase and set")
     args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.samples < 0:
+        parser.error("--batch-size must be >= 1 and --samples >= 0")
     print(json.dumps(evaluate_phases(args.run_dir, args.generated, args.engine, tuple(args.phases), args.batch_size,
                                      args.samples)))
 

@@ -87,5 +87,7 @@ def test_phase_figures_keep_the_answers_asked_for_and_the_options_parse():
     assert [s["completion"] for s in out["samples"]] == ["0", "1", "2"]
     assert (out["accuracy_strict"], out["accuracy_strict_se"]) == (0.25, pytest.approx(math.sqrt(0.25 * 0.75 / 4)))
     assert out["tool_calls_per_episode"] == 2.0 and "accuracy_flexible" not in out
-    with pytest.raises(SystemExit):  # argparse: a phase that does not exist
-        phases.main(["run", "--phases", "rm"])
+    for bad in (["--phases", "rm"], ["--batch-size", "0"], ["--samples", "-1"]):  # refused before any model loads
+        with pytest.raises(SystemExit) as refused:
+            phases.main(["run", *bad])
+        assert refused.value.code == 2, bad
