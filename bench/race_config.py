@@ -1,9 +1,10 @@
 """The race's settings (bench/race.py): each side's TrainConfig, TRL's GRPOConfig built from it, the evaluation.
 
 Sides, on the same recipe, seed, model, LoRA, reward, training and held-out prompts:
-- `ours`: the recipe as shipped (its estimator: PPO with a critic for imdb-offline and gsm8k-offline);
-- `ours-grpo`: the same recipe with rlhf_app's GRPO estimator (GROUP responses per prompt, the recipe's
-  KL coefficient moved from the reward (k1) into the loss (k3, TRL's beta), std-scaled groups, token-mean);
+- `ours`: the recipe as shipped (its estimator and its KL to the reference in the reward);
+- `ours-grpo`: the same recipe with rlhf_app's GRPO estimator (a PPO recipe gets GROUP responses per prompt,
+  std-scaled groups, token-mean) and the recipe's KL coefficient moved from the reward (k1) into the loss
+  (k3, TRL's beta): what `trl` runs, so ours-grpo against trl is the engine alone;
 - `trl`: TRL 1.16's GRPOTrainer with ours-grpo's settings, field by field (`trl_kwargs`), and LoRA through
   its own `peft_config` (the LoraConfig build_models uses). Its vLLM colocate route cannot sync weights
   on this CPU build (docs/performance.md), so it samples with transformers' generate.
@@ -50,12 +51,13 @@ def base_args(recipe: str, seed: int, threads: int, quick: bool, extra: list[str
 
 
 def grpo_args(cfg) -> list[str]:
-    """The recipe turned into GRPO (nothing when it already is)."""
+    """The recipe turned into TRL's GRPO: the estimator (kept when the recipe already has it) and the KL to the
+    reference moved from the reward (k1) into the loss (k3, TRL's beta), which is the only place TRL puts it."""
+    kl = [f"algorithm.beta={cfg.ppo.kl_coef}", "ppo.kl_coef=0", "ppo.adaptive_kl=false"]
     if cfg.algorithm.advantage_estimator == "grpo":
-        return []
+        return kl if cfg.ppo.kl_coef else []
     return ["algorithm.advantage_estimator=grpo", f"algorithm.num_generations={GROUP}",
-            "algorithm.scale_rewards=group", "algorithm.loss_agg_mode=token-mean",
-            f"algorithm.beta={cfg.ppo.kl_coef}", "ppo.kl_coef=0", "ppo.adaptive_kl=false"]
+            "algorithm.scale_rewards=group", "algorithm.loss_agg_mode=token-mean", *kl]
 
 
 def side_config(recipe: str, side: str, seed: int, threads: int = 1, quick: bool = False,

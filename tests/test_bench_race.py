@@ -140,7 +140,8 @@ def test_every_side_gets_the_same_data_model_reward_and_evaluation(recipe, quick
         assert (cfg.seed, cfg.data, cfg.reward, cfg.model, cfg.peft) == (ours.seed, ours.data, ours.reward,
                                                                          ours.model, ours.peft)
         assert all(getattr(cfg.ppo, k) == getattr(ours.ppo, k) for k in SAMPLING)
-    assert ours.algorithm.advantage_estimator == "gae" and dataclasses.asdict(grpo) == dataclasses.asdict(trl)
+    assert dataclasses.asdict(grpo) == dataclasses.asdict(trl)
+    assert ours.ppo.kl_coef > 0 and ours.algorithm.beta == 0  # the recipe's KL is in the reward (k1)
     assert grpo.algorithm.advantage_estimator == "grpo" and grpo.algorithm.group_size == rc.GROUP
     assert grpo.algorithm.beta == ours.ppo.kl_coef and grpo.ppo.kl_coef == 0  # the KL moved into the loss
     assert grpo.ppo.total_episodes == ours.ppo.total_episodes  # peer_factor 1
@@ -169,7 +170,9 @@ def test_trl_refuses_settings_it_has_no_equivalent_for():
     cfg = rc.side_config("imdb-offline", "trl", 0, extra=["ppo.whiten_rewards=true"])
     with pytest.raises(ValueError, match="ppo.whiten_rewards"):
         rc.trl_kwargs(cfg, "out")
-    with pytest.raises(ValueError, match="advantage_estimator"):
+    with pytest.raises(ValueError, match="advantage_estimator"):  # PPO with a critic
+        rc.trl_kwargs(rc.side_config("gsm8k-offline", "ours", 0), "out")
+    with pytest.raises(ValueError, match="ppo.kl_coef"):  # GRPO, but its KL in the reward: TRL has it in the loss
         rc.trl_kwargs(rc.side_config("imdb-offline", "ours", 0), "out")
 
 
