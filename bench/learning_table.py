@@ -145,8 +145,10 @@ def tables(learning: dict, race: dict) -> str:
     recipes = learning.get("recipes", {})
     lines = [BEGIN, "", *_table(HEAD, [r for name in FIGURES for r in recipe_rows(recipes, name)]), "",
              "The race against TRL's GRPOTrainer (`bench/race.py`): each side's held-out figure at the end of its "
-             "training time, and the time to the target, ours against TRL.", "",
-             *_table(["recipe", "figure", "ours (PPO)", "ours (GRPO)", "TRL GRPOTrainer", "ours vs TRL"],
+             "training time, and the time to the target, ours against TRL. `ours`: the recipe as shipped "
+             "(imdb-offline: GRPO, KL in the reward; gsm8k-offline: PPO); `ours, as TRL`: GRPO with the KL in "
+             "the loss, TRL's settings field by field (bench/race_config.py).", "",
+             *_table(["recipe", "figure", "ours", "ours, as TRL", "TRL GRPOTrainer", "ours vs TRL"],
                      race_rows(race)), "", END]
     return "\n".join(lines)
 
