@@ -166,6 +166,19 @@ def test_every_side_gets_the_same_data_model_reward_and_evaluation(recipe, quick
     assert k["gradient_checkpointing"] is False and k["use_vllm"] is False
 
 
+def test_a_grpo_recipe_keeps_its_estimator_and_only_its_kl_moves():
+    ours = rc.side_config("imdb-offline", "ours", 0)
+    grpo = rc.side_config("imdb-offline", "ours-grpo", 0)
+    assert ours.algorithm.advantage_estimator == "grpo"  # the recipe is GRPO already
+    changed = {k for k, v in dataclasses.asdict(grpo.ppo).items() if dataclasses.asdict(ours.ppo)[k] != v}
+    assert changed == {"kl_coef"} and (grpo.algorithm.beta, ours.algorithm.beta) == (ours.ppo.kl_coef, 0)
+    assert dataclasses.replace(grpo.algorithm, beta=0) == ours.algorithm
+    # With no KL at all there is nothing to move: ours-grpo is the recipe.
+    no_kl = ["ppo.kl_coef=0"]
+    assert dataclasses.asdict(rc.side_config("imdb-offline", "ours-grpo", 0, extra=no_kl)) == \
+        dataclasses.asdict(rc.side_config("imdb-offline", "ours", 0, extra=no_kl))
+
+
 def test_trl_refuses_settings_it_has_no_equivalent_for():
     cfg = rc.side_config("imdb-offline", "trl", 0, extra=["ppo.whiten_rewards=true"])
     with pytest.raises(ValueError, match="ppo.whiten_rewards"):
