@@ -182,3 +182,18 @@ def test_configs_names_are_the_estimators_and_loss_modes_the_engine_runs():
                       "seq-mean-token-sum-norm": 1.5}
     with pytest.raises(ValueError, match="unknown loss aggregation"):
         core.aggregate_loss(loss, mask, "sum")
+
+
+def test_frac_reward_zero_std_counts_the_groups_with_equal_scores():
+    from types import SimpleNamespace
+
+    from rlhf_app.rl.metrics import objective_metrics
+    # Three groups of 2 after reward_clip 2.5: (2.5, 2.5) all clipped, (1, 2.5), (-1, -1) -> 2 of 3 groups tied.
+    b_scores = T([2.5, 2.5, 1.0, 2.5, -1.0, -1.0])
+    zeros, ones = torch.zeros(6, 3), torch.ones(6, 3)
+    rollout = SimpleNamespace(contains_stop=torch.ones(6, dtype=torch.bool))
+    args = (rollout, b_scores, b_scores, zeros, zeros, zeros, ones, None, None)
+    assert close(objective_metrics(*args, num_generations=2)["frac_reward_zero_std"], 2 / 3)
+    # The same scores as groups of 3: (2.5, 2.5, 1), (2.5, -1, -1) -> no group tied.
+    assert close(objective_metrics(*args, num_generations=3)["frac_reward_zero_std"], 0.0)
+    assert "frac_reward_zero_std" not in objective_metrics(*args)  # no groups (PPO with a critic)

@@ -39,6 +39,8 @@ def test_critic_free_estimator_raises_the_reward(tmp_path, estimator, generation
     assert after > before + 0.3, (before, after)
     assert not any(key in row for row in rows for key in VALUE_KEYS)
     assert "loss/policy_avg" in rows[-1] and "policy/clipfrac_avg" in rows[-1]
+    zero_std = [r.get("frac_reward_zero_std") for r in rows]
+    assert all(0 <= z <= 1 for z in zero_std) if generations > 1 else zero_std == [None] * 20, zero_std
     # Nothing but the policy is saved; it loads back critic-free with the same outputs.
     assert not (tmp_path / "final" / "value_head.safetensors").exists() and not (tmp_path / "values.json").exists()
     loaded, tokenizer = load_policy(tmp_path / "final")

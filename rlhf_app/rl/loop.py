@@ -148,7 +148,7 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                 if reuse:  # the KL of the log-probs filled in by the update (none was in the reward)
                     b_kl = kl_penalty(b_logprobs, b_ref_logprobs, ppo.kl_estimator) * b_policy
                 objective = objective_metrics(rollout, scores, b_scores, b_kl, b_non_score, b_logprobs, b_policy,
-                                              b_values, b_returns)
+                                              b_values, b_returns, adv_settings.num_generations)
                 metrics = reduced_metrics(accelerator, stats, stat_keys, objective, state.step + 1)
             kl_ctl_before = kl_ctl.value
             kl_ctl.update(metrics["objective/kl"], ppo.local_batch_size * world)

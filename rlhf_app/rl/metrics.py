@@ -17,12 +17,16 @@ class NonFiniteError(RuntimeError):
     pass
 
 
-def objective_metrics(rollout, scores, b_scores, b_kl, b_non_score, b_logprobs, b_mask, b_values, b_returns) -> dict:
+def objective_metrics(rollout, scores, b_scores, b_kl, b_non_score, b_logprobs, b_mask, b_values, b_returns,
+                      num_generations: int = 1) -> dict:
     """The update's objective/ and val/ entries, local to this process, as scalar tensors.
 
     scores, b_scores (n,); b_kl, b_non_score, b_logprobs, b_mask (n, R); b_values, b_returns (n, R)
     or None without a critic (then no explained variance). `b_mask` is the policy's tokens: the response
-    length counts what the policy wrote, tool results left out (TRL's completion lengths with tool_mask)."""
+    length counts what the policy wrote, tool results left out (TRL's completion lengths with tool_mask).
+    With groups (num_generations G > 1, G consecutive rows a prompt) it adds TRL GRPOTrainer's
+    frac_reward_zero_std: the share of groups whose adjusted scores are all equal, e.g. all at
+    reward_clip, which leaves the KL in the reward as the group's only signal."""
     objective = {"objective/scores": scores.mean(), "objective/kl": b_kl.sum(1).mean(),
                  "objective/entropy": (-b_logprobs).sum(1).mean(),
                  "objective/non_score_reward": b_non_score.sum(1).mean(),
@@ -31,6 +35,9 @@ def objective_metrics(rollout, scores, b_scores, b_kl, b_non_score, b_logprobs, 
                  "val/eos_fraction": rollout.contains_stop.float().mean(),
                  # the score trained on: after missing_eos_penalty, reward_scale, reward_clip
                  "objective/scores_adjusted": b_scores.mean()}
+    if num_generations > 1:
+        stds = b_scores.float().reshape(-1, num_generations).std(1)
+        objective["frac_reward_zero_std"] = torch.isclose(stds, torch.zeros_like(stds)).float().mean()
     if b_values is not None:
         objective["val/explained_variance"] = explained_variance(b_values, b_returns, b_mask)
     return objective
