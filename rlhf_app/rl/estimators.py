@@ -35,7 +35,7 @@ def settings_from(cfg, all_reduce=None) -> AdvantageSettings:
                              alg.scale_rewards, all_reduce)
 
 
-def _groups(scores: torch.Tensor, num_generations: int) -> torch.Tensor:
+def as_groups(scores: torch.Tensor, num_generations: int) -> torch.Tensor:
     """(B,) -> (B / G, G); raises if the batch does not hold whole groups."""
     if num_generations < 2 or scores.shape[0] % num_generations:
         raise ValueError(f"{scores.shape[0]} scores cannot form groups of {num_generations} (need G >= 2 dividing B)")
@@ -69,7 +69,7 @@ def grpo_advantages(scores: torch.Tensor, mask: torch.Tensor, num_generations: i
     processes); "none" does not divide: Dr. GRPO (Liu et al. 2025, https://arxiv.org/abs/2503.20783).
     A group of equal scores gets advantage 0. scores (B,), mask (B, R) -> (B, R) constant per row.
     """
-    groups = _groups(scores, num_generations)
+    groups = as_groups(scores, num_generations)
     centred = groups - groups.mean(1, keepdim=True)
     if scale_rewards == "group":
         centred = centred / (groups.std(1, keepdim=True) + eps)
@@ -86,7 +86,7 @@ def grpo_advantages(scores: torch.Tensor, mask: torch.Tensor, num_generations: i
 def rloo_advantages(scores: torch.Tensor, mask: torch.Tensor, num_generations: int) -> torch.Tensor:
     """RLOO (Ahmadian et al. 2024, https://arxiv.org/abs/2402.14740): each score minus the mean of the
     other G - 1 scores of its group, i.e. G/(G-1) · (score - group mean). (B,), (B, R) -> (B, R)"""
-    groups = _groups(scores, num_generations)
+    groups = as_groups(scores, num_generations)
     g = num_generations
     baseline = (groups.sum(1, keepdim=True) - groups) / (g - 1)
     return (groups - baseline).reshape(-1, 1) * mask
@@ -110,7 +110,7 @@ def reinforce_pp_baseline_advantages(scores: torch.Tensor, mask: torch.Tensor, n
     """REINFORCE++-baseline (same paper, veRL's reinforce_plus_plus_baseline): each score minus its group's
     mean, spread over the response's tokens, then whitened over every real token of the batch.
     (B,), (B, R) -> (B, R)"""
-    groups = _groups(scores, num_generations)
+    groups = as_groups(scores, num_generations)
     centred = (groups - groups.mean(1, keepdim=True)).reshape(-1, 1) * mask
     return masked_whiten(centred, mask, all_reduce=all_reduce)
 

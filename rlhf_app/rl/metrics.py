@@ -10,6 +10,7 @@ import torch
 from accelerate.utils import gather_object
 
 from rlhf_app.rl.core import explained_variance
+from rlhf_app.rl.estimators import as_groups
 from rlhf_app.rl.rollout import RewardLog
 
 
@@ -36,7 +37,7 @@ def objective_metrics(rollout, scores, b_scores, b_kl, b_non_score, b_logprobs, 
                  # the score trained on: after missing_eos_penalty, reward_scale, reward_clip
                  "objective/scores_adjusted": b_scores.mean()}
     if num_generations > 1:
-        stds = b_scores.float().reshape(-1, num_generations).std(1)
+        stds = as_groups(b_scores.float(), num_generations).std(1)
         objective["frac_reward_zero_std"] = torch.isclose(stds, torch.zeros_like(stds)).float().mean()
     if b_values is not None:
         objective["val/explained_variance"] = explained_variance(b_values, b_returns, b_mask)
