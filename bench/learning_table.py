@@ -130,9 +130,12 @@ def race_rows(race: dict) -> list[list[str]]:
                 cells.append(NOT_MEASURED)
                 continue
             seeds = "one seed" if f["n"] == 1 else f"{f['n']} seeds"
-            cells.append(f"{_share((f['value'], f['sd'] if f['n'] > 1 else None))} after {f['time_s']:.0f} s ({seeds})")
+            start = _share((summary["start"], None)) + " → " if summary.get("start") is not None else ""
+            cells.append(f"{start}{_share((f['value'], f['sd'] if f['n'] > 1 else None))} after {f['time_s']:.0f} s "
+                         f"({seeds})")
         pair = summary["pairs"].get("ours vs trl")
-        rows.append([f"`{recipe}`", figure, *cells, pair["verdict"] if pair else NOT_MEASURED])
+        verdict = f"target {_share((pair['target'], None))}: {pair['verdict']}" if pair else NOT_MEASURED
+        rows.append([f"`{recipe}`", figure, *cells, verdict])
     return rows
 
 

@@ -293,3 +293,16 @@ def test_the_readme_holds_the_tables_of_the_committed_results():
                                   learning_table._load(learning.BENCH / "race.json"))
     assert learning_table.replace_block(readme, block) == readme, \
         "README.md's results tables are stale: run .venv/bin/python bench/learning_table.py --write README.md"
+
+
+def test_the_race_table_gives_each_side_from_the_start_and_the_verdict_against_its_target():
+    import learning_table
+
+    summary = {"start": 0.5, "pairs": {"ours vs trl": {"target": 0.8, "verdict": "ours 90 s, trl 200 s: ratio 0.45"}},
+               "final": {"ours": {"value": 0.85, "sd": 0.0, "time_s": 100.4, "n": 1},
+                         "trl": {"value": 0.6, "sd": 0.05, "time_s": 200.0, "n": 3}}}
+    rows = learning_table.race_rows({"recipes": {"imdb-offline": {"summary": summary}}})
+    assert rows[0] == ["`imdb-offline`", "positive share, 256 held-out prompts", "50.0% → 85.0% after 100 s (one seed)",
+                       "not measured yet", "50.0% → 60.0% ± 5.0 after 200 s (3 seeds)",
+                       "target 80.0%: ours 90 s, trl 200 s: ratio 0.45"]
+    assert rows[1][2:] == ["not measured yet"] * 4
