@@ -123,6 +123,7 @@ def race_rows(race: dict) -> list[list[str]]:
         if not summary:
             rows.append([f"`{recipe}`", figure, NOT_MEASURED, NOT_MEASURED, NOT_MEASURED, NOT_MEASURED])
             continue
+        start = _share((summary["start"], None)) + " → " if summary.get("start") is not None else ""
         cells = []
         for side in ("ours", "ours-grpo", "trl"):
             f = summary["final"].get(side)
@@ -130,7 +131,6 @@ def race_rows(race: dict) -> list[list[str]]:
                 cells.append(NOT_MEASURED)
                 continue
             seeds = "one seed" if f["n"] == 1 else f"{f['n']} seeds"
-            start = _share((summary["start"], None)) + " → " if summary.get("start") is not None else ""
             cells.append(f"{start}{_share((f['value'], f['sd'] if f['n'] > 1 else None))} after {f['time_s']:.0f} s "
                          f"({seeds})")
         pair = summary["pairs"].get("ours vs trl")
