@@ -95,18 +95,49 @@ def check_prompts_fill_a_batch(num_prompts: int, local_batch_size: int, world_si
             f"(data.num_train)")
 
 
-def mixed_precision(ppo, cuda: bool, cuda_bf16: bool = True) -> str:
-    """accelerate's `mixed_precision` for TRL's `bf16` / `fp16` switches on this machine: "no", "bf16" or "fp16".
+def mixed_precision(section, cuda: bool, cuda_bf16: bool = True, name: str = "ppo") -> str:
+    """accelerate's `mixed_precision` for TRL's `bf16` / `fp16` switches of config section `name` on this machine:
+    "no", "bf16" or "fp16".
 
     fp16 needs loss scaling, which accelerate does on GPUs only; bf16 runs on CPUs too (fast where they
-    have AVX-512-BF16 or AMX, correct but slow elsewhere).
+    have AVX-512-BF16 or AMX, correct but emulated and slow elsewhere: one warning line, `slow_cpu_bf16`).
     """
-    if ppo.fp16 and not cuda:
-        raise PreflightError("ppo.fp16=true needs a CUDA GPU (fp16 trains with loss scaling there): "
-                             "on CPU use ppo.bf16=true, or neither for fp32")
-    if ppo.bf16 and cuda and not cuda_bf16:
-        raise PreflightError("ppo.bf16=true: this GPU has no bfloat16; use ppo.fp16=true")
-    return "bf16" if ppo.bf16 else "fp16" if ppo.fp16 else "no"
+    if section.fp16 and not cuda:
+        raise PreflightError(f"{name}.fp16=true needs a CUDA GPU (fp16 trains with loss scaling there): "
+                             f"on CPU use {name}.bf16=true, or neither for fp32")
+    if section.bf16 and cuda and not cuda_bf16:
+        raise PreflightError(f"{name}.bf16=true: this GPU has no bfloat16; use {name}.fp16=true")
+    if section.bf16 and not cuda:
+        warn_slow_cpu_bf16(f"{name}.bf16=true", f"{name}.bf16=false")
+    return "bf16" if section.bf16 else "fp16" if section.fp16 else "no"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX-512-BF16 or AMX), as torch reports it; True when this
+    torch cannot say (no warning rather than a wrong one)."""
+    import torch
+
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None) or all(c is None for c in checks)
+
+
+# Measured on a 2-core AMD EPYC with AVX2 only (2026-12-04), SmolLM2-135M forward + backward: 13x slower under bf16
+# autocast at 8 x 36 tokens on 1 thread, 27x at 4 x 256 on 2 (docs/performance.md, "bfloat16 on a CPU without it").
+CPU_BF16_SLOWDOWN = "13-27"
+
+
+def slow_cpu_bf16(setting: str, fix: str) -> str | None:
+    """The warning line for a bf16 `setting` on a CPU that emulates bfloat16 (None where it has the hardware)."""
+    if cpu_has_bf16():
+        return None
+    return (f"warning: {setting} on a CPU without bfloat16 hardware (no AVX-512-BF16 or AMX): torch emulates it, "
+            f"~{CPU_BF16_SLOWDOWN}x slower than float32 for a small model's training step; set {fix} to run in float32")
+
+
+def warn_slow_cpu_bf16(setting: str, fix: str) -> None:
+    line = slow_cpu_bf16(setting, fix)
+    if line:
+        print(line, flush=True)
 
 
 def check_settings(cfg) -> tuple[list, str | None]:

@@ -71,3 +71,39 @@ def test_precision_switches():
         preflight.mixed_precision(cfg, cuda=True, cuda_bf16=False)
     with pytest.raises(ConfigError, match="choose one"):
         load_config(["bf16=true", "fp16=true"])
+
+
+def test_a_stage_names_its_own_section_when_fp16_is_refused():
+    from rlhf_app.config.stages import SFTSection
+
+    with pytest.raises(preflight.PreflightError, match=r"^sft\.fp16=true needs a CUDA GPU.*use sft\.bf16=true"):
+        preflight.mixed_precision(SFTSection(fp16=True), cuda=False, name="sft")
+
+
+@pytest.mark.parametrize("hardware, warned", [(False, True), (True, False)])
+def test_bf16_on_a_cpu_that_emulates_it_warns_in_one_line_naming_the_fix(monkeypatch, capsys, hardware, warned):
+    monkeypatch.setattr(preflight, "cpu_has_bf16", lambda: hardware)
+    assert preflight.mixed_precision(load_config(["ppo.bf16=true"]).ppo, cuda=False) == "bf16"
+    out = capsys.readouterr().out
+    assert out.count("\n") == int(warned)
+    if warned:
+        assert out.startswith("warning: ppo.bf16=true on a CPU without bfloat16 hardware")
+        assert "set ppo.bf16=false to run in float32" in out
+    preflight.mixed_precision(load_config([]).ppo, cuda=False)  # float32: nothing to say
+    preflight.mixed_precision(load_config(["ppo.bf16=true"]).ppo, cuda=True)  # a GPU's bf16: nothing either
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("reports, expected", [
+    ({"_is_avx512_bf16_supported": False, "_is_amx_tile_supported": False}, False),
+    ({"_is_avx512_bf16_supported": False, "_is_amx_tile_supported": True}, True),
+    ({"_is_avx512_bf16_supported": True, "_is_amx_tile_supported": False}, True),
+    ({"_is_avx512_bf16_supported": None, "_is_amx_tile_supported": None}, True),  # a torch that cannot say
+])
+def test_cpu_bf16_hardware_is_read_from_torch(monkeypatch, reports, expected):
+    for name, value in reports.items():
+        if value is None:
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, name, lambda v=value: v, raising=False)
+    assert preflight.cpu_has_bf16() is expected

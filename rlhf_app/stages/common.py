@@ -41,7 +41,7 @@ def trainer_args(cfg: TrainConfig, stage: str, args_cls, **extra):
     import torch
 
     cuda = torch.cuda.is_available()
-    mixed_precision(s, cuda)  # fp16 without a GPU: one line (bf16 runs on CPUs, with use_cpu)
+    mixed_precision(s, cuda, name=stage)  # fp16 without a GPU: one line (bf16 runs on CPUs, with use_cpu)
     return args_cls(use_cpu=not cuda,
         output_dir=cfg.output_dir, seed=cfg.seed, run_name=cfg.run_name or Path(cfg.output_dir).name,
         report_to=report or "none", learning_rate=s.learning_rate, num_train_epochs=s.num_train_epochs,
