@@ -100,15 +100,19 @@ def mixed_precision(section, cuda: bool, cuda_bf16: bool = True, name: str = "pp
     "no", "bf16" or "fp16".
 
     fp16 needs loss scaling, which accelerate does on GPUs only; bf16 runs on CPUs too (fast where they
-    have AVX-512-BF16 or AMX, correct but emulated and slow elsewhere: one warning line, `slow_cpu_bf16`).
+    have AVX-512-BF16 or AMX, correct but emulated and slow elsewhere: one warning line).
     """
     if section.fp16 and not cuda:
         raise PreflightError(f"{name}.fp16=true needs a CUDA GPU (fp16 trains with loss scaling there): "
                              f"on CPU use {name}.bf16=true, or neither for fp32")
     if section.bf16 and cuda and not cuda_bf16:
         raise PreflightError(f"{name}.bf16=true: this GPU has no bfloat16; use {name}.fp16=true")
-    if section.bf16 and not cuda:
-        warn_slow_cpu_bf16(f"{name}.bf16=true", f"{name}.bf16=false")
+    if section.bf16 and not cuda and not cpu_has_bf16():
+        # Measured on a 2-core AMD EPYC with AVX2 only (2026-12-04), SmolLM2-135M forward + backward: 13x slower
+        # under bf16 autocast at 8 x 36 tokens on 1 thread, 27x at 4 x 256 on 2 (docs/performance.md).
+        print(f"warning: {name}.bf16=true on a CPU without bfloat16 hardware (no AVX-512-BF16 or AMX): torch emulates "
+              f"it, ~13-27x slower than float32 for a small model's training step; set {name}.bf16=false to run in "
+              "float32", flush=True)
     return "bf16" if section.bf16 else "fp16" if section.fp16 else "no"
 
 
@@ -119,25 +123,6 @@ def cpu_has_bf16() -> bool:
 
     checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(check() for check in checks if check is not None) or all(c is None for c in checks)
-
-
-# Measured on a 2-core AMD EPYC with AVX2 only (2026-12-04), SmolLM2-135M forward + backward: 13x slower under bf16
-# autocast at 8 x 36 tokens on 1 thread, 27x at 4 x 256 on 2 (docs/performance.md, "bfloat16 on a CPU without it").
-CPU_BF16_SLOWDOWN = "13-27"
-
-
-def slow_cpu_bf16(setting: str, fix: str) -> str | None:
-    """The warning line for a bf16 `setting` on a CPU that emulates bfloat16 (None where it has the hardware)."""
-    if cpu_has_bf16():
-        return None
-    return (f"warning: {setting} on a CPU without bfloat16 hardware (no AVX-512-BF16 or AMX): torch emulates it, "
-            f"~{CPU_BF16_SLOWDOWN}x slower than float32 for a small model's training step; set {fix} to run in float32")
-
-
-def warn_slow_cpu_bf16(setting: str, fix: str) -> None:
-    line = slow_cpu_bf16(setting, fix)
-    if line:
-        print(line, flush=True)
 
 
 def check_settings(cfg) -> tuple[list, str | None]:
