@@ -37,6 +37,9 @@ import outputs  # noqa: E402
 MODELS = {"tiny": dict(path="asset:tiny", prompts=8, generations=4, response_length=16, lr=3e-3, steps=20),
           "smollm2": dict(path="asset:smollm2-135m-instruct", prompts=2, generations=4, response_length=24,
                           lr=1e-5, steps=4)}
+# rlhf_app's rollout engine per model, its best honest setting here: colocated vLLM where it loads the model
+# (TRL's colocated vLLM fails on CPU, so TRL samples with transformers' generate); --engine overrides.
+ENGINES = {"tiny": "hf", "smollm2": "vllm"}
 SHARED = dict(beta=0.04, cliprange=0.2, temperature=1.0, max_grad_norm=1.0)
 EVAL_PROMPTS = 64
 RESULTS = {"tiny": "grpo_results", "smollm2": "grpo_results_smollm2"}  # each model's committed file in bench/
@@ -74,7 +77,8 @@ def run_ours(spec: dict) -> dict:
                        f"ppo.response_length={spec['response_length']}",
                        f"ppo.total_episodes={b * spec['steps']}", f"ppo.learning_rate={spec['lr']}",
                        "ppo.lr_scheduler_type=constant", f"ppo.max_grad_norm={SHARED['max_grad_norm']}",
-                       f"ppo.temperature={SHARED['temperature']}", "ppo.local_rollout_forward_batch_size=64"])
+                       f"ppo.temperature={SHARED['temperature']}", "ppo.local_rollout_forward_batch_size=64",
+                       f"rollout.engine={spec['engine']}"])
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
@@ -146,6 +150,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default: per model)")
+    parser.add_argument("--engine", choices=("hf", "vllm"), help="rlhf_app's rollout engine (default: per model, "
+                                                                 "vllm for smollm2, hf for tiny)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 pair, 3 steps")
     parser.add_argument("--out", help="result file (default: bench/grpo_results.json, or _smollm2.json, for a "
                                       "full run, bench/work/grpo_results*-quick.json or -partial.json otherwise)")
@@ -162,7 +168,8 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     run_kind = args.kind
     out_path = outputs.result_path(RESULTS[args.model], run_kind, args.out)
-    setting = dict(MODELS[args.model], steps=args.steps or MODELS[args.model]["steps"])
+    setting = dict(MODELS[args.model], steps=args.steps or MODELS[args.model]["steps"],
+                   engine=args.engine or ENGINES[args.model])
     if args.pairs < 1 or setting["steps"] < 2:
         sys.exit("error: --pairs must be >= 1 and --steps >= 2 (the first step is the untimed warm-up)")
     from rlhf_app.assets import registry as assets

@@ -113,5 +113,5 @@ def test_the_hf_engine_needs_no_correction_and_leaves_evaluation_to_the_policy()
     from rlhf_app.engines.hf import HFEngine
 
     engine = HFEngine(load_config(["recipe=tiny"]), accelerator=None, model=None, tokenizer=None)
-    assert engine.logprobs_match_trainer and engine.evaluation_engine() is None
+    assert engine.on_policy and engine.evaluation_engine() is None
     assert engine.correction(None, torch.zeros(1, 2), torch.ones(1, 2)) == ({}, None)

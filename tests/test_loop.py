@@ -46,7 +46,7 @@ def test_the_update_reuses_its_logprobs_only_for_one_step_without_critic_or_kl(c
     ppo = cfg.ppo
     kl_ctl = KLController(ppo.kl_coef, ppo.adaptive_kl)
     estimator = ESTIMATORS[cfg.algorithm.advantage_estimator]
-    same = SimpleNamespace(logprobs_match_trainer=True)
+    same = SimpleNamespace(on_policy=True)
     assert reuses_update_logprobs(ppo, estimator, kl_ctl, same) is reuses
-    # An engine with its own copy of the weights (vLLM): its log-probs are not the update's.
-    assert reuses_update_logprobs(ppo, estimator, kl_ctl, SimpleNamespace(logprobs_match_trainer=False)) is False
+    # An engine that samples older weights (async) or needs the trainer's log-probs first (importance weights).
+    assert reuses_update_logprobs(ppo, estimator, kl_ctl, SimpleNamespace(on_policy=False)) is False

@@ -147,7 +147,7 @@ def test_rollout_forwards_are_zero_on_tool_tokens():
 class StandInEngine:
     """A local stand-in for an engine that runs tools: each batch an episode with a tool mask."""
 
-    name, logprobs_match_trainer = "stand-in", False
+    name, on_policy = "stand-in", False
 
     def __init__(self):
         self.calls = 0

@@ -214,3 +214,51 @@ def test_two_processes_each_sample_their_shard_with_vllm(tmp_path):
     assert [r["step"] for r in ranks] == [3, 3] and ranks[0]["weights"] == ranks[1]["weights"]
     rows = _rows(tmp_path)
     assert len(rows) == 3 and max(r["rollout/logprob_diff_mean"] for r in rows) <= LOGPROB_TOLERANCE
+
+
+def test_one_step_grpo_through_vllm_takes_the_update_logprobs_without_a_forward(accelerator, tmp_path, monkeypatch):
+    """GRPO with one optimizer step per rollout (TRL's num_iterations=1) through the synced engine: the update's
+    own log-probs stand for the rollout's, so the separate no-grad forward is skipped, and the engine's gap is
+    still logged. Against the same run with importance weights on (which need that forward, and are ~1 for an
+    exactly synced engine): the same samples, the same gap, the same loss."""
+    from accelerate.utils import set_seed
+
+    from rlhf_app.rl import loop
+
+    forwards = []
+    counted = loop.logprobs_values
+    monkeypatch.setattr(loop, "logprobs_values", lambda *a, **k: forwards.append(1) or counted(*a, **k))
+    rows = {}
+    for correction in (False, True):
+        out = tmp_path / f"correction-{correction}"
+        cfg = load_config(["recipe=tiny", "rollout.engine=vllm", "algorithm.advantage_estimator=grpo",
+                           "algorithm.num_generations=4", "ppo.num_ppo_epochs=1", "ppo.num_mini_batches=1",
+                           "ppo.kl_coef=0", "algorithm.beta=0.04", "ppo.total_episodes=32", "sample_every=0",
+                           f"rollout.vllm_importance_sampling_correction={str(correction).lower()}",
+                           "eval_before_after=false", f"output_dir={out}"])
+        out.mkdir()
+        set_seed(cfg.seed)
+        tokenizer = models.load_tokenizer(cfg.model.name_or_path)
+        model, ref = models.build_models(cfg)
+        train, _ = data.load_prompts(cfg, tokenizer)
+        engine = VLLMEngine(cfg, accelerator, model, tokenizer)
+        forwards.clear()
+        try:
+            assert engine.on_policy is not correction
+            loop.train(cfg, accelerator, model, ref, tokenizer, train, rewards.build_reward(cfg, accelerator.device),
+                       out, engine)
+        finally:
+            engine.close()
+            del engine
+            gc.collect()
+        assert bool(forwards) is correction  # the separate forward runs only where the weights need it
+        rows[correction] = _rows(out)
+    reused, forward = rows[False], rows[True]
+    assert len(reused) == len(forward) == 2
+    assert all(r["rollout/logprob_diff_mean"] <= LOGPROB_TOLERANCE for r in reused + forward)
+    assert forward[0]["rollout/importance_weight_mean"] == pytest.approx(1.0, abs=1e-3)
+    first, again = reused[0], forward[0]  # the same weights sampled the same tokens before either update
+    assert first["objective/scores"] == again["objective/scores"]
+    assert first["rollout/logprob_diff_mean"] == pytest.approx(again["rollout/logprob_diff_mean"], abs=1e-6)
+    assert first["objective/kl"] == pytest.approx(again["objective/kl"], abs=1e-5)
+    assert first["loss/policy_avg"] == pytest.approx(again["loss/policy_avg"], abs=1e-5)

@@ -24,9 +24,11 @@ from rlhf_app.rl.rollout import Rollout
 
 class Engine(Protocol):
     name: str
-    # True: the rollout's log-probs as sampled are exactly the trainer's own forward (the engine samples
-    # with the trained weights), so a step that reuses the update's log-probs needs no separate forward.
-    logprobs_match_trainer: bool
+    # True: the engine samples from the trained weights as they are now (the model itself, or a copy synced
+    # before every rollout) and needs none of the trainer's log-probs before the update (no importance
+    # weights), so a one-step update may take its own log-probs, detached, as the rollout's "as sampled" ones
+    # and skip their separate forward (loop.reuses_update_logprobs); `correction` then reads them afterwards.
+    on_policy: bool
 
     def start_at(self, step: int, saved: dict | None = None) -> None:
         """Once, before the first update: `step` is the resumed run's update (0 for a fresh run), `saved`

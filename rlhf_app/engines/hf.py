@@ -54,7 +54,7 @@ def cut(tokens: list[int], stop_id: int | None, budget: int) -> list[int]:
 
 class HFEngine(InTurn):
     name = "hf"
-    logprobs_match_trainer = True  # the trained model samples: its log-probs are the trainer's own
+    on_policy = True  # the trained model samples: its log-probs are the trainer's own
 
     def __init__(self, cfg, accelerator, model, tokenizer):
         self.accelerator, self.model, self.tokenizer, self.ppo = accelerator, model, tokenizer, cfg.ppo

@@ -44,7 +44,7 @@ class Overlapped:
     """Any engine of `engines.ENGINES` (vllm: config/train_config.py refuses hf) behind the Engine
     protocol, its rollout step overlapped with training."""
 
-    logprobs_match_trainer = False  # sampled from the weights before the update's: never the trainer's own
+    on_policy = False  # sampled from the weights before the update's: never the trainer's own
 
     def __init__(self, engine, max_staleness: int = 1):
         self.engine, self.name, self.max_staleness = engine, engine.name, max_staleness

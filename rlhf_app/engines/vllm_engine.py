@@ -43,7 +43,6 @@ def import_vllm():
 
 class VLLMEngine(InTurn):
     name = "vllm"
-    logprobs_match_trainer = False  # its own copy of the weights, its own kernels: `correction` compares
 
     def __init__(self, cfg, accelerator, model, tokenizer):
         self.accelerator, self.tokenizer, self.ppo, self.seed = accelerator, tokenizer, cfg.ppo, cfg.seed
@@ -90,6 +89,12 @@ class VLLMEngine(InTurn):
         if self.sleep:
             self.llm.sleep(level=2)
         accelerator.wait_for_everyone()
+
+    @property
+    def on_policy(self) -> bool:
+        """Synced before every rollout, so it samples the trained weights (through its own kernels: `correction`
+        compares the log-probs). The trainer's log-probs are needed before the update only for importance weights."""
+        return not self.rollout_cfg.importance_sampling
 
     def close(self) -> None:
         """Shut the engine down now, while the training process group still exists: left to vLLM's

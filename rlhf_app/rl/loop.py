@@ -133,7 +133,8 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             with torch.no_grad():
                 b_scores, b_kl, b_non_score, b_advantages, b_returns = _advantages(
                     ppo, estimator, adv_settings, kl_ctl.value, rollout, scores, b_logprobs, b_values, b_ref_logprobs)
-                engine_metrics, is_weights = engine.correction(rollout, b_logprobs, b_policy)
+                # the engine's log-probs against the trainer's (reused: the update's, compared after it)
+                engine_metrics, is_weights = ({}, None) if reuse else engine.correction(rollout, b_logprobs, b_policy)
                 if is_weights is not None:
                     b_advantages = b_advantages * is_weights
             # ---- 5. PPO epochs over shuffled mini-batches, gradient accumulation over micro-batches
@@ -145,8 +146,9 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
             t_train = time.perf_counter()
             # ---- 6. metrics, KL controller, log
             with torch.no_grad():
-                if reuse:  # the KL of the log-probs filled in by the update (none was in the reward)
+                if reuse:  # the KL and the engine's gap, from the log-probs the update filled in (no KL in the reward)
                     b_kl = kl_penalty(b_logprobs, b_ref_logprobs, ppo.kl_estimator) * b_policy
+                    engine_metrics, _ = engine.correction(rollout, b_logprobs, b_policy)
                 objective = objective_metrics(rollout, scores, b_scores, b_kl, b_non_score, b_logprobs, b_policy,
                                               b_values, b_returns, adv_settings.num_generations)
                 metrics = reduced_metrics(accelerator, stats, stat_keys, objective, state.step + 1)
@@ -197,9 +199,10 @@ def update_seed(seed: int, rank: int, step: int) -> int:
 def reuses_update_logprobs(ppo, estimator, kl_ctl, engine) -> bool:
     """Whether the update's own log-probs, detached, serve as the rollout's "as sampled" ones, so their
     separate no-grad forward is skipped (TRL's GRPOTrainer with num_iterations=1): one optimizer step
-    per rollout, no critic, no KL in the reward, and an engine whose log-probs are the trainer's."""
+    per rollout, no critic, no KL in the reward, and an engine that samples the current weights and needs no
+    importance weights (`Engine.on_policy`): a separate forward would give the update's log-probs again."""
     return (ppo.num_ppo_epochs == 1 and ppo.num_mini_batches == 1 and not estimator.needs_critic
-            and kl_ctl.value == 0 and not ppo.adaptive_kl and engine.logprobs_match_trainer)
+            and kl_ctl.value == 0 and not ppo.adaptive_kl and engine.on_policy)
 
 
 def _advantages(ppo, estimator, settings, kl_coef: float, rollout, scores, b_logprobs, b_values, b_ref_logprobs):
