@@ -19,7 +19,7 @@ from dataclasses import asdict
 
 RECIPES = {"imdb": "imdb-offline", "gsm8k": "gsm8k-offline"}
 SIDES = ("ours", "ours-grpo", "trl")
-GROUP = 4  # responses per prompt of the GRPO sides (the mini-batches hold whole groups)
+GROUP = 4  # responses per prompt of a PPO recipe's GRPO sides (a GRPO recipe keeps its own); mini-batches hold groups
 # The held-out score each recipe races on: (eval metric, gain over the start; None: the best both reach).
 TARGETS = {"imdb-offline": ("positive_share", 0.30), "gsm8k-offline": ("accuracy_strict", None)}
 POINTS = {"imdb-offline": 8, "gsm8k-offline": 6}  # evaluated snapshots over the recipe's budget (plus the start)

@@ -142,7 +142,9 @@ def test_every_side_gets_the_same_data_model_reward_and_evaluation(recipe, quick
         assert all(getattr(cfg.ppo, k) == getattr(ours.ppo, k) for k in SAMPLING)
     assert dataclasses.asdict(grpo) == dataclasses.asdict(trl)
     assert ours.ppo.kl_coef > 0 and ours.algorithm.beta == 0  # the recipe's KL is in the reward (k1)
-    assert grpo.algorithm.advantage_estimator == "grpo" and grpo.algorithm.group_size == rc.GROUP
+    # A PPO recipe's GRPO sides get rc.GROUP responses per prompt; a GRPO recipe keeps its own group.
+    group = ours.algorithm.group_size if ours.algorithm.advantage_estimator == "grpo" else rc.GROUP
+    assert grpo.algorithm.advantage_estimator == "grpo" and grpo.algorithm.group_size == group
     assert grpo.algorithm.beta == ours.ppo.kl_coef and grpo.ppo.kl_coef == 0  # the KL moved into the loss
     assert grpo.ppo.total_episodes == ours.ppo.total_episodes  # peer_factor 1
     ev = rc.eval_config(recipe, 1, 2, quick)
@@ -157,7 +159,7 @@ def test_every_side_gets_the_same_data_model_reward_and_evaluation(recipe, quick
     assert (k["temperature"], k["max_completion_length"], k["top_k"], k["top_p"]) == \
         (ours.ppo.temperature, ours.ppo.response_length, ours.ppo.top_k, ours.ppo.top_p)
     assert (k["num_generations"], k["beta"], k["epsilon"], k["entropy_coef"], k["learning_rate"], k["bf16"]) == \
-        (rc.GROUP, grpo.algorithm.beta, grpo.ppo.cliprange, grpo.ppo.ent_coef, grpo.ppo.learning_rate, grpo.ppo.bf16)
+        (group, grpo.algorithm.beta, grpo.ppo.cliprange, grpo.ppo.ent_coef, grpo.ppo.learning_rate, grpo.ppo.bf16)
     # One TRL generation batch is one of our updates; its optimizer steps are our epochs x mini-batches.
     assert k["per_device_train_batch_size"] * k["steps_per_generation"] == grpo.ppo.local_batch_size
     assert k["num_iterations"] == grpo.ppo.num_ppo_epochs and k["loss_type"] == "dapo"
