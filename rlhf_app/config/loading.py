@@ -66,9 +66,20 @@ NUM_SAMPLE_GENERATIONS = "num_sample_generations"
 STAGE_SECTIONS = {"sft": SFTSection, "rm": RMSection, "pairs": PairsSection}
 
 
-def _full_default():
-    """Every section filled, the stages too: the keys a recipe or the command line may set."""
-    return OmegaConf.structured(TrainConfig(**{name: cls() for name, cls in STAGE_SECTIONS.items()}))
+@functools.cache
+def _schema() -> tuple[frozenset[str], frozenset[str]]:
+    """The keys a recipe or the command line may set (every section filled, the stages too) and the sections among
+    them. Built once a process: a structured config costs ~0.1 s, more than the rest of load_config."""
+    full = OmegaConf.structured(TrainConfig(**{name: cls() for name, cls in STAGE_SECTIONS.items()}))
+    return (frozenset(flat_keys(full)),
+            frozenset(k for k in TrainConfig.__dataclass_fields__ if OmegaConf.is_dict(full[k])))
+
+
+@functools.cache
+def _defaults(stage: str | None):
+    """The first layer: the defaults, with `stage`'s section filled. Built once a process and never changed:
+    OmegaConf.merge works on a copy of its first config."""
+    return OmegaConf.structured(TrainConfig(**({stage: STAGE_SECTIONS[stage]()} if stage else {})))
 
 
 def stage_field(key: str, stage: str | None) -> str:
@@ -99,7 +110,7 @@ OPEN_DICTS = ("model.init_kwargs.", "data.chat_template_kwargs.", "rollout.envir
 PER_STAGE = "per_stage"  # a pipeline's per-stage keys: each stage's layer is checked on its own (_stage_layers)
 
 
-def _check_keys(cfg, known: set[str], sections: set[str], where: str, flags: set[str] = frozenset()) -> None:
+def _check_keys(cfg, known: frozenset[str], sections: frozenset[str], where: str, flags: set[str] = frozenset()) -> None:
     def shown(key: str) -> str:  # name a key in the form the user typed it
         return f"--{key}" if key in flags else key
 
@@ -230,7 +241,7 @@ def _check_finite(merged) -> None:
             finite(key, list(value) if OmegaConf.is_list(value) else value)
 
 
-def _stage_layers(layer, where: str, known: set[str], sections: set[str]):
+def _stage_layers(layer, where: str, known: frozenset[str], sections: frozenset[str]):
     """`layer` with each per_stage.NAME made a layer of its own: its keys dotted (`model.name_or_path: x`)
     or nested alike, TRL's names resolved, unknown keys and non-finite numbers refused as at the top."""
     tree = OmegaConf.to_container(layer)
@@ -264,11 +275,8 @@ def load_config(argv: list[str], stage: str | None = None) -> TrainConfig:
     `stage` (sft | rm): the config of that stage's command, its section filled with its defaults."""
     args, flags = _normalize(argv, stage)
     cli, cli_generations = resolve_aliases(OmegaConf.from_dotlist(args), "command line")
-    full = _full_default()
-    known = set(flat_keys(full))
-    sections = {k for k in TrainConfig.__dataclass_fields__ if OmegaConf.is_dict(full[k])}
-    default = OmegaConf.structured(TrainConfig(**({stage: STAGE_SECTIONS[stage]()} if stage else {})))
-    layers, generations = [default], None
+    known, sections = _schema()
+    layers, generations = [_defaults(stage)], None
     recipe = cli.get("recipe")
     if recipe:
         path = recipe_path(str(recipe))
