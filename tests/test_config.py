@@ -276,3 +276,13 @@ def test_network_env_sets_telemetry_always_and_the_offline_switches_when_asked()
     set_network_env(True, offline)
     assert offline == {**OFFLINE_ENV, "HF_HUB_OFFLINE": "0"}  # a value already set wins
     assert OFFLINE_ENV["HF_DATASETS_OFFLINE"] == OFFLINE_ENV["TRANSFORMERS_OFFLINE"] == "1"
+
+
+def test_a_value_set_in_one_call_never_reaches_the_next():
+    # load_config keeps its defaults layer for the process (loading.py, _defaults): a merge must not write into it.
+    plain = load_config(["recipe=tiny"])
+    changed = load_config(["recipe=tiny", "ppo.kl_coef=0.3", "peft.enabled=true", "sft.learning_rate=0.5"])
+    assert (changed.ppo.kl_coef, changed.peft.enabled, changed.sft.learning_rate) == (0.3, True, 0.5)
+    assert load_config(["recipe=tiny"]) == plain and plain.ppo.kl_coef != 0.3 and plain.sft is None
+    stage = load_config(["recipe=tiny", "learning_rate=0.25"], stage="sft")
+    assert stage.sft.learning_rate == 0.25 and load_config([], stage="sft").sft.learning_rate != 0.25
