@@ -4,14 +4,14 @@ Precedence is stated once, in `load_config` (loading.py): the dataclasses (secti
 train_config.py) hold every default, a recipe (`recipes/NAME.yaml` or a path) holds only its
 deltas, and `key=value` arguments win.
 TRL's habits work too: `--key value`, `--key=value`, `--config FILE` and TRL's flat field names
-(`ALIASES`), resolved to the nested keys before anything else. Unknown keys and wrong types fail
+(`ALIASES`, aliases.py), resolved to the nested keys before anything else. Unknown keys and wrong types fail
 before any model loads. This package imports no torch; every name is importable from here.
 """
 
+from rlhf_app.config.aliases import ALIASES, NUM_SAMPLE_GENERATIONS
 from rlhf_app.config.checks import SCHEDULERS, TRACKERS, ConfigError
-from rlhf_app.config.loading import (ALIASES, NUM_SAMPLE_GENERATIONS, OPEN_DICTS, RECIPES_DIR, available_recipes,
-                                     flat_keys, load_config, normalize_args, parse_overrides, recipe_path,
-                                     resolve_aliases, to_yaml)
+from rlhf_app.config.loading import (OPEN_DICTS, RECIPES_DIR, available_recipes, flat_keys, load_config,
+                                     normalize_args, parse_overrides, recipe_path, resolve_aliases, to_yaml)
 from rlhf_app.config.sections import (DATA_FILE_TYPES, DATA_PRESETS, RESERVED_INIT_KWARGS, DataConfig, ModelConfig,
                                       PeftConfig, PPOConfig, RewardConfig)
 from rlhf_app.config.train_config import (ENGINES, ESTIMATORS, GROUP_ESTIMATORS, HUB_STRATEGIES, IS_MODES,

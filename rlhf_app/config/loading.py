@@ -1,4 +1,4 @@
-"""Loading a run's config: defaults ⊕ recipe ⊕ command line, TRL's flat names (`ALIASES`) and argv forms."""
+"""Loading a run's config: defaults ⊕ recipe ⊕ command line, TRL's flat names (aliases.py) and argv forms."""
 
 from __future__ import annotations
 
@@ -14,54 +14,13 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rlhf_app.config.aliases import ALIASES, KEYWORD_KEYS, NUM_SAMPLE_GENERATIONS, set_dotted
 from rlhf_app.config.argv import ArgvError, normalize_argv
 from rlhf_app.config.checks import TRACKERS, ConfigError, finite
 from rlhf_app.config.recipes import RECIPES_DIR, available_recipes, load_yaml, recipe_path  # noqa: F401 (re-exported)
 from rlhf_app.config.stages import PairsSection, RMSection, SFTSection
 from rlhf_app.config.train_config import TrainConfig, num_updates
 
-# ---- TRL's flat field names (ModelConfig, PPOConfig, TrainingArguments) -> the nested keys here.
-# The one table: an alias works in recipes and on the command line; print_config shows the nested key.
-ALIASES = {
-    "model_name_or_path": "model.name_or_path", "model_revision": "model.revision", "dtype": "model.dtype",
-    "torch_dtype": "model.dtype",  # transformers' name before dtype
-    # PPOConfig's model paths: the policy's initial weights, the separate critic's
-    "sft_model_path": "model.name_or_path", "value_model_path": "model.value_model_path",
-    "trust_remote_code": "model.trust_remote_code", "gradient_checkpointing": "model.gradient_checkpointing",
-    "attn_implementation": "model.attn_implementation", "load_in_4bit": "model.load_in_4bit",
-    "load_in_8bit": "model.load_in_8bit", "bnb_4bit_quant_type": "model.bnb_4bit_quant_type",
-    "use_bnb_nested_quant": "model.use_bnb_nested_quant",
-    "use_peft": "peft.enabled", "lora_r": "peft.r", "lora_alpha": "peft.lora_alpha",
-    "lora_dropout": "peft.lora_dropout", "lora_target_modules": "peft.target_modules",
-    "push_to_hub": "hub.push", "hub_model_id": "hub.repo_id", "hub_private_repo": "hub.private",
-    "hub_strategy": "hub.strategy",
-    "resume_from_checkpoint": "resume_from",
-    **{name: f"ppo.{name}" for name in (
-        "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "total_episodes",
-        "per_device_train_batch_size", "gradient_accumulation_steps", "num_mini_batches", "num_ppo_epochs",
-        "local_rollout_forward_batch_size", "response_length", "temperature", "stop_token", "stop_token_id",
-        "missing_eos_penalty", "kl_coef", "kl_estimator", "whiten_rewards", "cliprange", "cliprange_value",
-        "vf_coef", "gamma", "lam", "bf16", "fp16")},
-    # GRPOConfig's vLLM switches
-    **{name: f"rollout.{name}" for name in (
-        "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_enable_sleep_mode",
-        "vllm_importance_sampling_correction", "vllm_importance_sampling_mode", "vllm_importance_sampling_cap")},
-    "vllm_importance_sampling_clip_max": "rollout.vllm_importance_sampling_cap",
-    "max_staleness": "rollout.max_staleness",  # TRL AsyncGRPOConfig's
-    # GRPOTrainer's tools and environments (its arguments; max_tool_calling_iterations is GRPOConfig's), and ours
-    **{name: f"rollout.{name}" for name in (
-        "tools", "environment_factory", "max_tool_calling_iterations", "tool_timeout", "tool_isolation")},
-    # TRL GRPOConfig's names for the estimator options (epsilon is its clip range).
-    **{name: f"algorithm.{name}" for name in (
-        "num_generations", "scale_rewards", "loss_type", "epsilon_high", "beta", "importance_sampling_level")},
-    "epsilon": "ppo.cliprange",
-    # GRPOConfig's reward and prompt fields
-    "reward_weights": "reward.weights", "chat_template_kwargs": "data.chat_template_kwargs",
-}
-# Keys a Python keyword keeps from being field names: the key users type -> the field.
-KEYWORD_KEYS = {"rollout.async": "rollout.asynchronous"}
-# TRL's count of sample tables over the run; converted to sample_every (updates between them) after merging.
-NUM_SAMPLE_GENERATIONS = "num_sample_generations"
 # The stage sections, which `rlhf-app sft|rm|pairs` fill with their defaults (None in a PPO run's config).
 STAGE_SECTIONS = {"sft": SFTSection, "rm": RMSection, "pairs": PairsSection}
 
@@ -185,29 +144,17 @@ def parse_overrides(argv: list[str]):
     return OmegaConf.from_dotlist(_normalize(argv)[0])
 
 
-def _set_dotted(tree: dict, key: str, value: Any, alias: str, where: str, kind: str = "TRL's name") -> None:
-    *parents, leaf = key.split(".")
-    for part in parents:
-        tree = tree.setdefault(part, {})
-        if not isinstance(tree, dict):
-            return  # `model: 1`: _check_keys names the section
-    if leaf in tree and tree[leaf] != value:
-        raise ConfigError(f"{where}: {alias}={value!r} ({kind} for {key}) disagrees with "
-                          f"{key}={tree[leaf]!r}: set only one of them")
-    tree[leaf] = value
-
-
 def resolve_aliases(layer, where: str):
     """One config layer with TRL's flat names moved to their nested keys, list fields given one value
     made lists, and `report_to=all` expanded to the installed trackers. Returns (layer, num_sample_generations)."""
     tree = OmegaConf.to_container(layer)
     for alias, key in ALIASES.items():
         if alias in tree:
-            _set_dotted(tree, key, tree.pop(alias), alias, where)
+            set_dotted(tree, key, tree.pop(alias), alias, where)
     for typed, key in KEYWORD_KEYS.items():
         section, leaf = typed.split(".")
         if isinstance(tree.get(section), dict) and leaf in tree[section]:
-            _set_dotted(tree, key, tree[section].pop(leaf), typed, where, "the short name")
+            set_dotted(tree, key, tree[section].pop(leaf), typed, where, "the short name")
     generations = tree.pop(NUM_SAMPLE_GENERATIONS, None)
     if generations is not None and "sample_every" in tree:
         raise ConfigError(f"{where}: set sample_every (updates between samples) or TRL's {NUM_SAMPLE_GENERATIONS} "
