@@ -203,17 +203,25 @@ def test_resume_with_vllm_continues_as_the_unbroken_run(vllm_run, tmp_path):
             assert abs(a[key] - b[key]) <= 1e-4 * max(1.0, abs(a[key])), (a["step"], key, a[key], b[key])
 
 
-def test_two_processes_each_sample_their_shard_with_vllm(tmp_path):
+def test_two_processes_each_sample_their_shard_with_vllm_and_train_grpo_groups_with_batch_scaled_rewards(tmp_path):
+    """Each process samples its own prompts with its own engine and holds whole groups (4 prompts x 4 responses a process);
+    scale_rewards=batch all-reduces the reward statistics over both processes (a rank that skipped the collective
+    would hang the other). One launch for both properties: a two-process start costs more than its 3 updates."""
     from test_distributed import _ranks, _two_processes
 
     proc = _two_processes("recipe=tiny", f"output_dir={tmp_path}", "rollout.engine=vllm", "ppo.total_episodes=96",
-                          "ppo.per_device_train_batch_size=8", "eval_before_after=false")
+                          "ppo.per_device_train_batch_size=8", "eval_before_after=false",
+                          "algorithm.advantage_estimator=grpo", "algorithm.num_generations=4",
+                          "algorithm.scale_rewards=batch")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = _ranks(tmp_path, 2)
     assert all(r["distributed_type"] == "DistributedType.MULTI_CPU" and r["num_processes"] == 2 for r in ranks)
+    # 96 episodes / (8 x 1 x 2 mini-batches per process x 2 processes) = 3 updates, the same weights on both
     assert [r["step"] for r in ranks] == [3, 3] and ranks[0]["weights"] == ranks[1]["weights"]
     rows = _rows(tmp_path)
     assert len(rows) == 3 and max(r["rollout/logprob_diff_mean"] for r in rows) <= LOGPROB_TOLERANCE
+    assert not any("loss/value_avg" in r for r in rows)  # GRPO: no critic
+    assert any(r["loss/policy_avg"] != 0 for r in rows)  # sampled groups differ: the advantages are not all zero
 
 
 def test_one_step_grpo_through_vllm_takes_the_update_logprobs_without_a_forward(accelerator, tmp_path, monkeypatch):
