@@ -52,13 +52,13 @@ NUM_SAMPLE_GENERATIONS = "num_sample_generations"
 
 
 def set_dotted(tree: dict, key: str, value: Any, alias: str, where: str, kind: str = "TRL's name") -> None:
-    """Put `value` at the dotted `key` of `tree` (nested dicts), the alias it came as named in the one line when
-    the key already holds another value."""
+    """Put `value` at the dotted `key` of `tree` (nested dicts). A key that already holds another value is a
+    ConfigError in one line naming both spellings (`alias` is the one this value came as)."""
     *parents, leaf = key.split(".")
     for part in parents:
         tree = tree.setdefault(part, {})
         if not isinstance(tree, dict):
-            return  # `model: 1`: _check_keys names the section
+            return  # `model: 1`: loading._check_keys names the section
     if leaf in tree and tree[leaf] != value:
         raise ConfigError(f"{where}: {alias}={value!r} ({kind} for {key}) disagrees with "
                           f"{key}={tree[leaf]!r}: set only one of them")
