@@ -204,9 +204,10 @@ def test_resume_with_vllm_continues_as_the_unbroken_run(vllm_run, tmp_path):
 
 
 def test_two_processes_each_sample_their_shard_with_vllm_and_train_grpo_groups_with_batch_scaled_rewards(tmp_path):
-    """Each process samples its own prompts with its own engine and holds whole groups (4 prompts x 4 responses a process);
-    scale_rewards=batch all-reduces the reward statistics over both processes (a rank that skipped the collective
-    would hang the other). One launch for both properties: a two-process start costs more than its 3 updates."""
+    """Each process samples its own prompts with its own engine and holds whole groups (4 prompts x 4 responses
+    a process); scale_rewards=batch all-reduces the reward statistics over both processes (a rank that skipped the
+    collective would hang the other). One launch for both properties: a two-process start costs more than its
+    3 updates."""
     from test_distributed import _ranks, _two_processes
 
     proc = _two_processes("recipe=tiny", f"output_dir={tmp_path}", "rollout.engine=vllm", "ppo.total_episodes=96",
