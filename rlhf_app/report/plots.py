@@ -66,10 +66,10 @@ def plot_diagnostics(metrics: list[dict], path: Path) -> bool:
     if not panels:
         return False
     cols, rows = 3, math.ceil(len(panels) / 3)
-    fig = Figure(figsize=(4.2 * cols, 2.9 * rows))
+    height = 2.9 * rows
+    fig = Figure(figsize=(4.2 * cols, height))
     # Fixed margins in inches, not layout="constrained", whose solver took two thirds of the plot's time
     # (~2 of 3 s a report on a 2-core CPU, every run writes one).
-    height = 2.9 * rows
     fig.subplots_adjust(left=0.06, right=0.99, top=1 - 0.3 / height, bottom=0.5 / height, wspace=0.3, hspace=0.55)
     for i, (title, keys, ylabel) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
