@@ -130,15 +130,23 @@ def run_child(spec: dict, log: Path) -> dict:
     return result
 
 
-def merge(path: Path, recipe: str, side: str, seed: int, run: dict) -> dict:
+def set_aside(rec: dict, current: dict[str, str]) -> None:
+    """Every run of a side in `current` whose fingerprint is not that side's today moves to the recipe's
+    "superseded": a changed recipe changes every side's settings, and the summary compares today's runs only."""
+    for side, by_seed in rec["runs"].items():
+        for stale in [s for s, r in by_seed.items() if side in current and r.get("fingerprint") != current[side]]:
+            rec.setdefault("superseded", []).append(by_seed.pop(stale))
+
+
+def merge(path: Path, recipe: str, side: str, seed: int, run: dict, current: dict[str, str] | None = None) -> dict:
     """`run` into the result file at recipe / side / seed (read again just before the write, written whole);
-    runs of that side under another fingerprint move to the recipe's "superseded"; the summary is redone."""
+    runs under another fingerprint than today's (`current`: side -> fingerprint; by default `run`'s for its
+    side) move to the recipe's "superseded"; the summary is redone."""
     doc = json.loads(path.read_text()) if path.is_file() else {}
     rec = doc.setdefault("recipes", {}).setdefault(recipe, {"runs": {}})
-    by_seed = rec["runs"].setdefault(side, {})
-    for stale in [s for s, r in by_seed.items() if r.get("fingerprint") != run["fingerprint"]]:
-        rec.setdefault("superseded", []).append(by_seed.pop(stale))
-    by_seed[str(seed)] = run
+    rec["runs"].setdefault(side, {})
+    set_aside(rec, {**(current or {}), side: run["fingerprint"]})
+    rec["runs"][side][str(seed)] = run
     metric, gain = race_config.TARGETS[recipe]
     rec["summary"] = race_summary.summarise(rec["runs"], metric, gain)
     doc["target"] = ("ours reaches the target (imdb: +0.30 positive share; gsm8k: the best strict accuracy both "
@@ -196,7 +204,7 @@ def main(argv: list[str]) -> None:
                            time_cap_s=spec["time_cap_s"], commit=commit, dirty=dirty, cpus=os.cpu_count(),
                            load_avg_end=os.getloadavg(), date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            command=" ".join(["bench/race.py", *argv]))
-                doc = merge(path, recipe, side, seed, run)
+                doc = merge(path, recipe, side, seed, run, prints)
                 last = run["points"][-1]
                 metric = race_config.TARGETS[recipe][0]
                 print(f"[race]   trained {run['train_s']:.0f} s ({last['episodes']} episodes), evaluated "
