@@ -123,7 +123,8 @@ def test_runs_merge_per_side_and_seed_and_settings_changes_are_set_aside(tmp_pat
     assert race.time_cap(doc, "imdb-offline", 0, "trl", "f2") == 2 * 90  # 2x ours' training time
     assert race.time_cap(doc, "imdb-offline", 0, "trl", "f1") is None  # ours not run under today's settings
     # a changed recipe changes every side's settings: today's fingerprints set the other sides' old runs aside
-    doc = race.merge(path, "imdb-offline", "ours", 1, _run([(0, 0, 0.5)], fingerprint="f2"), {"ours": "f2", "trl": "t2"})
+    today = {"ours": "f2", "trl": "t2"}
+    doc = race.merge(path, "imdb-offline", "ours", 1, _run([(0, 0, 0.5)], fingerprint="f2"), today)
     rec = doc["recipes"]["imdb-offline"]
     assert sorted(rec["runs"]["ours"]) == ["0", "1"] and rec["runs"]["trl"] == {} and len(rec["superseded"]) == 3
     assert "trl" not in rec["summary"]["final"]
