@@ -116,27 +116,42 @@ def recipe_rows(recipes: dict, recipe: str) -> list[list[str]]:
 
 
 def race_rows(race: dict) -> list[list[str]]:
-    """Per raced recipe: each side's figure at the end of its run and ours against TRL's GRPOTrainer."""
+    """Per raced recipe: each side's figure at the end of its run, and each rlhf_app side (the recipe as shipped,
+    then TRL's settings) against TRL's GRPOTrainer in time to the target."""
     rows = []
     for recipe, figure in RACED.items():
         summary = race.get("recipes", {}).get(recipe, {}).get("summary")
         if not summary:
             rows.append([f"`{recipe}`", figure, NOT_MEASURED, NOT_MEASURED, NOT_MEASURED, NOT_MEASURED])
             continue
-        start = _share((summary["start"], None)) + " → " if summary.get("start") is not None else ""
         cells = []
         for side in ("ours", "ours-grpo", "trl"):
             f = summary["final"].get(side)
             if f is None:
                 cells.append(NOT_MEASURED)
                 continue
+            start = f.get("start", summary.get("start"))  # the side's own seeds' start
+            start = _share((start, None)) + " → " if start is not None else ""
             seeds = "one seed" if f["n"] == 1 else f"{f['n']} seeds"
             cells.append(f"{start}{_share((f['value'], f['sd'] if f['n'] > 1 else None))} after {f['time_s']:.0f} s "
                          f"({seeds})")
-        pair = summary["pairs"].get("ours vs trl")
-        verdict = f"target {_share((pair['target'], None))}: {pair['verdict']}" if pair else NOT_MEASURED
-        rows.append([f"`{recipe}`", figure, *cells, verdict])
+        rows.append([f"`{recipe}`", figure, *cells, _verdicts(summary["pairs"])])
     return rows
+
+
+def _verdicts(pairs: dict) -> str:
+    """Each rlhf_app side against TRL, on the seeds both ran: 'target T (seed S): verdict; verdict'."""
+    against = [pairs[k] for k in ("ours vs trl", "ours-grpo vs trl") if k in pairs]
+    if not against:
+        return NOT_MEASURED
+
+    def head(p: dict) -> str:
+        seeds = p.get("seeds")
+        which = f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})" if seeds else ""
+        return f"target {_share((p['target'], None))}{which}"
+    if len({head(p) for p in against}) == 1:
+        return f"{head(against[0])}: " + "; ".join(p["verdict"] for p in against)
+    return "; ".join(f"{head(p)}: {p['verdict']}" for p in against)
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -148,10 +163,11 @@ def tables(learning: dict, race: dict) -> str:
     recipes = learning.get("recipes", {})
     lines = [BEGIN, "", *_table(HEAD, [r for name in FIGURES for r in recipe_rows(recipes, name)]), "",
              "The race against TRL's GRPOTrainer (`bench/race.py`): each side's held-out figure at the end of its "
-             "training time, and the time to the target, ours against TRL. `ours`: the recipe as shipped "
-             "(imdb-offline: GRPO, KL in the reward; gsm8k-offline: PPO); `ours, as TRL`: GRPO with the KL in "
-             "the loss, TRL's settings field by field (bench/race_config.py).", "",
-             *_table(["recipe", "figure", "ours", "ours, as TRL", "TRL GRPOTrainer", "ours vs TRL"],
+             "training time, and the time to the target of each rlhf_app side against TRL's. `ours`: the recipe "
+             "as shipped (imdb-offline: GRPO, KL in the reward; gsm8k-offline: PPO); `ours, as TRL` (`ours-grpo`): "
+             "GRPO with the KL in the loss, TRL's settings field by field (bench/race_config.py).", "",
+             *_table(["recipe", "figure", "ours", "ours, as TRL", "TRL GRPOTrainer",
+                      "against TRL, time to the target"],
                      race_rows(race)), "", END]
     return "\n".join(lines)
 

@@ -13,7 +13,8 @@ evaluation (bench/race_child.py), so every curve is "held-out score against trai
 excluded. `ours` runs the recipe's episodes; the GRPO sides up to --peer-factor times as many, stopped after
 2x ours' training time of that seed when it is known. Each finished run is merged at once (written whole)
 into bench/race.json under recipe / side / seed, so a long race runs piece by piece; the summary (mean ± sd
-over seeds, time to the target, ratios: bench/race_summary.py) is recomputed at each merge. --quick: the
+over seeds, time to the target, ratios: bench/race_summary.py) is recomputed at each merge, and by --summary
+when the arithmetic changed. --quick: the
 tiny model, two updates, one seed, into bench/work/race-quick.json; key=value overrides or other --points /
 --peer-factor: bench/work/race-partial.json (bench/outputs.py).
 """
@@ -57,7 +58,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                                      "instead of 256 (GSM8K: 300 and the 55 real)")
     parser.add_argument("--quick", action="store_true", help="smoke run: the tiny model, 2 updates, seed 0")
     parser.add_argument("--out", help="result file (default bench/race.json; quick/partial: bench/work/race-*.json)")
-    parser.add_argument("--summary", action="store_true", help="print the summary of the result file and stop")
+    parser.add_argument("--summary", action="store_true",
+                        help="print the summary of the result file and stop (redone from its runs, and written back, "
+                             "when bench/race_summary.py changed)")
     args, extra = parser.parse_known_args(argv)
     bad = [a for a in extra if "=" not in a or a.startswith("-")]
     if bad:
@@ -155,6 +158,16 @@ def merge(path: Path, recipe: str, side: str, seed: int, run: dict, current: dic
     return doc
 
 
+def resummarise(doc: dict) -> bool:
+    """Each recipe's summary redone from its runs with today's arithmetic; True when one changed."""
+    changed = False
+    for recipe, rec in doc.get("recipes", {}).items():
+        fresh = json.loads(json.dumps(race_summary.summarise(rec["runs"], *race_config.TARGETS[recipe])))
+        changed |= fresh != rec.get("summary")
+        rec["summary"] = fresh
+    return changed
+
+
 def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
@@ -178,6 +191,9 @@ def main(argv: list[str]) -> None:
     path = outputs.result_path("race", args.kind, args.out)
     if args.summary:
         doc = json.loads(path.read_text()) if path.is_file() else {}
+        if resummarise(doc):
+            outputs.write_result(doc, path)
+            print(f"[race] {path}: summaries redone from the runs (bench/race_summary.py changed)", flush=True)
         for recipe, rec in doc.get("recipes", {}).items():
             print("\n".join(race_summary.lines(recipe, rec["summary"])))
         return

@@ -306,3 +306,11 @@ def test_the_race_table_gives_each_side_from_the_start_and_the_verdict_against_i
                        "not measured yet", "50.0% → 60.0% ± 5.0 after 200 s (3 seeds)",
                        "target 80.0%: ours 90 s, trl 200 s: ratio 0.45"]
     assert rows[1][2:] == ["not measured yet"] * 4
+    # With TRL's settings raced too, the verdict cell gives both rlhf_app sides against TRL, the shipped recipe first.
+    summary["pairs"]["ours-grpo vs trl"] = {"target": 0.8, "verdict": "trl never reached within 2x ours-grpo's time"}
+    summary["pairs"]["ours vs ours-grpo"] = {"target": 0.8, "verdict": "not a TRL pair"}
+    summary["final"]["ours-grpo"] = {"value": 0.9, "sd": 0.0, "time_s": 300.0, "n": 1}
+    row = learning_table.race_rows({"recipes": {"imdb-offline": {"summary": summary}}})[0]
+    assert row[3] == "50.0% → 90.0% after 300 s (one seed)"
+    assert row[5] == ("target 80.0%: ours 90 s, trl 200 s: ratio 0.45; "
+                      "trl never reached within 2x ours-grpo's time")

@@ -86,6 +86,10 @@ def test_a_peer_that_never_gets_there_within_twice_our_time():
     pair = rs.summarise({"ours": ours, "trl": flat_long}, "positive_share", 0.30)["pairs"]["ours vs trl"]
     assert pair["ratio"] is None and pair["never_within_2x"] and "never reached within 2x" in pair["verdict"]
     assert pair["meets_target"] is True
+    # rlhf_app with TRL's settings is held to the same target; the pair of our two sides is not.
+    pairs = rs.summarise({"ours-grpo": ours, "trl": flat_long, "ours": flat_short}, "positive_share", 0.30)["pairs"]
+    assert pairs["ours-grpo vs trl"]["meets_target"] is True and pairs["ours vs trl"]["meets_target"] is False
+    assert "meets_target" not in pairs["ours vs ours-grpo"]
     pair = rs.summarise({"ours": ours, "trl": flat_short}, "positive_share", 0.30)["pairs"]["ours vs trl"]
     assert not pair["never_within_2x"] and pair["ratio_below"] == pytest.approx(200 / 300)
     assert "did not reach it within its run of 300 s" in pair["verdict"] and pair["meets_target"] is False
@@ -104,6 +108,30 @@ def test_gsm8k_races_to_the_best_accuracy_both_reach():
     assert "no gain to race on" in s["pairs"]["ours vs trl"]["verdict"]
 
 
+def test_a_side_with_more_seeds_is_compared_on_the_seeds_both_ran():
+    s = rs.summarise({"ours": OURS, "trl": {"0": TRL["0"]}}, "positive_share", 0.30)
+    # ours' own curve averages both seeds (0.76 at update 4); against TRL only seed 0 counts (0.70 at 4, 0.85 at 8).
+    assert s["final"]["ours"]["n"] == 2 and s["curves"]["ours"][1]["value"] == pytest.approx(0.76)
+    assert s["final"]["ours"]["start"] == pytest.approx(0.50) and s["final"]["trl"]["n"] == 1
+    pair = s["pairs"]["ours vs trl"]
+    assert pair["seeds"] == ["0"] and pair["ours_s"] == 200 and pair["trl_s"] == 600
+    assert pair["ratio"] == pytest.approx(1 / 3)
+    assert "ours vs ours-grpo" not in s["pairs"]
+
+
+def test_the_committed_summaries_are_todays_arithmetic_and_summary_redoes_stale_ones(tmp_path, capsys):
+    committed = json.loads((BENCH / "race.json").read_text())
+    fresh = json.loads(json.dumps(committed))
+    assert race.resummarise(fresh) is False, \
+        "bench/race.json's summaries are stale: run .venv/bin/python bench/race.py --summary"
+    stale = tmp_path / "race.json"
+    rec = fresh["recipes"]["imdb-offline"]
+    rec["summary"] = {**rec["summary"], "pairs": {}}
+    stale.write_text(json.dumps(fresh))
+    race.main(["--summary", "--out", str(stale)])
+    assert json.loads(stale.read_text()) == committed and "summaries redone" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- merging
 
 def test_runs_merge_per_side_and_seed_and_settings_changes_are_set_aside(tmp_path):
@@ -115,6 +143,9 @@ def test_runs_merge_per_side_and_seed_and_settings_changes_are_set_aside(tmp_pat
     runs = doc["recipes"]["imdb-offline"]["runs"]
     assert sorted(runs["ours"]) == ["0", "1"] and sorted(runs["trl"]) == ["0"]
     assert doc["recipes"]["imdb-offline"]["summary"]["final"]["ours"]["n"] == 2
+    # The pair compares seed 0 alone, the one both sides ran: seed 1's 0.82 at 110 s is not TRL's to answer.
+    pair = doc["recipes"]["imdb-offline"]["summary"]["pairs"]["ours vs trl"]
+    assert pair["seeds"] == ["0"] and pair["ours_s"] == 200 and pair["trl_s"] == 600
     changed = _run([(0, 0, 0.5), (4, 90, 0.9)], fingerprint="f2")
     doc = race.merge(path, "imdb-offline", "ours", 0, changed)  # new settings: the old ours runs are set aside
     rec = doc["recipes"]["imdb-offline"]
