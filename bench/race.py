@@ -4,19 +4,19 @@
         [--threads N] [--peer-factor 2] [--points N] [--held-out N] [--quick] [--out PATH] [--summary] [key=value ...]
 
 On imdb-offline and gsm8k-offline (SmolLM2-135M-Instruct, LoRA), three sides (bench/race_config.py): `ours`
-(the recipe: PPO), `ours-grpo` (the recipe with rlhf_app's GRPO estimator) and `trl` (TRL's GRPOTrainer with
-ours-grpo's settings, LoRA by peft_config, rlhf_app's reward callable as reward_funcs, transformers' generate:
-its vLLM colocate route does not run on this CPU build). Same seed, training prompts and held-out prompts for
-all; each run is its own process, one after the other, on the same --threads cores (pinned as bench/engines.py
-pins them). A run saves LoRA snapshots every few updates and is then scored snapshot by snapshot by rlhf_app's
-evaluation (bench/race_child.py), so every curve is "held-out score against training wall time", evaluation
-excluded. `ours` runs the recipe's episodes; the GRPO sides up to --peer-factor times as many, stopped after
-2x ours' training time of that seed when it is known. Each finished run is merged at once (written whole)
-into bench/race.json under recipe / side / seed, so a long race runs piece by piece; the summary (mean ± sd
-over seeds, time to the target, ratios: bench/race_summary.py) is recomputed at each merge, and by --summary
-when the arithmetic changed. --quick: the
-tiny model, two updates, one seed, into bench/work/race-quick.json; key=value overrides or other --points /
---peer-factor: bench/work/race-partial.json (bench/outputs.py).
+(the recipe as shipped), `ours-grpo` (rlhf_app's GRPO with TRL's settings, KL in the loss) and `trl` (TRL's
+GRPOTrainer with ours-grpo's settings, LoRA by peft_config, rlhf_app's reward callable as reward_funcs,
+transformers' generate: its vLLM colocate route does not run on this CPU build). Same seed, training prompts
+and held-out prompts for all; each run is its own process, one after the other, on the same --threads cores
+(pinned as bench/engines.py pins them). A run saves LoRA snapshots every few updates and is then scored
+snapshot by snapshot by rlhf_app's evaluation (bench/race_child.py), so every curve is "held-out score against
+training wall time", evaluation excluded. `ours` runs the recipe's episodes; the GRPO sides up to
+--peer-factor times as many, stopped after 2x ours' training time of that seed when it is known. Each finished
+run is merged at once (written whole) into bench/race.json under recipe / side / seed, so a long race runs
+piece by piece; the summary (mean ± sd over seeds, time to the target, ratios: bench/race_summary.py) is
+recomputed at each merge, and by --summary when the arithmetic changed. --quick: the tiny model, two updates,
+one seed, into bench/work/race-quick.json; key=value overrides or other --points / --peer-factor:
+bench/work/race-partial.json (bench/outputs.py).
 """
 
 from __future__ import annotations
