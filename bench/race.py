@@ -150,19 +150,23 @@ def merge(path: Path, recipe: str, side: str, seed: int, run: dict, current: dic
     rec["runs"].setdefault(side, {})
     set_aside(rec, {**(current or {}), side: run["fingerprint"]})
     rec["runs"][side][str(seed)] = run
-    metric, gain = race_config.TARGETS[recipe]
-    rec["summary"] = race_summary.summarise(rec["runs"], metric, gain)
+    rec["summary"] = summary_of(recipe, rec["runs"])
     doc["target"] = ("ours reaches the target (imdb: +0.30 positive share; gsm8k: the best strict accuracy both "
                      "reach) in <= 0.5x the wall time of TRL's GRPOTrainer, or TRL never reaches it within 2x")
     outputs.write_result(doc, path)
     return doc
 
 
+def summary_of(recipe: str, runs: dict) -> dict:
+    """The recipe's summary of `runs` against its target (bench/race_config.py TARGETS)."""
+    return race_summary.summarise(runs, *race_config.TARGETS[recipe])
+
+
 def resummarise(doc: dict) -> bool:
     """Each recipe's summary redone from its runs with today's arithmetic; True when one changed."""
     changed = False
     for recipe, rec in doc.get("recipes", {}).items():
-        fresh = json.loads(json.dumps(race_summary.summarise(rec["runs"], *race_config.TARGETS[recipe])))
+        fresh = json.loads(json.dumps(summary_of(recipe, rec["runs"])))  # as the file holds it
         changed |= fresh != rec.get("summary")
         rec["summary"] = fresh
     return changed
