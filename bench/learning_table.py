@@ -140,18 +140,21 @@ def race_rows(race: dict) -> list[list[str]]:
 
 
 def _verdicts(pairs: dict) -> str:
-    """Each rlhf_app side against TRL, on the seeds both ran: 'target T (seed S): verdict; verdict'."""
-    against = [pairs[k] for k in ("ours vs trl", "ours-grpo vs trl") if k in pairs]
+    """Each rlhf_app side against TRL on the seeds both ran, the shipped recipe first: 'ours vs TRL, seed 0,
+    target T: verdict'; over several seeds the verdict on the mean curves, then each seed's against its own target."""
+    against = [(k.split(" vs ")[0], pairs[k]) for k in ("ours vs trl", "ours-grpo vs trl") if k in pairs]
     if not against:
         return NOT_MEASURED
 
-    def head(p: dict) -> str:
-        seeds = p.get("seeds")
-        which = f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})" if seeds else ""
-        return f"target {_share((p['target'], None))}{which}"
-    if len({head(p) for p in against}) == 1:
-        return f"{head(against[0])}: " + "; ".join(p["verdict"] for p in against)
-    return "; ".join(f"{head(p)}: {p['verdict']}" for p in against)
+    def one(side: str, p: dict) -> str:
+        seeds, per = p.get("seeds") or [], p.get("per_seed") or {}
+        where = f", seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}" if seeds else ""
+        target = _share((p["target"], None))
+        if len(per) < 2:
+            return f"{side} vs TRL{where}, target {target}: {p['verdict']}"
+        each = "; ".join(f"seed {s}, target {_share((v['target'], None))}: {v['verdict']}" for s, v in per.items())
+        return f"{side} vs TRL{where}, mean curves to {target}: {p['verdict']}; {each}"
+    return ". ".join(one(side, p) for side, p in against)
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -163,7 +166,8 @@ def tables(learning: dict, race: dict) -> str:
     recipes = learning.get("recipes", {})
     lines = [BEGIN, "", *_table(HEAD, [r for name in FIGURES for r in recipe_rows(recipes, name)]), "",
              "The race against TRL's GRPOTrainer (`bench/race.py`): each side's held-out figure at the end of its "
-             "training time, and the time to the target of each rlhf_app side against TRL's. `ours`: the recipe "
+             "training time, and the time to the target of each rlhf_app side against TRL's, on the seeds both ran (over "
+             "several: on the mean curves, then seed by seed). `ours`: the recipe "
              "as shipped (imdb-offline: GRPO, KL in the reward; gsm8k-offline: PPO); `ours, as TRL` (`ours-grpo`): "
              "GRPO with the KL in the loss, TRL's settings field by field (bench/race_config.py).", "",
              *_table(["recipe", "figure", "ours", "ours, as TRL", "TRL GRPOTrainer",

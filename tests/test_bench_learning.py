@@ -304,7 +304,7 @@ def test_the_race_table_gives_each_side_from_the_start_and_the_verdict_against_i
     rows = learning_table.race_rows({"recipes": {"imdb-offline": {"summary": summary}}})
     assert rows[0] == ["`imdb-offline`", "positive share, 256 held-out prompts", "50.0% → 85.0% after 100 s (one seed)",
                        "not measured yet", "50.0% → 60.0% ± 5.0 after 200 s (3 seeds)",
-                       "target 80.0%: ours 90 s, trl 200 s: ratio 0.45"]
+                       "ours vs TRL, target 80.0%: ours 90 s, trl 200 s: ratio 0.45"]
     assert rows[1][2:] == ["not measured yet"] * 4
     # With TRL's settings raced too, the verdict cell gives both rlhf_app sides against TRL, the shipped recipe first.
     summary["pairs"]["ours-grpo vs trl"] = {"target": 0.8, "verdict": "trl never reached within 2x ours-grpo's time"}
@@ -312,5 +312,15 @@ def test_the_race_table_gives_each_side_from_the_start_and_the_verdict_against_i
     summary["final"]["ours-grpo"] = {"value": 0.9, "sd": 0.0, "time_s": 300.0, "n": 1}
     row = learning_table.race_rows({"recipes": {"imdb-offline": {"summary": summary}}})[0]
     assert row[3] == "50.0% → 90.0% after 300 s (one seed)"
-    assert row[5] == ("target 80.0%: ours 90 s, trl 200 s: ratio 0.45; "
-                      "trl never reached within 2x ours-grpo's time")
+    assert row[5] == ("ours vs TRL, target 80.0%: ours 90 s, trl 200 s: ratio 0.45. "
+                      "ours-grpo vs TRL, target 80.0%: trl never reached within 2x ours-grpo's time")
+    # Over several seeds: the verdict on the mean curves, then each seed's against its own start + the gain.
+    summary["pairs"]["ours vs trl"].update(seeds=["0", "1"], target=0.87, verdict="neither reached it", per_seed={
+        "0": {"target": 0.862, "verdict": "neither reached it"},
+        "1": {"target": 0.882, "verdict": "ours 1095 s, trl 2923 s: ratio 0.37"}})
+    summary["pairs"]["ours-grpo vs trl"]["seeds"] = ["0"]
+    row = learning_table.race_rows({"recipes": {"imdb-offline": {"summary": summary}}})[0]
+    assert row[5] == ("ours vs TRL, seeds 0, 1, mean curves to 87.0%: neither reached it; "
+                      "seed 0, target 86.2%: neither reached it; "
+                      "seed 1, target 88.2%: ours 1095 s, trl 2923 s: ratio 0.37. "
+                      "ours-grpo vs TRL, seed 0, target 80.0%: trl never reached within 2x ours-grpo's time")
