@@ -79,16 +79,20 @@ def pair_target(metric_gain: float | None, start: float, mean_a: list[dict], mea
     return min(max(p["value"] for p in mean_a), max(p["value"] for p in mean_b))
 
 
+def start_of(runs: list[dict], metric: str) -> float | None:
+    """The mean of the runs' untrained points (update 0); None when none has one."""
+    starts = [c[0]["value"] for r in runs for c in [curve(r, metric)] if c and c[0]["update"] == 0]
+    return mean_sd(starts)[0] if starts else None
+
+
 def summarise(runs: dict, metric: str, gain: float | None) -> dict:
     """runs: {side: {seed: run}} -> curves (mean ± sd per side over its seeds), the start, and per pair of sides,
     over the seeds both ran: the target, the times on their mean curves, the ratio and the per-seed times."""
     sides = {s: [r for _, r in sorted(by_seed.items())] for s, by_seed in runs.items() if by_seed}
     means = {s: mean_curve(rs, metric) for s, rs in sides.items()}
-    starts = [c[0]["value"] for rs in sides.values() for r in rs for c in [curve(r, metric)]
-              if c and c[0]["update"] == 0]
     out = {"metric": metric, "gain": gain, "curves": means,
            "mean_score": {s: mean_curve(rs, "mean_score") for s, rs in sides.items()},
-           "start": mean_sd(starts)[0] if starts else None,
+           "start": start_of([r for rs in sides.values() for r in rs], metric),
            "start_equal_across_sides": _starts_equal(runs, metric),
            "final": {s: {"value": m[-1]["value"], "sd": m[-1]["sd"], "time_s": m[-1]["time_s"], "n": m[-1]["n"],
                          "start": m[0]["value"] if m[0]["update"] == 0 else None}
@@ -99,11 +103,9 @@ def summarise(runs: dict, metric: str, gain: float | None) -> dict:
         seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
         mean_a = mean_curve([runs[a][s] for s in seeds], metric)
         mean_b = mean_curve([runs[b][s] for s in seeds], metric)
-        pair_starts = [c[0]["value"] for side in (a, b) for s in seeds for c in [curve(runs[side][s], metric)]
-                       if c and c[0]["update"] == 0]
-        if not mean_a or not mean_b or not pair_starts:
+        start = start_of([runs[side][s] for side in (a, b) for s in seeds], metric)
+        if not mean_a or not mean_b or start is None:
             continue
-        start = mean_sd(pair_starts)[0]
         target = pair_target(gain, start, mean_a, mean_b)
         entry = compare(a, b, mean_a, mean_b, target)
         entry["seeds"] = seeds
