@@ -286,3 +286,24 @@ def test_a_value_set_in_one_call_never_reaches_the_next():
     assert load_config(["recipe=tiny"]) == plain and plain.ppo.kl_coef != 0.3 and plain.sft is None
     stage = load_config(["recipe=tiny", "learning_rate=0.25"], stage="sft")
     assert stage.sft.learning_rate == 0.25 and load_config([], stage="sft").sft.learning_rate != 0.25
+
+
+NO_RECOMPUTE = ["rollout.recompute_logprobs=false"]
+GRPO = ["algorithm.advantage_estimator=grpo", "algorithm.num_generations=4"]
+
+
+@pytest.mark.parametrize("args, message", [
+    ([*GRPO], r"^rollout.recompute_logprobs=false takes the engine's log-probs, which rollout.engine=hf does not "
+              r"return \(it needs the trainer's forward\): set rollout.engine=vllm, or rollout.recompute_logprobs=true$"),
+    ([*GRPO, "rollout.engine=vllm", "rollout.async=true"], r"^rollout.recompute_logprobs=false needs rollout.async=false"),
+    ([*GRPO, "rollout.engine=vllm", "rollout.vllm_importance_sampling_correction=true"],
+     r"^rollout.recompute_logprobs=false leaves no trainer log-probs to weigh the engine's against: set "
+     r"rollout.vllm_importance_sampling_correction=false, or rollout.recompute_logprobs=true$"),
+    (["rollout.engine=vllm"], r"^rollout.recompute_logprobs=false skips the forward that also gives the critic's "
+                              r"values \(algorithm.advantage_estimator=gae\): pick grpo"),
+])
+def test_the_engines_logprobs_only_where_they_are_the_update_starts_weights(args, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(["recipe=tiny", *NO_RECOMPUTE, *args])
+    cfg = load_config(["recipe=tiny", *NO_RECOMPUTE, *GRPO, "rollout.engine=vllm"])
+    assert cfg.rollout.recompute_logprobs is False and load_config(["recipe=tiny"]).rollout.recompute_logprobs

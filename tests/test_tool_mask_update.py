@@ -144,6 +144,28 @@ def test_rollout_forwards_are_zero_on_tool_tokens():
         assert not (got * (1 - POLICY)).any()
 
 
+def test_without_recompute_the_old_logprobs_are_the_engines_and_the_policy_runs_no_forward(monkeypatch):
+    """rollout.recompute_logprobs=false: the engine's log-probs (here the trainer's plus a mark, so they can be
+    told apart) become the old policy's, masked to the policy's tokens; only the reference runs a forward."""
+    from rlhf_app.rl import loop
+
+    model = tiny_model(value_head=False)
+    ref = GPT2LMHeadModel(model.policy.config)
+    ref.load_state_dict(model.policy.state_dict())
+    with torch.no_grad():
+        want_lp, _ = logprobs_values(model, QUERY, torch.ones_like(QUERY), RESPONSE, MASK, 1.0)
+    engine_lp = (want_lp + 0.25) * MASK  # tool results included, as the engine returns them
+    rollout = Rollout(QUERY, torch.ones_like(QUERY), RESPONSE, MASK, T([True] * 3), ["p"] * 3, ["c"] * 3, {},
+                      logprobs=engine_lp, tool_mask=TOOL)
+    cfg = load_config(["recipe=tiny", "rollout.engine=vllm", "rollout.recompute_logprobs=false",
+                       "algorithm.advantage_estimator=grpo", "algorithm.num_generations=4"])
+    monkeypatch.setattr(loop, "logprobs_values", lambda *a, **k: pytest.fail("the policy's forward ran"))
+    lp, values, ref_lp = _rollout_forwards(cfg, Accelerator(), model, ref, rollout, reuse=False, critic=False)
+    assert values is None
+    assert torch.equal(lp, engine_lp * POLICY)
+    assert torch.allclose(ref_lp, want_lp * POLICY, atol=1e-5)
+
+
 class StandInEngine:
     """A local stand-in for an engine that runs tools: each batch an episode with a tool mask."""
 

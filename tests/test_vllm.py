@@ -271,3 +271,46 @@ def test_one_step_grpo_through_vllm_takes_the_update_logprobs_without_a_forward(
     assert first["rollout/logprob_diff_mean"] == pytest.approx(again["rollout/logprob_diff_mean"], abs=1e-6)
     assert first["objective/kl"] == pytest.approx(again["objective/kl"], abs=1e-5)
     assert first["loss/policy_avg"] == pytest.approx(again["loss/policy_avg"], abs=1e-5)
+
+
+def test_without_recompute_a_multi_step_update_takes_the_engines_logprobs(accelerator, tmp_path, monkeypatch):
+    """rollout.recompute_logprobs=false with 2 epochs x 2 mini-batches (no one-step reuse): the engine's log-probs
+    are the old policy's, so the loop runs no forward of the policy. Against the same update with the trainer's
+    forward: the same samples, and a KL and loss within the engine/trainer gap."""
+    from accelerate.utils import set_seed
+
+    from rlhf_app.rl import loop
+
+    forwards = []
+    counted = loop.logprobs_values
+    monkeypatch.setattr(loop, "logprobs_values", lambda *a, **k: forwards.append(1) or counted(*a, **k))
+    rows = {}
+    for recompute in (True, False):
+        out = tmp_path / f"recompute-{recompute}"
+        cfg = load_config(["recipe=tiny", "rollout.engine=vllm", "algorithm.advantage_estimator=grpo",
+                           "algorithm.num_generations=4", "ppo.num_ppo_epochs=2", "ppo.num_mini_batches=2",
+                           "ppo.kl_coef=0.05", "algorithm.beta=0.04", "ppo.total_episodes=32", "sample_every=0",
+                           f"rollout.recompute_logprobs={str(recompute).lower()}", "eval_before_after=false",
+                           f"output_dir={out}"])
+        out.mkdir()
+        set_seed(cfg.seed)
+        tokenizer = models.load_tokenizer(cfg.model.name_or_path)
+        model, ref = models.build_models(cfg)
+        train, _ = data.load_prompts(cfg, tokenizer)
+        engine = VLLMEngine(cfg, accelerator, model, tokenizer)
+        forwards.clear()
+        try:
+            loop.train(cfg, accelerator, model, ref, tokenizer, train, rewards.build_reward(cfg, accelerator.device),
+                       out, engine)
+        finally:
+            engine.close()
+            del engine
+            gc.collect()
+        assert bool(forwards) is recompute
+        [rows[recompute]] = _rows(out)
+    given, forward = rows[False], rows[True]
+    assert forward["rollout/logprob_diff_mean"] <= LOGPROB_TOLERANCE and "rollout/logprob_diff_mean" not in given
+    assert given["objective/scores"] == forward["objective/scores"]  # the same weights sampled the same tokens
+    for name in ("objective/kl", "loss/policy_avg", "loss/kl_avg"):
+        assert given[name] == pytest.approx(forward[name], abs=1e-4), name
+    assert given["loss/kl_avg"] > 0  # the steps after the first moved the policy off the reference

@@ -34,6 +34,9 @@ class RolloutConfig:
     vllm_importance_sampling_correction: Optional[bool] = None
     vllm_importance_sampling_mode: str = "token_truncate"
     vllm_importance_sampling_cap: float = 3.0  # TRL's C_max (vllm_importance_sampling_clip_max)
+    # false: the engine's log-probs of the sampled tokens are the PPO ratio's old policy (veRL's
+    # recompute_old_log_prob=false), saving the trainer's no-grad forward of the policy; vllm, synced, no IS
+    recompute_logprobs: bool = True
     # `rollout.async=true`: the engine samples update k+1's batch while update k trains (engines/overlap.py)
     asynchronous: bool = False
     max_staleness: int = 1  # TRL AsyncGRPO's name: updates a batch lags the policy; 0 (no overlap) or 1
@@ -66,6 +69,7 @@ class RolloutConfig:
             raise ConfigError("rollout.async=true needs rollout.engine=vllm: the hf engine samples with the very "
                               "weights the update is changing")
         check_tools(self)
+        check_recompute(self)
         if self.asynchronous and self.vllm_enable_sleep_mode:
             raise ConfigError("rollout.async=true samples while the update trains, so the engine cannot sleep "
                               "then: set rollout.vllm_enable_sleep_mode=false or rollout.async=false")
@@ -89,6 +93,23 @@ def _spec_shape(key: str, spec, what: str) -> None:
     if not sep or not where.strip() or not name.strip():
         raise ConfigError(f"{key}={spec!r} is not {what}: write module:{what.split()[0]} or path/file.py:"
                           f"{what.split()[0]}")
+
+
+def check_recompute(r: RolloutConfig) -> None:
+    """rollout.recompute_logprobs=false needs log-probs from the weights the update starts from, and nothing
+    that compares them with the trainer's."""
+    if r.recompute_logprobs:
+        return
+    fix = "or rollout.recompute_logprobs=true"
+    if r.engine != "vllm":
+        raise ConfigError(f"rollout.recompute_logprobs=false takes the engine's log-probs, which rollout.engine=hf "
+                          f"does not return (it needs the trainer's forward): set rollout.engine=vllm, {fix}")
+    if r.asynchronous:
+        raise ConfigError("rollout.recompute_logprobs=false needs rollout.async=false: an overlapped batch is one "
+                          f"update stale and its importance weights need the trainer's log-probs: {fix}")
+    if r.importance_sampling:
+        raise ConfigError("rollout.recompute_logprobs=false leaves no trainer log-probs to weigh the engine's "
+                          f"against: set rollout.vllm_importance_sampling_correction=false, {fix}")
 
 
 def check_tools(r: RolloutConfig) -> None:
@@ -275,6 +296,10 @@ class TrainConfig:
             raise ConfigError(f"model.{bits}=true needs peft.enabled=true: quantized weights stay frozen, "
                               "LoRA adapters are what trains (QLoRA)")
         self.algorithm.check_batch(self.ppo)
+        if not self.rollout.recompute_logprobs and self.algorithm.uses_critic:
+            raise ConfigError("rollout.recompute_logprobs=false skips the forward that also gives the critic's values "
+                              f"(algorithm.advantage_estimator={self.algorithm.advantage_estimator}): pick grpo, rloo "
+                              "or reinforce_pp, or set rollout.recompute_logprobs=true")
         if self.eval_steps < 0:
             raise ConfigError(f"eval_steps must be >= 0 (0: never), got {self.eval_steps}")
         tree = {k: v for k, v in asdict(self).items() if k != "per_stage"}

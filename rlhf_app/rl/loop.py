@@ -134,7 +134,8 @@ def train(cfg, accelerator, model, ref_policy, tokenizer, train_ds, reward_fn, o
                 b_scores, b_kl, b_non_score, b_advantages, b_returns = _advantages(
                     ppo, estimator, adv_settings, kl_ctl.value, rollout, scores, b_logprobs, b_values, b_ref_logprobs)
                 # the engine's log-probs against the trainer's (reused: the update's, compared after it)
-                engine_metrics, is_weights = ({}, None) if reuse else engine.correction(rollout, b_logprobs, b_policy)
+                engine_metrics, is_weights = ({}, None) if reuse or not cfg.rollout.recompute_logprobs \
+                    else engine.correction(rollout, b_logprobs, b_policy)
                 if is_weights is not None:
                     b_advantages = b_advantages * is_weights
             # ---- 5. PPO epochs over shuffled mini-batches, gradient accumulation over micro-batches
@@ -244,17 +245,20 @@ def _optimizer(cfg, accelerator, model, total_updates: int):
 def _rollout_forwards(cfg, accelerator, model, ref_policy, rollout, reuse: bool, critic: bool):
     """No-grad forwards over the rollout in chunks of local_rollout_forward_batch_size.
 
-    -> (b_logprobs (n, R): the policy as sampled, zeros when `reuse` (the update fills them in);
+    -> (b_logprobs (n, R): the policy as sampled, zeros when `reuse` (the update fills them in), the engine's
+    own with rollout.recompute_logprobs=false (no forward of the policy: veRL's recompute_old_log_prob=false);
     b_values (n, R), or None without a `critic`; b_ref_logprobs (n, R)), all zero past each response and
     on tool results (the forwards attend to them; nothing is trained on them)."""
     ppo = cfg.ppo
     b_query, b_qmask, b_resp, b_mask = rollout.query, rollout.query_mask, rollout.response, rollout.mask
     b_policy = rollout.policy_mask()
     chunks = list(_chunks(b_resp.shape[0], ppo.local_rollout_forward_batch_size))
+    sampled = None if reuse or cfg.rollout.recompute_logprobs else rollout.logprobs  # None: the engine gave none
     with torch.no_grad():
-        parts = [] if reuse else [logprobs_values(model, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature)
-                                  for s in chunks]
-        b_logprobs = torch.zeros_like(b_mask) if reuse else torch.cat([p[0] for p in parts]) * b_policy
+        parts = [] if reuse or sampled is not None else [
+            logprobs_values(model, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature) for s in chunks]
+        b_logprobs = torch.zeros_like(b_mask) if reuse else sampled.float() * b_policy if sampled is not None \
+            else torch.cat([p[0] for p in parts]) * b_policy
         b_values = torch.cat([p[1] for p in parts]) * b_policy if critic else None
         with accelerator.autocast(), accelerator.unwrap_model(model).reference(ref_policy) as ref:
             b_ref_logprobs = torch.cat([ref_logprobs(ref, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature)
