@@ -257,8 +257,10 @@ def _rollout_forwards(cfg, accelerator, model, ref_policy, rollout, reuse: bool,
     with torch.no_grad():
         parts = [] if reuse or sampled is not None else [
             logprobs_values(model, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature) for s in chunks]
-        b_logprobs = torch.zeros_like(b_mask) if reuse else sampled.float() * b_policy if sampled is not None \
-            else torch.cat([p[0] for p in parts]) * b_policy
+        if reuse:
+            b_logprobs = torch.zeros_like(b_mask)
+        else:
+            b_logprobs = (sampled.float() if sampled is not None else torch.cat([p[0] for p in parts])) * b_policy
         b_values = torch.cat([p[1] for p in parts]) * b_policy if critic else None
         with accelerator.autocast(), accelerator.unwrap_model(model).reference(ref_policy) as ref:
             b_ref_logprobs = torch.cat([ref_logprobs(ref, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature)
