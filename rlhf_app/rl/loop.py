@@ -253,7 +253,8 @@ def _rollout_forwards(cfg, accelerator, model, ref_policy, rollout, reuse: bool,
     b_query, b_qmask, b_resp, b_mask = rollout.query, rollout.query_mask, rollout.response, rollout.mask
     b_policy = rollout.policy_mask()
     chunks = list(_chunks(b_resp.shape[0], ppo.local_rollout_forward_batch_size))
-    sampled = None if reuse or cfg.rollout.recompute_logprobs else rollout.logprobs  # None: the engine gave none
+    # the engine's log-probs as the old policy's (recompute_logprobs=false); None: reused, or the forward's below
+    sampled = None if reuse or cfg.rollout.recompute_logprobs else rollout.logprobs
     with torch.no_grad():
         parts = [] if reuse or sampled is not None else [
             logprobs_values(model, b_query[s], b_qmask[s], b_resp[s], b_mask[s], ppo.temperature) for s in chunks]
