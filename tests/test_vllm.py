@@ -225,43 +225,51 @@ def test_two_processes_each_sample_their_shard_with_vllm_and_train_grpo_groups_w
     assert any(r["loss/policy_avg"] != 0 for r in rows)  # sampled groups differ: the advantages are not all zero
 
 
+GRPO_THROUGH_VLLM = ["recipe=tiny", "rollout.engine=vllm", "algorithm.advantage_estimator=grpo",
+                     "algorithm.num_generations=4", "algorithm.beta=0.04", "ppo.total_episodes=32", "sample_every=0",
+                     "eval_before_after=false"]
+
+
+def _train_here(accelerator, out: Path, monkeypatch, *args: str) -> tuple[list[dict], bool, bool]:
+    """A tiny GRPO run through a vLLM engine in this process, into `out`.
+    -> (its metrics rows, whether the loop ran a no-grad forward of the policy, the engine's `on_policy`)"""
+    from accelerate.utils import set_seed
+
+    from rlhf_app.rl import loop
+
+    cfg = load_config([*GRPO_THROUGH_VLLM, *args, f"output_dir={out}"])
+    out.mkdir()
+    set_seed(cfg.seed)
+    tokenizer = models.load_tokenizer(cfg.model.name_or_path)
+    model, ref = models.build_models(cfg)
+    train, _ = data.load_prompts(cfg, tokenizer)
+    engine = VLLMEngine(cfg, accelerator, model, tokenizer)
+    forwards = []
+    monkeypatch.setattr(loop, "logprobs_values", lambda *a, **k: forwards.append(1) or logprobs_values(*a, **k))
+    try:
+        on_policy = engine.on_policy
+        loop.train(cfg, accelerator, model, ref, tokenizer, train, rewards.build_reward(cfg, accelerator.device),
+                   out, engine)
+    finally:
+        engine.close()
+        del engine
+        gc.collect()
+    return _rows(out), bool(forwards), on_policy
+
+
 def test_one_step_grpo_through_vllm_takes_the_update_logprobs_without_a_forward(accelerator, tmp_path, monkeypatch):
     """GRPO with one optimizer step per rollout (TRL's num_iterations=1) through the synced engine: the update's
     own log-probs stand for the rollout's, so the separate no-grad forward is skipped, and the engine's gap is
     still logged. Against the same run with importance weights on (which need that forward, and are ~1 for an
     exactly synced engine): the same samples, the same gap, the same loss."""
-    from accelerate.utils import set_seed
-
-    from rlhf_app.rl import loop
-
-    forwards = []
-    counted = loop.logprobs_values
-    monkeypatch.setattr(loop, "logprobs_values", lambda *a, **k: forwards.append(1) or counted(*a, **k))
     rows = {}
     for correction in (False, True):
-        out = tmp_path / f"correction-{correction}"
-        cfg = load_config(["recipe=tiny", "rollout.engine=vllm", "algorithm.advantage_estimator=grpo",
-                           "algorithm.num_generations=4", "ppo.num_ppo_epochs=1", "ppo.num_mini_batches=1",
-                           "ppo.kl_coef=0", "algorithm.beta=0.04", "ppo.total_episodes=32", "sample_every=0",
-                           f"rollout.vllm_importance_sampling_correction={str(correction).lower()}",
-                           "eval_before_after=false", f"output_dir={out}"])
-        out.mkdir()
-        set_seed(cfg.seed)
-        tokenizer = models.load_tokenizer(cfg.model.name_or_path)
-        model, ref = models.build_models(cfg)
-        train, _ = data.load_prompts(cfg, tokenizer)
-        engine = VLLMEngine(cfg, accelerator, model, tokenizer)
-        forwards.clear()
-        try:
-            assert engine.on_policy is not correction
-            loop.train(cfg, accelerator, model, ref, tokenizer, train, rewards.build_reward(cfg, accelerator.device),
-                       out, engine)
-        finally:
-            engine.close()
-            del engine
-            gc.collect()
-        assert bool(forwards) is correction  # the separate forward runs only where the weights need it
-        rows[correction] = _rows(out)
+        rows[correction], forwarded, on_policy = _train_here(
+            accelerator, tmp_path / f"correction-{correction}", monkeypatch, "ppo.num_ppo_epochs=1",
+            "ppo.num_mini_batches=1", "ppo.kl_coef=0",
+            f"rollout.vllm_importance_sampling_correction={str(correction).lower()}")
+        assert on_policy is not correction
+        assert forwarded is correction  # the separate forward runs only where the weights need it
     reused, forward = rows[False], rows[True]
     assert len(reused) == len(forward) == 2
     assert all(r["rollout/logprob_diff_mean"] <= LOGPROB_TOLERANCE for r in reused + forward)
@@ -277,37 +285,12 @@ def test_without_recompute_a_multi_step_update_takes_the_engines_logprobs(accele
     """rollout.recompute_logprobs=false with 2 epochs x 2 mini-batches (no one-step reuse): the engine's log-probs
     are the old policy's, so the loop runs no forward of the policy. Against the same update with the trainer's
     forward: the same samples, and a KL and loss within the engine/trainer gap."""
-    from accelerate.utils import set_seed
-
-    from rlhf_app.rl import loop
-
-    forwards = []
-    counted = loop.logprobs_values
-    monkeypatch.setattr(loop, "logprobs_values", lambda *a, **k: forwards.append(1) or counted(*a, **k))
     rows = {}
     for recompute in (True, False):
-        out = tmp_path / f"recompute-{recompute}"
-        cfg = load_config(["recipe=tiny", "rollout.engine=vllm", "algorithm.advantage_estimator=grpo",
-                           "algorithm.num_generations=4", "ppo.num_ppo_epochs=2", "ppo.num_mini_batches=2",
-                           "ppo.kl_coef=0.05", "algorithm.beta=0.04", "ppo.total_episodes=32", "sample_every=0",
-                           f"rollout.recompute_logprobs={str(recompute).lower()}", "eval_before_after=false",
-                           f"output_dir={out}"])
-        out.mkdir()
-        set_seed(cfg.seed)
-        tokenizer = models.load_tokenizer(cfg.model.name_or_path)
-        model, ref = models.build_models(cfg)
-        train, _ = data.load_prompts(cfg, tokenizer)
-        engine = VLLMEngine(cfg, accelerator, model, tokenizer)
-        forwards.clear()
-        try:
-            loop.train(cfg, accelerator, model, ref, tokenizer, train, rewards.build_reward(cfg, accelerator.device),
-                       out, engine)
-        finally:
-            engine.close()
-            del engine
-            gc.collect()
-        assert bool(forwards) is recompute
-        [rows[recompute]] = _rows(out)
+        [rows[recompute]], forwarded, _ = _train_here(
+            accelerator, tmp_path / f"recompute-{recompute}", monkeypatch, "ppo.num_ppo_epochs=2",
+            "ppo.num_mini_batches=2", "ppo.kl_coef=0.05", f"rollout.recompute_logprobs={str(recompute).lower()}")
+        assert forwarded is recompute
     given, forward = rows[False], rows[True]
     assert forward["rollout/logprob_diff_mean"] <= LOGPROB_TOLERANCE and "rollout/logprob_diff_mean" not in given
     assert given["objective/scores"] == forward["objective/scores"]  # the same weights sampled the same tokens
