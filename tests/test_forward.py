@@ -93,3 +93,61 @@ def test_models_outside_the_plain_head_list_use_their_own_forward(variants, monk
         generic = logprobs_values(model, query, qmask, response, rmask, 0.7, with_entropy=True)
     for a, b in zip(fast, generic):
         assert torch.allclose(a, b, atol=1e-6, rtol=0)
+
+
+def _grouped_batch(vocab: int, pad: int, group: int = 3):
+    """Two prompts of different lengths (left-padded), each answered `group` times: GRPO's layout."""
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (5, 2)]
+    query, qmask = left_pad(prompts, pad)
+    query, qmask = query.repeat_interleave(group, 0), qmask.repeat_interleave(group, 0)
+    response = torch.randint(3, vocab, (2 * group, 6), generator=g)
+    rmask = torch.ones(2 * group, 6)
+    rmask[1, 2:] = 0  # stopped early, right-padded
+    response[1, 2:] = pad
+    return query, qmask, response, rmask
+
+
+def test_grpo_groups_run_their_prompt_once():
+    """Rows repeating the row before's prompt (tokens and mask) form runs; anything else keeps one pass."""
+    query, qmask, response, rmask = _grouped_batch(97, 0)
+    ids, att = torch.cat([query, response], 1), torch.cat([qmask, rmask.long()], 1)
+    lm = _tiny_llama().policy
+    first, run = forward.shared_prompts(lm, ids, att, response.shape[1])
+    assert first.tolist() == [0, 3] and run.tolist() == [0, 0, 0, 1, 1, 1]
+    assert forward.shared_prompts(lm, ids[[0, 3, 1]], att[[0, 3, 1]], 6) is None  # no prompt follows its twin
+    assert forward.shared_prompts(lm, ids, att, ids.shape[1]) is None  # nothing but response
+    assert forward.shared_prompts(lm, ids[:1], att[:1], 6) is None
+    lm.gradient_checkpointing_enable()  # transformers drops the cache under activation checkpointing
+    assert forward.shared_prompts(lm, ids, att, 6) is None
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "lora"])
+def test_a_shared_prompt_gives_the_full_forwards_logprobs_values_and_gradients(variants, name, monkeypatch):
+    """The prompt's keys and values computed once per group and repeated per row: the full forward's log-probs,
+    values and entropy, and the same gradients through the shared prompt, on a batch with left padding and an
+    early stop."""
+    model, _, pad = variants[name]
+    query, qmask, response, rmask = _grouped_batch(model.policy.config.get_text_config().vocab_size, pad)
+    prompt_rows = []
+    once = forward._prompt_once
+    monkeypatch.setattr(forward, "_prompt_once", lambda trunk, ids, *a: prompt_rows.append(len(a[-2])) or once(
+        trunk, ids, *a))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(compute):
+        model.zero_grad()
+        lp, values, entropy = compute()
+        ((lp + values + entropy) * rmask).sum().backward()
+        return [t.detach() for t in (lp, values, entropy)], [p.grad.clone() for p in params if p.grad is not None]
+
+    got, got_grads = loss_and_grads(lambda: logprobs_values(model, query, qmask, response, rmask, 0.7,
+                                                            with_entropy=True))
+    assert prompt_rows == [2]  # two prompts ran, not six rows
+    want, want_grads = loss_and_grads(lambda: _full_forward(model, query, qmask, response, rmask, 0.7))
+    for a, b in zip(got, want):
+        assert torch.allclose(a * rmask, b * rmask, atol=1e-5, rtol=0)
+    assert len(got_grads) == len(want_grads) > 0
+    for a, b in zip(got_grads, want_grads):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    model.zero_grad()
