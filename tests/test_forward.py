@@ -118,6 +118,11 @@ def test_grpo_groups_run_their_prompt_once():
     assert forward.shared_prompts(lm, ids[[0, 3, 1]], att[[0, 3, 1]], 6) is None  # no prompt follows its twin
     assert forward.shared_prompts(lm, ids, att, ids.shape[1]) is None  # nothing but response
     assert forward.shared_prompts(lm, ids[:1], att[:1], 6) is None
+    weight = next(lm.parameters())
+    weight.ds_id = 0  # a ZeRO-3 parameter: every call gathers it
+    assert forward.shared_prompts(lm, ids, att, 6) is None
+    del weight.ds_id
+    assert forward.shared_prompts(lm, ids, att, 6) is not None
     lm.gradient_checkpointing_enable()  # transformers drops the cache under activation checkpointing
     assert forward.shared_prompts(lm, ids, att, 6) is None
 
@@ -144,7 +149,11 @@ def test_a_shared_prompt_gives_the_full_forwards_logprobs_values_and_gradients(v
     got, got_grads = loss_and_grads(lambda: logprobs_values(model, query, qmask, response, rmask, 0.7,
                                                             with_entropy=True))
     assert prompt_rows == [2]  # two prompts ran, not six rows
+    with torch.no_grad():  # the reference's forward takes the same path (here the policy's own weights)
+        ref_lp = ref_logprobs(model.policy, query, qmask, response, rmask, 0.7)
+    assert prompt_rows == [2, 2]
     want, want_grads = loss_and_grads(lambda: _full_forward(model, query, qmask, response, rmask, 0.7))
+    assert torch.allclose(ref_lp * rmask, want[0] * rmask, atol=1e-5, rtol=0)
     for a, b in zip(got, want):
         assert torch.allclose(a * rmask, b * rmask, atol=1e-5, rtol=0)
     assert len(got_grads) == len(want_grads) > 0

@@ -72,12 +72,15 @@ def shared_prompts(base: nn.Module, input_ids: torch.Tensor, attention_mask: tor
                    response_length: int | None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Runs of rows with the same prompt (GRPO's groups: the first T - R columns, tokens and mask, equal to the
     row before's). (B, T) -> (each run's first row (U,), each row's run (B,)), or None where no prompt repeats,
-    where the whole sequence is response, or where the cache cannot carry the prompt (activation checkpointing
-    turns transformers' cache off; a sliding window shorter than T)."""
+    where the whole sequence is response, where the cache cannot carry the prompt (activation checkpointing
+    turns transformers' cache off; a sliding window shorter than T), or where the weights are sharded (ZeRO-3
+    and FSDP2 gather each layer's weights on every call: two passes would gather them twice)."""
     prompt_length = input_ids.shape[1] - (response_length or input_ids.shape[1])
     window = getattr(base.config, "sliding_window", None)
+    first_weight = next(base.parameters())
     if (prompt_length < 1 or input_ids.shape[0] < 2 or (window is not None and window < input_ids.shape[1])
-            or getattr(base, "is_gradient_checkpointing", False) or getattr(base, "is_activation_checkpointing", False)):
+            or getattr(base, "is_gradient_checkpointing", False) or getattr(base, "is_activation_checkpointing", False)
+            or hasattr(first_weight, "ds_id") or type(first_weight.data).__name__ == "DTensor"):
         return None
     prompts = torch.cat([input_ids[:, :prompt_length], attention_mask[:, :prompt_length].to(input_ids.dtype)], 1)
     _, run, counts = torch.unique_consecutive(prompts, dim=0, return_inverse=True, return_counts=True)
