@@ -123,6 +123,10 @@ def test_grpo_groups_run_their_prompt_once():
     assert forward.shared_prompts(lm, ids, att, 6) is None
     del weight.ds_id
     assert forward.shared_prompts(lm, ids, att, 6) is not None
+    lm.config.sliding_window = ids.shape[1] - 1  # the prompt would fall out of a response's window
+    assert forward.shared_prompts(lm, ids, att, 6) is None
+    lm.config.sliding_window = ids.shape[1]
+    assert forward.shared_prompts(lm, ids, att, 6) is not None
     lm.gradient_checkpointing_enable()  # transformers drops the cache under activation checkpointing
     assert forward.shared_prompts(lm, ids, att, 6) is None
 
