@@ -1,7 +1,7 @@
 """`make bench-learning`: the real-LLM offline recipes trained end to end over seeds, figures in bench/learning.json.
 
     .venv/bin/python bench/learning.py [--only imdb-offline|gsm8k-offline|gsm8k-pipeline-offline|gsm8k-tools-offline|imdb-rlhf-offline]
-        [--seeds 0 1 2] [--pairs-scale 0.5] [--quick] [--out PATH] [--keep-cache] [--jobs 1|2] [key=value ...]
+        [--seeds 0 1 2] [--pairs-scale 0.5] [--variant fp32] [--quick] [--out PATH] [--keep-cache] [--jobs 1|2] [key=value ...]
 
 Every recipe runs once per seed (`--seeds`, default 0 1 2: entries NAME@seedS), and NAME@mean holds the mean ±
 sample standard deviation over the seeds present in the file, with each seed's value (bench/learning_figures.py
@@ -15,6 +15,8 @@ bench/phases.py scores the base model, the SFT model and the PPO model on the sa
 the 55 real items (greedy, the vLLM engine), timed apart from the pipeline. gsm8k-tools-offline calls a
 calculator; its no-tool twin on the same budget is gsm8k-pipeline-offline (TOOLS_TWIN), each phase's accuracy
 with tools set against the twin's of the same seed in standard errors (`against_no_tools`).
+`--variant fp32` trains gsm8k-offline in float32 (bench/learning_plan.py VARIANTS: a CPU without bfloat16
+arithmetic emulates it, 13-27x slower), entries NAME@fp32@seedS beside the recipe's own.
 imdb-rlhf-offline (pairs -> reward model -> PPO against it, the classifier as reward.gold): figures from its
 folder (bench/learning_rlhf.py); `--pairs-scale 0.5` pairs half the prompts (entries NAME@pairs0.5@seedS).
 A full run merges into the committed bench/learning.json (reports in bench/learning/); `--quick` (tiny sizes:
@@ -59,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 import learning_rlhf  # noqa: E402
 from learning_figures import against_no_tools, gsm8k_figures, headline, run_figures, sft_figures  # noqa: E402,F401
-from learning_plan import SEEDS, Variant, twin_name, variants, with_means  # noqa: E402
+from learning_plan import SEEDS, VARIANTS, Variant, twin_name, variants, with_means  # noqa: E402
 import outputs  # noqa: E402
 
 
@@ -188,6 +190,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
                         help="one run per seed (default 0 1 2; entries NAME@seedS, NAME@mean over the file's seeds)")
     parser.add_argument("--pairs-scale", type=float, default=1.0, help="pair this share of the prompts (0.5: half)")
+    parser.add_argument("--variant", choices=VARIANTS, help="a named change to every run (entries NAME@VARIANT@seedS)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (bench/work/learning-quick.json)")
     parser.add_argument("--out", help="the JSON to write (a quick or partial run never replaces bench/learning.json)")
     parser.add_argument("--keep-cache", action="store_true", help="reuse bench/work/learning/cache")
@@ -204,12 +207,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str]) -> None:
     args, overrides = parse_args(argv)
     run_kind, out_json, reports = destination(args.quick, overrides, args.out)
+    recipes = args.only or list(RECIPES)
+    runs = variants(recipes, args.seeds, args.pairs_scale, args.quick, overrides, WORK / (run_kind or ""), reports,
+                    args.variant)  # first: a wrong choice stops here, before the cache is cleared
     cache = WORK / "cache"
     if not args.keep_cache:
         shutil.rmtree(cache, ignore_errors=True)
     cache.mkdir(parents=True, exist_ok=True)
-    recipes = args.only or list(RECIPES)
-    runs = variants(recipes, args.seeds, args.pairs_scale, args.quick, overrides, WORK / (run_kind or ""), reports)
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // min(args.jobs, len(runs))))
     from rlhf_app.offline import OFFLINE_ENV
 

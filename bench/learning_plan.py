@@ -15,6 +15,10 @@ SEEDS = (0, 1, 2)  # every recipe, every figure over three seeds (NAME@mean)
 # imdb-offline evaluates 64 prompts as shipped; the bench scores 256 (the others: imdb-rlhf-offline 256 as
 # shipped; GSM8K all 55 real items, and 300 generated problems in bench/generated_eval.py and bench/phases.py).
 HELD_OUT = {"imdb-offline": ["data.num_eval=256"]}
+# --variant NAME: one named change to every run, for hardware that cannot run a recipe as it was measured; its
+# entries are NAME@<variant>@seedS (and @mean) in the committed file, beside the recipe's own. fp32: training in
+# float32 where the CPU has no bfloat16 arithmetic (torch emulates it there, 13-27x slower: docs/performance.md).
+VARIANTS = {"fp32": {"gsm8k-offline": ("ppo.bf16=false",)}}  # variant -> {recipe: its settings}
 PAIRS_KEY = {"imdb-rlhf-offline": "per_stage.pairs.data.num_train"}  # the prompts paired: --pairs-scale scales it
 # --quick: the recipe at tiny sizes (a handful of pairs, one reward-model step, 2 PPO updates), to check the bench
 QUICK = {"imdb-rlhf-offline": ["per_stage.pairs.data.num_train=12", "pairs.tie_threshold=0.0", "rm.max_steps=1",
@@ -32,17 +36,22 @@ class Variant(NamedTuple):
 
 
 def variants(recipes: list[str], seeds: list[int] | None, pairs_scale: float, quick: bool, extra: list[str],
-             work: Path, reports: Path) -> list[Variant]:
-    """The runs asked for: each recipe (at --pairs-scale where it pairs prompts), once per seed."""
+             work: Path, reports: Path, variant: str | None = None) -> list[Variant]:
+    """The runs asked for: each recipe (at --pairs-scale where it pairs prompts; with VARIANTS[variant]'s
+    settings), once per seed."""
     from rlhf_app.config import load_config
 
     out = []
     for recipe in recipes:
         if quick and recipe not in QUICK:
             raise SystemExit(f"error: --quick is defined for {', '.join(QUICK)}: drop --quick or choose it with --only")
+        if variant is not None and recipe not in VARIANTS[variant]:
+            raise SystemExit(f"error: --variant {variant} is defined for {', '.join(VARIANTS[variant])}: choose it with --only")
         if pairs_scale != 1 and recipe not in PAIRS_KEY:
             raise SystemExit(f"error: --pairs-scale: {recipe} trains on no pairs; choose --only {' '.join(PAIRS_KEY)}")
         base, settings = recipe, [*(QUICK[recipe] if quick else HELD_OUT.get(recipe, [])), *extra]
+        if variant is not None:
+            base, settings = f"{recipe}@{variant}", [*settings, *VARIANTS[variant][recipe]]
         if pairs_scale != 1:
             key = PAIRS_KEY[recipe]
             value = OmegaConf.select(OmegaConf.create(asdict(load_config([f"recipe={recipe}", *settings]))), key)

@@ -77,6 +77,30 @@ def test_half_the_pairs_seeds_and_quick_runs_are_their_own_entries(tmp_path):
         variants(["imdb-offline"], None, 1.0, True, [], tmp_path, tmp_path)
 
 
+def test_a_variant_is_its_own_entry_with_its_settings_and_a_wrong_one_clears_nothing(tmp_path, monkeypatch):
+    import learning
+    from learning_plan import variants, with_means
+
+    from rlhf_app.config import load_config
+
+    runs = variants(["gsm8k-offline"], [0, 2], 1.0, False, [], tmp_path, tmp_path / "r", "fp32")
+    assert [v.name for v in runs] == ["gsm8k-offline@fp32@seed0", "gsm8k-offline@fp32@seed2"]
+    assert runs[1].overrides == ("ppo.bf16=false", "seed=2") and runs[1].work == tmp_path / runs[1].name
+    assert load_config(["recipe=gsm8k-offline"]).ppo.bf16 and not load_config(
+        ["recipe=gsm8k-offline", *runs[1].overrides]).ppo.bf16
+    means = with_means({"gsm8k-offline@fp32@seed0": {"seed": 0, "wall_s": 10.0},
+                        "gsm8k-offline@fp32@seed2": {"seed": 2, "wall_s": 20.0},
+                        "gsm8k-offline": {"wall_s": 99.0}})
+    assert means["gsm8k-offline@fp32@mean"]["wall_s"] == 15.0 and "gsm8k-offline@mean" not in means
+    # imdb-offline trains in float32 already: the variant is refused before the bench's cache is touched
+    cache = tmp_path / "work" / "cache"
+    (cache / "asset").mkdir(parents=True)
+    monkeypatch.setattr(learning, "WORK", tmp_path / "work")
+    with pytest.raises(SystemExit, match="--variant fp32 is defined for gsm8k-offline"):
+        learning.main(["--only", "imdb-offline", "--variant", "fp32"])
+    assert (cache / "asset").is_dir()
+
+
 def test_quick_and_partial_runs_never_write_the_committed_results():
     bench = learning.BENCH
     assert learning.destination(False, []) == (None, bench / "learning.json", bench / "learning")
