@@ -22,6 +22,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from learning_figures import derived, flatten  # noqa: E402
+from learning_plan import VARIANTS  # noqa: E402
 
 BEGIN = "<!-- results tables: made by bench/learning_table.py from bench/learning.json and bench/race.json -->"
 END = "<!-- end of results tables -->"
@@ -46,6 +47,7 @@ FIGURES = {
                           ("reward model's pairwise accuracy, {n} held-out pairs", "rm/held_out_pairs",
                            ("rm/accuracy",), None)],
 }
+VARIANT_TITLES = {"fp32": "float32 training"}  # a variant's row: "`gsm8k-offline`, float32 training"
 PPO_PREFIX = {"imdb-rlhf-offline": "ppo/"}  # where the PPO stage's figures are
 # (column, path under the PPO prefix or the entry, format)
 # (column, path under the PPO prefix or the entry, number format, unit)
@@ -90,18 +92,20 @@ def _num(x: tuple | None, spec: str, unit: str = "", scale: float = 1.0) -> str:
     return f"{format(value * scale, spec)}{spread}{unit}"
 
 
-def recipe_rows(recipes: dict, recipe: str) -> list[list[str]]:
-    """The table rows of one recipe: one per figure, the time and memory columns on the first."""
-    got = view(recipes, recipe)
+def recipe_rows(recipes: dict, recipe: str, variant: str | None = None) -> list[list[str]]:
+    """The table rows of one recipe (or of its `variant`'s entries, NAME@VARIANT): one per figure, the time and
+    memory columns on the first."""
+    got = view(recipes, f"{recipe}@{variant}" if variant else recipe)
+    title = f"`{recipe}`" + (f", {VARIANT_TITLES[variant]}" if variant else "")
     rows = []
     for i, (label, n_path, paths, change) in enumerate(FIGURES[recipe]):
         if got is None:
-            rows.append([f"`{recipe}`" if i == 0 else "", "", label.replace("{n} ", ""), NOT_MEASURED,
+            rows.append([title if i == 0 else "", "", label.replace("{n} ", ""), NOT_MEASURED,
                          *[""] * (len(HEAD) - 4)])
             continue
         seeds, fig = got
         n = fig.get(n_path)
-        row = [f"`{recipe}`" if i == 0 else "", seeds if i == 0 else "",
+        row = [title if i == 0 else "", seeds if i == 0 else "",
                label.format(n=int(n[0])) if n else label.replace("{n} ", ""),
                " → ".join(_share(fig.get(p)) for p in paths),
                _num(fig.get(change[0]), "+.1f", "", change[1]) if change else ""]
@@ -157,6 +161,13 @@ def _verdicts(pairs: dict) -> str:
     return ". ".join(one(side, p) for side, p in against)
 
 
+def _rows(recipes: dict) -> list[list[str]]:
+    """Every recipe's rows, each followed by those of its variants measured (bench/learning_plan.py VARIANTS)."""
+    measured = lambda name, v: f"{name}@{v}@mean" in recipes or f"{name}@{v}" in recipes  # noqa: E731
+    return [row for name in FIGURES for v in (None, *(v for v in VARIANTS if name in VARIANTS[v] and measured(name, v)))
+            for row in recipe_rows(recipes, name, v)]
+
+
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -164,7 +175,7 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 def tables(learning: dict, race: dict) -> str:
     """The block between BEGIN and END (markers included)."""
     recipes = learning.get("recipes", {})
-    lines = [BEGIN, "", *_table(HEAD, [r for name in FIGURES for r in recipe_rows(recipes, name)]), "",
+    lines = [BEGIN, "", *_table(HEAD, _rows(recipes)), "",
              "The race against TRL's GRPOTrainer (`bench/race.py`): each side's held-out figure at the end of its "
              "training time, and the time to the target of each rlhf_app side against TRL's, on the seeds both ran (over "
              "several: on the mean curves, then seed by seed). `ours`: the recipe "

@@ -307,6 +307,15 @@ def test_the_results_table_gives_mean_and_sd_labels_one_seed_and_makes_nothing_u
     assert "not measured yet" in rows["gsm8k-tools-offline"]
     with pytest.raises(ValueError, match="markers are missing"):
         learning_table.replace_block("no markers", block)
+    # a variant's seeds (bench/learning.py --variant fp32): their own row right under the recipe's, none when unmeasured
+    assert "float32" not in block
+    fp32 = [{**gsm, "seed": s, "wall_s": w, "after": {"format_end_share": f, "n": 55}}
+            for s, w, f in ((0, 600.0, 0.6), (1, 1200.0, 0.8))]
+    lines = learning_table.tables({"recipes": {"gsm8k-offline": gsm, "gsm8k-offline@fp32@mean": seed_mean(fp32)}},
+                                  {}).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("| `gsm8k-offline`, float32 training | 2 (0, 1) |"))
+    assert lines[at - 2].startswith("| `gsm8k-offline` | one seed |") and "| 15.0 ± 7.1 min |" in lines[at]
+    assert "| ends with `#### N`, 55 real GSM8K items | 0.0% ± 0.0 → 70.0% ± 14.1 | +70.0 ± 14.1 |" in lines[at + 1]
 
 
 def test_the_readme_holds_the_tables_of_the_committed_results():
