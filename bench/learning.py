@@ -21,7 +21,7 @@ imdb-rlhf-offline (pairs -> reward model -> PPO against it, the classifier as re
 folder (bench/learning_rlhf.py); `--pairs-scale 0.5` pairs half the prompts (entries NAME@pairs0.5@seedS).
 A full run merges into the committed bench/learning.json (reports in bench/learning/); `--quick` (tiny sizes:
 a check of the bench) and extra key=value settings (partial) write bench/work/learning-quick.json /
--partial.json, reports in bench/work/learning-<kind>/ (bench/outputs.py).
+-partial.json, reports in bench/work/learning-<kind>/ (bench/outputs.py); `--out PATH.json`: reports in PATH/.
 
 The assets the recipes use are first built into a clean cache (bench/work/learning/cache, reused with
 --keep-cache), each build timed apart. Then each run is its own process (scripts/train.py or
@@ -49,7 +49,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 WORK = BENCH / "work" / "learning"
-OUT_JSON, OUT_REPORTS = BENCH / "learning.json", BENCH / "learning"
+OUT_JSON = BENCH / "learning.json"
 RECIPES = ("imdb-offline", "gsm8k-offline", "gsm8k-pipeline-offline", "gsm8k-tools-offline", "imdb-rlhf-offline")
 PIPELINES = ("gsm8k-pipeline-offline", "gsm8k-tools-offline", "imdb-rlhf-offline")  # scripts/pipeline.py; PPO in ppo/
 TOOLS_TWIN = {"gsm8k-tools-offline": "gsm8k-pipeline-offline"}  # with tools -> the same budget without
@@ -177,10 +177,12 @@ def write_results(results: dict, run: dict, path: Path = OUT_JSON) -> None:
 
 def destination(quick: bool, overrides: list[str], out: str | None = None) -> tuple[str | None, Path, Path]:
     """(kind, JSON, reports folder): a full run (None) the committed bench/learning.json and bench/learning/; a
-    quick or partial one (key=value settings) bench/work/learning-<kind>.json and bench/work/learning-<kind>/."""
+    quick or partial one (key=value settings) bench/work/learning-<kind>.json and bench/work/learning-<kind>/;
+    `--out PATH.json` PATH.json and the folder PATH/ beside it (PATH-reports/ when PATH has no suffix)."""
     run_kind = outputs.kind(quick, bool(overrides))
-    reports = OUT_REPORTS if run_kind is None else BENCH / "work" / f"learning-{run_kind}"
-    return run_kind, outputs.result_path("learning", run_kind, out), reports
+    path = outputs.result_path("learning", run_kind, out)
+    reports = path.with_suffix("") if path.suffix else path.with_name(f"{path.name}-reports")
+    return run_kind, path, reports
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

@@ -111,6 +111,14 @@ def test_quick_and_partial_runs_never_write_the_committed_results():
         learning.destination(True, [], str(bench / "learning.json"))
 
 
+def test_a_run_with_out_keeps_its_reports_beside_its_json(tmp_path):
+    # a full run sent elsewhere must not copy its reports over the committed bench/learning/
+    assert learning.destination(False, [], str(tmp_path / "mine.json")) == (None, tmp_path / "mine.json",
+                                                                             tmp_path / "mine")
+    assert learning.destination(False, [], str(tmp_path / "mine"))[2] == tmp_path / "mine-reports"
+    assert learning.destination(True, [], str(tmp_path / "q.json"))[1:] == (tmp_path / "q.json", tmp_path / "q")
+
+
 def _json(path: Path, doc) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc))
