@@ -11,7 +11,7 @@ import signal
 import pytest
 import torch
 
-from rlhf_app.config import load_config
+from rlhf_app.config import ConfigError, load_config
 from rlhf_app.run_dir.signals import Stopped
 
 
@@ -72,6 +72,39 @@ def test_sft_loss_falls_and_ppo_starts_from_its_final(tmp_path, train_tiny):
     run = train_tiny(tmp_path / "ppo", f"model.name_or_path={final}", "ppo.total_episodes=64",
                      "eval_before_after=false")
     assert run.result["step"] == 2 and (run.dir / "final").is_dir()
+
+
+class _Padding:
+    """A TrainerCallback that reads the first epoch's batches at the start of training: (real tokens, padded
+    tokens) as the model receives them."""
+
+    def __new__(cls, seen):
+        from transformers import TrainerCallback
+
+        class Count(TrainerCallback):
+            def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+                masks = [batch["attention_mask"] for batch in train_dataloader]
+                seen.append((sum(int(m.sum()) for m in masks), sum(m.numel() for m in masks)))
+
+        return Count()
+
+
+@pytest.mark.slow
+def test_sft_group_by_length_batches_rows_of_like_length(tmp_path):
+    rng = random.Random(1)  # completions of 1 to 80 letters: a random batch pads most rows to its longest
+    data = _jsonl(tmp_path / "sft.jsonl", [{"prompt": "say a: ", "completion": "a" * rng.randint(1, 80) + "."}
+                                            for _ in range(256)])
+    seen = {}
+    for strategy in ("random", "group_by_length"):
+        seen[strategy] = []
+        out = tmp_path / strategy
+        _sft(out, data, f"sft.train_sampling_strategy={strategy}", callbacks=[_Padding(seen[strategy])])
+        assert len(_losses(out)) == 8
+    (real, padded), (real_grouped, padded_grouped) = seen["random"][0], seen["group_by_length"][0]
+    assert real == real_grouped  # the same rows, batched otherwise
+    assert padded_grouped - real_grouped < 0.25 * (padded - real)
+    assert load_config(["recipe=gsm8k-pipeline-offline"], stage="sft").sft.train_sampling_strategy == \
+        "group_by_length"
 
 
 @pytest.mark.slow
@@ -188,19 +221,20 @@ class _SignalAt:
 
 
 @pytest.mark.slow
-def test_a_stopped_stage_resumes_exactly_from_the_trainers_checkpoint(tmp_path, capsys):
+@pytest.mark.parametrize("strategy", ["random", "group_by_length"])
+def test_a_stopped_stage_resumes_exactly_from_the_trainers_checkpoint(tmp_path, capsys, strategy):
     from safetensors.torch import load_file
 
     data = _jsonl(tmp_path / "sft.jsonl", sft_rows())
-    whole = _sft(tmp_path / "whole", data)
+    whole = _sft(tmp_path / "whole", data, f"sft.train_sampling_strategy={strategy}")
     out = tmp_path / "stopped"
     with pytest.raises(Stopped) as stop:
-        _sft(out, data, callbacks=[_SignalAt(3)])
+        _sft(out, data, f"sft.train_sampling_strategy={strategy}", callbacks=[_SignalAt(3)])
     assert stop.value.signum == signal.SIGTERM and (out / "checkpoint-3").is_dir() and not (out / "final").exists()
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("stopped at step 3")]
     assert len(said) == 1 and "resume_from=auto" in said[0]
     assert len(_losses(out)) == 3
-    resumed = _sft(out, data, "resume_from=auto")
+    resumed = _sft(out, data, f"sft.train_sampling_strategy={strategy}", "resume_from=auto")
     assert _losses(out) == pytest.approx(_losses(tmp_path / "whole"), rel=1e-5)
     a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -237,8 +271,11 @@ def test_a_rerun_into_a_finished_stage_folder_is_refused(tmp_path, one_line_erro
 
 def test_stage_config_takes_trl_flags_into_its_section_and_leaves_ppo_unchanged():
     cfg = load_config(["recipe=tiny", "sft.dataset=x/y", "--learning_rate", "1e-3", "--completion_only_loss",
-                       "--save_steps", "5"], stage="sft")
+                       "--save_steps", "5", "--train_sampling_strategy", "group_by_length"], stage="sft")
     assert (cfg.sft.learning_rate, cfg.sft.completion_only_loss, cfg.sft.save_steps) == (1e-3, True, 5)
+    assert cfg.sft.train_sampling_strategy == "group_by_length"
+    with pytest.raises(ConfigError, match=r"^sft.train_sampling_strategy='by_length' is not one of random, "):
+        load_config(["recipe=tiny", "sft.dataset=x/y", "sft.train_sampling_strategy=by_length"], stage="sft")
     assert cfg.ppo.learning_rate == load_config(["recipe=tiny"]).ppo.learning_rate and cfg.save_steps == 0
     assert cfg.output_dir == "runs/tiny/sft" and cfg.rm is None
     ppo = load_config(["recipe=tiny", "rm.center_rewards_coefficient=0.01"])  # a recipe may hold every stage

@@ -16,6 +16,8 @@ from rlhf_app.config.checks import _GE0, _GE1, _GT0, SCHEDULERS, ConfigError, _c
 STAGES = ("sft", "rm", "pairs")
 MODEL_KEYS = ("model.name_or_path", "model.revision", "model.dtype", "model.attn_implementation",
               "model.gradient_checkpointing")
+# TrainingArguments.train_sampling_strategy's choices (transformers >= 5; its group_by_length=True before)
+SAMPLING_STRATEGIES = ("random", "sequential", "group_by_length", "batch_rebalance")
 LORA_KEYS = ("peft.r", "peft.lora_alpha", "peft.lora_dropout", "peft.target_modules")
 
 
@@ -71,9 +73,12 @@ class SFTSection(StageConfig):
     completion_only_loss: Optional[bool] = None  # None: TRL's choice (true for prompt-completion data)
     assistant_only_loss: bool = False  # conversations: loss on the assistant turns only (template markers)
     packing: bool = False
+    # transformers' TrainingArguments sampler; group_by_length batches rows of like length (less padding)
+    train_sampling_strategy: str = "random"
 
     def __post_init__(self):
         self.check("sft")
+        _choice("sft", "train_sampling_strategy", self.train_sampling_strategy, SAMPLING_STRATEGIES)
 
 
 @dataclass

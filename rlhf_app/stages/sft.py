@@ -22,7 +22,8 @@ def run(cfg: TrainConfig, callbacks=()) -> Path:
     def make_trainer(path, tokenizer, train_ds, eval_ds, callbacks):
         args = common.trainer_args(cfg, "sft", SFTConfig, dataset_text_field=s.dataset_text_field,
                                    completion_only_loss=s.completion_only_loss,
-                                   assistant_only_loss=s.assistant_only_loss, packing=s.packing)
+                                   assistant_only_loss=s.assistant_only_loss, packing=s.packing,
+                                   train_sampling_strategy=s.train_sampling_strategy)
         return SFTTrainer(model=path, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                           processing_class=tokenizer, peft_config=common.lora(cfg, "CAUSAL_LM"), callbacks=callbacks)
 
