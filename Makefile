@@ -15,7 +15,7 @@ STAMP := $(VENV)/.setup-done
 # HF_HUB_OFFLINE=1 below), every Hub call (rlhf_app/offline.py).
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser test test-bench test-fast demo train bench bench-engines bench-learning bench-race gpu-check clean
+.PHONY: setup browser test test-bench test-fast demo train bench bench-engines bench-sft bench-learning bench-race gpu-check clean
 
 setup: $(STAMP)
 
@@ -100,6 +100,12 @@ bench: setup $(PEER_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/grpo.py $(BENCH_QUICK)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/grpo.py --model smollm2 $(BENCH_QUICK)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/engines.py $(BENCH_QUICK) $(ENGINE_ARGS)
+
+# The supervised stage's sampler, random against group_by_length, on each pipeline recipe's SFT stage
+# (bench/sft_sampling.json, ~25 min on 2 cores); make bench-sft ARGS=--quick: the tiny model (~1 min)
+bench-sft: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/sft_sampling.py $(ARGS)
+	$(if $(BENCH_QUICK),,HF_HUB_OFFLINE=1 $(BIN)/python bench/sft_sampling.py --recipe gsm8k-tools-offline $(ARGS))
 
 # Rollout engines hf vs vllm (bench/engines.json), alone: make bench-engines ENGINE_ARGS="--pairs 1"
 bench-engines: setup
