@@ -60,7 +60,7 @@ def run_variant(recipe_file: Path, strategy: str, rows: int, threads: int, out: 
     return {"strategy": strategy, "steps": done["step"], "train_runtime_s": done["train_runtime"],
             "s_per_step": done["train_runtime"] / done["step"], "eval_loss": held["eval_loss"],
             "train_loss": done["train_loss"], "wall_s": time.perf_counter() - start, "load_before": load,
-            "load_after": os.getloadavg()[0], "args": args}
+            "load_after": os.getloadavg()[0], "args": [a.replace(f"{ROOT}/", "") for a in args]}
 
 
 def main(argv=None) -> None:
@@ -73,8 +73,10 @@ def main(argv=None) -> None:
     parser.add_argument("--out", help="the JSON to write (default: see the module docstring)")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "sft_sampling", help="run folders")
     args = parser.parse_args(argv)
+    if args.pairs < 1 or (args.rows is not None and args.rows < 8):
+        parser.error("--pairs must be >= 1 and --rows >= 8 (one batch)")
     rows = args.rows or (64 if args.quick else ROWS.get(args.recipe, 256))
-    run_kind = kind(args.quick, rows != ROWS.get(args.recipe) or args.pairs < 1)
+    run_kind = kind(args.quick, rows != ROWS.get(args.recipe))
     path = result_path("sft_sampling", run_kind, args.out)
     work = args.work
     extra = []
@@ -86,10 +88,11 @@ def main(argv=None) -> None:
         recipe_file, extra = ROOT / "recipes" / "tiny.yaml", [f"sft.dataset={data}", "sft.max_steps=4"]
     else:
         recipe_file = stage_recipe(args.recipe, work)
+    recipe = "tiny" if args.quick else args.recipe
     runs = []
     for pair in range(args.pairs):
         for strategy in (STRATEGIES if pair % 2 == 0 else STRATEGIES[::-1]):
-            run = run_variant(recipe_file, strategy, rows, args.threads, work / f"{strategy}-{pair}", extra)
+            run = run_variant(recipe_file, strategy, rows, args.threads, work / f"{recipe}-{strategy}-{pair}", extra)
             runs.append(run)
             print(f"{strategy} pair {pair}: {run['train_runtime_s']:.1f} s for {run['steps']} steps "
                   f"({run['s_per_step']:.2f} s/step), held-out loss {run['eval_loss']:.3f}, "
@@ -97,7 +100,6 @@ def main(argv=None) -> None:
     runtime = {s: sum(r["train_runtime_s"] for r in runs if r["strategy"] == s) for s in STRATEGIES}
     ratio = runtime["group_by_length"] / runtime["random"]
     print(f"group_by_length / random: {ratio:.3f}x the training time")
-    recipe = "tiny" if args.quick else args.recipe
     entry = {"rows": rows, "threads": args.threads, "time_ratio": ratio, "runs": runs}
     old = json.loads(path.read_text()) if path.exists() else {}
     result = {"kind": run_kind or "full", "recipes": {**old.get("recipes", {}), recipe: entry}}
