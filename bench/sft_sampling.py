@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from outputs import kind, result_path, write_result  # noqa: E402
 
@@ -33,15 +34,23 @@ ROWS = {"gsm8k-pipeline-offline": 256, "gsm8k-tools-offline": 128}  # 32 and 16 
 
 
 def stage_recipe(recipe: str, out: Path) -> Path:
-    """recipes/RECIPE.yaml without `stages` and `per_stage` (a plain SFT run of its sections), written to out/."""
+    """The recipe (a name under recipes/ or a YAML path, read as every run reads it) without `stages` and
+    `per_stage`: a plain SFT run of its sections, written to out/."""
     from omegaconf import OmegaConf
 
-    tree = OmegaConf.to_container(OmegaConf.load(ROOT / "recipes" / f"{recipe}.yaml"))
+    from rlhf_app.config import ConfigError
+    from rlhf_app.config.recipes import load_yaml, recipe_path
+
+    try:
+        source = recipe_path(recipe)
+        tree = OmegaConf.to_container(load_yaml(source))
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
     if not tree.get("sft"):
         raise SystemExit(f"error: recipe {recipe} has no sft section: name a pipeline recipe with a supervised stage")
     tree = {k: v for k, v in tree.items() if k not in ("stages", "per_stage")}
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{recipe}-sft.yaml"
+    path = out / f"{source.stem}-sft.yaml"
     OmegaConf.save(OmegaConf.create(tree), path)
     return path
 

@@ -19,6 +19,8 @@ def test_a_pipeline_recipes_sft_stage_runs_as_one_sft_run(tmp_path):
     assert not cfg.stages and cfg.sft == pipeline.sft and cfg.sft.dataset == "asset:gsm8k-sft"
     with pytest.raises(SystemExit, match="recipe gsm8k-offline has no sft section"):
         sft_sampling.stage_recipe("gsm8k-offline", tmp_path)
+    with pytest.raises(SystemExit, match="unknown recipe 'gsm8k-pipelin': did you mean gsm8k-pipeline-offline"):
+        sft_sampling.stage_recipe("gsm8k-pipelin", tmp_path)
 
 
 @pytest.mark.slow
