@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from transformers import TrainerState
 
 from rlhf_app.config import TrainConfig
 from rlhf_app.config.checks import ConfigError
@@ -114,3 +115,25 @@ def test_a_trailing_answer_earns_its_partial_credit_and_needs_answer_at_end(rewa
         [1.0, 1.0, 0.05, 0.0, 0.1]
     with pytest.raises(ConfigError, match="needs reward.answer_at_end=true"):
         TrainConfig(reward=RewardConfig(name="gsm8k", trailing_answer_score=0.25))
+
+
+def test_the_trailing_credit_stops_after_its_share_of_the_updates(reward_cfg):
+    """until 0.5 over 30 updates: updates 1-15 (global_step 0-14) pay the credit, 16-30 do not; the answers that
+    end with theirs (right: 1, wrong: format_score 0.1) score the same throughout; outside training (no state, no max_steps) it is paid."""
+    cfg = reward_cfg(**GSM8K, method="strict")
+    cfg.reward.answer_at_end, cfg.reward.trailing_answer_score, cfg.reward.trailing_answer_until = True, 0.05, 0.5
+    reward = build_reward(cfg)
+    texts, answers = ["#### 24\nThe answer is: 24", "#### 24", "#### 7"], ["24", "24", "24"]
+    at = [reward(["q"] * 3, texts, answer=answers, trainer_state=TrainerState(global_step=step, max_steps=30))
+          for step in (0, 14, 15, 29)]
+    assert at == [[0.05, 1.0, 0.1], [0.05, 1.0, 0.1], [0.0, 1.0, 0.1], [0.0, 1.0, 0.1]]
+    assert reward(["q"] * 3, texts, answer=answers) == [0.05, 1.0, 0.1]
+    assert reward(["q"] * 3, texts, answer=answers, trainer_state=TrainerState()) == [0.05, 1.0, 0.1]
+
+
+@pytest.mark.parametrize("until, score, match", [
+    (0.0, 0.1, r"in \(0, 1\], got 0.0"), (1.5, 0.1, r"in \(0, 1\], got 1.5"),
+    (float("nan"), 0.1, r"in \(0, 1\], got nan"), (0.5, 0.0, "set reward.trailing_answer_score too")])
+def test_a_bad_trailing_answer_until_is_one_line(until, score, match):
+    with pytest.raises(ConfigError, match=match):
+        RewardConfig(name="gsm8k", answer_at_end=True, trailing_answer_score=score, trailing_answer_until=until)

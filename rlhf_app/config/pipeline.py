@@ -26,7 +26,8 @@ READS = {"sft": ("seed", "model.", "peft.", "sft."), "rm": ("seed", "model.", "p
          "pairs": ("seed", "model.", "data.", "rollout.engine", "pairs.", "ppo.response_length", "ppo.temperature",
                    "ppo.do_sample", "ppo.stop_token", *(f"reward.{key}" for key in (
                        "name", "funcs", "weights", "model", "label", "kind", "score", "function", "method",
-                       "format_score", "multiple_answers", "answer_at_end", "trailing_answer_score", "target")))}
+                       "format_score", "multiple_answers", "answer_at_end", "trailing_answer_score",
+                       "trailing_answer_until", "target")))}
 _NAME = re.compile(r"([a-z]+)(-[A-Za-z0-9_.]+)?")
 
 

@@ -148,6 +148,7 @@ class RewardConfig:
     multiple_answers: str = "last"  # gsm8k strict: last (veRL: the last "#### N" counts) | none (several: no answer)
     answer_at_end: bool = False  # gsm8k strict: the "#### N" must end the completion (text after it: no answer)
     trailing_answer_score: float = 0.0  # gsm8k with answer_at_end: partial credit for a "#### N" with text after it
+    trailing_answer_until: float = 1.0  # the share of training's updates that pay it (then 0; 1: all of them)
     target: str = "a"  # toy: the string whose frequency in the completion is the reward
     # The gold reward: a second source (reward.funcs syntax: a built-in, file.py:fn, module:fn, a model), scored
     # beside the reward at every evaluation (eval/gold against eval/proxy); None: none. The run keeps the policy
@@ -167,6 +168,12 @@ class RewardConfig:
         if self.trailing_answer_score and not self.answer_at_end:
             raise ConfigError("reward.trailing_answer_score is the score of an answer that does not end its "
                               "completion: it needs reward.answer_at_end=true (or leave it at 0)")
+        if not 0.0 < self.trailing_answer_until <= 1.0:
+            raise ConfigError(f"reward.trailing_answer_until is the share of the updates that pay "
+                              f"reward.trailing_answer_score, in (0, 1], got {self.trailing_answer_until}")
+        if self.trailing_answer_until < 1.0 and not self.trailing_answer_score:
+            raise ConfigError("reward.trailing_answer_until stops reward.trailing_answer_score, which is 0: set "
+                              "reward.trailing_answer_score too (or leave reward.trailing_answer_until at 1)")
         if self.weights is not None:
             finite("reward.weights", list(self.weights))  # a NaN weight would silently drop its function
         if self.weights is not None and len(self.weights) != len(self.funcs or [self.name]):

@@ -77,6 +77,18 @@ def compute_score(solution_str: str, ground_truth, method: str = "strict", forma
     return score if answer == ground_truth_number(ground_truth) else format_score
 
 
+def trailing_credit(trailing_score: float, until: float = 1.0, trainer_state=None) -> float:
+    """The partial credit of a trailing answer at this point of training: `trailing_score` while the update
+    (`trainer_state.global_step`, counted from 0) is within the first `until` share of `max_steps`, 0 after.
+    With until 0.5 over 30 updates, updates 1-15 pay it. Outside a training update (no trainer_state, or no
+    max_steps: the held-out evaluations, `rlhf-app eval`) it is paid, so their mean scores compare. The credit gets a sparse format started; stopping it leaves the
+    answers that only hold a `#### N` below those that end with it, with nothing in between."""
+    max_steps = getattr(trainer_state, "max_steps", 0) or 0
+    if until >= 1.0 or max_steps <= 0:
+        return trailing_score
+    return trailing_score if trainer_state.global_step < until * max_steps else 0.0
+
+
 def accuracy_metrics(completions: list[str], answers: list, method: str = "strict",
                      multiple_answers: str = "last", at_end: bool = False) -> dict[str, float]:
     """The GSM8K figures every report uses (training's evaluation, `rlhf-app eval`, the metric module,
@@ -101,6 +113,7 @@ def build(cfg, device=None):
     """The GSM8K reward over the dataset's `answer` column, with an `accuracy` extra metric."""
     method, score, format_score = cfg.reward.method, cfg.reward.score, cfg.reward.format_score
     multiple, at_end, trailing = cfg.reward.multiple_answers, cfg.reward.answer_at_end, cfg.reward.trailing_answer_score
+    until = cfg.reward.trailing_answer_until
 
     def answers_of(completions, answer):
         if answer is None:
@@ -110,8 +123,10 @@ def build(cfg, device=None):
             raise ValueError(f"{len(answer)} answers for {len(completions)} completions")
         return answer
 
-    def gsm8k_reward(prompts: list[str], completions: list[str], answer=None, **columns) -> list[float]:
-        return [compute_score(c, a, method, format_score, score, multiple, at_end, trailing)
+    def gsm8k_reward(prompts: list[str], completions: list[str], answer=None, trainer_state=None,
+                     **columns) -> list[float]:
+        credit = trailing_credit(trailing, until, trainer_state)
+        return [compute_score(c, a, method, format_score, score, multiple, at_end, credit)
                 for c, a in zip(completions, answers_of(completions, answer))]
 
     def extra_metrics(prompts: list[str], completions: list[str], answer=None, **columns) -> dict:
