@@ -119,7 +119,8 @@ def test_a_trailing_answer_earns_its_partial_credit_and_needs_answer_at_end(rewa
 
 def test_the_trailing_credit_stops_after_its_share_of_the_updates(reward_cfg):
     """until 0.5 over 30 updates: updates 1-15 (global_step 0-14) pay the credit, 16-30 do not; the answers that
-    end with theirs (right: 1, wrong: format_score 0.1) score the same throughout; outside training (no state, no max_steps) it is paid."""
+    end with theirs (right: 1, wrong: format_score 0.1) score the same throughout; outside training (no state,
+    no max_steps) it is paid."""
     cfg = reward_cfg(**GSM8K, method="strict")
     cfg.reward.answer_at_end, cfg.reward.trailing_answer_score, cfg.reward.trailing_answer_until = True, 0.05, 0.5
     reward = build_reward(cfg)

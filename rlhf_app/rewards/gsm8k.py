@@ -81,8 +81,8 @@ def trailing_credit(trailing_score: float, until: float = 1.0, trainer_state=Non
     """The partial credit of a trailing answer at this point of training: `trailing_score` while the update
     (`trainer_state.global_step`, counted from 0) is within the first `until` share of `max_steps`, 0 after.
     With until 0.5 over 30 updates, updates 1-15 pay it. Outside a training update (no trainer_state, or no
-    max_steps: the held-out evaluations, `rlhf-app eval`) it is paid, so their mean scores compare. The credit gets a sparse format started; stopping it leaves the
-    answers that only hold a `#### N` below those that end with it, with nothing in between."""
+    max_steps: the held-out evaluations, `rlhf-app eval`) it is paid, so their mean scores compare. The credit
+    gets a sparse format started; stopping it leaves the answers that only hold a `#### N` no better than none."""
     max_steps = getattr(trainer_state, "max_steps", 0) or 0
     if until >= 1.0 or max_steps <= 0:
         return trailing_score
