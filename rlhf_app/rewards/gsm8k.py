@@ -80,9 +80,11 @@ def compute_score(solution_str: str, ground_truth, method: str = "strict", forma
 def trailing_credit(trailing_score: float, until: float = 1.0, trainer_state=None) -> float:
     """The partial credit of a trailing answer at this point of training: `trailing_score` while the update
     (`trainer_state.global_step`, counted from 0) is within the first `until` share of `max_steps`, 0 after.
-    With until 0.5 over 30 updates, updates 1-15 pay it. Outside a training update (no trainer_state, or no
-    max_steps: the held-out evaluations, `rlhf-app eval`) it is paid, so their mean scores compare. The credit
-    gets a sparse format started; stopping it leaves the answers that only hold a `#### N` no better than none."""
+    With until 0.5 over 30 updates, updates 1-15 pay it; an `eval_steps` evaluation after update k gets
+    global_step k and pays it as update k + 1 would (those after updates 10 and 20: paid, unpaid). Without a
+    state (no trainer_state, or no max_steps: the evaluations before and after training, `rlhf-app eval`) it is
+    paid. The credit gets a sparse format started; stopping it leaves the answers that only hold a `#### N` no
+    better than none."""
     max_steps = getattr(trainer_state, "max_steps", 0) or 0
     if until >= 1.0 or max_steps <= 0:
         return trailing_score
