@@ -3,6 +3,7 @@ in one line; with vLLM on the tiny model, the overlap observed in the run's own 
 exactly the unbroken run, and zero staleness exactly the synchronous run."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -21,6 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN = str(ROOT / "scripts" / "train.py")
 VOLATILE = ("time/", "perf/")  # wall-clock figures differ between any two runs
 ASYNC = ("rollout.engine=vllm", "rollout.async=true")
+# The runs' environment as a user's shell has it: no OMP_NUM_THREADS (conftest sets 1 for this process), so the
+# rollout thread starts at the machine's OpenMP count and must take the trainer's (the tiny recipe's num_threads
+# 1) before vLLM's CPU attention runs there.
+USER_ENV = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
 
 
 # ---- settings, no model
@@ -99,7 +104,7 @@ def _cmd(out: Path, *args: str) -> list[str]:
 
 
 def _train(out: Path, *args: str) -> Path:
-    proc = subprocess.run(_cmd(out, *args), cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(_cmd(out, *args), cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -129,7 +134,7 @@ def sync_and_zero(beside, tmp_path_factory):
     whose overlap is asserted from its timings, runs alone before them."""
     pytest.importorskip("vllm")
     base = tmp_path_factory.mktemp("zero")
-    return {name: (base / name, beside(name, _cmd(base / name, *ZERO, *extra), cwd=ROOT,
+    return {name: (base / name, beside(name, _cmd(base / name, *ZERO, *extra), cwd=ROOT, env=USER_ENV,
                                        for_tests=("test_zero_staleness_is_exactly_the_synchronous_run",)))
             for name, extra in (("sync", ()), ("zero", ("rollout.async=true", "rollout.max_staleness=0")))}
 
@@ -161,7 +166,7 @@ def test_an_async_run_stopped_and_resumed_equals_the_unbroken_one(async_run, syn
     # in flight, which the resumed run trains on first. (sync_and_zero: its two runs start now, beside these.)
     out = tmp_path / "stopped"
     log = tmp_path / "stopped.err"
-    proc = subprocess.Popen(_cmd(out, *ASYNC, "save_steps=3", "ppo.total_episodes=100000"), cwd=ROOT,
+    proc = subprocess.Popen(_cmd(out, *ASYNC, "save_steps=3", "ppo.total_episodes=100000"), cwd=ROOT, env=USER_ENV,
                             stdout=subprocess.DEVNULL, stderr=open(log, "w"))
     deadline = time.monotonic() + 900  # ends a hung run only: no speed target
     while not (out / "checkpoint-3" / "trainer_state.pt").is_file():

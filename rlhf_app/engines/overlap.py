@@ -48,7 +48,11 @@ class Overlapped:
 
     def __init__(self, engine, max_staleness: int = 1):
         self.engine, self.name, self.max_staleness = engine, engine.name, max_staleness
-        self._pool = futures.ThreadPoolExecutor(1, thread_name_prefix="rollout")
+        # A new thread's OpenMP count is the machine's default until torch first runs there; vLLM's CPU attention
+        # plans with one count and runs with the other (2 vs 1: "Check failed: thread_num"), so the thread takes
+        # this one's count before anything runs in it.
+        self._pool = futures.ThreadPoolExecutor(1, thread_name_prefix="rollout", initializer=torch.set_num_threads,
+                                                initargs=(torch.get_num_threads(),))
         self._in_flight: futures.Future | None = None  # of a Batch
         self._current: Batch | None = None  # the batch the running update trains on
 
