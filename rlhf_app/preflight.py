@@ -67,8 +67,9 @@ def check_tool_template(cfg, tokenizer) -> None:
         has = "has no chat template" if not tokenizer.chat_template else "has a chat template that cannot render " \
             "tool calls (trl's supports_tool_calling)"
         raise PreflightError(f"rollout.tools / environment_factory need a chat template with tool support, and "
-                             f"{cfg.model.name_or_path} {has}: set model.chat_template=path/to/template.jinja (one "
-                             "with tools), or give the model one with trl's clone_chat_template and fine-tune it")
+                             f"{cfg.model.name_or_path} {has}: set model.chat_template=asset:chatml-tools (ChatML with "
+                             "tool calls, shipped) or path/to/template.jinja (one with tools), or give the model one "
+                             "with trl's clone_chat_template and fine-tune it")
     ensure_parser(tokenizer)
 
 

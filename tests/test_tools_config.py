@@ -67,7 +67,8 @@ def test_a_template_without_tool_support_is_refused_before_the_policy_loads(tmp_
     spec = write_tools(tmp_path, "good")
     cfg = load_config(["recipe=tiny", f"tools=[{spec}]"])  # asset:tiny has no chat template at all
     tokenizer = load_tokenizer(cfg.model.name_or_path)
-    with pytest.raises(preflight.PreflightError, match="model.chat_template=.* clone_chat_template") as err:
+    with pytest.raises(preflight.PreflightError,
+                       match="model.chat_template=asset:chatml-tools .* clone_chat_template") as err:
         preflight.check_tool_template(cfg, tokenizer)
     assert "\n" not in str(err.value)
     plain = "{% for m in messages %}{{ m.content }}{% endfor %}"  # renders text only: tool calls vanish
