@@ -11,8 +11,10 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlhf_app.cli.main import main
+from rlhf_app.preflight import cpu_has_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 # Imported by every Python started with this folder on its path: any socket connection fails loudly.
@@ -58,6 +60,8 @@ def test_env_prints_versions_devices_and_accelerate_config_offline(tmp_path):
         assert f"- {name}: {version(name)}\n" in out
     assert "- vllm: " in out and "- bitsandbytes: " in out  # a version, or "not installed"
     assert "\n- Devices: " in out
+    if not torch.cuda.is_available():  # whether bf16=true is fast here, which a slow run's report needs
+        assert ("; bfloat16 in hardware)" if cpu_has_bf16() else "; bfloat16 emulated: no AVX-512-BF16 or AMX") in out
     assert "- Accelerate config: \n  - compute_environment: LOCAL_MACHINE\n  - distributed_type: MULTI_CPU" in out
     assert "network call attempted" not in proc.stderr
 

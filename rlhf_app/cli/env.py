@@ -35,7 +35,10 @@ def devices() -> str:
         return ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     if torch.backends.mps.is_available():
         return "MPS"
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    from rlhf_app.preflight import cpu_has_bf16
+
+    bf16 = "in hardware" if cpu_has_bf16() else "emulated: no AVX-512-BF16 or AMX, so bf16=true trains far slower"
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads; bfloat16 {bf16})"
 
 
 def accelerate_config() -> str:
