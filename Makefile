@@ -114,7 +114,7 @@ bench-engines: setup
 # Every real-LLM offline recipe end to end from a clean asset cache, 3 seeds each (bench/learning.py --seeds,
 # default 0 1 2; ~7.5 h on 2 cores): bench/learning.json (NAME@seedS, NAME@mean) and bench/learning/*-report.html;
 # then the race against TRL's GRPOTrainer (bench/race.py with RACE_ARGS, 3 seeds; imdb ~7 h measured, gsm8k
-# ~6.5 h estimated), then the README's results tables (bench/learning_table.py). Skip the race: make
+# ~12 h estimated from seed 0), then the README's results tables (bench/learning_table.py). Skip the race: make
 # bench-learning RACE=0. Piece by piece, each merged into the committed JSON:
 # make bench-learning ARGS="--only imdb-offline --seeds 1" RACE=0
 RACE ?= 1

@@ -14,7 +14,9 @@ training wall time", evaluation excluded. `ours` runs the recipe's episodes; the
 --peer-factor times as many, stopped after 2x ours' training time of that seed when it is known. Each finished
 run is merged at once (written whole) into bench/race.json under recipe / side / seed, so a long race runs
 piece by piece; the summary (mean ± sd over seeds, time to the target, ratios: bench/race_summary.py) is
-recomputed at each merge, and by --summary when the arithmetic changed. --quick: the tiny model, two updates,
+recomputed at each merge, and by --summary when the arithmetic changed. A run stopped (a restart, Ctrl-C)
+after its training finished continues with the same command: only its snapshots not yet scored are
+evaluated (bench/race_child.py); one stopped while training starts over. --quick: the tiny model, two updates,
 one seed, into bench/work/race-quick.json; key=value overrides or other --points / --peer-factor:
 bench/work/race-partial.json (bench/outputs.py).
 """
@@ -80,8 +82,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def spec_of(args, recipe: str, side: str, seed: int, time_cap_s: float | None) -> dict:
-    return {"recipe": recipe, "side": side, "seed": seed, "threads": args.threads, "quick": args.quick,
+def spec_of(args, recipe: str, side: str, seed: int, time_cap_s: float | None, fingerprint: str = "",
+            commit: str = "", dirty: bool = False) -> dict:
+    return {"recipe": recipe, "side": side, "seed": seed, "fingerprint": fingerprint, "commit": commit,
+            "dirty": dirty, "threads": args.threads, "quick": args.quick,
             "extra": args.extra, "peer_factor": args.peer_factor, "points": args.points, "time_cap_s": time_cap_s,
             "held_out": args.held_out,
             "out_dir": str(WORK / (args.kind or "full") / f"{recipe}-{side}-{seed}")}
@@ -115,22 +119,47 @@ def run_child(spec: dict, log: Path) -> dict:
            "OMP_WAIT_POLICY": "passive", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     out = Path(spec["out_dir"])
-    shutil.rmtree(out, ignore_errors=True)  # the bench's own folder
-    out.mkdir(parents=True)
     spec_path, result_path = out / "spec.json", out / "result.json"
-    spec_path.write_text(json.dumps(spec))
+    trained_spec = continues(out, spec)
+    if trained_spec:
+        print(f"[race]   its training finished before a restart ({out}/trained.json): scoring the snapshots not yet "
+              "scored", flush=True)
+    else:
+        shutil.rmtree(out, ignore_errors=True)  # the bench's own folder
+        out.mkdir(parents=True)
+        spec_path.write_text(json.dumps(spec))
     start = time.time()
     with log.open("w") as fh:
         proc = subprocess.run([sys.executable, str(BENCH / "race_child.py"), str(spec_path), str(result_path)],
                               cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        shutil.rmtree(out / "snapshots", ignore_errors=True)
         tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
+        again = ""
+        if (out / "trained.json").is_file():  # the snapshots stay: the same command scores the rest
+            again = "; its training finished: the same command scores the snapshots left"
+        else:
+            shutil.rmtree(out / "snapshots", ignore_errors=True)
         raise SystemExit(f"error: {spec['recipe']} {spec['side']} seed {spec['seed']} failed (rc {proc.returncode}): "
-                         f"{tail[0]}; see {log}")
+                         f"{tail[0]}; see {log}{again}")
     result = {**json.loads(result_path.read_text()), "wall_s": round(time.time() - start, 1)}
+    if trained_spec:  # wall_s is this process's share; the run's code is the training's
+        result.update(train_commit=trained_spec["commit"], train_dirty=trained_spec["dirty"])
     shutil.rmtree(out)  # snapshots and the last checkpoint: the figures are in the result, the log stays
     return result
+
+
+def continues(out: Path, spec: dict) -> dict | None:
+    """The spec `out` was trained under when it holds this very run (the same spec, settings fingerprint included;
+    the commit may differ) trained to the end by a process stopped while scoring its snapshots
+    (bench/race_child.py): then only the evaluation goes on. Else None."""
+    def same(a: dict, b: dict) -> bool:
+        return {k: v for k, v in a.items() if k not in ("commit", "dirty")} == \
+            {k: v for k, v in b.items() if k not in ("commit", "dirty")}
+    try:
+        old = json.loads((out / "spec.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return old if (out / "trained.json").is_file() and same(old, spec) else None
 
 
 def set_aside(rec: dict, current: dict[str, str]) -> None:
@@ -209,7 +238,8 @@ def main(argv: list[str]) -> None:
         for seed in args.seed_list:
             for side in args.sides:
                 doc = json.loads(path.read_text()) if path.is_file() else {}
-                spec = spec_of(args, recipe, side, seed, time_cap(doc, recipe, seed, side, prints["ours"]))
+                spec = spec_of(args, recipe, side, seed, time_cap(doc, recipe, seed, side, prints["ours"]),
+                               prints[side], commit, dirty)
                 print(f"[race] {recipe} {side} seed {seed} (threads {args.threads}"
                       + (f", time cap {spec['time_cap_s']:.0f} s)" if spec["time_cap_s"] else ")"), flush=True)
                 run = run_child(spec, WORK / f"{args.kind or 'full'}-{recipe}-{side}-{seed}.log")
@@ -220,8 +250,11 @@ def main(argv: list[str]) -> None:
                     settings.update(engine="transformers generate (TRL use_vllm=false)",
                                     grpo_config={k: v for k, v in race_config.trl_kwargs(cfg, "").items()
                                                  if k != "output_dir"})
+                if "train_commit" in run:  # trained before a restart: the code that trained it, and this one's
+                    run["scored_at_commit"] = commit
                 run.update(recipe=recipe, side=side, seed=seed, fingerprint=prints[side], settings=settings,
-                           time_cap_s=spec["time_cap_s"], commit=commit, dirty=dirty, cpus=os.cpu_count(),
+                           time_cap_s=spec["time_cap_s"], commit=run.pop("train_commit", commit),
+                           dirty=run.pop("train_dirty", dirty), cpus=os.cpu_count(),
                            load_avg_end=os.getloadavg(), date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            command=" ".join(["bench/race.py", *argv]))
                 doc = merge(path, recipe, side, seed, run, prints)

@@ -8,6 +8,11 @@ every few updates with the clock paused. The run stops at the recipe's episodes 
 at the wall-time cap after an update. Then, clock stopped, every snapshot is loaded into one policy built
 by rlhf_app and scored by rlhf_app's evaluation (evaluation.evaluate_policy: the recipe's engine, sampling
 and reward, seeded) on the held-out sets: the same code for every side.
+
+A killed run continues from its evaluation: when training ends, its figures and snapshot list go to
+`trained.json`, and each snapshot's scores to `scored/update-N.json` as they come, so a rerun in the same
+folder (bench/race.py keeps it when the spec is the same) scores only the snapshots not yet scored. A run
+killed while training starts over: its clock would not be one run's.
 """
 
 from __future__ import annotations
@@ -167,35 +172,69 @@ def eval_sets(cfg, tokenizer, n: int, few: bool) -> dict:
             for name, rows in problems.items()}
 
 
-def evaluate(cfg, points: list[dict], n: int, few: bool) -> None:
-    """Score each snapshot (in place: point["sets"][name] and point["all"], the sets pooled by size)."""
-    import torch
-    from accelerate import Accelerator
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    from rlhf_app import evaluation, rewards
-    from rlhf_app.engines import build_engine
-    from rlhf_app.models import policy as models
-
-    tokenizer = models.load_tokenizer(cfg.model.name_or_path)
-    sets = eval_sets(cfg, tokenizer, n, few)
-    accelerator = Accelerator(cpu=True)
-    model, _ = models.build_models(cfg)
-    reward_fn = rewards.build_reward(cfg, accelerator.device)
-    engine = build_engine(cfg, accelerator, model, tokenizer)
+def score_points(points: list[dict], scored: Path, build_scorer) -> int:
+    """Each point's figures (in place: point["sets"][name] and point["all"]), read from `scored/update-N.json`
+    when an earlier process scored it, else from `build_scorer()(point)` (built once, only when some point
+    needs it) and written there at once. -> how many came from earlier processes."""
+    scored.mkdir(parents=True, exist_ok=True)
+    todo = []
     for point in points:
-        loaded = set_peft_model_state_dict(model.policy, load_file(point.pop("snapshot")))
-        if getattr(loaded, "unexpected_keys", None):
-            raise SystemExit(f"snapshot of update {point['update']}: keys the evaluation's LoRA does not have: "
-                             f"{loaded.unexpected_keys[:3]}")
-        with torch.no_grad():
-            point["sets"] = {name: _figures(evaluation.evaluate_policy(cfg, model.eval(), tokenizer, ds, reward_fn,
-                                                                       accelerator.device,
-                                                                       engine=engine.evaluation_engine()))
-                             for name, ds in sets.items()}
-        point["all"] = pooled(point["sets"])
-    engine.close()
+        done = scored / f"update-{point['update']}.json"
+        if done.is_file():
+            point.update(json.loads(done.read_text()))
+        else:
+            todo.append(point)
+    if todo:
+        score = build_scorer()
+        for point in todo:
+            figures = score(point)
+            tmp = scored / f".update-{point['update']}.json.tmp"
+            tmp.write_text(json.dumps(figures))
+            tmp.replace(scored / f"update-{point['update']}.json")  # whole, or absent after a kill
+            point.update(figures)
+    for point in points:
+        point.pop("snapshot", None)
+    return len(points) - len(todo)
+
+
+def evaluate(cfg, points: list[dict], n: int, few: bool, scored: Path) -> int:
+    """Score each snapshot with rlhf_app's evaluation (score_points: those an earlier process scored are read
+    back). -> how many were read back."""
+    engines = []
+
+    def build_scorer():
+        import torch
+        from accelerate import Accelerator
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from rlhf_app import evaluation, rewards
+        from rlhf_app.engines import build_engine
+        from rlhf_app.models import policy as models
+
+        tokenizer = models.load_tokenizer(cfg.model.name_or_path)
+        sets = eval_sets(cfg, tokenizer, n, few)
+        accelerator = Accelerator(cpu=True)
+        model, _ = models.build_models(cfg)
+        reward_fn = rewards.build_reward(cfg, accelerator.device)
+        engines.append(build_engine(cfg, accelerator, model, tokenizer))
+
+        def score(point: dict) -> dict:
+            loaded = set_peft_model_state_dict(model.policy, load_file(point["snapshot"]))
+            if getattr(loaded, "unexpected_keys", None):
+                raise SystemExit(f"snapshot of update {point['update']}: keys the evaluation's LoRA does not have: "
+                                 f"{loaded.unexpected_keys[:3]}")
+            with torch.no_grad():
+                sets_scored = {name: _figures(evaluation.evaluate_policy(
+                    cfg, model.eval(), tokenizer, ds, reward_fn, accelerator.device,
+                    engine=engines[0].evaluation_engine())) for name, ds in sets.items()}
+            return {"sets": sets_scored, "all": pooled(sets_scored)}
+        return score
+
+    earlier = score_points(points, scored, build_scorer)
+    for engine in engines:
+        engine.close()
+    return earlier
 
 
 def _figures(result: dict) -> dict:
@@ -225,21 +264,34 @@ def main(spec_path: str, result_path: str) -> None:
     cfg.output_dir = spec["out_dir"]
     every = race_config.updates_per_snapshot(race_config.side_config(recipe, "ours", seed, quick=spec["quick"],
                                                                      extra=spec["extra"]), recipe, spec["points"])
-    snaps = Snapshots(Path(spec["out_dir"]) / "snapshots", every, cfg.ppo.local_batch_size, spec["time_cap_s"])
+    out = Path(spec["out_dir"])
     import torch
 
-    (train_ours if side.startswith("ours") else train_trl)(cfg, snaps)
-    trained = {"train_s": round(snaps.now(), 1), "peak_rss_mib": round(common.peak_rss_mib(), 1),
-               "load_avg_train": os.getloadavg()}
+    if (out / "trained.json").is_file():  # trained by an earlier process that was stopped while evaluating
+        trained = json.loads((out / "trained.json").read_text())
+        print(f"[race] training finished in an earlier process ({trained['train_s']} s): scoring its snapshots",
+              file=sys.stderr, flush=True)
+    else:
+        snaps = Snapshots(out / "snapshots", every, cfg.ppo.local_batch_size, spec["time_cap_s"])
+        (train_ours if side.startswith("ours") else train_trl)(cfg, snaps)
+        trained = {"train_s": round(snaps.now(), 1), "peak_rss_mib": round(common.peak_rss_mib(), 1),
+                   "load_avg_train": os.getloadavg(), "every": every, "threads": pinned,
+                   "stopped_by_time_cap": bool(snaps.points) and snaps.cap is not None
+                   and snaps.points[-1]["update"] * cfg.ppo.local_batch_size < cfg.ppo.total_episodes,
+                   "points": snaps.points}
+        tmp = out / ".trained.json.tmp"
+        tmp.write_text(json.dumps(trained, indent=1))
+        tmp.replace(out / "trained.json")
     torch.set_num_threads(spec["threads"])
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
-        evaluate(race_config.eval_config(recipe, seed, spec["threads"], spec["quick"], spec["extra"], spec["held_out"]),
-                 snaps.points, race_config.held_out(recipe, spec["quick"], spec["held_out"]),
-                 spec["quick"] or spec["held_out"] is not None)
-    result = {**trained, "eval_s": round(time.perf_counter() - start, 1), "every": every, "points": snaps.points,
-              "threads": pinned, "stopped_by_time_cap": bool(snaps.points) and snaps.cap is not None
-              and snaps.points[-1]["update"] * cfg.ppo.local_batch_size < cfg.ppo.total_episodes}
+        earlier = evaluate(race_config.eval_config(recipe, seed, spec["threads"], spec["quick"], spec["extra"],
+                                                   spec["held_out"]),
+                           trained["points"], race_config.held_out(recipe, spec["quick"], spec["held_out"]),
+                           spec["quick"] or spec["held_out"] is not None, out / "scored")
+    result = {**trained, "eval_s": round(time.perf_counter() - start, 1)}
+    if earlier:  # eval_s then covers this process's share only
+        result["points_scored_before_a_restart"] = earlier
     Path(result_path).write_text(json.dumps(result, indent=1))
 
 

@@ -161,6 +161,51 @@ def test_runs_merge_per_side_and_seed_and_settings_changes_are_set_aside(tmp_pat
     assert "trl" not in rec["summary"]["final"]
 
 
+# ---------------------------------------------------------------- a run stopped after its training
+
+def test_a_run_stopped_while_scoring_scores_only_the_snapshots_left(tmp_path):
+    import race_child
+
+    scored = tmp_path / "scored"
+    scored.mkdir()
+    earlier = {"sets": {"heldout": {"n": 2, "positive_share": 0.5}}, "all": {"n": 2, "positive_share": 0.5}}
+    (scored / "update-4.json").write_text(json.dumps(earlier))
+    (scored / ".update-8.json.tmp").write_text('{"sets": ')  # killed while writing: not a scored snapshot
+    points = [{"update": u, "time_s": u * 10.0, "snapshot": f"snapshots/update-{u}.safetensors"} for u in (0, 4, 8)]
+    built, calls = [], []
+
+    def build():
+        built.append(True)
+
+        def score(point):
+            calls.append(point["snapshot"])
+            figures = {"n": 2, "positive_share": point["update"] / 10}
+            return {"sets": {"heldout": figures}, "all": figures}
+        return score
+
+    assert race_child.score_points(points, scored, build) == 1  # one read back
+    assert built == [True] and calls == ["snapshots/update-0.safetensors", "snapshots/update-8.safetensors"]
+    assert [p["all"]["positive_share"] for p in points] == [0.0, 0.5, 0.8]
+    assert all("snapshot" not in p for p in points) and points[1]["time_s"] == 40.0
+    assert json.loads((scored / "update-8.json").read_text())["all"]["positive_share"] == 0.8
+    again = [{"update": u, "snapshot": "x"} for u in (0, 4, 8)]
+    assert race_child.score_points(again, scored, lambda: pytest.fail("all scored: nothing to build")) == 3
+    assert again[2]["all"]["positive_share"] == 0.8
+
+
+def test_only_the_same_run_trained_to_the_end_continues(tmp_path):
+    spec = race.spec_of(race.parse_args([]), "gsm8k-offline", "trl", 1, 2844.0, "fp-trl", "c1", False)
+    out = tmp_path / "run"
+    out.mkdir()
+    assert race.continues(out, spec) is None  # nothing there
+    (out / "spec.json").write_text(json.dumps(spec))
+    assert race.continues(out, spec) is None  # stopped while training: it starts over
+    (out / "trained.json").write_text("{}")
+    assert race.continues(out, {**spec, "commit": "c2", "dirty": True}) == spec  # the code it trained with
+    for change in ({"fingerprint": "fp-other"}, {"seed": 2}, {"time_cap_s": 2900.0}, {"threads": 1}):
+        assert race.continues(out, {**spec, **change}) is None, change
+
+
 # ---------------------------------------------------------------- the same prompts, reward and evaluation
 
 SAMPLING = ("temperature", "response_length", "top_k", "top_p", "stop_token", "do_sample", "learning_rate",
