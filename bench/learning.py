@@ -65,11 +65,6 @@ from learning_plan import SEEDS, VARIANTS, Variant, twin_name, variants, with_me
 import outputs  # noqa: E402
 
 
-def _git(*args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-    return done.stdout.strip()
-
-
 def _start(cmd: list[str], env: dict, log: Path):
     with log.open("w") as fh:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT), time.time()
@@ -222,9 +217,8 @@ def main(argv: list[str]) -> None:
     env = {**os.environ, **OFFLINE_ENV, "RLHF_APP_CACHE": str(cache), "OMP_NUM_THREADS": threads,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     results = {}
-    # Before the first write: the bench's own outputs are tracked files, so a check after it would
-    # call a run on a clean tree dirty.
-    commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))
+    # Code only: results and docs (the bench's own earlier output among them) leave a run clean.
+    commit, dirty = outputs.code_state()
     assets_built = build_assets(env, recipes)
     for batch in (runs[i:i + args.jobs] for i in range(0, len(runs), args.jobs)):
         running = {v: start_recipe(v, env) for v in batch}

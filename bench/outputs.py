@@ -9,6 +9,7 @@ Plain Python, so every bench (and the peer's environment) can import it.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -40,3 +41,19 @@ def write_result(result: dict, path: Path) -> Path:
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(path)
     return path
+
+
+# What a bench writes and what only documents it: changes there say nothing about the code that measured.
+NOT_CODE = ("bench/*.json", "bench/learning/**", "*.md")
+
+
+def code_state(root: Path = BENCH.parent) -> tuple[str, bool]:
+    """(HEAD's commit, whether a tracked file other than results and docs (NOT_CODE) differs from it): a
+    bench's own earlier results, merged and not yet committed, leave the next run clean. ("", False) outside
+    a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
+
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                  *(f":(exclude){pattern}" for pattern in NOT_CODE))
+    return git("rev-parse", "HEAD"), bool(changed)

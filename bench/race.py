@@ -201,10 +201,6 @@ def resummarise(doc: dict) -> bool:
     return changed
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-
 def build_assets(args) -> None:
     """The models the runs load, built (when not cached) before any clock starts."""
     names = set()
@@ -230,7 +226,7 @@ def main(argv: list[str]) -> None:
         for recipe, rec in doc.get("recipes", {}).items():
             print("\n".join(race_summary.lines(recipe, rec["summary"])))
         return
-    commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))
+    commit, dirty = outputs.code_state()
     build_assets(args)
     WORK.mkdir(parents=True, exist_ok=True)
     for recipe in args.recipes:

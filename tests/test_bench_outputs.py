@@ -91,3 +91,28 @@ def test_fewer_pairs_or_steps_is_partial_more_is_a_full_run():
     assert grpo.parse_args(["--model", "smollm2"]).kind is None and grpo.RESULTS["smollm2"] == "grpo_results_smollm2"
     assert grpo.parse_args(["--model", "smollm2", "--steps", "3"]).kind == "partial"
     assert grpo.parse_args(["--quick", "--pairs", "9"]).kind == "quick"
+
+
+def test_a_run_is_dirty_for_code_changes_not_for_results_or_docs(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    files = {"bench/race.json": "{}", "bench/learning/x-report.html": "<p>", "README.md": "# r",
+             "docs/results.md": "# d", "bench/race.py": "A = 1\n", "rlhf_app/loop.py": "B = 1\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "one")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert outputs.code_state(tmp_path) == (head, False)
+    for name in ("bench/race.json", "bench/learning/x-report.html", "README.md", "docs/results.md"):
+        (tmp_path / name).write_text("changed by a merge or a note")
+    (tmp_path / "untracked.py").write_text("C = 1\n")
+    assert outputs.code_state(tmp_path) == (head, False)  # a bench's own earlier output, docs: still clean
+    for name in ("bench/race.py", "rlhf_app/loop.py"):
+        (tmp_path / name).write_text("changed = True\n")
+        assert outputs.code_state(tmp_path) == (head, True), name
+        git("checkout", "--", name)
