@@ -29,6 +29,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
 import common  # noqa: E402
+import outputs  # noqa: E402
 import race_config  # noqa: E402
 
 
@@ -188,9 +189,7 @@ def score_points(points: list[dict], scored: Path, build_scorer) -> int:
         score = build_scorer()
         for point in todo:
             figures = score(point)
-            tmp = scored / f".update-{point['update']}.json.tmp"
-            tmp.write_text(json.dumps(figures))
-            tmp.replace(scored / f"update-{point['update']}.json")  # whole, or absent after a kill
+            outputs.write_result(figures, scored / f"update-{point['update']}.json")  # whole, or absent after a kill
             point.update(figures)
     for point in points:
         point.pop("snapshot", None)
@@ -217,7 +216,8 @@ def evaluate(cfg, points: list[dict], n: int, few: bool, scored: Path) -> int:
         accelerator = Accelerator(cpu=True)
         model, _ = models.build_models(cfg)
         reward_fn = rewards.build_reward(cfg, accelerator.device)
-        engines.append(build_engine(cfg, accelerator, model, tokenizer))
+        engine = build_engine(cfg, accelerator, model, tokenizer)
+        engines.append(engine)  # closed once every snapshot is scored
 
         def score(point: dict) -> dict:
             loaded = set_peft_model_state_dict(model.policy, load_file(point["snapshot"]))
@@ -227,7 +227,7 @@ def evaluate(cfg, points: list[dict], n: int, few: bool, scored: Path) -> int:
             with torch.no_grad():
                 sets_scored = {name: _figures(evaluation.evaluate_policy(
                     cfg, model.eval(), tokenizer, ds, reward_fn, accelerator.device,
-                    engine=engines[0].evaluation_engine())) for name, ds in sets.items()}
+                    engine=engine.evaluation_engine())) for name, ds in sets.items()}
             return {"sets": sets_scored, "all": pooled(sets_scored)}
         return score
 
@@ -279,9 +279,7 @@ def main(spec_path: str, result_path: str) -> None:
                    "stopped_by_time_cap": bool(snaps.points) and snaps.cap is not None
                    and snaps.points[-1]["update"] * cfg.ppo.local_batch_size < cfg.ppo.total_episodes,
                    "points": snaps.points}
-        tmp = out / ".trained.json.tmp"
-        tmp.write_text(json.dumps(trained, indent=1))
-        tmp.replace(out / "trained.json")
+        outputs.write_result(trained, out / "trained.json")
     torch.set_num_threads(spec["threads"])
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
