@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 import pytest
 
+import warm
+
 from rlhf_app.offline import set_network_env
 
 set_network_env(offline=True)
@@ -37,6 +39,18 @@ torch.set_num_threads(1)
 # The shared run: 640 episodes / 32 per update = 20 updates, checkpoints after updates 10 and 20,
 # evaluation before and after, values.json and the report (the tiny recipe's defaults).
 FINISHED_TINY_RUN = ("ppo.total_episodes=640", "save_steps=10")
+
+
+# The modules that take longest on 2 cores (`--durations`), longest first: pytest-xdist hands whole modules to the
+# two workers in collection order, so a long module left for last keeps one worker busy while the other idles.
+LONGEST_FIRST = ("test_vllm", "test_distributed", "test_overlap", "test_resume", "test_pipeline",
+                 "test_estimators_train", "test_gpu_check", "test_console", "test_precision", "test_bench_sft_sampling")
+
+
+def pytest_collection_modifyitems(items):
+    """Puts LONGEST_FIRST's modules ahead of the others; tests keep their order within a module."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
 
 
 class TinyRun(NamedTuple):
@@ -140,7 +154,7 @@ class Beside:
     def __init__(self, cmd: list[str], log: Path, **popen):
         self.log = log
         with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, **popen)
+            self.proc = warm.Popen(cmd, stdout=out, stderr=err, text=True, **popen)
 
     def result(self, timeout: float = 1200) -> subprocess.CompletedProcess:
         """Waits for it (the timeout only ends a hung run) -> what subprocess.run would have returned."""

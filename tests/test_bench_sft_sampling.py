@@ -3,10 +3,13 @@
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from rlhf_app.config import load_config
+
+import warm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import sft_sampling  # noqa: E402
@@ -24,7 +27,8 @@ def test_a_pipeline_recipes_sft_stage_runs_as_one_sft_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_quick_run_times_both_samplers_into_its_own_file(tmp_path):
+def test_a_quick_run_times_both_samplers_into_its_own_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(sft_sampling, "subprocess", SimpleNamespace(run=warm.run))  # its sft.py runs, pre-imported
     out = tmp_path / "r.json"
     out.write_text(json.dumps({"kind": "quick", "recipes": {"other": {"rows": 1}}}))  # a recipe run before: kept
     sft_sampling.main(["--quick", "--threads", "1", "--out", str(out), "--work", str(tmp_path / "w")])

@@ -10,10 +10,15 @@ from pathlib import Path
 
 import pytest
 
+import warm
+
 pytestmark = pytest.mark.slow  # every test launches two processes
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = str(ROOT / "tests" / "dist_worker.py")
+# `accelerate launch` (its console script: test_accelerate_configs.py) as a module, which warm.run starts pre-imported;
+# the processes it starts run their script through warm.RANK.
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
 # Same tokens per process (no early stop) and deterministic rollouts, so 1 and 2 processes do the same work.
 EXACT = ["recipe=tiny", "eval_before_after=false", "ppo.total_episodes=48", "ppo.num_mini_batches=1",
          "ppo.num_ppo_epochs=2", "ppo.do_sample=false", "ppo.stop_token=null"]
@@ -30,11 +35,10 @@ def _two_processes(*args: str) -> subprocess.CompletedProcess:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    accelerate = Path(sys.executable).parent / "accelerate"
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), WORKER, *args]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    cmd = [*LAUNCH, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(port), warm.RANK, WORKER, *args]
+    env = warm.launcher_env({**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+    return warm.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 def _ranks(out: Path, n: int) -> list[dict]:
@@ -127,8 +131,9 @@ def test_two_processes_save_their_own_optimizer_state_and_resume_exactly(tmp_pat
 
 
 def test_sft_stage_in_two_processes_writes_a_whole_run_folder_and_its_loss_falls(tmp_path):
-    """`accelerate launch` of `rlhf-app sft` (scripts/sft.py) in two CPU processes: one config.yaml, one
-    metrics.jsonl written by the main process, the Trainer's checkpoint, final/ and the report; the loss falls."""
+    """`accelerate launch` of `rlhf-app sft` (scripts/sft.py, through warm_rank.py) in two CPU processes: one
+    config.yaml, one metrics.jsonl written by the main process, the Trainer's checkpoint, final/ and the report;
+    the loss falls."""
     rows = [{"prompt": "say a: ", "completion": "a" * (4 + i % 9) + "."} for i in range(64)]
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -139,12 +144,12 @@ def test_sft_stage_in_two_processes_writes_a_whole_run_folder_and_its_loss_falls
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-           str(port), str(ROOT / "scripts" / "sft.py"), "recipe=tiny", f"output_dir={out}", f"sft.dataset={data}",
-           "--max_steps", "8", "--learning_rate", "3e-3", "--per_device_train_batch_size", "4"]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    cmd = [*LAUNCH, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(port), warm.RANK, str(ROOT / "scripts" / "sft.py"),
+           "recipe=tiny", f"output_dir={out}", f"sft.dataset={data}", "--max_steps", "8", "--learning_rate", "3e-3",
+           "--per_device_train_batch_size", "4"]
+    env = warm.launcher_env({**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+    proc = warm.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("sft: ") == 2 and proc.stdout.count("saved ") == 1  # each process; final/ once
     rows = _metrics(out)

@@ -18,6 +18,8 @@ from rlhf_app.preflight import PreflightError, check_overlap
 from rlhf_app.rl.loop import update_seed
 from rlhf_app.rl.update import shuffled_groups
 
+import warm
+
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = str(ROOT / "scripts" / "train.py")
 VOLATILE = ("time/", "perf/")  # wall-clock figures differ between any two runs
@@ -104,7 +106,7 @@ def _cmd(out: Path, *args: str) -> list[str]:
 
 
 def _train(out: Path, *args: str) -> Path:
-    proc = subprocess.run(_cmd(out, *args), cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=1200)
+    proc = warm.run(_cmd(out, *args), cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -166,7 +168,7 @@ def test_an_async_run_stopped_and_resumed_equals_the_unbroken_one(async_run, syn
     # in flight, which the resumed run trains on first. (sync_and_zero: its two runs start now, beside these.)
     out = tmp_path / "stopped"
     log = tmp_path / "stopped.err"
-    proc = subprocess.Popen(_cmd(out, *ASYNC, "save_steps=3", "ppo.total_episodes=100000"), cwd=ROOT, env=USER_ENV,
+    proc = warm.Popen(_cmd(out, *ASYNC, "save_steps=3", "ppo.total_episodes=100000"), cwd=ROOT, env=USER_ENV,
                             stdout=subprocess.DEVNULL, stderr=open(log, "w"))
     deadline = time.monotonic() + 900  # ends a hung run only: no speed target
     while not (out / "checkpoint-3" / "trainer_state.pt").is_file():

@@ -14,6 +14,8 @@ import pytest
 from rlhf_app.run_dir.checkpoint import STATE_FILE, find_resume
 from rlhf_app.run_dir.claim import RunDirError
 
+import warm
+
 ROOT = Path(__file__).resolve().parent.parent
 VOLATILE = ("time/", "perf/")  # wall-clock figures differ between any two runs
 
@@ -26,7 +28,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 def _start(out: Path, *extra: str) -> subprocess.Popen:
     # Output goes to files, not pipes: an unread pipe fills up and blocks the run on a slow machine.
     log = out.parent / f"{out.name}.log"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), "recipe=tiny", f"output_dir={out}",
+    proc = warm.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), "recipe=tiny", f"output_dir={out}",
                              "eval_before_after=false", *extra], cwd=ROOT,
                             stdout=open(log.with_suffix(".out"), "w"), stderr=open(log.with_suffix(".err"), "w"))
     proc.out, proc.err = log.with_suffix(".out"), log.with_suffix(".err")
@@ -130,7 +132,7 @@ def _kill_command(mode: str, out: Path, *extra: str) -> list[str]:
 
 
 def _kill_during(mode: str, out: Path, *extra: str) -> None:
-    proc = subprocess.run(_kill_command(mode, out, *extra), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = warm.run(_kill_command(mode, out, *extra), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
 
 

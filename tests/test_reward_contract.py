@@ -19,6 +19,8 @@ from rlhf_app.rl.rollout import RewardLog, Rollout, score
 from rlhf_app.data.columns import CONVERSATION_COLUMN
 from rlhf_app.rewards import build_reward, resolve_sources
 
+import warm
+
 REWARDS = '''
 CALLS = []
 
@@ -226,7 +228,7 @@ def test_bad_reward_outputs_fail_in_one_line(one_line_error, tmp_path, name, exp
 
 @pytest.mark.slow  # a fresh interpreter: what the user sees on stderr
 def test_a_bad_reward_source_prints_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "scripts/train.py", "recipe=tiny", f"output_dir={tmp_path}",
+    result = warm.run([sys.executable, "scripts/train.py", "recipe=tiny", f"output_dir={tmp_path}",
                              "reward.funcs=[no_such_module_xyz:f]"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import warm
+
 ROOT = Path(__file__).resolve().parent.parent
 HF_TOKEN = "hf_" + "Q" * 34
 WANDB_KEY = "0123456789abcdef" * 2 + "01234567"
@@ -16,7 +18,7 @@ WANDB_KEY = "0123456789abcdef" * 2 + "01234567"
 @pytest.mark.slow  # a training subprocess with both trackers
 def test_wandb_offline_and_tensorboard_get_metrics_and_samples_without_secrets(tmp_path):
     env = {**os.environ, "HF_TOKEN": HF_TOKEN, "WANDB_API_KEY": WANDB_KEY, "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "recipe=tiny", f"output_dir={tmp_path}",
+    proc = warm.run([sys.executable, str(ROOT / "scripts" / "train.py"), "recipe=tiny", f"output_dir={tmp_path}",
                            "ppo.total_episodes=64", "sample_every=1", "report_to=[wandb,tensorboard]",
                            "--run_name", "tiny-run-name-7"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

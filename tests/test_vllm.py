@@ -25,6 +25,8 @@ from rlhf_app.engines.hf import HFEngine
 from rlhf_app.rl.rollout import logprobs_values
 from rlhf_app.engines.vllm_engine import EngineError, VLLMEngine, _check_architecture, import_vllm, policy_tensors
 
+import warm
+
 pytestmark = pytest.mark.slow  # each test starts a vLLM engine or trains through one
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,7 +155,7 @@ def _cmd(*args: str) -> list[str]:
 
 
 def _train(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(_cmd(*args), cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    proc = warm.run(_cmd(*args), cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
