@@ -51,7 +51,7 @@ class _Zygote:
 
 def _zygote(env: dict[str, str]) -> _Zygote:
     key = _key(env)
-    zygote = _zygotes.pop(key, None) or _Zygote(env)
+    zygote = _zygotes.pop(key, None) or _Zygote(dict(key))  # without LAUNCHER's names: its imports never see them
     _zygotes[key] = zygote
     while len(_zygotes) > _MAX_ZYGOTES:
         _zygotes.pop(next(iter(_zygotes))).close()
@@ -138,7 +138,10 @@ class WarmPopen:
                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
         for file in keep:
             file.close()
-        self.pid = self._message()["pid"]
+        answer = self._message()
+        if "pid" not in answer:  # cannot happen for an environment keyed as _key does
+            raise RuntimeError(f"the test zygote refused {cmd}: {answer}")
+        self.pid = answer["pid"]
 
     def _message(self) -> dict:
         head = self._read(4)
