@@ -41,18 +41,6 @@ torch.set_num_threads(1)
 FINISHED_TINY_RUN = ("ppo.total_episodes=640", "save_steps=10")
 
 
-# The modules that take longest on 2 cores (`--durations`), longest first: pytest-xdist hands whole modules to the
-# two workers in collection order, so a long module left for last keeps one worker busy while the other idles.
-LONGEST_FIRST = ("test_vllm", "test_distributed", "test_overlap", "test_resume", "test_pipeline",
-                 "test_estimators_train", "test_gpu_check", "test_console", "test_precision", "test_bench_sft_sampling")
-
-
-def pytest_collection_modifyitems(items):
-    """Puts LONGEST_FIRST's modules ahead of the others; tests keep their order within a module."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
-
-
 class TinyRun(NamedTuple):
     dir: Path
     result: dict  # what rlhf_app.run.run returned: step, model, eval, ...

@@ -169,7 +169,7 @@ def test_an_async_run_stopped_and_resumed_equals_the_unbroken_one(async_run, syn
     out = tmp_path / "stopped"
     log = tmp_path / "stopped.err"
     proc = warm.Popen(_cmd(out, *ASYNC, "save_steps=3", "ppo.total_episodes=100000"), cwd=ROOT, env=USER_ENV,
-                            stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+                      stdout=subprocess.DEVNULL, stderr=open(log, "w"))
     deadline = time.monotonic() + 900  # ends a hung run only: no speed target
     while not (out / "checkpoint-3" / "trainer_state.pt").is_file():
         assert proc.poll() is None, log.read_text()[-3000:]

@@ -29,8 +29,8 @@ def _start(out: Path, *extra: str) -> subprocess.Popen:
     # Output goes to files, not pipes: an unread pipe fills up and blocks the run on a slow machine.
     log = out.parent / f"{out.name}.log"
     proc = warm.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), "recipe=tiny", f"output_dir={out}",
-                             "eval_before_after=false", *extra], cwd=ROOT,
-                            stdout=open(log.with_suffix(".out"), "w"), stderr=open(log.with_suffix(".err"), "w"))
+                       "eval_before_after=false", *extra], cwd=ROOT,
+                      stdout=open(log.with_suffix(".out"), "w"), stderr=open(log.with_suffix(".err"), "w"))
     proc.out, proc.err = log.with_suffix(".out"), log.with_suffix(".err")
     return proc
 

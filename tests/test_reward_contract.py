@@ -229,7 +229,7 @@ def test_bad_reward_outputs_fail_in_one_line(one_line_error, tmp_path, name, exp
 @pytest.mark.slow  # a fresh interpreter: what the user sees on stderr
 def test_a_bad_reward_source_prints_no_traceback(tmp_path):
     result = warm.run([sys.executable, "scripts/train.py", "recipe=tiny", f"output_dir={tmp_path}",
-                             "reward.funcs=[no_such_module_xyz:f]"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parent.parent)
+                       "reward.funcs=[no_such_module_xyz:f]"], capture_output=True, text=True,
+                      cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: reward source 'no_such_module_xyz:f'")

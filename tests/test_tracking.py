@@ -19,9 +19,9 @@ WANDB_KEY = "0123456789abcdef" * 2 + "01234567"
 def test_wandb_offline_and_tensorboard_get_metrics_and_samples_without_secrets(tmp_path):
     env = {**os.environ, "HF_TOKEN": HF_TOKEN, "WANDB_API_KEY": WANDB_KEY, "WANDB_MODE": "offline"}
     proc = warm.run([sys.executable, str(ROOT / "scripts" / "train.py"), "recipe=tiny", f"output_dir={tmp_path}",
-                           "ppo.total_episodes=64", "sample_every=1", "report_to=[wandb,tensorboard]",
-                           "--run_name", "tiny-run-name-7"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                     "ppo.total_episodes=64", "sample_every=1", "report_to=[wandb,tensorboard]",
+                     "--run_name", "tiny-run-name-7"],
+                    cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # samples.jsonl: a table every update.
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]

@@ -7,17 +7,16 @@ test_extras) or about the entry points themselves (test_console) starts cold. An
 used once, or RLHF_APP_TEST_COLD=1 goes to subprocess unchanged."""
 
 import atexit
-import json
 import locale
 import os
 import select
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import zygote as zygote_protocol
 from zygote import LAUNCHER
 
 PIPE, DEVNULL, STDOUT = subprocess.PIPE, subprocess.DEVNULL, subprocess.STDOUT
@@ -133,28 +132,13 @@ class WarmPopen:
         self._conn.connect(zygote.path)
         request = {"argv": [str(part) for part in cmd[1:]], "cwd": str(cwd or os.getcwd()), "env": env,
                    "launched": True}  # the zygote checks that ENV differs from its own in LAUNCHER's names only
-        body = json.dumps(request).encode()
-        self._conn.sendmsg([struct.pack("!I", len(body)) + body],
-                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+        zygote_protocol.request(self._conn, request, fds)
         for file in keep:
             file.close()
-        answer = self._message()
+        answer = zygote_protocol.answer(self._conn)
         if "pid" not in answer:  # cannot happen for an environment keyed as _key does
             raise RuntimeError(f"the test zygote refused {cmd}: {answer}")
         self.pid = answer["pid"]
-
-    def _message(self) -> dict:
-        head = self._read(4)
-        return json.loads(self._read(struct.unpack("!I", head)[0]))
-
-    def _read(self, size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = self._conn.recv(size - len(data))
-            if not chunk:
-                raise RuntimeError("the test zygote went away")
-            data += chunk
-        return data
 
     def poll(self) -> int | None:
         if self.returncode is None and select.select([self._conn], [], [], 0)[0]:
@@ -169,7 +153,7 @@ class WarmPopen:
         return self.returncode
 
     def _done(self) -> None:
-        self.returncode = self._message()["returncode"]
+        self.returncode = zygote_protocol.answer(self._conn)["returncode"]
         self._conn.close()
 
     def send_signal(self, sig: int) -> None:

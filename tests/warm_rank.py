@@ -9,27 +9,13 @@ SIGTERM sent here go on to the child, this process ends as the child ends (its e
 killed it), and the child dies with this process, a SIGKILL included (the pipe it watches closes). Without
 RLHF_APP_TEST_ZYGOTE, or when the zygote refuses (an environment it was not started with), SCRIPT runs here."""
 
-import json
 import os
 import runpy
 import signal
 import socket
-import struct
 import sys
 
-
-def _read(conn: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise RuntimeError("the test zygote went away")
-        data += chunk
-    return data
-
-
-def _message(conn: socket.socket) -> dict:
-    return json.loads(_read(conn, struct.unpack("!I", _read(conn, 4))[0]))
+import zygote  # its protocol only: the standard library, no preload
 
 
 def relay(path: str, argv: list[str]) -> int | None:
@@ -37,18 +23,17 @@ def relay(path: str, argv: list[str]) -> int | None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.connect(path)
     watched, kept = os.pipe()  # the child holds the read end; the write end closes only when this process ends
-    body = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "launched": True,
-                       "unbuffered": "-u" in sys.orig_argv[1:sys.orig_argv.index(sys.argv[0])]}).encode()
-    conn.sendmsg([struct.pack("!I", len(body)) + body],
-                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("4i", 0, 1, 2, watched))])
+    zygote.request(conn, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "launched": True,
+                          "unbuffered": "-u" in sys.orig_argv[1:sys.orig_argv.index(sys.argv[0])]},
+                   [0, 1, 2, watched])
     os.close(watched)
-    answer = _message(conn)
+    answer = zygote.answer(conn)
     if "refused" in answer:
         print(f"warm_rank.py: starting cold, the zygote refused: {answer['refused']}", file=sys.stderr)
         return None
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda number, _: os.kill(answer["pid"], number))
-    return _message(conn)["returncode"]
+    return zygote.answer(conn)["returncode"]
 
 
 if __name__ == "__main__":

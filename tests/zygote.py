@@ -33,6 +33,26 @@ PRELOAD = ("torch", "transformers", "trl.trainer.utils", "accelerate", "datasets
            "transformers.models.llama.modeling_llama")
 
 
+def request(conn: socket.socket, message: dict, fds: list[int]) -> None:
+    """The caller's side (warm.py, warm_rank.py): MESSAGE, length-prefixed, with the descriptors FDS."""
+    data = json.dumps(message).encode()
+    conn.sendmsg([struct.pack("!I", len(data)) + data],
+                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+
+
+def answer(conn: socket.socket) -> dict:
+    """The caller's side: this process's next message ({"pid"}, {"refused"} or {"returncode"})."""
+    def read(size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = conn.recv(size - len(data))
+            if not chunk:
+                raise RuntimeError("the test zygote went away")
+            data += chunk
+        return data
+    return json.loads(read(struct.unpack("!I", read(4))[0]))
+
+
 def _send(conn: socket.socket, message: dict) -> None:
     data = json.dumps(message).encode()
     try:
