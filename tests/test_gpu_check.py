@@ -2,12 +2,16 @@
 script's syntax, every step's settings, and the one-line refusal on a machine without CUDA."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
+import warm
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -104,6 +108,24 @@ def test_the_resume_check_stops_a_run_resumes_it_and_finds_it_exact_on_cpu(tmp_p
     """run_step's stop / resume / compare machinery, end to end on the tiny recipe without a launcher
     config (CPU): the numbers a GPU run prints come out of this same path."""
     monkeypatch.setattr(gpu_check, "WORK", tmp_path)
+    # Its three launches and their runs start pre-imported (tests/warm.py), the runs through warm.RANK as in
+    # test_distributed; launch()'s PYTHONPATH=ROOT (for a checkout where the app is not installed) is dropped, the
+    # app being installed here, so that the environment is this process's and its zygote serves them.
+    command = gpu_check.command
+
+    def warm_command(*args):
+        cmd = command(*args)
+        script = cmd.index(gpu_check.__file__)
+        return [*cmd[:script], warm.RANK, *cmd[script:]]
+
+    def popen(cmd, env, **kwargs):
+        if "PYTHONPATH" not in os.environ:
+            env = {k: v for k, v in env.items() if (k, v) != ("PYTHONPATH", str(ROOT))}
+        return warm.Popen(cmd, env=warm.launcher_env(env), **kwargs)
+
+    monkeypatch.setattr(gpu_check, "command", warm_command)
+    monkeypatch.setattr(gpu_check, "subprocess", SimpleNamespace(Popen=popen, STDOUT=subprocess.STDOUT,
+                                                                 run=subprocess.run))
     monkeypatch.setitem(gpu_check.STEPS, "cpu-resume", dict(
         config=None, args=["recipe=tiny", "ppo.total_episodes=128", "save_steps=1", "eval_before_after=false"],
         resume=True, limit_s=400))

@@ -63,6 +63,21 @@ def test_a_warm_child_is_a_process_that_takes_signals(script):
         warm.run([sys.executable, str(script), "wait"], timeout=0.5)
 
 
+def test_a_warm_child_started_in_a_new_session_leads_its_own_process_group(script):
+    def started(**kwargs):
+        proc = warm.Popen([sys.executable, str(script), "wait"], stdout=subprocess.PIPE, text=True, **kwargs)
+        assert proc.stdout.readline().startswith("argv") and proc.stdout.readline() == "waiting\n"
+        return proc
+
+    plain = started()
+    assert os.getpgid(plain.pid) != plain.pid  # in the zygote's group, as a Popen child is in its parent's
+    plain.kill()
+    proc = started(start_new_session=True)
+    assert os.getsid(proc.pid) == os.getpgid(proc.pid) == proc.pid != os.getsid(0)
+    os.killpg(proc.pid, signal.SIGKILL)  # what a caller does to end it with whatever it started
+    assert proc.wait(timeout=300) == -signal.SIGKILL and plain.wait(timeout=300) == -signal.SIGKILL
+
+
 def test_other_commands_and_a_once_used_environment_start_cold(script, monkeypatch):
     assert warm._warm_argv(["bash", "-c", "true"]) is None
     assert warm._warm_argv([sys.executable, "-c", "pass"]) is None

@@ -106,11 +106,11 @@ def _fd(target, default: int, keep: list) -> int:
 
 
 class WarmPopen:
-    """The part of subprocess.Popen the tests use: pid, args, returncode, stdout/stderr (PIPE), poll, wait,
-    send_signal, terminate, kill, communicate."""
+    """The part of subprocess.Popen the tests use: pid, args, returncode, stdout/stderr (PIPE), start_new_session,
+    poll, wait, send_signal, terminate, kill, communicate."""
 
     def __init__(self, cmd, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None, text=False,
-                 universal_newlines=None):
+                 universal_newlines=None, start_new_session=False):
         self.args, self.text = cmd, bool(text or universal_newlines)
         self.returncode, self.stdout, self.stderr = None, None, None
         keep, ends = [], {}
@@ -130,8 +130,9 @@ class WarmPopen:
         zygote = _zygote(env)
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._conn.connect(zygote.path)
+        # "launched": the zygote checks that ENV differs from its own in LAUNCHER's names only
         request = {"argv": [str(part) for part in cmd[1:]], "cwd": str(cwd or os.getcwd()), "env": env,
-                   "launched": True}  # the zygote checks that ENV differs from its own in LAUNCHER's names only
+                   "launched": True, "new_session": start_new_session}
         zygote_protocol.request(self._conn, request, fds)
         for file in keep:
             file.close()

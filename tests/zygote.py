@@ -11,10 +11,11 @@ request from tests/warm_rank.py, whose environment a launcher extended, is serve
 LAUNCHER's names alone (else refused: warm_rank.py then runs the command cold).
 
 Protocol on the Unix socket named by argv[1], one connection per child: the caller sends a length-prefixed JSON
-request {"argv", "cwd", "env"; from warm_rank.py "launched", "unbuffered"} with its three descriptors (and from
-warm_rank.py a pipe to watch); this process answers {"pid": ...} once the child runs (or {"refused": why}) and
-{"returncode": ...} when it ends (negative: the signal that ended it, as subprocess reports it). It exits,
-killing children still running, when its stdin (a pipe from the test process) closes."""
+request {"argv", "cwd", "env", "new_session" (Popen's start_new_session); from warm_rank.py "launched",
+"unbuffered"} with its three descriptors (and from warm_rank.py a pipe to watch); this process answers
+{"pid": ...} once the child runs (or {"refused": why}) and {"returncode": ...} when it ends (negative: the
+signal that ended it, as subprocess reports it). It exits, killing children still running, when its stdin (a
+pipe from the test process) closes."""
 
 import array
 import io
@@ -165,6 +166,8 @@ def become(request: dict, fds: list[int]) -> None:
         watched = fds[3]
         threading.Thread(target=lambda: os.read(watched, 1) or os.kill(os.getpid(), signal.SIGKILL),
                          daemon=True).start()
+    if request.get("new_session"):  # Popen's start_new_session: a group of its own, for os.killpg(pid)
+        os.setsid()
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
