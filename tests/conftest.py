@@ -3,9 +3,10 @@ them in two worker processes (pytest-xdist, --dist loadfile: each module's tests
 module-scoped fixtures and `beside` hold); a plain `pytest` runs them in this one.
 
 Shared fixtures: `tiny_cfg` (the tiny recipe's config), `train_tiny` (train it in this process),
-`finished_tiny_run` (one finished tiny run for the whole session, read-only: a test that writes into
-a run folder takes `tiny_run_copy`), `reward_cfg` (a TrainConfig with only reward fields set),
-`tool_model` (asset:tiny-tools taught its tool conversations, tool_fixtures.py: once per session),
+`finished_tiny_run` (the folder of one finished tiny run for the whole session, read-only: a test that writes
+into a run folder takes `tiny_run_copy`), `reward_cfg` (a TrainConfig with only reward fields set),
+`tool_model` (asset:tiny-tools taught its tool conversations, tool_fixtures.py), the two made once for all
+workers (`_once`),
 `one_line_error` (a refused `rlhf-app` command's one `error: ...` line), `beside` (a subprocess started
 ahead of the test that reads it, to run on the second core). Every test must leave SIGINT's and SIGTERM's
 handlers as it found them (`_signal_handlers_kept`)."""
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from filelock import FileLock
 
 import warm
 
@@ -83,16 +85,33 @@ def reward_cfg():
     return _reward_cfg
 
 
+def _once(tmp_path_factory, name: str, make) -> Path:
+    """make(folder) once for the whole session -> the folder, read-only. Under pytest-xdist the first worker to ask
+    makes it in the folder the workers share (pytest-xdist's documented way) while the others wait on its lock,
+    and later ones read it: each of the two ~10-15 s of training paid once, not once a worker. (Assets are built
+    byte for byte alike in each worker's cache, and a run folder names `asset:...`, not a cache path.)"""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return make(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent  # this session's, above each worker's own
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(shared / f"{name}.lock"):
+        if not done.is_file():  # none yet, or a worker failed making it: make it again, whole
+            shutil.rmtree(folder, ignore_errors=True)
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def finished_tiny_run(tmp_path_factory) -> TinyRun:
-    """A finished tiny run (FINISHED_TINY_RUN), trained once per session; never write into it."""
-    return _train_tiny(tmp_path_factory.mktemp("finished-tiny"), *FINISHED_TINY_RUN)
+def finished_tiny_run(tmp_path_factory) -> Path:
+    """The folder of a finished tiny run (FINISHED_TINY_RUN), trained once per session; never write into it."""
+    return _once(tmp_path_factory, "finished-tiny", lambda out: _train_tiny(out, *FINISHED_TINY_RUN).dir)
 
 
 @pytest.fixture
 def tiny_run_copy(finished_tiny_run, tmp_path) -> Path:
     """A copy of the finished tiny run's folder, for a test that writes into it."""
-    return Path(shutil.copytree(finished_tiny_run.dir, tmp_path / "run"))
+    return Path(shutil.copytree(finished_tiny_run, tmp_path / "run"))
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +119,7 @@ def tool_model(tmp_path_factory) -> Path:
     """The tiny model that calls tools (tool_fixtures.train_tool_model, ~10 s), trained once per session."""
     from tool_fixtures import train_tool_model
 
-    return train_tool_model(tmp_path_factory.mktemp("tool-model"))
+    return _once(tmp_path_factory, "tool-model", train_tool_model)
 
 
 @pytest.fixture(autouse=True)

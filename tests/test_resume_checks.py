@@ -48,7 +48,7 @@ def _assert_same_updates(straight: list[dict], resumed: list[dict], steps) -> No
 ])
 def test_a_named_checkpoint_into_a_new_output_dir_refuses_what_auto_refuses(finished_tiny_run, tmp_path, capsys,
                                                                            changes, named):
-    checkpoint, new = finished_tiny_run.dir / "checkpoint-10", tmp_path / "new"
+    checkpoint, new = finished_tiny_run / "checkpoint-10", tmp_path / "new"
     message = _fails(capsys, f"output_dir={new}", f"resume_from={checkpoint}", *changes)
     assert message.startswith(f"resume_from={checkpoint} with settings that change what is trained (")
     assert all(line in message for line in named), message
@@ -57,12 +57,12 @@ def test_a_named_checkpoint_into_a_new_output_dir_refuses_what_auto_refuses(fini
 
 def test_a_named_checkpoint_into_a_new_output_dir_continues_exactly(finished_tiny_run, tmp_path, capsys,
                                                                     train_tiny):
-    checkpoint, new = finished_tiny_run.dir / "checkpoint-10", tmp_path / "new"
+    checkpoint, new = finished_tiny_run / "checkpoint-10", tmp_path / "new"
     train_tiny(new, f"resume_from={checkpoint}", f"ppo.total_episodes={EPISODES * 20}", "eval_before_after=false")
     out = capsys.readouterr().out
-    assert f"note: continuing the run in {finished_tiny_run.dir.resolve()} from its update 10" in out
+    assert f"note: continuing the run in {finished_tiny_run.resolve()} from its update 10" in out
     assert "note: resuming with eval_before_after: True -> False" in out
-    _assert_same_updates(_rows(finished_tiny_run.dir)[10:], _rows(new), range(11, 21))
+    _assert_same_updates(_rows(finished_tiny_run)[10:], _rows(new), range(11, 21))
     recorded = yaml.safe_load((new / "config.yaml").read_text())  # the settings it ran with
     assert recorded["resume_from"] == str(checkpoint) and recorded["eval_before_after"] is False
     # The same command again: the new folder's run continues that checkpoint's run (not "another run").
@@ -72,9 +72,9 @@ def test_a_named_checkpoint_into_a_new_output_dir_continues_exactly(finished_tin
 
 def test_a_checkpoint_of_one_run_into_a_folder_with_another_run_is_refused(finished_tiny_run, tiny_run_copy,
                                                                            capsys):
-    checkpoint = finished_tiny_run.dir / "checkpoint-10"
+    checkpoint = finished_tiny_run / "checkpoint-10"
     message = _fails(capsys, f"output_dir={tiny_run_copy}", f"resume_from={checkpoint}", "ppo.total_episodes=1280")
-    assert message == (f"resume_from={checkpoint} is a checkpoint of the run in {finished_tiny_run.dir.resolve()}, "
+    assert message == (f"resume_from={checkpoint} is a checkpoint of the run in {finished_tiny_run.resolve()}, "
                        f"but output_dir={tiny_run_copy} holds another run: resume it into a new output_dir, or use "
                        f"resume_from=auto to continue the run in {tiny_run_copy}")
 
@@ -92,7 +92,7 @@ def test_a_checkpoint_of_another_setup_is_one_line_naming_the_difference(finishe
     if where == "auto":
         args = [f"output_dir={tiny_run_copy}", "resume_from=auto"]
     else:
-        args = [f"output_dir={tmp_path / 'new'}", f"resume_from={finished_tiny_run.dir / 'checkpoint-20'}"]
+        args = [f"output_dir={tmp_path / 'new'}", f"resume_from={finished_tiny_run / 'checkpoint-20'}"]
     message = _fails(capsys, *args, *changes, "ppo.total_episodes=1280")
     head = message.split("(", 1)[1]
     assert head.startswith(first), message  # the setup first, however many other settings differ
@@ -181,7 +181,7 @@ def test_following_the_offer_resumes_and_replaces_the_damaged_checkpoint(finishe
     _truncate(tiny_run_copy / "checkpoint-20" / "trainer_state.pt")
     offered = _fails(capsys, f"output_dir={tiny_run_copy}", "resume_from=auto").split("resume_from=")[1].split(",")[0]
     train_tiny(tiny_run_copy, f"resume_from={offered}", f"ppo.total_episodes={EPISODES * 20}", "save_steps=10")
-    _assert_same_updates(_rows(finished_tiny_run.dir), _rows(tiny_run_copy), range(1, 21))
+    _assert_same_updates(_rows(finished_tiny_run), _rows(tiny_run_copy), range(1, 21))
     torch.load(tiny_run_copy / "checkpoint-20" / "trainer_state.pt", weights_only=False)  # whole again
 
 
