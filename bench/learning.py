@@ -226,7 +226,8 @@ def main(argv: list[str]) -> None:
             results[v.name] = finish_recipe(v, *started, env)
             print(f"[bench-learning] {headline(v.name, results[v.name])}", flush=True)
         write_results(results, {"commit": commit, "dirty": dirty, "kind": run_kind or "full",
-                                "clean_cache": not args.keep_cache, "cpus": os.cpu_count(), "jobs": args.jobs,
+                                "clean_cache": not args.keep_cache, "cpus": os.cpu_count(), "host": outputs.host(),
+                                "jobs": args.jobs,
                                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "assets": assets_built},
                       out_json)
     print(f"[bench-learning] wrote {out_json}")

@@ -9,6 +9,7 @@ Plain Python, so every bench (and the peer's environment) can import it.
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 from pathlib import Path
 
@@ -57,3 +58,30 @@ def code_state(root: Path = BENCH.parent) -> tuple[str, bool]:
     changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
                   *(f":(exclude){pattern}" for pattern in NOT_CODE))
     return git("rev-parse", "HEAD"), bool(changed)
+
+
+# CPU flags that give bfloat16 matrix arithmetic in hardware; without them torch emulates bf16 (13-27x slower here).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def host(cpuinfo: str | None = None) -> dict:
+    """The CPU a figure was measured on: {"cpu": model name, "family", "model", "bf16": the BF16_FLAGS it has}
+    from /proc/cpuinfo's first processor (`cpuinfo` its text, for tests); {"cpu": platform.processor()} where
+    there is no /proc/cpuinfo. Times measured on different hosts never compare: this says which they were."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {"cpu": platform.processor() or platform.machine()}
+    fields: dict[str, str] = {}
+    for line in cpuinfo.split("\n\n")[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    out: dict = {"cpu": fields.get("model name", platform.processor() or platform.machine())}
+    for key, name in (("cpu family", "family"), ("model", "model")):
+        if fields.get(key, "").isdigit():
+            out[name] = int(fields[key])
+    out["bf16"] = [f for f in BF16_FLAGS if f in flags]
+    return out

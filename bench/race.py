@@ -87,7 +87,7 @@ def spec_of(args, recipe: str, side: str, seed: int, time_cap_s: float | None, f
     return {"recipe": recipe, "side": side, "seed": seed, "fingerprint": fingerprint, "commit": commit,
             "dirty": dirty, "threads": args.threads, "quick": args.quick,
             "extra": args.extra, "peer_factor": args.peer_factor, "points": args.points, "time_cap_s": time_cap_s,
-            "held_out": args.held_out,
+            "held_out": args.held_out, "host": outputs.host(),
             "out_dir": str(WORK / (args.kind or "full") / f"{recipe}-{side}-{seed}")}
 
 
@@ -143,7 +143,8 @@ def run_child(spec: dict, log: Path) -> dict:
                          f"{tail[0]}; see {log}{again}")
     result = {**json.loads(result_path.read_text()), "wall_s": round(time.time() - start, 1)}
     if trained_spec:  # wall_s is this process's share; the run's code is the training's
-        result.update(train_commit=trained_spec["commit"], train_dirty=trained_spec["dirty"])
+        result.update(train_commit=trained_spec["commit"], train_dirty=trained_spec["dirty"],
+                      train_host=trained_spec.get("host"))
     shutil.rmtree(out)  # snapshots and the last checkpoint: the figures are in the result, the log stays
     return result
 
@@ -153,8 +154,8 @@ def continues(out: Path, spec: dict) -> dict | None:
     the commit may differ) trained to the end by a process stopped while scoring its snapshots
     (bench/race_child.py): then only the evaluation goes on. Else None."""
     def same(a: dict, b: dict) -> bool:
-        return {k: v for k, v in a.items() if k not in ("commit", "dirty")} == \
-            {k: v for k, v in b.items() if k not in ("commit", "dirty")}
+        return {k: v for k, v in a.items() if k not in ("commit", "dirty", "host")} == \
+            {k: v for k, v in b.items() if k not in ("commit", "dirty", "host")}
     try:
         old = json.loads((out / "spec.json").read_text())
     except (OSError, ValueError):
@@ -251,6 +252,7 @@ def main(argv: list[str]) -> None:
                 run.update(recipe=recipe, side=side, seed=seed, fingerprint=prints[side], settings=settings,
                            time_cap_s=spec["time_cap_s"], commit=run.pop("train_commit", commit),
                            dirty=run.pop("train_dirty", dirty), cpus=os.cpu_count(),
+                           host=run.pop("train_host", None) or outputs.host(),
                            load_avg_end=os.getloadavg(), date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            command=" ".join(["bench/race.py", *argv]))
                 doc = merge(path, recipe, side, seed, run, prints)

@@ -6,6 +6,8 @@ wall time, evaluation excluded). A side's mean curve averages its seeds at each 
 Time to a target: the training time of the first evaluated point at or above it (so it is known to the
 snapshot spacing). The ratio a/b compares two sides' times; when b never reaches it, b's run either lasted
 at least 2x a's time ("never reached within 2x our time") or stopped before (then only a bound is known).
+Times compare only on one CPU: a seed whose two runs name different hosts (bench/outputs.py host(); or one
+names its host and the other, older, does not) says so in its verdict.
 """
 
 from __future__ import annotations
@@ -116,6 +118,13 @@ def summarise(runs: dict, metric: str, gain: float | None) -> dict:
             ca, cb = curve(runs[a][seed], metric), curve(runs[b][seed], metric)
             seed_target = ca[0]["value"] + gain if gain is not None and ca else target
             entry["per_seed"][seed] = compare(a, b, ca, cb, seed_target)
+            if not same_host(runs[a][seed], runs[b][seed]):
+                entry["per_seed"][seed]["verdict"] += (f" (timed on two hosts: {a} {host_name(runs[a][seed])}, "
+                                                       f"{b} {host_name(runs[b][seed])})")
+                entry.setdefault("seeds_across_hosts", []).append(seed)
+        if entry.get("seeds_across_hosts"):
+            entry["verdict"] += f" (seed{'s' if len(entry['seeds_across_hosts']) > 1 else ''} " \
+                                f"{', '.join(entry['seeds_across_hosts'])} timed on two hosts)"
         ratios = [e["ratio"] for e in entry["per_seed"].values() if e["ratio"] is not None]
         if ratios:
             entry["ratio_per_seed_mean"], entry["ratio_per_seed_sd"] = mean_sd(ratios)
@@ -124,6 +133,21 @@ def summarise(runs: dict, metric: str, gain: float | None) -> dict:
                 bool(entry.get("never_within_2x"))
         out["pairs"][f"{a} vs {b}"] = entry
     return out
+
+
+def same_host(a: dict, b: dict) -> bool:
+    """Whether two runs were timed on the same CPU as far as they say: runs from before hosts were recorded
+    (neither names one) count as the same; one named against none, or two different, do not."""
+    return a.get("host") == b.get("host")
+
+
+def host_name(run: dict) -> str:
+    h = run.get("host")
+    if not h:
+        return "on an unrecorded CPU"
+    bf16 = "bfloat16 in hardware" if h.get("bf16") else "no bfloat16 hardware"
+    family = f" family {h['family']} model {h['model']}" if "family" in h and "model" in h else ""
+    return f"on {h['cpu']}{family}, {bf16}"
 
 
 def _starts_equal(runs: dict, metric: str) -> bool | None:

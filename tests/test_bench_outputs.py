@@ -116,3 +116,25 @@ def test_a_run_is_dirty_for_code_changes_not_for_results_or_docs(tmp_path):
         (tmp_path / name).write_text("changed = True\n")
         assert outputs.code_state(tmp_path) == (head, True), name
         git("checkout", "--", name)
+
+
+_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC 9R45
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni
+
+processor\t: 1
+model name\t: another core, never read
+"""
+
+
+def test_the_host_names_the_cpu_and_whether_it_does_bfloat16_in_hardware():
+    assert outputs.host(_CPUINFO) == {"cpu": "AMD EPYC 9R45", "family": 26, "model": 2, "bf16": ["avx512_bf16"]}
+    avx2 = _CPUINFO.replace(" avx512f avx512_bf16 avx512_vnni", "")
+    assert outputs.host(avx2)["bf16"] == []  # bfloat16 emulated: its times never compare with the one above
+    intel = _CPUINFO.replace("avx512_vnni", "amx_bf16 amx_tile").replace("AMD EPYC 9R45", "Intel Xeon")
+    assert outputs.host(intel)["bf16"] == ["avx512_bf16", "amx_bf16"]
+    here = outputs.host()
+    assert here["cpu"] and isinstance(here.get("bf16", []), list)

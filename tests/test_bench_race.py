@@ -119,6 +119,23 @@ def test_a_side_with_more_seeds_is_compared_on_the_seeds_both_ran():
     assert "ours vs ours-grpo" not in s["pairs"]
 
 
+def test_a_seed_timed_on_two_hosts_says_so_in_its_verdict():
+    zen = {"cpu": "AMD EPYC", "family": 26, "model": 2, "bf16": ["avx512_bf16"]}
+    old = {"cpu": "AMD EPYC", "family": 23, "model": 1, "bf16": []}
+    same = rs.summarise({"ours": {"0": {**OURS["0"], "host": zen}}, "trl": {"0": {**TRL["0"], "host": zen}}},
+                        "positive_share", 0.30)["pairs"]["ours vs trl"]
+    assert "two hosts" not in same["verdict"] and "seeds_across_hosts" not in same
+    apart = rs.summarise({"ours": {"0": {**OURS["0"], "host": old}, "1": OURS["1"]},
+                          "trl": {"0": {**TRL["0"], "host": zen}, "1": {**TRL["1"], "host": zen}}},
+                         "positive_share", 0.30)["pairs"]["ours vs trl"]
+    assert apart["seeds_across_hosts"] == ["0", "1"] and "(seeds 0, 1 timed on two hosts)" in apart["verdict"]
+    assert apart["per_seed"]["0"]["verdict"].endswith(
+        "(timed on two hosts: ours on AMD EPYC family 23 model 1, no bfloat16 hardware, "
+        "trl on AMD EPYC family 26 model 2, bfloat16 in hardware)")
+    assert "ours on an unrecorded CPU" in apart["per_seed"]["1"]["verdict"]
+    assert apart["per_seed"]["0"]["ratio"] == pytest.approx(1 / 3)  # said, not dropped: the figure stays
+
+
 def test_the_committed_summaries_are_todays_arithmetic_and_summary_redoes_stale_ones(tmp_path, capsys):
     committed = json.loads((BENCH / "race.json").read_text())
     fresh = json.loads(json.dumps(committed))
