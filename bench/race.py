@@ -144,7 +144,7 @@ def run_child(spec: dict, log: Path) -> dict:
     result = {**json.loads(result_path.read_text()), "wall_s": round(time.time() - start, 1)}
     if trained_spec:  # wall_s is this process's share; the run's code is the training's
         result.update(train_commit=trained_spec["commit"], train_dirty=trained_spec["dirty"],
-                      train_host=trained_spec.get("host"))
+                      train_host=trained_spec.get("host"))  # None: trained before hosts were recorded
     shutil.rmtree(out)  # snapshots and the last checkpoint: the figures are in the result, the log stays
     return result
 
@@ -252,7 +252,7 @@ def main(argv: list[str]) -> None:
                 run.update(recipe=recipe, side=side, seed=seed, fingerprint=prints[side], settings=settings,
                            time_cap_s=spec["time_cap_s"], commit=run.pop("train_commit", commit),
                            dirty=run.pop("train_dirty", dirty), cpus=os.cpu_count(),
-                           host=run.pop("train_host", None) or outputs.host(),
+                           host=run.pop("train_host", spec["host"]),
                            load_avg_end=os.getloadavg(), date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            command=" ".join(["bench/race.py", *argv]))
                 doc = merge(path, recipe, side, seed, run, prints)

@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
+import outputs  # noqa: E402
 import race  # noqa: E402
 import race_config as rc  # noqa: E402
 import race_summary as rs  # noqa: E402
@@ -346,6 +347,7 @@ def test_a_quick_race_runs_every_side_and_recipe(tmp_path):
             assert all(metric in p["all"] for p in run["points"]) and run["train_s"] > 0
             times = [p["time_s"] for p in run["points"]]
             assert times == sorted(times)
+            assert run["host"] == outputs.host()  # the CPU that trained it, from its spec
         assert rec["summary"]["start_equal_across_sides"] is True  # one evaluation, one base model
         assert "grpo_config" in rec["runs"]["trl"]["0"]["settings"]
         assert set(rec["summary"]["pairs"]) == {"ours vs trl", "ours-grpo vs trl", "ours vs ours-grpo"}
