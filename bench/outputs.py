@@ -64,23 +64,27 @@ def code_state(root: Path = BENCH.parent) -> tuple[str, bool]:
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+def _unnamed() -> str:
+    """The CPU's name where /proc/cpuinfo gives none (platform.processor() may run `uname -p`: only then)."""
+    return platform.processor() or platform.machine()
+
+
 def host(cpuinfo: str | None = None) -> dict:
     """The CPU a figure was measured on: {"cpu": model name, "family", "model", "bf16": the BF16_FLAGS it has}
     from /proc/cpuinfo's first processor (`cpuinfo` its text, for tests); {"cpu": platform.processor()} where
     there is no /proc/cpuinfo. Times measured on different hosts never compare: this says which they were."""
-    unnamed = platform.processor() or platform.machine()
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
-            return {"cpu": unnamed}
+            return {"cpu": _unnamed()}
     fields: dict[str, str] = {}
     for line in cpuinfo.split("\n\n")[0].splitlines():
         key, sep, value = line.partition(":")
         if sep:
             fields.setdefault(key.strip(), value.strip())
     flags = set(fields.get("flags", "").split())
-    out: dict = {"cpu": fields.get("model name", unnamed)}
+    out: dict = {"cpu": fields["model name"] if "model name" in fields else _unnamed()}
     for key, name in (("cpu family", "family"), ("model", "model")):
         if fields.get(key, "").isdigit():
             out[name] = int(fields[key])
