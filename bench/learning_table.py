@@ -7,7 +7,8 @@ Per recipe, the entry NAME@mean (bench/learning_figures.py seed_mean) when there
 mean ± sample standard deviation over its seeds; otherwise the plain NAME entry of an older one-seed run, whose
 figures are labelled "one seed". A recipe or figure with no entry says "not measured yet": nothing is filled
 in. The race (bench/race.py) gives each side's held-out figure at the end of its run (mean ± sd over seeds) and
-the verdict of ours against TRL's GRPOTrainer (bench/race_summary.py). `make bench-learning` rewrites the block;
+the verdict of ours against TRL's GRPOTrainer (bench/race_summary.py); a recipe whose settings changed after its
+race ran says which (since_run). `make bench-learning` rewrites the block;
 tests/test_bench_learning.py checks that the README holds what this prints.
 """
 
@@ -139,8 +140,28 @@ def race_rows(race: dict) -> list[list[str]]:
             seeds = "one seed" if f["n"] == 1 else f"{f['n']} seeds"
             cells.append(f"{start}{_share((f['value'], f['sd'] if f['n'] > 1 else None))} after {f['time_s']:.0f} s "
                          f"({seeds})")
-        rows.append([f"`{recipe}`", figure, *cells, _verdicts(summary["pairs"])])
+        changed = since_run(recipe, race["recipes"][recipe].get("runs", {}))
+        rows.append([f"`{recipe}`", figure + (f" (raced before the recipe changed: {changed}; `bench/race.py "
+                     f"--only {race_key(recipe)}` reruns it)" if changed else ""), *cells,
+                     _verdicts(summary["pairs"])])
     return rows
+
+
+def race_key(recipe: str) -> str:
+    import race_config
+
+    return {name: key for key, name in race_config.RECIPES.items()}[recipe]
+
+
+def since_run(recipe: str, runs: dict) -> str:
+    """The race settings (bench/race_config.py settings) in which the recipe's `ours` runs differ from the recipe
+    today, 'key old → new, ...'; '' when they match (or no run recorded them)."""
+    import race_config
+
+    today = race_config.settings(race_config.side_config(recipe, "ours", 0))
+    ran = [r["settings"] for r in runs.get("ours", {}).values() if "settings" in r]
+    return ", ".join(f"{key} {' / '.join(sorted({str(r.get(key)) for r in ran}))} → {today[key]}"
+                     for key in today if any(r.get(key) != today[key] for r in ran))
 
 
 def _verdicts(pairs: dict) -> str:

@@ -365,3 +365,20 @@ def test_the_race_table_gives_each_side_from_the_start_and_the_verdict_against_i
                       "seed 0, target 86.2%: neither reached it; "
                       "seed 1, target 88.2%: ours 1095 s, trl 2923 s: ratio 0.37. "
                       "ours-grpo vs TRL, seed 0, target 80.0%: trl never reached within 2x ours-grpo's time")
+
+
+def test_a_race_run_before_the_recipe_changed_says_what_changed_and_how_to_rerun_it():
+    import learning_table
+    import race_config
+
+    today = race_config.settings(race_config.side_config("imdb-offline", "ours", 0))
+    runs = {"ours": {"0": {"settings": {**today, "kl_coef": 0.5}}, "1": {"settings": {**today, "kl_coef": 0.25}}}}
+    assert learning_table.since_run("imdb-offline", runs) == f"kl_coef 0.25 / 0.5 → {today['kl_coef']}"
+    assert learning_table.since_run("imdb-offline", {"ours": {"0": {"settings": today}}}) == ""
+    summary = {"start": 0.5, "pairs": {}, "final": {"ours": {"value": 0.85, "sd": 0.0, "time_s": 100.0, "n": 1}}}
+    figure = learning_table.race_rows({"recipes": {"imdb-offline": {"summary": summary, "runs": runs}}})[0][1]
+    assert figure == (f"positive share, 256 held-out prompts (raced before the recipe changed: kl_coef 0.25 / 0.5 → "
+                      f"{today['kl_coef']}; `bench/race.py --only imdb` reruns it)")
+    same = {"ours": {"0": {"settings": today}}}
+    assert learning_table.race_rows({"recipes": {"imdb-offline": {"summary": summary, "runs": same}}})[0][1] == \
+        "positive share, 256 held-out prompts"
