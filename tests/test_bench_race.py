@@ -304,9 +304,9 @@ def test_trl_gets_our_lora_our_clipped_reward_and_a_valid_grpo_config(tmp_path):
         assert args.generation_batch_size == full.ppo.local_batch_size and args.bf16 == full.ppo.bf16
     cfg = rc.side_config("imdb-offline", "trl", 0, quick=True)
     args = GRPOConfig(**rc.trl_kwargs(cfg, str(tmp_path)))
-    # imdb-offline is GRPO with 16 responses a prompt: TRL's groups are the recipe's own.
+    # imdb-offline is GRPO with 8 responses a prompt: TRL's groups are the recipe's own.
     assert args.generation_batch_size == cfg.ppo.local_batch_size
-    assert args.num_generations == cfg.algorithm.group_size == 16
+    assert args.num_generations == cfg.algorithm.group_size == 8
     from peft import get_peft_model, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
