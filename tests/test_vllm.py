@@ -139,6 +139,28 @@ def test_evaluation_through_the_engine_samples_the_synced_weights_with_its_own_s
     assert [s["completion"] for s in first["samples"]] != [s["completion"] for s in fast["samples"]]
 
 
+def test_a_sampled_batch_longer_than_the_token_budget_is_prefilled_whole_on_cpu(accelerator):
+    """32 seeded prompts of 150 tokens (4800 > the engine's 4096-token step budget): vLLM's CPU worker crashed
+    ("CPU Generator does not use offset") when it split a seeded prompt's prefill over two steps."""
+    cfg = load_config(["recipe=tiny", "ppo.response_length=8", "data.num_train=64", "ppo.temperature=1.0",
+                       "data.max_prompt_length=200"])
+    tokenizer = models.load_tokenizer(cfg.model.name_or_path)
+    model, _ = models.build_models(cfg)
+    train, _ = data.load_prompts(cfg, tokenizer)
+    rows = [dict(train[i % len(train)]) for i in range(cfg.ppo.local_batch_size)]
+    for r in rows:
+        r["input_ids"] = (list(r["input_ids"]) * 150)[:150]
+    assert len(rows) == 32 and sum(len(r["input_ids"]) for r in rows) > 4096
+    engine = VLLMEngine(cfg, accelerator, model, tokenizer)
+    try:
+        first, again = engine.generate(rows, seed=7), engine.generate(rows, seed=7)
+    finally:
+        del engine
+        gc.collect()
+    assert first.response.shape[0] == 32 and bool((first.mask.sum(1) > 0).all())
+    assert torch.equal(first.response, again.response)  # each row's seed, whatever step its prefill ran in
+
+
 def test_an_architecture_vllm_cannot_load_gets_one_line():
     from transformers import PretrainedConfig
 

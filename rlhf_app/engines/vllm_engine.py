@@ -74,6 +74,9 @@ class VLLMEngine(InTurn):
             self.llm = vllm.LLM(
                 model=path, dtype=self.dtype, seed=cfg.seed + accelerator.process_index, max_model_len=max_len,
                 max_num_seqs=max(self.ppo.local_batch_size, 1), max_num_batched_tokens=max(4096, max_len),
+                # On CPU a prompt prefilled in two steps crashes vLLM when its request has a seed (the
+                # worker rewinds the generator's offset, which CPU generators lack): whole prompts only.
+                **({} if self.cuda else {"enable_chunked_prefill": False}),
                 enforce_eager=r.vllm_enforce_eager, gpu_memory_utilization=r.vllm_gpu_memory_utilization,
                 enable_sleep_mode=self.sleep, tensor_parallel_size=1,
                 distributed_executor_backend="external_launcher" if world > 1 else None,
