@@ -147,11 +147,13 @@ def test_a_sampled_batch_longer_than_the_token_budget_is_prefilled_whole_on_cpu(
     tokenizer = models.load_tokenizer(cfg.model.name_or_path)
     model, _ = models.build_models(cfg)
     train, _ = data.load_prompts(cfg, tokenizer)
+    # 32 distinct prompts: repeated ones would share vLLM's prefix cache and fit in one step.
     rows = [dict(train[i % len(train)]) for i in range(cfg.ppo.local_batch_size)]
     for r in rows:
         r["input_ids"] = (list(r["input_ids"]) * 150)[:150]
-    assert len(rows) == 32 and sum(len(r["input_ids"]) for r in rows) > 4096
     engine = VLLMEngine(cfg, accelerator, model, tokenizer)
+    budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    assert len({tuple(r["input_ids"]) for r in rows}) == 32 and sum(len(r["input_ids"]) for r in rows) > budget
     try:
         first, again = engine.generate(rows, seed=7), engine.generate(rows, seed=7)
     finally:
