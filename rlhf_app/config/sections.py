@@ -219,6 +219,7 @@ class PPOConfig:
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
     ent_coef: float = 0.0
+    ent_cap: Optional[float] = None  # nats: the bonus counts each token's entropy up to it (None: no cap)
     gamma: float = 1.0
     lam: float = 0.95
     # Mixed precision (TRL's switches): forwards and backward under bf16 / fp16 autocast, the reference and
@@ -245,7 +246,7 @@ class PPOConfig:
             "local_rollout_forward_batch_size": _GE1, "top_k": _GE0, "top_p": _PROB, "stop_token_id": _GE0,
             "missing_eos_penalty": _GE0, "kl_coef": _GE0, "kl_target": _GT0, "kl_horizon": _GE1,
             "reward_scale": _GT0, "reward_clip": _GT0, "cliprange": _GT0, "cliprange_value": _GT0,
-            "vf_coef": _GE0, "ent_coef": _GE0, "gamma": _UNIT, "lam": _UNIT})
+            "vf_coef": _GE0, "ent_coef": _GE0, "ent_cap": _GT0, "gamma": _UNIT, "lam": _UNIT})
         # Refused rather than renormalised: a truncated softmax gives the tokens outside the kept set
         # probability 0, and once the policy moves, a token sampled under the old cut can fall outside the
         # new one: the PPO ratio and the KL to the reference become 0 or infinite.

@@ -3,6 +3,8 @@
 Policy loss (PPO clip, https://arxiv.org/abs/1707.06347), optional clipped value loss, an entropy
 bonus and GRPO's in-loss KL to the reference (k3, https://arxiv.org/abs/2402.03300), all divided by
 the whole mini-batch's normaliser (see `micro.loss_normaliser`), so micro-batches sum to its loss.
+`ppo.ent_cap` counts each token's entropy in the bonus up to the cap: the bonus stops pushing a token
+there, so it cannot run the policy away into near-uniform noise (the logged entropy stays uncapped).
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ def micro_batch_loss(ppo, alg, logprobs: torch.Tensor, entropy: torch.Tensor, ol
         logprobs, old_logprobs, advantages, mask, ppo.cliprange,
         alg.cliprange_high, alg.importance_sampling_level, alg.loss_agg_mode, norm)
     mb_entropy = aggregate_loss(entropy, mask, "token-mean", tokens)
-    loss = pg_loss - ppo.ent_coef * mb_entropy
+    bonus = mb_entropy if ppo.ent_cap is None else aggregate_loss(entropy.clamp(max=ppo.ent_cap), mask, "token-mean",
+                                                                    tokens)
+    loss = pg_loss - ppo.ent_coef * bonus
     share = mask.sum() / tokens  # per-token means of this micro-batch, weighted
     row = {"loss/policy_avg": pg_loss, "policy/clipfrac_avg": pg_clip * share,
            "policy/approxkl_avg": approx_kl * share, "policy/entropy_avg": mb_entropy}
