@@ -96,7 +96,7 @@ def test_separate_critic_folder_and_checkpoint_are_uploaded(run_dir):
 def test_card_names_model_reward_data_numbers_and_loading(run_dir):
     cfg = make_cfg(run_dir, "model.name_or_path=Qwen/Qwen2.5-0.5B-Instruct", "reward.name=sentiment",
                    "reward.model=lvwerra/distilbert-imdb", "data.name=imdb", "hub.repo_id=alice/tiny-ppo",
-                   "hub.license=apache-2.0")
+                   "hub.license=apache-2.0", "ppo.reward_clip=1.5", "ppo.ent_cap=5.0")
     text = (hub.prepare_upload(run_dir, cfg) / "README.md").read_text()
     meta = ModelCard(text).data
     assert meta.base_model == "Qwen/Qwen2.5-0.5B-Instruct" and meta.datasets == ["stanfordnlp/imdb"]
@@ -105,6 +105,7 @@ def test_card_names_model_reward_data_numbers_and_loading(run_dir):
     assert "sentiment classifier `lvwerra/distilbert-imdb`: logit of label POSITIVE" in text
     assert "| mean score | 0.05 | 0.4 | +0.35 |" in text and "| positive_share | 0.25 | 0.75 | +0.5 |" in text
     assert "| `ppo.kl_coef` | 0.01 |" in text and "| `ppo.num_mini_batches` | 2 |" in text
+    assert "| `ppo.reward_clip` | 1.5 |" in text and "| `ppo.ent_cap` | 5 |" in text  # what shaped reward and loss
     assert "3 PPO updates, 96 episodes" in text
     assert "![training diagnostics" in text and "](plots/diagnostics.png)" in text
     assert 'from_pretrained("alice/tiny-ppo")' in text and 'load_policy(snapshot_download("alice/tiny-ppo"))' in text
