@@ -14,9 +14,9 @@ HUB_DATASETS = {"imdb": "stanfordnlp/imdb", "gsm8k": "openai/gsm8k"}  # data.nam
 HPARAMS = ("ppo.learning_rate", "ppo.lr_scheduler_type", "ppo.kl_coef", "ppo.kl_estimator", "ppo.adaptive_kl",
            "ppo.cliprange", "ppo.cliprange_value", "ppo.vf_coef", "ppo.ent_coef", "ppo.ent_cap", "ppo.reward_clip",
            "ppo.gamma", "ppo.lam", "ppo.whiten_rewards", "ppo.missing_eos_penalty", "ppo.num_ppo_epochs",
-           "ppo.per_device_train_batch_size",
-           "ppo.gradient_accumulation_steps", "ppo.num_mini_batches", "ppo.total_episodes", "ppo.response_length",
-           "ppo.temperature", "model.value_model", "model.dtype", "peft.enabled", "seed")
+           "ppo.per_device_train_batch_size", "ppo.gradient_accumulation_steps", "ppo.num_mini_batches",
+           "ppo.total_episodes", "ppo.response_length", "ppo.temperature", "model.value_model", "model.dtype",
+           "peft.enabled", "seed")
 
 
 def _hub_id(name: str) -> str | None:
