@@ -1,7 +1,7 @@
 """The figures bench/learning.py reads back from a finished run folder, and their mean over seeds.
 
 - `run_figures`: a PPO run (train.py, or a pipeline's ppo/): the held-out before/after (eval.json, with the
-  distinct-word share of the completions), KL and seconds per update by phase (metrics.jsonl), and `curve`;
+  distinct-word share of the completions and the reference's NLL of them a token), KL and seconds per update by phase (metrics.jsonl), and `curve`;
 - `eval_curve`: the held-out curve against training wall time. The `eval_steps` evaluations are the `eval/...`
   keys the trainer adds to that update's row of metrics.jsonl (rlhf_app/evaluation.py EvalEvery); the time at
   each is the sum of `time/update_s` up to that update, which the loop stops before the evaluation runs
@@ -77,7 +77,7 @@ def run_figures(run_dir: Path) -> dict:
         completions = [s["completion"] for s in entry["samples"]]
         out[when] = {"mean_score": entry["mean_score"], **entry["extra"],
                      "distinct_word_share": distinct_word_share(completions), "n": len(completions),
-                     "samples": entry["samples"][:4]}
+                     **({"ref_nll": entry["ref_nll"]} if "ref_nll" in entry else {}), "samples": entry["samples"][:4]}
     out["curve"] = eval_curve(rows, evals.get("before"))
     return out
 
@@ -186,7 +186,7 @@ def headline(recipe: str, r: dict) -> str:
     parts = [f"{r['wall_s'] / 60:.1f} min, {r['updates']} updates, {r['s_per_update']['update_s']:.1f} s/update, "
              f"peak {r['peak_rss_mib']:.0f} MiB, KL {r['kl_final']:.2f}"]
     for key in ("positive_share", "format_share", "format_end_share", "accuracy_strict", "accuracy_flexible",
-                "distinct_word_share"):
+                "distinct_word_share", "ref_nll"):
         if b.get(key) is not None:
             parts.append(f"{key} {b[key]:.3f} -> {a[key]:.3f}")
     return f"{recipe}: " + "; ".join(parts)

@@ -36,22 +36,63 @@ def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, trainer_s
     if engine is not None:
         engine.sync_weights(model)
         sample = lambda rows: engine.generate(rows, seed=cfg.seed)  # noqa: E731
+    nll = ReferenceNLL(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return sample_and_score(sample, eval_ds, reward_fn, device, batch_size=batch_size, trainer_state=trainer_state,
-                                gold_fn=gold_fn)
+        result = sample_and_score(nll.wrap(sample), eval_ds, reward_fn, device, batch_size=batch_size,
+                                  trainer_state=trainer_state, gold_fn=gold_fn)
+    return {**result, **nll.result()}
+
+
+class ReferenceNLL:
+    """The reference model's negative log-likelihood per token of the held-out completions: how far their text
+    has moved from what the model wrote before training (in nats a token, at temperature 1). Word salad reads
+    several nats above the start while the distinct-word share cannot tell it from varied wording; varied
+    praise stays near it. Computed when the reference is this policy with its LoRA adapters off (peft); with
+    a full fine-tune the reference is not at hand here and the figure is left out. Only the tokens the policy
+    wrote count (tool results do not). `wrap(sample)` scores each batch `sample` returns."""
+
+    def __init__(self, model):
+        self.model = model if hasattr(getattr(model, "policy", None), "disable_adapter") else None
+        self.total, self.tokens = 0.0, 0
+
+    def wrap(self, sample):
+        if self.model is None:
+            return sample
+
+        def scored(rows):
+            rollout = sample(rows)
+            self.add(rollout)
+            return rollout
+        return scored
+
+    def add(self, rollout) -> None:
+        import torch
+
+        from rlhf_app.rl.rollout import ref_logprobs
+
+        mask = rollout.policy_mask()
+        with torch.no_grad(), self.model.reference(None) as ref:
+            logprobs = ref_logprobs(ref, rollout.query, rollout.query_mask, rollout.response, rollout.mask, 1.0)
+        self.total -= float((logprobs.float() * mask).sum())
+        self.tokens += int(mask.sum())
+
+    def result(self) -> dict:
+        return {"ref_nll": self.total / self.tokens} if self.model is not None and self.tokens else {}
 
 
 def eval_metrics(result: dict) -> dict[str, float]:
     """An evaluation result as flat `eval/...` metrics: mean score, extra metrics, rewards/<name>/mean,
-    and the distinct-word share of the completions (a policy drifting into one phrase drives it down)."""
+    the distinct-word share of the completions (a policy drifting into one phrase drives it down) and the
+    reference's NLL of them a token (`ReferenceNLL`: a policy drifting into word salad drives it up)."""
     from rlhf_app.text_stats import distinct_word_share
 
     share = distinct_word_share([s["completion"] for s in result["samples"]])
+    nll = {"eval/ref_nll": result["ref_nll"]} if "ref_nll" in result else {}
     gold = {"eval/proxy": result["mean_score"], "eval/gold": result["gold_score"],
             **{f"eval/gold/{k}": v for k, v in result.get("gold_extra", {}).items()}} if "gold_score" in result else {}
     return {"eval/mean_score": result["mean_score"], **{f"eval/{k}": v for k, v in result["extra"].items()},
-            **({"eval/distinct_word_share": share} if share is not None else {}), **gold}
+            **({"eval/distinct_word_share": share} if share is not None else {}), **nll, **gold}
 
 
 class GoldWatch:
@@ -131,6 +172,8 @@ def eval_line(when: str, result: dict) -> str:
     if "gold_score" in result:
         extra += f", gold {result['gold_score']:.3f}" + "".join(f", gold {k} {v:.3f}"
                                                                 for k, v in result.get("gold_extra", {}).items())
+    if "ref_nll" in result:
+        extra += f", reference NLL {result['ref_nll']:.2f} a token"
     return f"{when} training: mean score {result['mean_score']:.3f} on {len(result['samples'])} held-out prompts{extra}"
 
 

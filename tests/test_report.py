@@ -83,6 +83,18 @@ def test_full_report(run_dir: Path):
     assert re.search(r"<td[^>]*>40</td><td[^>]*>640</td><td[^>]*>20</td>", page)
 
 
+@pytest.mark.parametrize("after, warned", [(5.9, True), (4.9, False)])
+def test_the_reference_nll_of_the_completions_and_its_salad_warning(run_dir: Path, after: float, warned: bool):
+    evals = json.loads((run_dir / "eval.json").read_text())
+    evals["before"]["ref_nll"], evals["after"]["ref_nll"] = 3.6, after
+    (run_dir / "eval.json").write_text(json.dumps(evals))
+    page = write_report(run_dir).read_text()
+    rise = f"{after - 3.6:.4g}"
+    assert re.search(rf"reference NLL after</th><th>Δ</th></tr>\s*<tr><td[^>]*>3\.6</td><td[^>]*>{after}</td>"
+                     rf"<td[^>]*>{rise}</td>", page), page[page.find("reference NLL"):][:400]
+    assert ("word salad. Read them below" in page) is warned
+
+
 def test_missing_optional_files_degrade(run_dir: Path):
     for name in ("eval.json", "values.json", "config.yaml", "samples.jsonl"):
         (run_dir / name).unlink()

@@ -124,6 +124,12 @@ def _img_or_missing(drawn: bool, path: Path, alt: str, missing: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+# The rise of the reference's NLL a token (eval.json's ref_nll) above which the report warns of word salad: on
+# imdb-offline, runs whose completions read as salad by hand rose 2.0-3.2 nats, runs without it 1.2-1.5
+# (docs/recipes.md, imdb-offline).
+SALAD_NLL_RISE = 2.0
+
+
 def _evaluation_html(evaluation: Optional[dict], summary: dict) -> str:
     if not evaluation:
         return _missing("No evaluation recorded (eval.json is missing: eval_before_after=false?).")
@@ -137,6 +143,15 @@ def _evaluation_html(evaluation: Optional[dict], summary: dict) -> str:
                "a collapse to one repeated word drives it towards 0 while the KL grows.</p>")
     out.append(_table(["distinct-word share before", "distinct-word share after", "final KL"],
                       [[share_b, share_a, summary["final_kl"]]]))
+    nll_b, nll_a = ((evaluation.get(w) or {}).get("ref_nll") for w in ("before", "after"))
+    if nll_b is not None and nll_a is not None:
+        out.append("<p>The reference model's negative log-likelihood of the same completions, in nats a token: "
+                   "word salad raises it while the distinct-word share counts it as vocabulary.</p>")
+        out.append(_table(["reference NLL before", "reference NLL after", "Δ"], [[nll_b, nll_a, nll_a - nll_b]]))
+        if nll_a - nll_b >= SALAD_NLL_RISE:
+            out.append(f'<p class="warn">The completions read {nll_a - nll_b:.2f} nats a token less likely to the '
+                       "reference than before training: they may be drifting into word salad. Read them below; a "
+                       "larger ppo.kl_coef keeps the policy closer to the reference.</p>")
     if share_a is not None and share_b and share_a < 0.5 * share_b:
         out.append('<p class="warn">After training the completions use far fewer distinct words: '
                    "the policy may have collapsed onto a few words its reward likes (reward hacking). "
