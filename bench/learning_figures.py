@@ -187,6 +187,6 @@ def headline(recipe: str, r: dict) -> str:
              f"peak {r['peak_rss_mib']:.0f} MiB, KL {r['kl_final']:.2f}"]
     for key in ("positive_share", "format_share", "format_end_share", "accuracy_strict", "accuracy_flexible",
                 "distinct_word_share", "ref_nll"):
-        if b.get(key) is not None:
+        if b.get(key) is not None and a.get(key) is not None:
             parts.append(f"{key} {b[key]:.3f} -> {a[key]:.3f}")
     return f"{recipe}: " + "; ".join(parts)

@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import learning  # noqa: E402
+import learning_figures  # noqa: E402
 
 
 def _sample(completion: str, score: float) -> dict:
@@ -18,7 +19,7 @@ def test_run_figures_from_a_run_folder(tmp_path):
     (tmp_path / "eval.json").write_text(json.dumps({
         "before": {"mean_score": -1.0, "extra": {"positive_share": 0.25},
                    "samples": [_sample("was dull and slow", -2.0), _sample("a bore", -1.0)]},
-        "after": {"mean_score": 3.0, "extra": {"positive_share": 1.0},
+        "after": {"mean_score": 3.0, "extra": {"positive_share": 1.0}, "ref_nll": 4.75,
                   "samples": [_sample("great great great", 4.0), _sample("great fun", 2.0)]}}))
     rows = [{"episode": 8 * (i + 1), "objective/kl": kl, "objective/scores": s, "time/update_s": 3.0 + i,
              "time/generate_s": 1.0, "time/train_s": 2.0 + i} for i, (kl, s) in enumerate([(0.0, -1.0), (2.0, 1.0)])]
@@ -34,6 +35,15 @@ def test_run_figures_from_a_run_folder(tmp_path):
     assert fig["before"]["distinct_word_share"] == pytest.approx(1.0)
     assert fig["after"]["distinct_word_share"] == pytest.approx(2 / 5)
     assert "positive_share 0.250 -> 1.000" in learning.headline("imdb-offline", {
+        **fig, "rc": 0, "wall_s": 60.0, "peak_rss_mib": 500.0})
+    # the reference's NLL a token: kept where the run scored it (LoRA), absent where it did not
+    assert fig["after"]["ref_nll"] == 4.75 and "ref_nll" not in fig["before"]
+    evals = json.loads((tmp_path / "eval.json").read_text())
+    evals["before"]["ref_nll"] = 3.5
+    (tmp_path / "eval.json").write_text(json.dumps(evals))
+    fig = learning.run_figures(tmp_path)
+    assert learning_figures.derived(learning_figures.flatten(fig))["change/ref_nll"] == pytest.approx(1.25)
+    assert "ref_nll 3.500 -> 4.750" in learning.headline("imdb-offline", {
         **fig, "rc": 0, "wall_s": 60.0, "peak_rss_mib": 500.0})
 
 
