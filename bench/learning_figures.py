@@ -1,7 +1,8 @@
 """The figures bench/learning.py reads back from a finished run folder, and their mean over seeds.
 
 - `run_figures`: a PPO run (train.py, or a pipeline's ppo/): the held-out before/after (eval.json, with the
-  distinct-word share of the completions and the reference's NLL of them a token), KL and seconds per update by phase (metrics.jsonl), and `curve`;
+  distinct-word share of the completions and, with LoRA, the reference's NLL of them a token), KL and seconds per
+  update by phase (metrics.jsonl), and `curve`;
 - `eval_curve`: the held-out curve against training wall time. The `eval_steps` evaluations are the `eval/...`
   keys the trainer adds to that update's row of metrics.jsonl (rlhf_app/evaluation.py EvalEvery); the time at
   each is the sum of `time/update_s` up to that update, which the loop stops before the evaluation runs
@@ -77,7 +78,8 @@ def run_figures(run_dir: Path) -> dict:
         completions = [s["completion"] for s in entry["samples"]]
         out[when] = {"mean_score": entry["mean_score"], **entry["extra"],
                      "distinct_word_share": distinct_word_share(completions), "n": len(completions),
-                     **({"ref_nll": entry["ref_nll"]} if "ref_nll" in entry else {}), "samples": entry["samples"][:4]}
+                     **({"ref_nll": entry["ref_nll"]} if "ref_nll" in entry else {}),
+                     "samples": entry["samples"][:4]}
     out["curve"] = eval_curve(rows, evals.get("before"))
     return out
 
