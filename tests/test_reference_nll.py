@@ -1,4 +1,4 @@
-"""The reference's NLL a token of the held-out completions (eval/ref_nll): the text check beside the distinct-word share."""
+"""The reference's NLL a token of the held-out completions (eval/ref_nll): the text check beside the share."""
 
 import math
 
