@@ -24,7 +24,8 @@ def evaluate_policy(cfg, model, tokenizer, eval_ds, reward_fn, device, trainer_s
     """Held-out evaluation with a fixed seed, leaving training's RNG untouched. `engine` (this
     process's vLLM engine, or None: the policy's own generate) samples once `model`'s weights are
     synced into it, with requests seeded from cfg.seed alone. `gold_fn`: the gold reward, also scored.
-    `batch_size`: the rows sampled at once (with tools, each round of the loop waits for all of them)."""
+    `batch_size`: the rows sampled at once (with tools, each round of the loop waits for all of them).
+    -> sample_and_score's {"mean_score", "extra", "samples", ...} and, with LoRA, "ref_nll" (ReferenceNLL)."""
     import torch
 
     from rlhf_app.engines.hf import generate
