@@ -77,12 +77,13 @@ def summarize(metrics: list[dict]) -> dict[str, Any]:
 
 
 def eval_rows(evaluation: dict) -> list[tuple[str, Optional[float], Optional[float], Optional[float]]]:
-    """(metric, before, after, after − before) for mean_score and every `extra` metric."""
+    """(metric, before, after, after − before) for mean_score, ref_nll when scored and every `extra` metric."""
     before, after = evaluation.get("before") or {}, evaluation.get("after") or {}
-    names = ["mean_score"] + sorted(set(before.get("extra", {})) | set(after.get("extra", {})))
+    top = ["mean_score"] + (["ref_nll"] if "ref_nll" in before or "ref_nll" in after else [])
+    names = top + sorted(set(before.get("extra", {})) | set(after.get("extra", {})))
 
     def get(side, name):
-        return side.get(name) if name == "mean_score" else side.get("extra", {}).get(name)
+        return side.get(name) if name in top else side.get("extra", {}).get(name)
 
     pairs = [(name, get(before, name), get(after, name)) for name in names]
     return [(n, b, a, a - b if a is not None and b is not None else None) for n, b, a in pairs]
@@ -145,9 +146,9 @@ def _evaluation_html(evaluation: Optional[dict], summary: dict) -> str:
                       [[share_b, share_a, summary["final_kl"]]]))
     nll_b, nll_a = ((evaluation.get(w) or {}).get("ref_nll") for w in ("before", "after"))
     if nll_b is not None and nll_a is not None:
-        out.append("<p>The reference model's negative log-likelihood of the same completions, in nats a token: "
-                   "word salad raises it while the distinct-word share counts it as vocabulary.</p>")
-        out.append(_table(["reference NLL before", "reference NLL after", "Δ"], [[nll_b, nll_a, nll_a - nll_b]]))
+        out.append("<p>ref_nll (the table above): the reference model's negative log-likelihood of the same "
+                   "completions, in nats a token: word salad raises it while the distinct-word share counts it as "
+                   "vocabulary.</p>")
         if nll_a - nll_b >= SALAD_NLL_RISE:
             out.append(f'<p class="warn">The completions read {nll_a - nll_b:.2f} nats a token less likely to the '
                        "reference than before training: they may be drifting into word salad. Read them below; a "
