@@ -168,9 +168,9 @@ def test_checked_keeps_extra_metrics_and_builders_match_the_config_choices():
     assert checked("r", r).extra_metrics(["p"], ["c"]) == {"n": 1.0}
     assert not hasattr(checked("r2", lambda p, c, **k: [0.0] * len(c)), "extra_metrics")
     # An unknown name never reaches the rewards: the config refuses it. `python` is a file's function.
-    with pytest.raises(Exception, match="is not one of toy, sentiment, gsm8k, python"):
+    with pytest.raises(Exception, match="is not one of toy, sentiment, gsm8k, variety, python"):
         RewardConfig(name="sentimental")
-    assert set(BUILDERS) == set(BUILTINS) == {"toy", "sentiment", "gsm8k"}
+    assert set(BUILDERS) == set(BUILTINS) == {"toy", "sentiment", "gsm8k", "variety"}
 
 
 # ---------------------------------------------------------------- sentiment

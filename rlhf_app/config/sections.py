@@ -129,9 +129,9 @@ def _check_data_name(name: str) -> None:
 
 @dataclass
 class RewardConfig:
-    name: str = "toy"  # toy | sentiment | gsm8k | python
+    name: str = "toy"  # toy | sentiment | gsm8k | variety | python
     # Several rewards, summed with reward.weights (TRL's reward_funcs / reward_weights): built-ins
-    # (toy, sentiment, gsm8k), path/to/file.py:function, module.path:function or module:factory(k=v),
+    # (toy, sentiment, gsm8k, variety), path/to/file.py:function, module.path:function or module:factory(k=v),
     # and sequence-classification models (Hub id, folder, asset:NAME). Empty: reward.name alone.
     funcs: list[str] = field(default_factory=list)
     weights: Optional[list[float]] = None  # one per reward.funcs entry; None: all 1.0
@@ -157,7 +157,7 @@ class RewardConfig:
     gold_patience: int = 3
 
     def __post_init__(self):
-        _choice("reward", "name", self.name, ("toy", "sentiment", "gsm8k", "python"))
+        _choice("reward", "name", self.name, ("toy", "sentiment", "gsm8k", "variety", "python"))
         _choice("reward", "kind", self.kind, ("logit", "prob"))
         if self.batch_size < 1:
             raise ConfigError(f"reward.batch_size must be >= 1, got {self.batch_size}")

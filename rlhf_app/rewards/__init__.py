@@ -22,13 +22,13 @@ from typing import Callable
 
 from rlhf_app.data.columns import CONVERSATION_COLUMN
 from rlhf_app.errors import UserError
-from rlhf_app.rewards import gsm8k, sentiment, toy
+from rlhf_app.rewards import gsm8k, sentiment, toy, variety
 from rlhf_app.rewards.combine import combine
 from rlhf_app.rewards.sources import RewardSourceError, check_columns, resolve
 
 RewardFn = Callable[..., list[float]]
 
-BUILDERS = {"toy": toy.build, "sentiment": sentiment.build, "gsm8k": gsm8k.build}
+BUILDERS = {"toy": toy.build, "sentiment": sentiment.build, "gsm8k": gsm8k.build, "variety": variety.build}
 HINT = "return a list of one float (or None) per completion"
 FLOAT32_MAX = 3.4028234663852886e38  # the scores train as float32 tensors (rl/rollout.score)
 

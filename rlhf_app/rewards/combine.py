@@ -6,7 +6,7 @@ are the conversations), `completion_ids`, `trainer_state`, the hooks `log_extra`
 and every dataset column. A `None` is "does not apply" (NaN); the score is the weighted sum over
 the functions that did apply (TRL's nansum); an episode none applied to scores 0 and is named in
 one line. Each function's mean and std go out through `log_metric` as `rewards/<name>/mean|std`.
-The built-ins (toy, sentiment, gsm8k) and reward models read text prompts and completions.
+The built-ins (toy, sentiment, gsm8k, variety) and reward models read text prompts and completions.
 """
 
 from __future__ import annotations
@@ -74,13 +74,13 @@ def combine(names: list[str], fns: list, text_only: list[bool], weights: list[fl
     extras = [(name, e) for name, e in extras if callable(e)]
     if extras:
         def extra_metrics(prompts: list[str], completions: list[str], **columns) -> dict:
-            """Each function's extra metrics, under `<name>/` when there are several functions."""
+            """Each function's extra metrics, under `<name>/` when several functions have them."""
             columns.pop(CONVERSATION_COLUMN, None)
             columns.pop(EPISODE_COLUMN, None)
             out = {}
             for name, fn in extras:
                 for key, value in fn(prompts, completions, **columns).items():
-                    out[key if len(fns) == 1 else f"{name}/{key}"] = value
+                    out[key if len(extras) == 1 else f"{name}/{key}"] = value
             return out
 
         reward_fn.extra_metrics = extra_metrics

@@ -1,6 +1,6 @@
 """Reward sources named in `reward.funcs` (or the single `reward.name`), resolved before any model loads.
 
-- a built-in: `toy`, `sentiment`, `gsm8k` (they read their settings from the `reward` section);
+- a built-in: `toy`, `sentiment`, `gsm8k`, `variety` (they read their settings from the `reward` section);
 - a function in a file, `path/to/file.py:function` (imported from the file, no package needed;
   the single-reward form `reward.name=python reward.function=path/to/file.py:function` too), or
   in a module, `module.path:function`;
@@ -27,7 +27,7 @@ from typing import Callable, Optional
 from rlhf_app.data.columns import REWARD_ARGUMENTS
 from rlhf_app.errors import UserError
 
-BUILTINS = ("toy", "sentiment", "gsm8k")
+BUILTINS = ("toy", "sentiment", "gsm8k", "variety")
 CONTRACT = REWARD_ARGUMENTS  # what every reward function receives besides the dataset columns
 _CALL = re.compile(r"^([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.DOTALL)
 FORMAT = "reward.function=path/to/file.py:function"
