@@ -5,7 +5,7 @@ after every prompt; the distinct-word share (`rlhf_app.text_stats`) falls. This 
 completion by the share of its words that no completion of *another* prompt in the same batch
 uses, minus 1, so in [-1, 0]: a completion written only in words its own prompt's completions use
 scores 0, the stock phrase used on every prompt -1. Words are counted as the distinct-word share
-counts them (lower-cased `\\w+`), distinct words over all words, so repeating a word costs too.
+counts them (`rlhf_app.text_stats.words`), distinct words over all words, so repeating a word costs too.
 
 Completions of the same prompt (a GRPO group) do not count against each other: the group's
 advantage compares them with one another, and the prompt's own topic is theirs to share. It needs
@@ -17,10 +17,9 @@ prompt" means the other prompts of the update. Weigh it beside the task's reward
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 
-WORD = re.compile(r"\w+")
+from rlhf_app.text_stats import words as split_words
 
 
 def variety_scores(prompts: list, completions: list) -> list[float]:
@@ -30,7 +29,7 @@ def variety_scores(prompts: list, completions: list) -> list[float]:
     a completion without words scores -1. Example: prompts [p, p, q], completions ["great film",
     "a great cast", "great cast"]: "great" and "cast" are q's too, so -0.5, -2/3 and -1.
     """
-    words = [WORD.findall(str(c).lower()) for c in completions]
+    words = [split_words(c) for c in completions]
     users = defaultdict(set)  # word -> the prompts whose completions use it
     for prompt, ws in zip(prompts, words):
         for w in ws:
